@@ -1,0 +1,88 @@
+"""The one bridge between async code and blocking SDKs (the Docker SDK).
+
+``call`` runs a blocking function on a dedicated, bounded thread pool (not the loop's default
+executor, which a few dozen concurrent runs would starve). ``pump`` reads a blocking iterator on
+a thread of its own and hands each item to the loop, so a long-running stream never holds a pool
+thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_DONE = object()
+
+
+class ThreadBridge:
+    def __init__(self, max_workers: int = 64, name: str = "pyflue-docker") -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)
+        self._name = name
+
+    async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, partial(fn, *args, **kwargs))
+
+    async def pump(self, source: Iterator[T]) -> AsyncIterator[T]:
+        """Yields the items of a blocking iterator; the iterator runs on its own thread.
+
+        Items are queued without bound on purpose: the caller is the one place that decides
+        what to keep (shell output is capped there), and the reader must never stall a process
+        in the container by not draining its pipe.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def hand(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+
+        def reader() -> None:
+            try:
+                for item in source:
+                    hand(item)
+                hand(_DONE)
+            except BaseException as exc:  # handed to the async side, raised there
+                hand(_Failure(exc))
+
+        threading.Thread(target=reader, name=f"{self._name}-stream", daemon=True).start()
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+async def run_to_completion(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs cleanup to its end even if the caller is cancelled meanwhile, then re-cancels."""
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result

@@ -1,0 +1,315 @@
+"""The ``pyflue`` command. Commands parse, call the library, render; the work lives elsewhere.
+
+Exit codes: 0 success / run completed; 1 run failed or a check failed; 2 bad input;
+130 interrupted (Ctrl-C or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from pyflue.errors import ConfigError, PyflueError, WorkflowError
+from pyflue.models import Run, RunStatus
+from pyflue.render import Format, event_json, events_document, pretty_event, run_line
+from pyflue.runs import parse_payload
+from pyflue.settings import Settings
+
+app = typer.Typer(
+    name="pyflue",
+    help="Python workflows for agent and CI work; every run gets a fresh Docker container.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+images_app = typer.Typer(help="Build and list the sandbox images in images/.", no_args_is_help=True)
+app.add_typer(images_app, name="images")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+ProjectOpt = Annotated[
+    Path | None,
+    typer.Option("--project", "-C", help="project folder (default: the current folder)"),
+]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="pretty, json or ndjson")]
+
+
+def _settings(project: Path | None) -> Settings:
+    try:
+        settings = Settings()
+    except Exception as exc:  # pydantic ValidationError from PYFLUE_* variables
+        _die(f"invalid PYFLUE_* setting: {exc}", EXIT_USAGE)
+    if project is not None:
+        settings = settings.model_copy(update={"project_dir": project.resolve()})
+    return settings
+
+
+def _die(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _exit_code_for(exc: PyflueError) -> int:
+    return EXIT_USAGE if isinstance(exc, ConfigError | WorkflowError) else EXIT_FAILED
+
+
+def _run_async(main: Any) -> Any:
+    """Runs a coroutine; SIGTERM cancels it like Ctrl-C; PyflueError becomes one line."""
+
+    async def wrapper() -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel, "interrupted by SIGTERM")
+        return await main
+
+    try:
+        return asyncio.run(wrapper())
+    except PyflueError as exc:
+        _die(exc.message, _exit_code_for(exc))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+@app.command()
+def run(
+    name: Annotated[str, typer.Argument(help="workflow name, e.g. shell_steps")],
+    payload: Annotated[
+        str | None, typer.Option("--payload", "-p", help="payload JSON object ('-' reads stdin)")
+    ] = None,
+    image: Annotated[
+        str | None, typer.Option("--image", "-i", help="image for this run's container")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live events")] = False,
+    events_format: Annotated[
+        Format, typer.Option("--events", help="live events on stderr: pretty or ndjson")
+    ] = Format.pretty,
+    project: ProjectOpt = None,
+) -> None:
+    """Run one workflow on this machine: events on stderr, the result JSON on stdout."""
+    settings = _settings(project)
+    raw = sys.stdin.read() if payload == "-" else payload
+    try:
+        body = parse_payload(raw)
+    except PyflueError as exc:
+        _die(exc.message, EXIT_USAGE)
+    final: Run = _run_async(_run_local(settings, name, body, image, quiet, events_format))
+    if final.status is RunStatus.completed:
+        typer.echo(json.dumps(final.result, indent=2, ensure_ascii=False))
+        raise typer.Exit(EXIT_OK)
+    if final.error is not None:
+        typer.echo(f"error: run {final.run_id} {final.status.value}: "
+                   f"{final.error.type}: {final.error.message}", err=True)
+    raise typer.Exit(EXIT_INTERRUPTED if final.status is RunStatus.cancelled else EXIT_FAILED)
+
+
+async def _run_local(
+    settings: Settings, name: str, payload: dict[str, Any], image: str | None,
+    quiet: bool, events_format: Format,
+) -> Run:
+    from pyflue.local import open_runner
+
+    async with open_runner(settings) as runner:
+        reaper = asyncio.create_task(_reap_quietly(runner))
+        submitted = await runner.submit(name, payload, image=image)
+        typer.echo(f"run {submitted.run_id}", err=True)
+        printer = asyncio.create_task(_print_events(runner.store, submitted.run_id, quiet,
+                                                     events_format))
+        try:
+            final = await runner.execute(submitted.run_id)
+        finally:
+            await asyncio.wait({printer}, timeout=5)
+            printer.cancel()
+            await asyncio.wait({reaper}, timeout=10)
+        return final
+
+
+async def _reap_quietly(runner: Any) -> None:
+    try:
+        await runner.reap()
+    except PyflueError:
+        pass  # the run itself reports an unreachable engine
+
+
+async def _print_events(store: Any, run_id: str, quiet: bool, fmt: Format) -> None:
+    async for event in store.subscribe(run_id):
+        if not quiet:
+            line = event_json(event) if fmt is not Format.pretty else pretty_event(event)
+            typer.echo(line, err=True)
+
+
+@app.command()
+def logs(
+    run_id: Annotated[str, typer.Argument(help="the run id printed by `pyflue run`")],
+    fmt: FormatOpt = Format.pretty,
+    follow: Annotated[bool, typer.Option("--follow", help="wait for new events until run_end")]
+    = False,
+    after: Annotated[int, typer.Option("--after", min=0, help="only events after this index")]
+    = 0,
+    project: ProjectOpt = None,
+) -> None:
+    """Show a run's events from the local store."""
+    settings = _settings(project)
+    _run_async(_logs(settings, run_id, fmt, follow, after))
+
+
+async def _logs(settings: Settings, run_id: str, fmt: Format, follow: bool, after: int) -> None:
+    from pyflue.local import open_store
+
+    async with open_store(settings) as store:
+        await store.get_run(run_id)
+        if follow:
+            async for event in store.subscribe(run_id, after=after):
+                typer.echo(pretty_event(event) if fmt is Format.pretty else event_json(event))
+            return
+        events = await store.list_events(run_id, after=after)
+        if fmt is Format.json:
+            typer.echo(events_document(run_id, events))
+        else:
+            for event in events:
+                typer.echo(pretty_event(event) if fmt is Format.pretty else event_json(event))
+
+
+@app.command()
+def runs(
+    status: Annotated[RunStatus | None, typer.Option(help="only runs with this status")] = None,
+    workflow: Annotated[str | None, typer.Option(help="only runs of this workflow")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="how many")] = 20,
+    fmt: FormatOpt = Format.pretty,
+    project: ProjectOpt = None,
+) -> None:
+    """List recent runs, newest first."""
+    settings = _settings(project)
+    found: list[Run] = _run_async(_runs(settings, status, workflow, limit))
+    if fmt is Format.json:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in found], indent=2))
+    elif fmt is Format.ndjson:
+        for r in found:
+            typer.echo(r.model_dump_json())
+    elif not found:
+        typer.echo("no runs yet: start one with `pyflue run NAME --payload '{...}'`")
+    else:
+        for r in found:
+            typer.echo(run_line(r))
+
+
+async def _runs(settings: Settings, status: RunStatus | None, workflow: str | None,
+                limit: int) -> list[Run]:
+    from pyflue.local import open_store
+
+    async with open_store(settings) as store:
+        return await store.list_runs(status=status, workflow=workflow, limit=limit)
+
+
+@app.command()
+def workflows(fmt: FormatOpt = Format.pretty, project: ProjectOpt = None) -> None:
+    """List the workflows discovered in workflows/ and src/workflows/."""
+    from pyflue.workflows import WorkflowRegistry
+
+    settings = _settings(project)
+    registry = WorkflowRegistry(settings.project_dir)
+    try:
+        sources = registry.sources()
+    except PyflueError as exc:
+        _die(exc.message, EXIT_USAGE)
+    rows = []
+    for name, source in sorted(sources.items()):
+        try:
+            description = registry.get(name).description
+        except PyflueError as exc:
+            description = f"(cannot load: {exc.message})"
+        rows.append({"name": name, "path": str(source.path), "description": description})
+    if fmt is not Format.pretty:
+        typer.echo(json.dumps(rows, indent=2) if fmt is Format.json
+                   else "\n".join(json.dumps(r) for r in rows))
+    elif not rows:
+        typer.echo(f"no workflows under {settings.project_dir}: add workflows/<name>.py "
+                   "exporting run(ctx)")
+    else:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            typer.echo(f"{r['name']:<{width}}  {r['description']}")
+
+
+@app.command()
+def doctor(project: ProjectOpt = None) -> None:
+    """Check the Docker engine, runtimes, sandbox image and run store, with fixes."""
+    from pyflue.doctor import run_checks
+
+    settings = _settings(project)
+    checks = _run_async(run_checks(settings))
+    failed = False
+    for check in checks:
+        mark = "ok  " if check.ok else ("warn" if check.optional else "FAIL")
+        typer.echo(f"{mark}  {check.name:<14} {check.detail}")
+        if not check.ok and check.fix:
+            typer.echo(f"      {'':<14} fix: {check.fix}")
+        failed = failed or (not check.ok and not check.optional)
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+@app.command()
+def reap(project: ProjectOpt = None) -> None:
+    """Remove containers and volumes left by runs that are no longer running."""
+    from pyflue.local import open_runner
+
+    settings = _settings(project)
+
+    async def _reap() -> list[str]:
+        async with open_runner(settings) as runner:
+            return await runner.reap()
+
+    reaped: list[str] = _run_async(_reap())
+    typer.echo(f"reaped {len(reaped)} sandbox(es)" + "".join(f"\n  {r}" for r in reaped))
+
+
+@images_app.command("build")
+def images_build(
+    only: Annotated[list[str] | None, typer.Argument(help="image names (default: all)")] = None,
+    base: Annotated[
+        str | None, typer.Option(help="base image (default: debian:bookworm-slim or bootstrap)")
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="rebuild every layer")] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Build the images in images/ (bootstrapping a Debian base when no registry answers)."""
+    from pyflue.images import build_all
+
+    settings = _settings(project)
+    try:
+        tags = build_all(settings.project_dir, docker_host=settings.docker_host,
+                         progress=lambda line: typer.echo(line, err=True),
+                         base=base, no_cache=no_cache, only=only)
+    except PyflueError as exc:
+        _die(exc.message, _exit_code_for(exc))
+    typer.echo("\n".join(tags))
+
+
+@images_app.command("list")
+def images_list(project: ProjectOpt = None) -> None:
+    """List the images pyflue builds and whether each exists."""
+    from pyflue.images import ImageBuilder, discover
+
+    settings = _settings(project)
+    try:
+        builder = ImageBuilder(settings.docker_host, lambda _line: None)
+        for image in discover(settings.project_dir):
+            state = "present" if builder.exists(image.tag) else "missing"
+            typer.echo(f"{image.tag:<32} {state:<8} {image.context}")
+    except PyflueError as exc:
+        _die(exc.message, _exit_code_for(exc))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

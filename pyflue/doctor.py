@@ -1,0 +1,86 @@
+"""``pyflue doctor``: is this machine ready to run workflows? One check per line, with a fix."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from pyflue.errors import PyflueError
+from pyflue.local import docker_provider, open_store
+from pyflue.models import Run, RunStatus, utcnow
+from pyflue.settings import Settings
+from pyflue.store.base import RunUpdate
+from pyflue.workflows import WorkflowRegistry
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+    optional: bool = False
+
+
+async def run_checks(settings: Settings) -> list[Check]:
+    checks: list[Check] = []
+    provider = docker_provider(settings)
+    where = settings.docker_host or "the local socket (DOCKER_HOST unset)"
+    try:
+        info = await provider.info()
+    except PyflueError as exc:
+        checks.append(Check("docker engine", False, f"not reachable at {where}: {exc.message}",
+                            "install and start it: `apt-get install -y docker.io && dockerd &` "
+                            "(or set DOCKER_HOST)"))
+        info = None
+    if info is not None:
+        checks.append(Check("docker engine", True,
+                            f"reachable at {where}, version {info.get('ServerVersion')}"))
+        runtimes = sorted((info.get("Runtimes") or {}).keys())
+        checks.append(Check("runtime runc", "runc" in runtimes, f"runtimes: {', '.join(runtimes)}",
+                            "reinstall the engine (docker.io ships runc)"))
+        has_runsc = "runsc" in runtimes
+        checks.append(Check(
+            "runtime runsc", has_runsc,
+            "gVisor available (opt in with runtime: runsc)" if has_runsc else "not registered",
+            "optional: `apt-get install -y runsc`, add to /etc/docker/daemon.json "
+            '{"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": '
+            '["--platform=ptrace", "--network=none"]}}} and restart dockerd',
+            optional=True,
+        ))
+        image = settings.sandbox.image
+        present = await provider.image_exists(image)
+        checks.append(Check("sandbox image", present,
+                            f"{image} {'present' if present else 'missing'}",
+                            "build it: `pyflue images build` (or set PYFLUE_SANDBOX_IMAGE)"))
+    await provider.close()
+    checks.append(await _store_check(settings))
+    checks.append(_workflows_check(settings))
+    return checks
+
+
+async def _store_check(settings: Settings) -> Check:
+    url = settings.resolved_store_url()
+    try:
+        async with open_store(settings) as store:
+            probe = f"doctor:probe:{uuid.uuid4().hex}"
+            await store.create_run(Run(run_id=probe, workflow="doctor",
+                                       status=RunStatus.completed, created_at=utcnow()))
+            await store.update_run(probe, RunUpdate(reason="doctor probe"))
+            await store.delete_run(probe)
+    except PyflueError as exc:
+        return Check("run store", False, f"{url}: {exc.message}",
+                     "make the folder writable or set PYFLUE_STORE_URL")
+    return Check("run store", True, f"writable at {url}")
+
+
+def _workflows_check(settings: Settings) -> Check:
+    try:
+        names = WorkflowRegistry(settings.project_dir).names()
+    except PyflueError as exc:
+        return Check("workflows", False, exc.message, "fix the file it names")
+    if not names:
+        return Check("workflows", False, f"none found under {settings.project_dir}",
+                     "add workflows/<name>.py exporting run(ctx), or run from the project folder",
+                     optional=True)
+    return Check("workflows", True, f"{len(names)} found: {', '.join(names)}")

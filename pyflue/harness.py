@@ -1,0 +1,241 @@
+"""The harness a workflow gets from ``ctx.init(agent)``: ``fs`` and ``shell`` over the run's box.
+
+Both act on the run's sandbox only and record events; neither adds messages to a session.
+"""
+
+from __future__ import annotations
+
+import itertools
+import posixpath
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from pyflue.errors import ConfigError, FileNotFoundInSandbox, WorkspacePathError
+from pyflue.models import EventType
+from pyflue.output import StreamCapture
+from pyflue.paths import confine, is_inside, relative_parts
+from pyflue.sandbox.base import FileStat, PutEntry, Sandbox
+
+if TYPE_CHECKING:
+    from pyflue.agents import AgentConfig
+    from pyflue.recorder import RunRecorder
+    from pyflue.settings import SandboxDefaults
+
+MAX_READ_BYTES = 1 << 30
+
+
+class ShellResult(TypedDict):
+    stdout: str
+    stderr: str
+    exit_code: int
+    timed_out: bool
+    duration_ms: int
+
+
+class WorkspaceFS:
+    """Files in the run's workspace. Paths are relative to the agent's cwd or absolute inside
+    the workspace; anything resolving outside it (``..``, absolute paths, symlinks) raises
+    :class:`pyflue.errors.WorkspacePathError`."""
+
+    def __init__(self, box: Sandbox, recorder: RunRecorder, cwd: str) -> None:
+        self._box = box
+        self._recorder = recorder
+        self.root = box.workdir
+        self.cwd = confine(cwd, root=self.root)
+
+    async def resolve(self, path: str, *, follow_final: bool = True) -> str:
+        """The container path for ``path`` after following symlinks, refusing escapes."""
+        target = confine(path, root=self.root, cwd=self.cwd)
+        current = self.root
+        parts = relative_parts(target, self.root)
+        for i, part in enumerate(parts):
+            candidate = posixpath.join(current, part)
+            if i == len(parts) - 1 and not follow_final:
+                return candidate
+            st = await self._box.lstat(candidate)
+            if st is None:
+                return posixpath.join(candidate, *parts[i + 1 :])
+            if st.kind == "symlink":
+                link = posixpath.normpath(st.link_target or "")
+                if not is_inside(link, self.root):
+                    raise WorkspacePathError(
+                        f"path {path!r} goes through the symlink {candidate} -> "
+                        f"{st.link_target}, which points outside the workspace {self.root}"
+                    )
+                current = link
+            else:
+                current = candidate
+        return current
+
+    async def read_bytes(self, path: str) -> bytes:
+        real = await self.resolve(path)
+        st = await self._box.lstat(real)
+        if st is None:
+            raise FileNotFoundInSandbox(f"no such file in the workspace: {path}")
+        if st.kind != "file":
+            raise WorkspacePathError(f"{path} is a {st.kind}, not a file")
+        data = await self._box.read_file(real, max_bytes=MAX_READ_BYTES)
+        self._recorder.emit(EventType.file_read, {"path": real, "bytes": len(data)})
+        return data
+
+    async def read_file(self, path: str, encoding: str = "utf-8") -> str:
+        return (await self.read_bytes(path)).decode(encoding)
+
+    async def write_file(self, path: str, content: str | bytes, *, mode: int = 0o644) -> None:
+        """Writes a file, creating missing parent folders."""
+        if isinstance(content, str):
+            data = content.encode("utf-8")
+        elif isinstance(content, bytes | bytearray | memoryview):
+            data = bytes(content)
+        else:
+            raise ConfigError(
+                f"write_file content must be str or bytes, not {type(content).__name__}"
+            )
+        real = await self.resolve(path, follow_final=False)
+        if real == self.root:
+            raise WorkspacePathError("cannot write a file over the workspace folder itself")
+        await self._box.put(self.root, _with_parents(real, self.root, data, mode))
+        self._recorder.emit(EventType.file_write, {"path": real, "bytes": len(data)})
+
+    async def exists(self, path: str) -> bool:
+        try:
+            real = await self.resolve(path)
+        except FileNotFoundInSandbox:
+            return False
+        return await self._box.lstat(real) is not None
+
+    async def stat(self, path: str) -> FileStat:
+        real = await self.resolve(path)
+        st = await self._box.lstat(real)
+        if st is None:
+            raise FileNotFoundInSandbox(f"no such file or folder in the workspace: {path}")
+        return st
+
+    async def readdir(self, path: str = ".") -> list[str]:
+        """The names in a folder, sorted."""
+        return [posixpath.basename(s.path) for s in await self.listdir(path)]
+
+    async def listdir(self, path: str = ".") -> list[FileStat]:
+        """The entries of a folder with kind, size and mode, sorted by name."""
+        st = await self.stat(path)
+        if st.kind != "dir":
+            raise WorkspacePathError(f"{path} is a {st.kind}, not a folder")
+        return await self._box.listdir(st.path)
+
+    async def mkdir(self, path: str) -> None:
+        """Creates a folder and any missing parents; an existing folder is fine."""
+        real = await self.resolve(path)
+        st = await self._box.lstat(real)
+        if st is not None:
+            if st.kind != "dir":
+                raise WorkspacePathError(f"{path} exists and is a {st.kind}, not a folder")
+            return
+        await self._box.put(self.root, _with_parents(real, self.root, None, 0o755))
+        self._recorder.emit(EventType.file_op, {"op": "mkdir", "path": real})
+
+    async def rm(self, path: str, *, recursive: bool = False, force: bool = False) -> None:
+        """Removes a file, or a folder with ``recursive=True``. ``force`` ignores a missing path."""
+        real = await self.resolve(path, follow_final=False)
+        if real == self.root:
+            raise WorkspacePathError("refusing to remove the workspace folder itself")
+        st = await self._box.lstat(real)
+        if st is None:
+            if force:
+                return
+            raise FileNotFoundInSandbox(f"no such file or folder in the workspace: {path}")
+        if st.kind == "dir" and not recursive:
+            raise WorkspacePathError(f"{path} is a folder: pass recursive=True to remove it")
+        await self._box.remove(real, recursive=st.kind == "dir")
+        self._recorder.emit(EventType.file_op, {"op": "rm", "path": real})
+
+
+def _with_parents(real: str, root: str, data: bytes | None, mode: int) -> list[PutEntry]:
+    parts = relative_parts(real, root)
+    entries = [PutEntry("/".join(parts[: i + 1]), None) for i in range(len(parts) - 1)]
+    entries.append(PutEntry("/".join(parts), data, mode))
+    return entries
+
+
+class Harness:
+    """What ``ctx.init(agent)`` returns: the run's workspace as ``fs`` and ``shell``."""
+
+    _shell_ids = itertools.count(1)
+
+    def __init__(
+        self,
+        box: Sandbox,
+        recorder: RunRecorder,
+        config: AgentConfig,
+        defaults: SandboxDefaults,
+    ) -> None:
+        self._box = box
+        self._recorder = recorder
+        self.config = config
+        self._defaults = defaults
+        self.fs = WorkspaceFS(box, recorder, config.cwd or box.workdir)
+
+    @property
+    def sandbox_id(self) -> str:
+        return self._box.id
+
+    async def shell(
+        self,
+        command: str,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> ShellResult:
+        """Runs ``command`` with bash (or sh) in the run's container.
+
+        stdout and stderr are streamed as ``shell_output`` events while it runs. Returns
+        ``{"stdout", "stderr", "exit_code", "timed_out", "duration_ms"}``. On timeout the
+        command's whole process tree is killed and ``exit_code`` is 124; it does not raise.
+        Each stream keeps at most ``output_cap`` bytes (head and tail, with a marker between).
+        """
+        if not isinstance(command, str) or not command.strip():
+            raise ConfigError("shell needs a non-empty command string")
+        limit = self._defaults.shell_timeout if timeout is None else float(timeout)
+        if limit <= 0:
+            raise ConfigError(f"shell timeout must be positive seconds, got {timeout!r}")
+        workdir = await self.fs.resolve(cwd) if cwd is not None else self.fs.cwd
+        merged = {**self.config.env, **(env or {})}
+        shell_id = f"sh-{next(self._shell_ids)}"
+        captures = {s: StreamCapture(self._defaults.output_cap) for s in ("stdout", "stderr")}
+        self._recorder.emit(
+            EventType.shell_start,
+            {"shell_id": shell_id, "command": command, "cwd": workdir, "timeout": limit},
+        )
+
+        def on_output(stream: str, chunk: bytes) -> None:
+            text = captures[stream].feed(chunk)
+            if text:
+                self._recorder.emit(
+                    EventType.shell_output, {"shell_id": shell_id, "stream": stream, "text": text}
+                )
+
+        started = time.monotonic()
+        status = await self._box.exec(
+            command, cwd=workdir, env=merged, timeout=limit, on_output=on_output
+        )
+        duration_ms = int((time.monotonic() - started) * 1000)
+        end: dict[str, Any] = {
+            "shell_id": shell_id,
+            "exit_code": status.exit_code,
+            "timed_out": status.timed_out,
+            "duration_ms": duration_ms,
+            "stdout_bytes": captures["stdout"].total,
+            "stderr_bytes": captures["stderr"].total,
+            "truncated": any(c.truncated for c in captures.values()),
+        }
+        if status.killed:
+            end["killed"] = status.killed
+        self._recorder.emit(EventType.shell_end, end)
+        return ShellResult(
+            stdout=captures["stdout"].text(),
+            stderr=captures["stderr"].text(),
+            exit_code=status.exit_code,
+            timed_out=status.timed_out,
+            duration_ms=duration_ms,
+        )

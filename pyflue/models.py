@@ -1,0 +1,94 @@
+"""Wire models shared by the store, the runtime and every transport.
+
+A run record and its events serialize the same way everywhere: the CLI's ``--format json``,
+the HTTP API, SSE frames and WebSocket frames (see ../shared/API.md).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ulid import ULID
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+    timed_out = "timed_out"
+    interrupted = "interrupted"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RunStatus.queued, RunStatus.running)
+
+
+class EventType(StrEnum):
+    """Every event type a run can record. ``data`` keys are documented in docs/events.md."""
+
+    run_start = "run_start"
+    run_end = "run_end"
+    log = "log"
+    container_created = "container_created"
+    container_started = "container_started"
+    container_exited = "container_exited"
+    container_removed = "container_removed"
+    shell_start = "shell_start"
+    shell_output = "shell_output"
+    shell_end = "shell_end"
+    file_read = "file_read"
+    file_write = "file_write"
+    file_op = "file_op"
+
+
+class ErrorInfo(BaseModel):
+    """A failure as recorded on a run and sent to clients."""
+
+    type: str
+    message: str
+    details: str | None = None
+
+
+class Event(BaseModel):
+    """One stored run event. ``event_index`` is 1-based and gap-free per run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    event_index: int
+    type: EventType
+    timestamp: datetime
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Run(BaseModel):
+    """A run record, as stored and as returned by every surface."""
+
+    run_id: str
+    workflow: str
+    status: RunStatus
+    payload: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+    error: ErrorInfo | None = None
+    reason: str | None = None
+    image: str | None = None
+    source: str = "cli"
+    owner: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: int | None = None
+    event_count: int = 0
+
+
+def new_run_id(workflow: str) -> str:
+    return f"workflow:{workflow}:{ULID()}"

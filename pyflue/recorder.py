@@ -1,0 +1,77 @@
+"""The run recorder: the one way runtime code emits a run's events.
+
+``emit`` never blocks the caller (``ctx.log.info`` is synchronous, and a shell call must not
+wait on the database); a single writer task per run stores events in order, in batches, with
+their gap-free indexes. Subscribers see an event only after it is stored. ``flush`` waits until
+everything emitted so far is stored; ``close`` flushes and stops the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pyflue.models import Event, EventType, utcnow
+from pyflue.store.base import NewEvent, RunStore
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+Listener = Callable[[Event], None]
+
+
+class RunRecorder:
+    def __init__(self, store: RunStore, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self._pending: list[NewEvent] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._writer = asyncio.create_task(self._write_loop(), name=f"recorder:{run_id}")
+
+    def emit(self, type: EventType, data: dict[str, Any] | None = None) -> None:
+        """Queues one event; it is stored in emission order."""
+        if self._closed:
+            raise RuntimeError(f"recorder for {self.run_id} is closed")
+        self._pending.append(NewEvent(type=type, data=data or {}, timestamp=utcnow()))
+        self._idle.clear()
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Waits until every event emitted so far is stored; re-raises a store failure."""
+        await self._idle.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def close(self) -> None:
+        try:
+            await self.flush()
+        finally:
+            self._closed = True
+            self._writer.cancel()
+            try:
+                await self._writer
+            except asyncio.CancelledError:
+                pass
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+                try:
+                    await self.store.append_events(self.run_id, batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # surfaced by flush(); the run's end reports it
+                    log.exception("storing events for %s failed", self.run_id)
+                    self._error = exc
+            if not self._pending:
+                self._idle.set()

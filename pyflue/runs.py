@@ -1,0 +1,295 @@
+"""The run executor: one run from its record to its end, container removed whatever happens.
+
+``submit`` writes the run record (``queued``) before anything else happens; ``execute`` runs
+it: ``running``, ``run_start``, the workflow with its ``FlueContext``, the container removed,
+``run_end``, and the final status (``completed``, ``failed``, ``cancelled``). The core imports
+neither docker nor FastAPI: it talks to the ports in :mod:`pyflue.sandbox.base` and
+:mod:`pyflue.store.base`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import os
+import socket
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+
+from pyflue._bridge import run_to_completion
+from pyflue.agents import Agent, AgentConfig
+from pyflue.context import FlueContext, RunLog
+from pyflue.errors import ConfigError, InvalidPayload, PyflueError, RunNotFound
+from pyflue.harness import Harness
+from pyflue.models import ErrorInfo, EventType, Run, RunStatus, new_run_id, utcnow
+from pyflue.recorder import RunRecorder
+from pyflue.sandbox.base import Sandbox, SandboxProvider, SandboxSpec
+from pyflue.settings import Settings
+from pyflue.store.base import RunStore, RunUpdate
+from pyflue.workflows import WorkflowRegistry
+
+
+def local_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def parse_payload(raw: str | bytes | None) -> dict[str, Any]:
+    """A payload from JSON text: must be a JSON object. Raises InvalidPayload."""
+    if raw is None or (isinstance(raw, str | bytes) and not raw.strip()):
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidPayload(
+            f"payload is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            """pass an object such as '{"key": "value"}'"""
+        ) from None
+    return check_payload(value)
+
+
+def check_payload(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidPayload(
+            f"payload must be a JSON object, not {type(value).__name__}; "
+            """wrap it, e.g. '{"items": [...]}'"""
+        )
+    return value
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    details = "".join(traceback.format_exception(exc))
+    if isinstance(exc, PyflueError):
+        return ErrorInfo(type=exc.type, message=exc.message, details=exc.details or details)
+    return ErrorInfo(type=type(exc).__name__, message=str(exc), details=details)
+
+
+class Runner:
+    """Executes runs of one project's workflows against a store and a sandbox provider."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: RunStore,
+        provider: SandboxProvider,
+        registry: WorkflowRegistry,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.provider = provider
+        self.registry = registry
+        self.env = dict(env if env is not None else {})
+
+    async def submit(
+        self,
+        workflow: str,
+        payload: Any,
+        *,
+        image: str | None = None,
+        source: str = "cli",
+        owner: str | None = None,
+    ) -> Run:
+        """Validates the invocation and records the run as ``queued``. Nothing runs yet."""
+        self.registry.get(workflow)  # WorkflowNotFound / WorkflowLoadError before any record
+        run = Run(
+            run_id=new_run_id(workflow),
+            workflow=workflow,
+            status=RunStatus.queued,
+            payload=check_payload(payload),
+            image=image,
+            source=source,
+            owner=owner or local_owner(),
+            created_at=utcnow(),
+        )
+        return await self.store.create_run(run)
+
+    async def execute(self, run_id: str, *, req: Any = None) -> Run:
+        """Runs a queued run to its end and returns the final record."""
+        run = await self.store.get_run(run_id)
+        started = utcnow()
+        await self.store.update_run(
+            run_id, RunUpdate(status=RunStatus.running, started_at=started)
+        )
+        recorder = RunRecorder(self.store, run_id)
+        recorder.emit(EventType.run_start, {
+            "workflow": run.workflow, "payload": run.payload, "image": run.image,
+            "source": run.source,
+        })
+        scope = _SandboxScope(self, run, recorder)
+        t0 = time.monotonic()
+        result: Any = None
+        error: ErrorInfo | None = None
+        reason: str | None = None
+        cancelled = False
+        try:
+            ctx = FlueContext(
+                id=run_id, payload=run.payload, env=self.env, req=req,
+                log=RunLog(recorder), init=scope.init,
+            )
+            result = await _call_workflow(self.registry.get(run.workflow).run, ctx)
+            status = RunStatus.completed
+        except asyncio.CancelledError as exc:
+            status, cancelled = RunStatus.cancelled, True
+            reason = str(exc.args[0]) if exc.args else "cancelled while running"
+        except Exception as exc:
+            status, error = RunStatus.failed, error_info(exc)
+        final = await run_to_completion(
+            self._finish(run_id, scope, recorder, status, result, error, reason, t0)
+        )
+        if cancelled:
+            raise asyncio.CancelledError(reason)
+        return final
+
+    async def _finish(
+        self,
+        run_id: str,
+        scope: _SandboxScope,
+        recorder: RunRecorder,
+        status: RunStatus,
+        result: Any,
+        error: ErrorInfo | None,
+        reason: str | None,
+        t0: float,
+    ) -> Run:
+        try:
+            await scope.close()
+        except Exception as exc:  # the container could not be removed: the reaper will
+            recorder.emit(EventType.log, {
+                "level": "error", "message": f"removing the run's container failed: {exc}",
+                "fields": {},
+            })
+        duration_ms = int((time.monotonic() - t0) * 1000)
+        end: dict[str, Any] = {
+            "status": status.value, "is_error": status is not RunStatus.completed,
+            "duration_ms": duration_ms,
+        }
+        if error is not None:
+            end["error"] = error.model_dump()
+        if reason is not None:
+            end["reason"] = reason
+        recorder.emit(EventType.run_end, end)
+        await recorder.close()
+        return await self.store.update_run(run_id, RunUpdate(
+            status=status, result=result, has_result=status is RunStatus.completed,
+            error=error, reason=reason, finished_at=utcnow(), duration_ms=duration_ms,
+        ))
+
+    async def run(self, workflow: str, payload: Any, **kwargs: Any) -> Run:
+        """``submit`` then ``execute``."""
+        run = await self.submit(workflow, payload, **kwargs)
+        return await self.execute(run.run_id)
+
+    async def is_live(self, run_id: str) -> bool:
+        """Whether a run may still be using its container (for the reaper)."""
+        try:
+            run = await self.store.get_run(run_id)
+        except RunNotFound:
+            return False
+        if run.status.finished:
+            return False
+        if run.status is RunStatus.running and _owner_is_dead(run.owner):
+            await self.store.update_run(run_id, RunUpdate(
+                status=RunStatus.interrupted, finished_at=utcnow(),
+                reason=f"the process that ran it ({run.owner}) is gone",
+            ))
+            return False
+        return True
+
+    async def reap(self) -> list[str]:
+        """Removes containers left by runs that are no longer running."""
+        return await self.provider.reap(self.is_live)
+
+
+def _owner_is_dead(owner: str | None) -> bool:
+    if not owner or owner.count(":") != 1:
+        return False
+    host, _, pid = owner.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+async def _call_workflow(fn: Any, ctx: FlueContext) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        value = await fn(ctx)
+    else:
+        value = await asyncio.to_thread(fn, ctx)
+        if inspect.isawaitable(value):
+            value = await value
+    try:
+        jsonable = to_jsonable_python(value)
+        json.dumps(jsonable)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"the workflow returned a {type(value).__name__} that is not JSON-serialisable "
+            f"({exc}); return dicts, lists, strings, numbers or Pydantic models"
+        ) from None
+    return jsonable
+
+
+class _SandboxScope:
+    """The run's one container, created on the first ``ctx.init`` and removed at the end."""
+
+    def __init__(self, runner: Runner, run: Run, recorder: RunRecorder) -> None:
+        self._runner = runner
+        self._run = run
+        self._recorder = recorder
+        self._stack = contextlib.AsyncExitStack()
+        self._lock = asyncio.Lock()
+        self._box: Sandbox | None = None
+        self._spec: SandboxSpec | None = None
+
+    async def init(self, agent: Agent, ctx: FlueContext) -> Harness:
+        if not isinstance(agent, Agent):
+            raise ConfigError(
+                f"ctx.init expects an agent from create_agent(...), got {type(agent).__name__}"
+            )
+        config = await agent.configure(ctx)
+        spec = self._spec_for(config)
+        async with self._lock:
+            if self._box is None:
+                self._box = await self._stack.enter_async_context(
+                    self._runner.provider.open(spec, self._recorder.emit)
+                )
+                self._spec = spec
+                await self._runner.store.update_run(self._run.run_id, RunUpdate(image=spec.image))
+            elif spec != self._spec:
+                raise ConfigError(
+                    "a run has one container: this agent asks for different sandbox settings "
+                    f"({spec.image}, network {spec.network}) than the first one initialized"
+                )
+        defaults = self._runner.settings.sandbox
+        return Harness(self._box, self._recorder, config, defaults)
+
+    def _spec_for(self, config: AgentConfig) -> SandboxSpec:
+        d = self._runner.settings.sandbox
+        return SandboxSpec(
+            run_id=self._run.run_id,
+            workflow=self._run.workflow,
+            image=self._run.image or config.image or d.image,
+            user=d.user,
+            network=config.network or d.network,
+            memory=config.memory or d.memory,
+            cpus=config.cpus or d.cpus,
+            pids=config.pids or d.pids,
+            workspace_size=d.workspace_size,
+            tmp_size=d.tmp_size,
+            runtime=config.runtime or d.runtime,
+            read_only_root=d.read_only_root,
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()

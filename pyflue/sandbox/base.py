@@ -1,0 +1,140 @@
+"""The sandbox port: a workspace to copy files into and out of and to exec in, with streaming.
+
+A :class:`SandboxProvider` owns the box's lifecycle (create, harden, remove, reap); a
+:class:`Sandbox` is the work inside it (exec, file copies). The Docker adapter is the product;
+:mod:`pyflue.sandbox.fake` serves pure-logic tests. Paths handed to a ``Sandbox`` are absolute
+and already confined to the workspace by :mod:`pyflue.paths`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from pyflue.models import EventType
+
+FileKind = Literal["file", "dir", "symlink", "other"]
+
+# (stream, chunk): stream is "stdout" or "stderr".
+OutputHandler = Callable[[str, bytes], None]
+Emit = Callable[[EventType, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything needed to create one run's container."""
+
+    run_id: str
+    workflow: str
+    image: str
+    user: str = "1000:1000"
+    network: str = "none"
+    memory: str = "1g"
+    cpus: float = 1.0
+    pids: int = 512
+    workspace_size: str = "1g"
+    tmp_size: str = "256m"
+    runtime: str | None = None
+    read_only_root: bool = True
+    workdir: str = "/workspace"
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def uid_gid(self) -> tuple[int, int]:
+        uid, _, gid = self.user.partition(":")
+        return int(uid), int(gid or uid)
+
+
+@dataclass(frozen=True)
+class FileStat:
+    path: str
+    kind: FileKind
+    size: int
+    mode: int
+    mtime: datetime | None = None
+    link_target: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "name": self.path.rstrip("/").rsplit("/", 1)[-1],
+            "kind": self.kind,
+            "size": self.size,
+            "mode": oct(self.mode & 0o7777),
+            "mtime": self.mtime.isoformat() if self.mtime else None,
+            "link_target": self.link_target,
+        }
+
+
+@dataclass(frozen=True)
+class PutEntry:
+    """One member of a copy into the sandbox: a file (``data``) or a directory (``None``)."""
+
+    path: str  # relative to the destination directory
+    data: bytes | None
+    mode: int = 0o644
+
+
+KillScope = Literal["group", "all"] | None
+
+
+@dataclass(frozen=True)
+class ExecStatus:
+    exit_code: int
+    timed_out: bool = False
+    killed: KillScope = None
+
+
+class Sandbox(Protocol):
+    """One run's workspace. Every method raises :class:`pyflue.errors.SandboxError` subclasses."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def workdir(self) -> str: ...
+
+    async def exec(
+        self,
+        command: str,
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        timeout: float,
+        on_output: OutputHandler,
+    ) -> ExecStatus:
+        """Runs ``command`` with a shell; streams output; kills the process group on timeout."""
+        ...
+
+    async def lstat(self, path: str) -> FileStat | None:
+        """Stat without following a final symlink; None when nothing is there."""
+        ...
+
+    async def read_file(self, path: str, *, max_bytes: int) -> bytes:
+        """The bytes of a regular file (no symlink at ``path``)."""
+        ...
+
+    async def put(self, dest_dir: str, entries: Sequence[PutEntry]) -> None:
+        """Copies files and directories into ``dest_dir`` (one transfer)."""
+        ...
+
+    async def listdir(self, path: str) -> list[FileStat]: ...
+
+    async def remove(self, path: str, *, recursive: bool) -> None: ...
+
+
+class SandboxProvider(Protocol):
+    """Creates, hardens, removes and reaps run containers."""
+
+    def open(self, spec: SandboxSpec, emit: Emit) -> AbstractAsyncContextManager[Sandbox]:
+        """The run's sandbox, removed on exit whatever the outcome."""
+        ...
+
+    async def reap(self, is_live: Callable[[str], Awaitable[bool]]) -> list[str]:
+        """Removes sandboxes whose run is not live; returns the run ids reaped."""
+        ...
+
+    async def close(self) -> None: ...

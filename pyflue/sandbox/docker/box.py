@@ -1,0 +1,344 @@
+"""The work inside one run's container: exec with streaming and kill, and archive copies.
+
+How a command or a file operation reaches the container is this module's business alone:
+``docker exec`` and the archive API today; a persistent channel can replace it later without
+touching the lifecycle (:mod:`.lifecycle`) or the harness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import posixpath
+import socket as socketlib
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from docker.utils.socket import frames_iter
+
+from pyflue._bridge import ThreadBridge
+from pyflue.errors import FileNotFoundInSandbox, SandboxError, WorkspacePathError
+from pyflue.sandbox.base import (
+    ExecStatus,
+    FileKind,
+    FileStat,
+    KillScope,
+    OutputHandler,
+    PutEntry,
+    SandboxSpec,
+)
+from pyflue.sandbox.docker.engine import translated
+from pyflue.sandbox.tario import build_tar, read_single_file
+
+log = logging.getLogger(__name__)
+
+PID_MARKER = b"\x1epyflue-pid:"
+
+# Runs the user's command in bash when the image has it, else sh. The exec's first process is
+# its own process-group leader; it reports its pid on stderr first, so a timeout can kill the
+# whole group (orphans included) without a process table scan.
+WRAPPER = (
+    'printf "\\036pyflue-pid:%s\\n" "$$" >&2; '
+    'if command -v bash >/dev/null 2>&1; then exec bash -c "$1"; fi; exec /bin/sh -c "$1"'
+)
+
+STDOUT, STDERR = 1, 2
+
+_GO_DIR, _GO_SYMLINK = 1 << 31, 1 << 27
+_GO_OTHER = (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19)
+
+
+def _stat_from_header(path: str, header: str) -> FileStat:
+    raw = json.loads(base64.b64decode(header))
+    mode = int(raw.get("mode", 0))
+    kind: FileKind
+    if mode & _GO_DIR:
+        kind = "dir"
+    elif mode & _GO_SYMLINK:
+        kind = "symlink"
+    elif mode & _GO_OTHER:
+        kind = "other"
+    else:
+        kind = "file"
+    mtime = None
+    if raw.get("mtime"):
+        try:
+            mtime = datetime.fromisoformat(raw["mtime"].replace("Z", "+00:00"))
+        except ValueError:
+            mtime = None
+    return FileStat(
+        path=path,
+        kind=kind,
+        size=int(raw.get("size", 0)),
+        mode=mode & 0o7777,
+        mtime=mtime,
+        link_target=raw.get("linkTarget") or None,
+    )
+
+
+class DockerSandbox:
+    """A running container, as the harness sees it."""
+
+    def __init__(self, client: Any, bridge: ThreadBridge, container_id: str, spec: SandboxSpec,
+                 kill_grace: float) -> None:
+        self._client = client
+        self._api = client.api
+        self._bridge = bridge
+        self._cid = container_id
+        self._spec = spec
+        self._kill_grace = kill_grace
+
+    @property
+    def id(self) -> str:
+        return self._cid
+
+    @property
+    def workdir(self) -> str:
+        return self._spec.workdir
+
+    # -- exec -------------------------------------------------------------------------------
+
+    async def exec(
+        self,
+        command: str,
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        timeout: float,
+        on_output: OutputHandler,
+    ) -> ExecStatus:
+        argv = ["/bin/sh", "-c", WRAPPER, "pyflue-shell", command]
+        exec_id, sock = await self._bridge.call(self._start_exec, argv, cwd, env)
+        pid_box: list[int] = []
+        stream = _Demuxer(on_output, pid_box)
+        pump = asyncio.ensure_future(self._drain(sock, stream))
+        try:
+            await asyncio.wait_for(asyncio.shield(pump), timeout)
+        except TimeoutError:
+            killed = await self._kill(pump, sock, pid_box)
+            return ExecStatus(exit_code=124, timed_out=True, killed=killed)
+        except BaseException:
+            # Cancelled (run cancelled, Ctrl-C): do not leave the command running.
+            await asyncio.shield(self._kill(pump, sock, pid_box))
+            raise
+        code = await self._bridge.call(self._exit_code, exec_id)
+        return ExecStatus(exit_code=code)
+
+    def _start_exec(self, argv: list[str], cwd: str, env: Mapping[str, str]) -> tuple[str, Any]:
+        with translated("starting a command in the sandbox", container=self._cid):
+            created = self._api.exec_create(
+                self._cid,
+                argv,
+                stdout=True,
+                stderr=True,
+                workdir=cwd,
+                environment=[f"{k}={v}" for k, v in env.items()],
+                user=self._spec.user,
+            )
+            sock = self._api.exec_start(created["Id"], socket=True)
+        return created["Id"], sock
+
+    def _exit_code(self, exec_id: str) -> int:
+        with translated("reading a command's exit code", container=self._cid):
+            code = self._api.exec_inspect(exec_id).get("ExitCode")
+        return -1 if code is None else int(code)
+
+    async def _drain(self, sock: Any, stream: _Demuxer) -> None:
+        async for stream_id, chunk in self._bridge.pump(_frames(sock)):
+            stream.feed(stream_id, chunk)
+        stream.finish()
+
+    async def _kill(
+        self, pump: asyncio.Future[None], sock: Any, pid_box: list[int]
+    ) -> KillScope:
+        """Kills the command's process group; escalates to every sandbox process if needed."""
+        killed: KillScope = None
+        if pid_box:
+            killed = "group"
+            try:
+                await asyncio.wait_for(
+                    self._bridge.call(
+                        self._run_quiet,
+                        ["/bin/sh", "-c", f"kill -9 -{pid_box[0]} 2>/dev/null; kill -9 {pid_box[0]}"],
+                    ),
+                    min(self._kill_grace, 1.0),
+                )
+            except (SandboxError, TimeoutError):
+                killed = None  # the kill could not start (pids exhausted?): escalate below
+        if killed is None or not await _finishes(pump, self._kill_grace):
+            # PID 1 of the sandbox kills every process it can on SIGUSR1 (see lifecycle.INIT).
+            killed = "all"
+            await self._bridge.call(self._signal_init)
+            if not await _finishes(pump, self._kill_grace):
+                _abort_socket(sock)
+                await _finishes(pump, self._kill_grace)
+        if not pump.done():
+            pump.cancel()
+        return killed
+
+    def _run_quiet(self, argv: list[str]) -> None:
+        with translated("stopping a timed-out command", container=self._cid):
+            created = self._api.exec_create(self._cid, argv, user=self._spec.user)
+            self._api.exec_start(created["Id"])
+
+    def _signal_init(self) -> None:
+        try:
+            with translated("signalling the sandbox init", container=self._cid):
+                self._api.kill(self._cid, signal="SIGUSR1")
+        except SandboxError as exc:
+            log.warning("could not signal sandbox init: %s", exc)
+
+    # -- files ------------------------------------------------------------------------------
+
+    async def lstat(self, path: str) -> FileStat | None:
+        return await self._bridge.call(self._lstat, path)
+
+    def _lstat(self, path: str) -> FileStat | None:
+        with translated(f"stat {path}", container=self._cid):
+            res = self._api.head(
+                self._api._url("/containers/{0}/archive", self._cid), params={"path": path}
+            )
+        if res.status_code == 404:
+            if "container" in (res.headers.get("Content-Type", "") + res.text).lower():
+                return self._missing_container()
+            return None
+        header = res.headers.get("X-Docker-Container-Path-Stat")
+        if res.status_code != 200 or not header:
+            raise SandboxError(f"stat {path}: the Docker engine answered HTTP {res.status_code}")
+        return _stat_from_header(path, header)
+
+    def _missing_container(self) -> None:
+        with translated("stat", container=self._cid):
+            self._api.inspect_container(self._cid)
+        return None
+
+    async def read_file(self, path: str, *, max_bytes: int) -> bytes:
+        return await self._bridge.call(self._read_file, path, max_bytes)
+
+    def _read_file(self, path: str, max_bytes: int) -> bytes:
+        with translated(f"reading {path}", container=self._cid):
+            chunks, _stat = self._api.get_archive(self._cid, path, chunk_size=1 << 20)
+            try:
+                return read_single_file(chunks, max_bytes=max_bytes)
+            except IsADirectoryError:
+                raise WorkspacePathError(f"{path} is not a regular file") from None
+            except OverflowError as exc:
+                raise WorkspacePathError(
+                    f"{path} is {exc.args[0]} bytes, over the read limit of {max_bytes}"
+                ) from None
+            except FileNotFoundError:
+                raise FileNotFoundInSandbox(f"{path} does not exist") from None
+
+    async def put(self, dest_dir: str, entries: Sequence[PutEntry]) -> None:
+        uid, gid = self._spec.uid_gid
+        data = build_tar(entries, uid=uid, gid=gid)
+        await self._bridge.call(self._put, dest_dir, data)
+
+    def _put(self, dest_dir: str, data: bytes) -> None:
+        with translated(f"copying files into {dest_dir}", container=self._cid):
+            self._api.put_archive(self._cid, dest_dir, data)
+
+    async def listdir(self, path: str) -> list[FileStat]:
+        out = await self._bridge.call(
+            self._capture,
+            ["find", path, "-mindepth", "1", "-maxdepth", "1", "-printf", r"%y\t%s\t%m\t%T@\t%f\0"],
+        )
+        stats = []
+        for record in out.split(b"\0"):
+            if not record:
+                continue
+            kind_c, size, mode, mtime, name = record.decode("utf-8", "replace").split("\t", 4)
+            kind: FileKind = {"f": "file", "d": "dir", "l": "symlink"}.get(kind_c, "other")  # type: ignore[assignment]
+            stats.append(
+                FileStat(
+                    path=posixpath.join(path, name),
+                    kind=kind,
+                    size=int(size),
+                    mode=int(mode, 8),
+                    mtime=datetime.fromtimestamp(float(mtime)).astimezone(),
+                )
+            )
+        return sorted(stats, key=lambda s: s.path)
+
+    async def remove(self, path: str, *, recursive: bool) -> None:
+        await self._bridge.call(self._capture, ["rm", "-rf" if recursive else "-f", "--", path])
+
+    def _capture(self, argv: list[str]) -> bytes:
+        """Runs a helper command to completion; its stdout, or a SandboxError with its stderr."""
+        with translated(f"running {argv[0]} in the sandbox", container=self._cid):
+            created = self._api.exec_create(self._cid, argv, user=self._spec.user)
+            out, err = self._api.exec_start(created["Id"], demux=True)
+            code = self._api.exec_inspect(created["Id"]).get("ExitCode")
+        if code != 0:
+            message = (err or b"").decode("utf-8", "replace").strip() or f"exit code {code}"
+            raise SandboxError(f"{argv[0]} failed in the sandbox: {message}")
+        return out or b""
+
+
+class _Demuxer:
+    """Takes exec frames; hides the wrapper's pid line; hands output on by stream name."""
+
+    def __init__(self, on_output: OutputHandler, pid_box: list[int]) -> None:
+        self._on_output = on_output
+        self._pid_box = pid_box
+        self._stderr_head: bytes | None = b""
+
+    def feed(self, stream_id: int, chunk: bytes) -> None:
+        if stream_id == STDERR and self._stderr_head is not None:
+            self._stderr_head += chunk
+            if b"\n" not in self._stderr_head:
+                if len(self._stderr_head) < 64:
+                    return
+                chunk, self._stderr_head = self._stderr_head, None
+            else:
+                line, _, rest = self._stderr_head.partition(b"\n")
+                self._stderr_head = None
+                if line.startswith(PID_MARKER):
+                    try:
+                        self._pid_box.append(int(line[len(PID_MARKER) :]))
+                    except ValueError:
+                        pass
+                    chunk = rest
+                else:
+                    chunk = line + b"\n" + rest
+            if not chunk:
+                return
+        self._on_output("stdout" if stream_id == STDOUT else "stderr", chunk)
+
+    def finish(self) -> None:
+        if self._stderr_head:
+            self._on_output("stderr", self._stderr_head)
+        self._stderr_head = None
+
+
+def _frames(sock: Any) -> Iterator[tuple[int, bytes]]:
+    try:
+        yield from frames_iter(sock, tty=False)
+    except OSError:
+        return  # socket shut down by _abort_socket: the stream is over
+    finally:
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+def _abort_socket(sock: Any) -> None:
+    raw = getattr(sock, "_sock", sock)
+    try:
+        raw.shutdown(socketlib.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+async def _finishes(fut: asyncio.Future[None], timeout: float) -> bool:
+    try:
+        await asyncio.wait_for(asyncio.shield(fut), timeout)
+    except TimeoutError:
+        return False
+    except Exception:
+        return True
+    return True

@@ -1,0 +1,232 @@
+"""The life of a run's container: create hardened, start, remove whatever happens, reap leaks.
+
+Each run gets its own container and its own tmpfs-backed volume at ``/workspace`` (size-capped,
+owned by the sandbox user, usable by the archive API even with a read-only root filesystem).
+Both carry labels naming the run, so :meth:`DockerProvider.reap` finds whatever a crash left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import docker.types
+
+from pyflue._bridge import ThreadBridge, run_to_completion
+from pyflue.errors import ImageNotFound, SandboxError
+from pyflue.models import EventType, utcnow
+from pyflue.sandbox.base import Emit, Sandbox, SandboxSpec
+from pyflue.sandbox.docker.box import DockerSandbox
+from pyflue.sandbox.docker.engine import connect, start_error, translated
+
+log = logging.getLogger(__name__)
+
+LABEL_RUN = "dev.pyflue.run-id"
+LABEL_WORKFLOW = "dev.pyflue.workflow"
+LABEL_CREATED = "dev.pyflue.created-at"
+
+# PID 1 of every sandbox: reaps orphans (``wait``) and, on SIGUSR1, kills every process it may
+# signal. It needs no fork to do that, so it still works when a fork bomb has used every pid.
+INIT = (
+    "trap 'kill -KILL -1 2>/dev/null' USR1; trap 'exit 0' TERM INT; "
+    "while :; do sleep 2147483647 & wait $!; done"
+)
+
+
+def resource_name(run_id: str) -> str:
+    """A Docker-safe name for a run's container and volume."""
+    return "pyflue-" + re.sub(r"[^a-zA-Z0-9_.-]+", "-", run_id.removeprefix("workflow:")).lower()
+
+
+def container_config(spec: SandboxSpec, volume: str) -> dict[str, Any]:
+    """The hardened ``containers.create`` arguments for a run (see docs/sandbox.md)."""
+    uid, gid = spec.uid_gid
+    config: dict[str, Any] = {
+        "image": spec.image,
+        "command": ["/bin/sh", "-c", INIT],
+        "entrypoint": [],
+        "name": resource_name(spec.run_id),
+        "user": spec.user,
+        "working_dir": spec.workdir,
+        "environment": {"HOME": "/tmp", **spec.env},
+        "labels": {
+            LABEL_RUN: spec.run_id,
+            LABEL_WORKFLOW: spec.workflow,
+            LABEL_CREATED: utcnow().isoformat(),
+        },
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "pids_limit": spec.pids,
+        "mem_limit": spec.memory,
+        "memswap_limit": spec.memory,
+        "nano_cpus": int(spec.cpus * 1e9),
+        "network_mode": spec.network,
+        "read_only": spec.read_only_root,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={spec.tmp_size},mode=1777"},
+        "mounts": [docker.types.Mount(spec.workdir, volume, type="volume")],
+        "detach": True,
+    }
+    if spec.runtime:
+        config["runtime"] = spec.runtime
+    return config
+
+
+def volume_options(spec: SandboxSpec) -> dict[str, str]:
+    uid, gid = spec.uid_gid
+    return {
+        "type": "tmpfs",
+        "device": "tmpfs",
+        "o": f"size={spec.workspace_size},uid={uid},gid={gid},mode=0755,nosuid,nodev",
+    }
+
+
+class DockerProvider:
+    """Sandboxes as Docker containers on one engine (local socket or ``DOCKER_HOST``)."""
+
+    def __init__(self, base_url: str | None = None, *, kill_grace: float = 2.0,
+                 bridge: ThreadBridge | None = None) -> None:
+        self.base_url = base_url
+        self.kill_grace = kill_grace
+        self.bridge = bridge or ThreadBridge()
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = connect(self.base_url)
+        return self._client
+
+    async def ping(self) -> None:
+        """Raises EngineUnavailable when the engine does not answer."""
+        await self.bridge.call(self._ping)
+
+    def _ping(self) -> None:
+        with translated("contacting the Docker engine"):
+            self.client.ping()
+
+    async def info(self) -> dict[str, Any]:
+        def _info() -> dict[str, Any]:
+            with translated("reading Docker engine info"):
+                return dict(self.client.info())
+
+        return await self.bridge.call(_info)
+
+    async def image_exists(self, image: str) -> bool:
+        def _exists() -> bool:
+            try:
+                with translated("looking up an image", image=image):
+                    self.client.images.get(image)
+            except ImageNotFound:
+                return False
+            return True
+
+        return await self.bridge.call(_exists)
+
+    @contextlib.asynccontextmanager
+    async def open(self, spec: SandboxSpec, emit: Emit) -> AsyncIterator[Sandbox]:
+        volume = resource_name(spec.run_id)
+        container: Any = None
+        try:
+            container = await self.bridge.call(self._create, spec, volume)
+            emit(EventType.container_created, {
+                "container_id": container.id, "name": volume, "image": spec.image,
+                "network": spec.network, "runtime": spec.runtime or "runc",
+            })
+            await self.bridge.call(self._start, container, spec)
+            emit(EventType.container_started, {"container_id": container.id})
+            yield DockerSandbox(self.client, self.bridge, container.id, spec, self.kill_grace)
+        finally:
+            await run_to_completion(self._remove(container, volume, emit))
+
+    def _create(self, spec: SandboxSpec, volume: str) -> Any:
+        labels = {LABEL_RUN: spec.run_id, LABEL_WORKFLOW: spec.workflow}
+        try:
+            with translated("creating the run's workspace volume"):
+                self.client.volumes.create(
+                    volume, driver="local", driver_opts=volume_options(spec), labels=labels
+                )
+            with translated("creating the run's container", image=spec.image):
+                return self.client.containers.create(**container_config(spec, volume))
+        except ImageNotFound:
+            raise
+        except SandboxError as exc:
+            raise start_error(f"cannot create a container from {spec.image}", exc) from exc
+
+    def _start(self, container: Any, spec: SandboxSpec) -> None:
+        try:
+            with translated("starting the run's container", container=container.id):
+                container.start()
+        except SandboxError as exc:
+            raise start_error(f"cannot start a container from {spec.image}", exc) from exc
+
+    async def _remove(self, container: Any, volume: str, emit: Emit) -> None:
+        if container is not None:
+            state = await self.bridge.call(self._state, container.id)
+            emit(EventType.container_exited, {
+                "container_id": container.id,
+                "exit_code": state.get("ExitCode") if not state.get("Running") else 137,
+                "oom_killed": bool(state.get("OOMKilled")),
+                "stopped_by": "pyflue" if state.get("Running") else "itself",
+            })
+        removed = await self.bridge.call(self._remove_sync, container.id if container else None,
+                                         volume)
+        if container is not None:
+            emit(EventType.container_removed, {"container_id": container.id, "removed": removed})
+
+    def _state(self, cid: str) -> dict[str, Any]:
+        try:
+            with translated("inspecting the run's container"):
+                return dict(self.client.api.inspect_container(cid).get("State", {}))
+        except SandboxError:
+            return {}
+
+    def _remove_sync(self, cid: str | None, volume: str) -> bool:
+        ok = True
+        if cid is not None:
+            try:
+                with translated("removing the run's container"):
+                    self.client.api.remove_container(cid, force=True, v=True)
+            except SandboxError as exc:
+                ok = "no such container" in exc.message.lower()
+                if not ok:
+                    log.warning("could not remove container %s: %s", cid[:12], exc)
+        try:
+            with translated("removing the run's workspace volume"):
+                self.client.api.remove_volume(volume, force=True)
+        except SandboxError as exc:
+            if "no such volume" not in exc.message.lower():
+                log.warning("could not remove volume %s: %s", volume, exc)
+        return ok
+
+    async def reap(self, is_live: Callable[[str], Awaitable[bool]]) -> list[str]:
+        """Removes labelled containers and volumes whose run is not live."""
+        found = await self.bridge.call(self._labelled)
+        reaped = []
+        for run_id, cid, volume in found:
+            if await is_live(run_id):
+                continue
+            await self.bridge.call(self._remove_sync, cid, volume)
+            reaped.append(run_id)
+        return sorted(set(reaped))
+
+    def _labelled(self) -> list[tuple[str, str | None, str]]:
+        with translated("listing pyflue containers"):
+            containers = self.client.api.containers(all=True, filters={"label": LABEL_RUN})
+            volumes = self.client.api.volumes(filters={"label": LABEL_RUN}).get("Volumes") or []
+        found: dict[str, tuple[str, str | None, str]] = {}
+        for c in containers:
+            run_id = c["Labels"][LABEL_RUN]
+            found[run_id] = (run_id, c["Id"], resource_name(run_id))
+        for v in volumes:
+            run_id = (v.get("Labels") or {}).get(LABEL_RUN)
+            if run_id and run_id not in found:
+                found[run_id] = (run_id, None, v["Name"])
+        return list(found.values())
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self.bridge.call(self._client.close)
+            self._client = None

@@ -1,0 +1,57 @@
+"""Settings: one object, built at the edge (CLI, app factory) and passed in.
+
+Every field can be set from the environment with the ``PYFLUE_`` prefix, e.g.
+``PYFLUE_STORE_URL=postgresql+asyncpg://...`` or ``PYFLUE_SANDBOX_IMAGE=python:3.12-slim``.
+Library modules never read ``os.environ`` themselves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_IMAGE = "pyflue/sandbox:latest"
+
+
+class SandboxDefaults(BaseSettings):
+    """Hardening and limits for every run's container (see docs/sandbox.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="PYFLUE_SANDBOX_", extra="forbid")
+
+    image: str = DEFAULT_IMAGE
+    user: str = Field("1000:1000", description="uid:gid the container's processes run as")
+    memory: str = Field("1g", description="memory limit; swap is capped at the same value")
+    cpus: float = Field(1.0, gt=0, description="CPU limit in cores")
+    pids: int = Field(512, ge=16, description="maximum number of processes")
+    workspace_size: str = Field("1g", description="size cap of the tmpfs-backed /workspace")
+    tmp_size: str = Field("256m", description="size cap of the tmpfs /tmp")
+    network: str = Field("none", description="docker network mode unless the agent asks")
+    runtime: str | None = Field(None, description="docker runtime, e.g. runsc")
+    read_only_root: bool = True
+    shell_timeout: float = Field(600.0, gt=0, description="default harness.shell timeout, s")
+    output_cap: int = Field(1 << 20, ge=1024, description="bytes kept per stream per shell call")
+    kill_grace: float = Field(2.0, gt=0, description="seconds to wait after a kill")
+
+
+class Settings(BaseSettings):
+    """Process-wide settings for the CLI, the library runtime and (later) the server."""
+
+    model_config = SettingsConfigDict(env_prefix="PYFLUE_", extra="forbid")
+
+    project_dir: Path = Field(default_factory=Path.cwd)
+    store_url: str | None = Field(
+        None, description="SQLAlchemy async URL; default sqlite under <project>/.pyflue/"
+    )
+    docker_host: str | None = Field(None, description="defaults to DOCKER_HOST / local socket")
+    sandbox: SandboxDefaults = Field(default_factory=SandboxDefaults)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.project_dir / ".pyflue"
+
+    def resolved_store_url(self) -> str:
+        if self.store_url:
+            return self.store_url
+        return f"sqlite+aiosqlite:///{self.state_dir / 'pyflue.db'}"

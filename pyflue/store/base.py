@@ -1,0 +1,133 @@
+"""The run store port: runs, their events, and live subscription.
+
+Adapters: :mod:`pyflue.store.sql` (SQLAlchemy 2 async; SQLite by default, PostgreSQL) and
+:mod:`pyflue.store.memory` (pure-logic tests). Both assign event indexes gap-free per run
+inside the same write that stores the event, and wake subscribers only after that write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from pyflue.models import ErrorInfo, Event, EventType, Run, RunStatus
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event before the store gives it an index."""
+
+    type: EventType
+    data: dict[str, Any]
+    timestamp: datetime
+
+
+@dataclass
+class RunUpdate:
+    """Fields to change on a run; ``None`` leaves a field as it is."""
+
+    status: RunStatus | None = None
+    result: Any = None
+    has_result: bool = False
+    error: ErrorInfo | None = None
+    reason: str | None = None
+    image: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RunStore(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create_run(self, run: Run) -> Run: ...
+
+    async def get_run(self, run_id: str) -> Run:
+        """Raises :class:`pyflue.errors.RunNotFound`."""
+        ...
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Run]:
+        """Newest first; ``before`` is a run id to page after."""
+        ...
+
+    async def update_run(self, run_id: str, update: RunUpdate) -> Run: ...
+
+    async def delete_run(self, run_id: str) -> None:
+        """Deletes a run and its events; a missing run is not an error."""
+        ...
+
+    async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> list[Event]:
+        """Stores events with the next gap-free indexes, then wakes subscribers."""
+        ...
+
+    async def list_events(
+        self,
+        run_id: str,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+        types: Sequence[EventType] | None = None,
+    ) -> list[Event]: ...
+
+    def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
+        """Replays events after ``after``, then follows live; ends after ``run_end``."""
+        ...
+
+
+class Notifier:
+    """Wakes in-process subscribers of a run after new events were stored.
+
+    A waiter registers *before* it reads the store, so no wake-up falls between its read
+    and its wait.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    def register(self, run_id: str) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(run_id, set()).add(fut)
+        return fut
+
+    def discard(self, run_id: str, fut: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(run_id)
+        if waiters is not None:
+            waiters.discard(fut)
+            if not waiters:
+                del self._waiters[run_id]
+
+    def publish(self, run_id: str) -> None:
+        for fut in self._waiters.pop(run_id, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+
+async def follow(store: RunStore, notifier: Notifier, run_id: str, after: int) -> AsyncIterator[Event]:
+    """The shared subscribe loop: page through stored events, wait for more, stop at run_end."""
+    await store.get_run(run_id)  # RunNotFound before anything else
+    while True:
+        waiter = notifier.register(run_id)
+        try:
+            events = await store.list_events(run_id, after=after, limit=500)
+            for event in events:
+                after = event.event_index
+                yield event
+                if event.type is EventType.run_end:
+                    return
+            if not events:
+                await waiter
+        finally:
+            notifier.discard(run_id, waiter)

@@ -1,0 +1,94 @@
+"""An in-memory run store for pure-logic tests. Same contract as the SQL store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from pyflue.errors import RunNotFound
+from pyflue.models import Event, EventType, Run, RunStatus
+from pyflue.store.base import NewEvent, Notifier, RunUpdate, follow
+from pyflue.store.updates import apply_update
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._runs: dict[str, Run] = {}
+        self._events: dict[str, list[Event]] = {}
+        self._notifier = Notifier()
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def create_run(self, run: Run) -> Run:
+        self._runs[run.run_id] = run.model_copy()
+        self._events[run.run_id] = []
+        return run
+
+    async def get_run(self, run_id: str) -> Run:
+        try:
+            return self._runs[run_id].model_copy()
+        except KeyError:
+            raise RunNotFound(f"no run {run_id!r}: list runs with `pyflue runs`") from None
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Run]:
+        runs = sorted(self._runs.values(), key=lambda r: (r.created_at, r.run_id), reverse=True)
+        if before is not None:
+            pivot = self._runs.get(before)
+            if pivot is not None:
+                key = (pivot.created_at, pivot.run_id)
+                runs = [r for r in runs if (r.created_at, r.run_id) < key]
+        runs = [r for r in runs if status is None or r.status is status]
+        runs = [r for r in runs if workflow is None or r.workflow == workflow]
+        return [r.model_copy() for r in runs[:limit]]
+
+    async def update_run(self, run_id: str, update: RunUpdate) -> Run:
+        run = await self.get_run(run_id)
+        self._runs[run_id] = apply_update(run, update)
+        return self._runs[run_id].model_copy()
+
+    async def delete_run(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+        self._events.pop(run_id, None)
+
+    async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> list[Event]:
+        run = await self.get_run(run_id)
+        stored = self._events[run_id]
+        out = [
+            Event(
+                run_id=run_id,
+                event_index=len(stored) + i + 1,
+                type=e.type,
+                timestamp=e.timestamp,
+                data=e.data,
+            )
+            for i, e in enumerate(events)
+        ]
+        stored.extend(out)
+        self._runs[run_id] = run.model_copy(update={"event_count": len(stored)})
+        self._notifier.publish(run_id)
+        return out
+
+    async def list_events(
+        self,
+        run_id: str,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+        types: Sequence[EventType] | None = None,
+    ) -> list[Event]:
+        await self.get_run(run_id)
+        events = [e for e in self._events[run_id][after:] if not types or e.type in types]
+        return events if limit is None else events[:limit]
+
+    def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
+        return follow(self, self._notifier, run_id, after)

@@ -1,0 +1,55 @@
+"""The run store's tables (SQLAlchemy Core). Changes go through an alembic migration."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", String(200), primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("result", JSON, nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("image", String(500), nullable=True),
+    Column("source", String(50), nullable=False),
+    Column("owner", String(200), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("duration_ms", Integer, nullable=True),
+    Column("event_count", Integer, nullable=False, default=0),
+    Index("ix_runs_created", "created_at", "run_id"),
+    Index("ix_runs_status", "status"),
+    Index("ix_runs_workflow", "workflow"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("run_id", String(200), ForeignKey("runs.run_id", ondelete="CASCADE"), nullable=False),
+    Column("event_index", Integer, nullable=False),
+    Column("type", String(50), nullable=False),
+    Column("timestamp", DateTime(timezone=True), nullable=False),
+    Column("data", JSON, nullable=False),
+    UniqueConstraint("run_id", "event_index", name="uq_events_run_index"),
+)

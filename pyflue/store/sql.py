@@ -1,0 +1,284 @@
+"""The SQL run store: SQLAlchemy 2 async, SQLite by default, any async URL by setting.
+
+The schema is created and upgraded by alembic migrations on :meth:`SqlStore.open`.
+Event indexes come from ``runs.event_count``, incremented in the same transaction that inserts
+the events, so indexes are gap-free per run even with several writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, and_, delete, event, insert, or_, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from pyflue.errors import RunNotFound, StoreError
+from pyflue.models import ErrorInfo, Event, EventType, Run, RunStatus
+from pyflue.store.base import NewEvent, Notifier, RunUpdate, follow
+from pyflue.store.schema import events, runs
+from pyflue.store.updates import update_fields
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _run_from_row(row: Any) -> Run:
+    m = row._mapping
+    return Run(
+        run_id=m["run_id"],
+        workflow=m["workflow"],
+        status=RunStatus(m["status"]),
+        payload=m["payload"],
+        result=m["result"],
+        error=ErrorInfo(**m["error"]) if m["error"] else None,
+        reason=m["reason"],
+        image=m["image"],
+        source=m["source"],
+        owner=m["owner"],
+        created_at=_aware(m["created_at"]),
+        started_at=_aware(m["started_at"]),
+        finished_at=_aware(m["finished_at"]),
+        duration_ms=m["duration_ms"],
+        event_count=m["event_count"],
+    )
+
+
+def _event_from_row(row: Any) -> Event:
+    m = row._mapping
+    return Event(
+        run_id=m["run_id"],
+        event_index=m["event_index"],
+        type=EventType(m["type"]),
+        timestamp=_aware(m["timestamp"]),
+        data=m["data"],
+    )
+
+
+def _run_migrations(connection: Connection) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class SqlStore:
+    """Run store over an SQLAlchemy async engine.
+
+    ``url`` is an async SQLAlchemy URL such as ``sqlite+aiosqlite:///path/pyflue.db`` or
+    ``postgresql+asyncpg://user@host/db``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._url = make_url(url)
+        self._is_sqlite = self._url.get_backend_name() == "sqlite"
+        self._engine: AsyncEngine | None = None
+        self._notifier = Notifier()
+        # SQLite has one writer at a time; queueing writers here avoids busy-waiting on its lock.
+        self._write_lock = asyncio.Lock() if self._is_sqlite else None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise StoreError("the run store is not open: call `await store.open()` first")
+        return self._engine
+
+    async def open(self) -> None:
+        if self._engine is not None:
+            return
+        if self._is_sqlite and self._url.database not in (None, "", ":memory:"):
+            path = Path(self._url.database)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the run store folder {path.parent}: {exc.strerror}; "
+                    "set PYFLUE_STORE_URL to a writable location"
+                ) from exc
+        try:
+            engine = create_async_engine(self.url)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise StoreError(f"cannot use store URL {self._safe_url()}: {exc}") from exc
+        if self._is_sqlite:
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_run_migrations)
+        except (SQLAlchemyError, OSError) as exc:
+            await engine.dispose()
+            raise StoreError(
+                f"cannot open the run store at {self._safe_url()}: {exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0]}; check the path is writable (`pyflue doctor`)"
+            ) from exc
+        self._engine = engine
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    def _safe_url(self) -> str:
+        return self._url.render_as_string(hide_password=True)
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        lock = self._write_lock or contextlib.nullcontext()
+        async with lock:
+            try:
+                async with self.engine.begin() as conn:
+                    yield conn
+            except SQLAlchemyError as exc:
+                raise StoreError(f"run store write failed: {exc}") from exc
+
+    async def create_run(self, run: Run) -> Run:
+        values = run.model_dump(mode="json")
+        values.update(
+            status=run.status.value,
+            created_at=run.created_at,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+        )
+        async with self._write() as conn:
+            await conn.execute(insert(runs).values(**values))
+        return run
+
+    async def get_run(self, run_id: str) -> Run:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(runs).where(runs.c.run_id == run_id))).first()
+        if row is None:
+            raise RunNotFound(f"no run {run_id!r}: list runs with `pyflue runs`")
+        return _run_from_row(row)
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Run]:
+        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.run_id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(runs.c.status == status.value)
+        if workflow is not None:
+            query = query.where(runs.c.workflow == workflow)
+        async with self.engine.connect() as conn:
+            if before is not None:
+                pivot = (
+                    await conn.execute(select(runs.c.created_at).where(runs.c.run_id == before))
+                ).scalar()
+                if pivot is not None:
+                    query = query.where(
+                        or_(
+                            runs.c.created_at < pivot,
+                            and_(runs.c.created_at == pivot, runs.c.run_id < before),
+                        )
+                    )
+            rows = (await conn.execute(query)).all()
+        return [_run_from_row(r) for r in rows]
+
+    async def update_run(self, run_id: str, update_: RunUpdate) -> Run:
+        fields = update_fields(update_)
+        if "status" in fields:
+            fields["status"] = RunStatus(fields["status"]).value
+        if fields.get("error") is not None:
+            fields["error"] = fields["error"].model_dump()
+        if fields:
+            async with self._write() as conn:
+                result = await conn.execute(
+                    update(runs).where(runs.c.run_id == run_id).values(**fields)
+                )
+                if result.rowcount == 0:
+                    raise RunNotFound(f"no run {run_id!r}: list runs with `pyflue runs`")
+        return await self.get_run(run_id)
+
+    async def delete_run(self, run_id: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(delete(events).where(events.c.run_id == run_id))
+            await conn.execute(delete(runs).where(runs.c.run_id == run_id))
+
+    async def append_events(self, run_id: str, new: Sequence[NewEvent]) -> list[Event]:
+        if not new:
+            return []
+        async with self._write() as conn:
+            last = (
+                await conn.execute(
+                    update(runs)
+                    .where(runs.c.run_id == run_id)
+                    .values(event_count=runs.c.event_count + len(new))
+                    .returning(runs.c.event_count)
+                )
+            ).scalar()
+            if last is None:
+                raise RunNotFound(f"no run {run_id!r}: cannot record events for it")
+            first = last - len(new) + 1
+            stored = [
+                Event(
+                    run_id=run_id,
+                    event_index=first + i,
+                    type=e.type,
+                    timestamp=e.timestamp,
+                    data=e.data,
+                )
+                for i, e in enumerate(new)
+            ]
+            await conn.execute(
+                insert(events),
+                [
+                    {
+                        "run_id": run_id,
+                        "event_index": e.event_index,
+                        "type": e.type.value,
+                        "timestamp": e.timestamp,
+                        "data": e.data,
+                    }
+                    for e in stored
+                ],
+            )
+        self._notifier.publish(run_id)
+        return stored
+
+    async def list_events(
+        self,
+        run_id: str,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+        types: Sequence[EventType] | None = None,
+    ) -> list[Event]:
+        query = (
+            select(events)
+            .where(events.c.run_id == run_id, events.c.event_index > after)
+            .order_by(events.c.event_index)
+        )
+        if types:
+            query = query.where(events.c.type.in_([t.value for t in types]))
+        if limit is not None:
+            query = query.limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_event_from_row(r) for r in rows]
+
+    def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
+        return follow(self, self._notifier, run_id, after)

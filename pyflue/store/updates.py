@@ -1,0 +1,25 @@
+"""How a :class:`RunUpdate` changes a run: one rule for every store adapter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyflue.models import Run
+from pyflue.store.base import RunUpdate
+
+
+def update_fields(update: RunUpdate) -> dict[str, Any]:
+    """The run fields an update sets, by name."""
+    fields: dict[str, Any] = {
+        name: getattr(update, name)
+        for name in ("status", "error", "reason", "image", "started_at", "finished_at", "duration_ms")
+        if getattr(update, name) is not None
+    }
+    if update.has_result:
+        fields["result"] = update.result
+    fields.update(update.extra)
+    return fields
+
+
+def apply_update(run: Run, update: RunUpdate) -> Run:
+    return run.model_copy(update=update_fields(update))

@@ -1,0 +1,13 @@
+"""The smallest workflow: greet someone from a fresh container."""
+
+from pyflue import FlueContext, create_agent
+
+agent = create_agent(lambda ctx: {"cwd": "/workspace"})
+
+
+async def run(ctx: FlueContext) -> dict:
+    name = ctx.payload.get("name", "world")
+    ctx.log.info("greeting", name=name)
+    harness = await ctx.init(agent)
+    result = await harness.shell(f"echo 'hello, {name}' from $(hostname)")
+    return {"greeting": result["stdout"].strip()}
