@@ -1,0 +1,188 @@
+"""The run executor on the library's fakes: statuses, events, errors, the harness contract."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from pyflue.errors import InvalidPayload, WorkflowNotFound
+from pyflue.models import EventType, RunStatus
+from pyflue.runs import parse_payload
+from pyflue.testing import FakeSandboxProvider, fake_runner
+from tests.conftest import WriteWorkflow
+
+AGENT = "from pyflue import create_agent\nagent = create_agent(lambda ctx: {})\n"
+
+
+async def test_a_completed_run_records_its_result_and_event_sequence(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("greet", AGENT + """
+async def run(ctx):
+    ctx.log.info("hi", who=ctx.payload["who"])
+    h = await ctx.init(agent)
+    out = await h.shell("echo hello")
+    return {"out": out["stdout"], "id": ctx.id}
+""")
+    runner = fake_runner(project)
+    run = await runner.run("greet", {"who": "me"})
+    assert run.status is RunStatus.completed
+    assert run.result == {"out": "hello\n", "id": run.run_id}
+    events = await runner.store.list_events(run.run_id)
+    assert [e.type for e in events] == [
+        EventType.run_start, EventType.log, EventType.container_created,
+        EventType.container_started, EventType.shell_start, EventType.shell_output,
+        EventType.shell_end, EventType.container_exited, EventType.container_removed,
+        EventType.run_end,
+    ]
+    assert [e.event_index for e in events] == list(range(1, 11))
+    assert events[1].data == {"level": "info", "message": "hi", "fields": {"who": "me"}}
+    assert events[-1].data["status"] == "completed"
+
+
+async def test_a_raising_workflow_fails_with_type_message_and_traceback(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("boom", AGENT + """
+async def run(ctx):
+    await ctx.init(agent)
+    raise ValueError("bad input here")
+""")
+    runner = fake_runner(project)
+    run = await runner.run("boom", {})
+    assert run.status is RunStatus.failed
+    assert run.error is not None and run.error.type == "ValueError"
+    assert run.error.message == "bad input here"
+    end = (await runner.store.list_events(run.run_id))[-1]
+    assert end.type is EventType.run_end and end.data["is_error"] is True
+    assert "Traceback" in end.data["error"]["details"] and "boom.py" in end.data["error"]["details"]
+    provider = runner.provider
+    assert isinstance(provider, FakeSandboxProvider) and provider.live == {}
+
+
+async def test_a_sync_workflow_runs_off_the_event_loop_and_can_log(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("plain", """
+import threading
+def run(ctx):
+    ctx.log.warn("from a thread")
+    return {"main": threading.current_thread() is threading.main_thread()}
+""")
+    runner = fake_runner(project)
+    run = await runner.run("plain", {})
+    assert run.result == {"main": False}
+    logs = await runner.store.list_events(run.run_id, types=[EventType.log])
+    assert logs[0].data["level"] == "warn"
+
+
+async def test_a_result_that_is_not_json_fails_clearly(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("obj", "async def run(ctx):\n    return object()\n")
+    run = await fake_runner(project).run("obj", {})
+    assert run.status is RunStatus.failed
+    assert run.error is not None and "not JSON-serialisable" in run.error.message
+
+
+async def test_a_cancelled_run_is_recorded_cancelled_and_its_box_removed(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("slow", AGENT + """
+async def run(ctx):
+    h = await ctx.init(agent)
+    await h.shell("sleep 30")
+""")
+    runner = fake_runner(project)
+    submitted = await runner.submit("slow", {})
+    task = asyncio.create_task(runner.execute(submitted.run_id))
+    while not runner.provider.live:  # type: ignore[attr-defined]
+        await asyncio.sleep(0.01)
+    task.cancel("stop please")
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    run = await runner.store.get_run(submitted.run_id)
+    assert run.status is RunStatus.cancelled and run.reason == "stop please"
+    assert runner.provider.live == {}  # type: ignore[attr-defined]
+
+
+async def test_a_shell_timeout_returns_124_and_does_not_raise(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("t", AGENT + """
+async def run(ctx):
+    h = await ctx.init(agent)
+    return await h.shell("sleep 5", timeout=0.1)
+""")
+    run = await fake_runner(project).run("t", {})
+    assert run.result["exit_code"] == 124 and run.result["timed_out"] is True
+
+
+async def test_a_run_has_one_box_shared_by_its_inits(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("two", """
+from pyflue import create_agent
+a = create_agent(lambda ctx: {"cwd": "/workspace"})
+b = create_agent(lambda ctx: {"cwd": "/workspace/sub"})
+c = create_agent(lambda ctx: {"image": "other:1"})
+async def run(ctx):
+    ha, hb = await ctx.init(a), await ctx.init(b)
+    await hb.fs.write_file("x.txt", "from b")
+    same = await ha.fs.read_file("sub/x.txt")
+    try:
+        await ctx.init(c)
+    except Exception as exc:
+        return {"same": same, "error": str(exc)}
+""")
+    runner = fake_runner(project)
+    run = await runner.run("two", {})
+    assert run.result["same"] == "from b"
+    assert "one container" in run.result["error"]
+    assert len(runner.provider.opened) == 1  # type: ignore[attr-defined]
+
+
+async def test_the_fs_refuses_symlinks_that_leave_the_workspace(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("links", AGENT + """
+async def run(ctx):
+    h = await ctx.init(agent)
+    box = h._box
+    box.symlink("/workspace/out", "/etc")
+    box.symlink("/workspace/inside", "/workspace/real")
+    await h.fs.mkdir("real")
+    await h.fs.write_file("real/f.txt", "ok")
+    errors = []
+    for path in ["out/passwd", "../etc/passwd", "/etc/passwd"]:
+        try:
+            await h.fs.read_file(path)
+        except Exception as exc:
+            errors.append(type(exc).__name__)
+    return {"errors": errors, "via_inside": await h.fs.read_file("inside/f.txt")}
+""")
+    run = await fake_runner(project).run("links", {})
+    assert run.result == {"errors": ["WorkspacePathError"] * 3, "via_inside": "ok"}
+
+
+async def test_submitting_an_unknown_workflow_records_nothing(project: Path) -> None:
+    runner = fake_runner(project)
+    with pytest.raises(WorkflowNotFound):
+        await runner.submit("nope", {})
+    assert await runner.store.list_runs() == []
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "must be a JSON object, not list"),
+    ('"text"', "must be a JSON object, not str"),
+])
+def test_payloads_must_be_json_objects(raw: str, message: str) -> None:
+    with pytest.raises(InvalidPayload, match=message):
+        parse_payload(raw)
+
+
+def test_an_empty_payload_is_an_empty_object() -> None:
+    assert parse_payload(None) == {} and parse_payload("  ") == {}

@@ -1,0 +1,120 @@
+"""The run store contract, against the in-memory store and real SQLite alike."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from pyflue.errors import RunNotFound
+from pyflue.models import EventType, Run, RunStatus, new_run_id, utcnow
+from pyflue.store import MemoryStore, NewEvent, RunStore, RunUpdate, SqlStore
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RunStore]:
+    s: RunStore = (
+        MemoryStore() if request.param == "memory"
+        else SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}")
+    )
+    await s.open()
+    yield s
+    await s.close()
+
+
+def _run(workflow: str = "w", offset: int = 0) -> Run:
+    return Run(run_id=new_run_id(workflow), workflow=workflow, status=RunStatus.queued,
+               payload={"k": [1, "two"]}, created_at=utcnow() + timedelta(seconds=offset))
+
+
+def _ev(i: int, type: EventType = EventType.log) -> NewEvent:
+    return NewEvent(type=type, data={"i": i}, timestamp=utcnow())
+
+
+async def test_a_run_round_trips_with_its_payload(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    got = await store.get_run(run.run_id)
+    assert got.payload == {"k": [1, "two"]} and got.status is RunStatus.queued
+    assert got.created_at == run.created_at
+
+
+async def test_an_unknown_run_is_run_not_found(store: RunStore) -> None:
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await store.get_run("workflow:x:nope")
+
+
+async def test_updates_change_only_the_given_fields(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.update_run(run.run_id, RunUpdate(status=RunStatus.running))
+    done = await store.update_run(
+        run.run_id, RunUpdate(status=RunStatus.completed, result={"ok": 1}, has_result=True)
+    )
+    assert done.status is RunStatus.completed and done.result == {"ok": 1}
+    assert done.payload == run.payload
+
+
+async def test_concurrent_appends_get_gap_free_indexes(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await asyncio.gather(
+        *(store.append_events(run.run_id, [_ev(i), _ev(i)]) for i in range(25))
+    )
+    events = await store.list_events(run.run_id)
+    assert [e.event_index for e in events] == list(range(1, 51))
+    assert (await store.get_run(run.run_id)).event_count == 50
+
+
+async def test_events_filter_by_index_type_and_limit(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1), _ev(2, EventType.shell_start), _ev(3)])
+    assert [e.event_index for e in await store.list_events(run.run_id, after=1)] == [2, 3]
+    assert [e.event_index for e in await store.list_events(run.run_id, limit=1)] == [1]
+    typed = await store.list_events(run.run_id, types=[EventType.shell_start])
+    assert [e.data for e in typed] == [{"i": 2}]
+
+
+async def test_runs_list_newest_first_with_filters_and_paging(store: RunStore) -> None:
+    runs = [await store.create_run(_run("a" if i % 2 else "b", offset=i)) for i in range(5)]
+    listed = await store.list_runs()
+    assert [r.run_id for r in listed] == [r.run_id for r in reversed(runs)]
+    assert {r.workflow for r in await store.list_runs(workflow="a")} == {"a"}
+    page = await store.list_runs(limit=2, before=listed[1].run_id)
+    assert [r.run_id for r in page] == [listed[2].run_id, listed[3].run_id]
+
+
+async def test_subscribe_replays_then_follows_live_until_run_end(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1), _ev(2)])
+
+    async def collect() -> list[int]:
+        return [e.event_index async for e in store.subscribe(run.run_id, after=1)]
+
+    task = asyncio.create_task(collect())
+    await asyncio.sleep(0.05)
+    await store.append_events(run.run_id, [_ev(3)])
+    await asyncio.sleep(0.05)
+    await store.append_events(run.run_id, [_ev(4, EventType.run_end), _ev(5)])
+    assert await asyncio.wait_for(task, 5) == [2, 3, 4]
+
+
+async def test_delete_removes_a_run_and_its_events(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1)])
+    await store.delete_run(run.run_id)
+    with pytest.raises(RunNotFound):
+        await store.get_run(run.run_id)
+
+
+async def test_sqlite_store_survives_a_reopen(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'a' / 'runs.db'}"
+    first = SqlStore(url)
+    await first.open()
+    run = await first.create_run(_run())
+    await first.append_events(run.run_id, [_ev(1), _ev(2)])
+    await first.close()
+    second = SqlStore(url)
+    await second.open()  # migrations are idempotent
+    assert [e.event_index for e in await second.list_events(run.run_id)] == [1, 2]
+    await second.close()

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pyflue.errors import WorkflowLoadError, WorkflowNotFound
+from pyflue.workflows import WorkflowRegistry
+from tests.conftest import WriteWorkflow
+
+RUN = "async def run(ctx):\n    return 1\n"
+
+
+def test_files_and_nested_folders_give_dotted_names(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("build", RUN)
+    write_workflow("ci.lint", RUN)
+    write_workflow("_helpers", RUN)
+    (project / "src" / "workflows").mkdir(parents=True)
+    (project / "src" / "workflows" / "deploy.py").write_text(RUN)
+    (project / "workflows" / "_private").mkdir()
+    (project / "workflows" / "_private" / "x.py").write_text(RUN)
+    assert WorkflowRegistry(project).names() == ["build", "ci.lint", "deploy"]
+
+
+def test_an_unknown_workflow_lists_the_available_ones(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("alpha", RUN)
+    with pytest.raises(WorkflowNotFound, match="unknown workflow 'beta'; available: alpha"):
+        WorkflowRegistry(project).get("beta")
+
+
+def test_a_module_that_fails_to_import_names_its_file(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    path = write_workflow("broken", "import nonexistent_module_xyz\n" + RUN)
+    with pytest.raises(WorkflowLoadError) as info:
+        WorkflowRegistry(project).get("broken")
+    assert str(path) in info.value.message and "ModuleNotFoundError" in info.value.message
+
+
+def test_a_module_without_run_names_its_file(project: Path, write_workflow: WriteWorkflow) -> None:
+    path = write_workflow("norun", "x = 1\n")
+    with pytest.raises(WorkflowLoadError, match="does not define a run"):
+        WorkflowRegistry(project).get("norun")
+    assert path.exists()
+
+
+def test_two_definitions_of_one_name_are_an_error(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("twice", RUN)
+    (project / "src" / "workflows").mkdir(parents=True)
+    (project / "src" / "workflows" / "twice.py").write_text(RUN)
+    with pytest.raises(WorkflowLoadError, match="defined twice"):
+        WorkflowRegistry(project).names()
+
+
+def test_sync_and_async_run_are_both_accepted(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("a", RUN)
+    write_workflow("s", '"""Sync one."""\ndef run(ctx):\n    return 2\n')
+    registry = WorkflowRegistry(project)
+    assert registry.get("a").is_async and not registry.get("s").is_async
+    assert registry.get("s").description == "Sync one."
