@@ -320,10 +320,17 @@ def _frames(sock: Any) -> Iterator[tuple[int, bytes]]:
     except OSError:
         return  # socket shut down by _abort_socket: the stream is over
     finally:
-        try:
-            sock.close()
-        except OSError:
-            pass
+        _close_socket(sock)
+
+
+def _close_socket(sock: Any) -> None:
+    """Closes the exec's socket: the SocketIO docker-py hands out and the socket under it."""
+    for closable in (sock, getattr(sock, "_sock", None)):
+        if closable is not None:
+            try:
+                closable.close()
+            except OSError:
+                pass
 
 
 def _abort_socket(sock: Any) -> None:
