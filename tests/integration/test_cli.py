@@ -1,0 +1,135 @@
+"""The `pyflue` command as a user runs it: a real process, the real engine, a real store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import REPO
+
+pytestmark = pytest.mark.docker
+
+PYFLUE = [sys.executable, "-m", "pyflue.cli"]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "PYFLUE_STORE_URL": f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"}
+
+
+def pyflue(*args: str, env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PYFLUE, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120, **kw)
+
+
+def test_the_main_job_runs_steps_and_prints_the_result(env: dict[str, str]) -> None:
+    steps = ["echo hi", 'python3 -c "print(6*7)"', "exit 3"]
+    done = pyflue("run", "shell_steps", "--payload", json.dumps({"steps": steps}), env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert [s["exit_code"] for s in result["steps"]] == [0, 0, 3]
+    assert [s["stdout"] for s in result["steps"]] == ["hi\n", "42\n", ""]
+    assert result["ok"] is False
+    assert done.stderr.startswith("run workflow:shell_steps:")
+    assert "$ echo hi" in done.stderr and "│ 42" in done.stderr
+
+
+def test_logs_runs_and_workflows_show_a_finished_run(env: dict[str, str]) -> None:
+    done = pyflue("run", "hello", "--payload", '{"name": "tester"}', "--quiet", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["greeting"].startswith("hello, tester from ")
+    run_id = done.stderr.split()[1]
+
+    pretty = pyflue("logs", run_id, env=env)
+    assert pretty.returncode == 0 and "▶ run " + run_id in pretty.stdout
+    assert "■ completed" in pretty.stdout
+
+    doc = json.loads(pyflue("logs", run_id, "--format", "json", env=env).stdout)
+    indexes = [e["event_index"] for e in doc["events"]]
+    assert doc["run_id"] == run_id and indexes == list(range(1, len(indexes) + 1))
+    lines = pyflue("logs", run_id, "-f", "ndjson", env=env).stdout.splitlines()
+    assert [json.loads(line)["type"] for line in lines][-1] == "run_end"
+
+    listed = pyflue("runs", "--format", "json", env=env)
+    assert json.loads(listed.stdout)[0]["run_id"] == run_id
+    assert json.loads(listed.stdout)[0]["status"] == "completed"
+    names = pyflue("workflows", env=env).stdout
+    assert "hello" in names and "shell_steps" in names
+
+
+def test_a_failed_run_exits_1_with_one_line(env: dict[str, str]) -> None:
+    done = pyflue("run", "shell_steps", "--payload", '{"steps": "not a list"}', "-q", env=env)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: run workflow:shell_steps:") and "ValueError" in last
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "nope"], "unknown workflow 'nope'; available: hello, shell_steps"),
+    (["run", "hello", "--payload", "{bad"], "payload is not valid JSON"),
+    (["run", "hello", "--payload", "[1]"], "payload must be a JSON object, not list"),
+    (["logs", "workflow:hello:NOPE"], "no run 'workflow:hello:NOPE'"),
+])
+def test_bad_input_is_one_clear_line_and_exit_2_or_1(
+    args: list[str], message: str, env: dict[str, str]
+) -> None:
+    done = pyflue(*args, env=env)
+    assert done.returncode in (1, 2)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+    runs = json.loads(pyflue("runs", "--format", "json", env=env).stdout)
+    assert runs == []  # nothing half-written
+
+
+def test_a_missing_image_says_how_to_build_it(env: dict[str, str]) -> None:
+    done = pyflue("run", "hello", "--image", "pyflue/missing:0", "-q", env=env)
+    assert done.returncode == 1
+    assert "pyflue images build" in done.stderr.strip().splitlines()[-1]
+
+
+def test_an_unreachable_engine_is_one_clear_line(env: dict[str, str]) -> None:
+    env = {**env, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    done = pyflue("run", "hello", "-q", env=env)
+    assert done.returncode == 1
+    assert "Docker engine not reachable" in done.stderr and "pyflue doctor" in done.stderr
+    doctor = pyflue("doctor", env=env)
+    assert doctor.returncode == 1 and "FAIL  docker engine" in doctor.stdout
+    assert "fix: " in doctor.stdout
+
+
+def test_ctrl_c_cancels_the_run_removes_its_container_and_exits_130(
+    env: dict[str, str], docker_client: Any
+) -> None:
+    payload = json.dumps({"steps": ["echo started", "sleep 120"], "timeout": 300})
+    with subprocess.Popen([*PYFLUE, "run", "shell_steps", "--payload", payload], cwd=REPO,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        assert proc.stderr is not None
+        run_id = proc.stderr.readline().split()[1]
+        label = f"dev.pyflue.run-id={run_id}"
+        deadline = time.monotonic() + 60
+        for line in proc.stderr:
+            if "$ sleep 120" in line or time.monotonic() > deadline:
+                break
+        assert docker_client.containers.list(filters={"label": label})
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 130
+    assert docker_client.containers.list(all=True, filters={"label": label}) == []
+    shown = json.loads(pyflue("runs", "--format", "json", env=env).stdout)[0]
+    assert shown["run_id"] == run_id and shown["status"] == "cancelled"
+
+
+def test_doctor_reports_each_check_on_its_own_line(env: dict[str, str]) -> None:
+    done = pyflue("doctor", env=env)
+    assert done.returncode == 0, done.stdout
+    for name in ("docker engine", "runtime runc", "runtime runsc", "sandbox image", "run store"):
+        assert name in done.stdout
