@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
-from pyflue.sandbox.base import ExecStatus, FileStat, PutEntry, Sandbox, SandboxProvider, SandboxSpec
+from pyflue.sandbox.base import (
+    ExecStatus,
+    FileStat,
+    PutEntry,
+    Sandbox,
+    SandboxProvider,
+    SandboxSpec,
+)
 
 __all__ = ["ExecStatus", "FileStat", "PutEntry", "Sandbox", "SandboxProvider", "SandboxSpec"]

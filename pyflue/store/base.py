@@ -115,7 +115,9 @@ class Notifier:
                 fut.set_result(None)
 
 
-async def follow(store: RunStore, notifier: Notifier, run_id: str, after: int) -> AsyncIterator[Event]:
+async def follow(
+    store: RunStore, notifier: Notifier, run_id: str, after: int
+) -> AsyncIterator[Event]:
     """The shared subscribe loop: page through stored events, wait for more, stop at run_end."""
     await store.get_run(run_id)  # RunNotFound before anything else
     while True:

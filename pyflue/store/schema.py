@@ -45,7 +45,9 @@ runs = Table(
 events = Table(
     "events",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("run_id", String(200), ForeignKey("runs.run_id", ondelete="CASCADE"), nullable=False),
     Column("event_index", Integer, nullable=False),
     Column("type", String(50), nullable=False),

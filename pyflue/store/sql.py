@@ -28,10 +28,12 @@ from pyflue.store.schema import events, runs
 from pyflue.store.updates import update_fields
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _maybe_aware(value: datetime | None) -> datetime | None:
+    return None if value is None else _aware(value)
 
 
 def _run_from_row(row: Any) -> Run:
@@ -48,8 +50,8 @@ def _run_from_row(row: Any) -> Run:
         source=m["source"],
         owner=m["owner"],
         created_at=_aware(m["created_at"]),
-        started_at=_aware(m["started_at"]),
-        finished_at=_aware(m["finished_at"]),
+        started_at=_maybe_aware(m["started_at"]),
+        finished_at=_maybe_aware(m["finished_at"]),
         duration_ms=m["duration_ms"],
         event_count=m["event_count"],
     )

@@ -12,7 +12,9 @@ def update_fields(update: RunUpdate) -> dict[str, Any]:
     """The run fields an update sets, by name."""
     fields: dict[str, Any] = {
         name: getattr(update, name)
-        for name in ("status", "error", "reason", "image", "started_at", "finished_at", "duration_ms")
+        for name in (
+            "status", "error", "reason", "image", "started_at", "finished_at", "duration_ms"
+        )
         if getattr(update, name) is not None
     }
     if update.has_result:

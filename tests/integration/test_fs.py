@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-
 import pytest
 
 from pyflue.models import RunStatus

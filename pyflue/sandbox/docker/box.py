@@ -162,7 +162,7 @@ class DockerSandbox:
                 await asyncio.wait_for(
                     self._bridge.call(
                         self._run_quiet,
-                        ["/bin/sh", "-c", f"kill -9 -{pid_box[0]} 2>/dev/null; kill -9 {pid_box[0]}"],
+                        ["/bin/sh", "-c", f"kill -9 -{pid_box[0]} 2>/dev/null; kill -9 {pid_box[0]}"],  # noqa: E501
                     ),
                     min(self._kill_grace, 1.0),
                 )
@@ -202,8 +202,8 @@ class DockerSandbox:
                 self._api._url("/containers/{0}/archive", self._cid), params={"path": path}
             )
         if res.status_code == 404:
-            if "container" in (res.headers.get("Content-Type", "") + res.text).lower():
-                return self._missing_container()
+            if "container" in res.text.lower():
+                self._missing_container()  # raises SandboxGone when the container is gone
             return None
         header = res.headers.get("X-Docker-Container-Path-Stat")
         if res.status_code != 200 or not header:

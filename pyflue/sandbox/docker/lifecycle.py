@@ -43,7 +43,6 @@ def resource_name(run_id: str) -> str:
 
 def container_config(spec: SandboxSpec, volume: str) -> dict[str, Any]:
     """The hardened ``containers.create`` arguments for a run (see docs/sandbox.md)."""
-    uid, gid = spec.uid_gid
     config: dict[str, Any] = {
         "image": spec.image,
         "command": ["/bin/sh", "-c", INIT],
