@@ -5,7 +5,6 @@ Both act on the run's sandbox only and record events; neither adds messages to a
 
 from __future__ import annotations
 
-import itertools
 import posixpath
 import time
 from collections.abc import Mapping
@@ -160,8 +159,6 @@ def _with_parents(real: str, root: str, data: bytes | None, mode: int) -> list[P
 class Harness:
     """What ``ctx.init(agent)`` returns: the run's workspace as ``fs`` and ``shell``."""
 
-    _shell_ids = itertools.count(1)
-
     def __init__(
         self,
         box: Sandbox,
@@ -201,7 +198,7 @@ class Harness:
             raise ConfigError(f"shell timeout must be positive seconds, got {timeout!r}")
         workdir = await self.fs.resolve(cwd) if cwd is not None else self.fs.cwd
         merged = {**self.config.env, **(env or {})}
-        shell_id = f"sh-{next(self._shell_ids)}"
+        shell_id = self._recorder.next_id("sh")
         captures = {s: StreamCapture(self._defaults.output_cap) for s in ("stdout", "stderr")}
         self._recorder.emit(
             EventType.shell_start,

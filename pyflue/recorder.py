@@ -32,6 +32,7 @@ class RunRecorder:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        self._ids: dict[str, int] = {}
         self._error: BaseException | None = None
         self._writer = asyncio.create_task(self._write_loop(), name=f"recorder:{run_id}")
 
@@ -42,6 +43,11 @@ class RunRecorder:
         self._pending.append(NewEvent(type=type, data=data or {}, timestamp=utcnow()))
         self._idle.clear()
         self._wake.set()
+
+    def next_id(self, prefix: str) -> str:
+        """A per-run sequence id such as ``sh-3``, to tie related events together."""
+        self._ids[prefix] = self._ids.get(prefix, 0) + 1
+        return f"{prefix}-{self._ids[prefix]}"
 
     async def flush(self) -> None:
         """Waits until every event emitted so far is stored; re-raises a store failure."""

@@ -181,3 +181,34 @@ async def test_the_reaper_removes_containers_of_runs_that_are_not_running(
     reaped = await runner.reap()
     assert spec.run_id in reaped
     assert containers_of(spec.run_id) == [] and volumes_of(spec.run_id) == []
+
+
+async def test_the_reaper_marks_runs_of_dead_processes_interrupted(
+    runner: Runner, docker_client: Any, containers_of: Any
+) -> None:
+    import socket
+
+    from pyflue.models import Run, new_run_id, utcnow
+    from pyflue.sandbox.base import SandboxSpec
+    from pyflue.sandbox.docker.lifecycle import container_config, resource_name, volume_options
+
+    dead = subprocess_pid_that_exited()
+    run = Run(run_id=new_run_id("ghost"), workflow="ghost", status=RunStatus.running,
+              owner=f"{socket.gethostname()}:{dead}", created_at=utcnow())
+    await runner.store.create_run(run)
+    spec = SandboxSpec(run_id=run.run_id, workflow="ghost", image="pyflue/sandbox:latest")
+    name = resource_name(spec.run_id)
+    docker_client.volumes.create(name, driver="local", driver_opts=volume_options(spec),
+                                 labels={"dev.pyflue.run-id": spec.run_id})
+    docker_client.containers.create(**container_config(spec, name)).start()
+    assert await runner.reap() == [run.run_id]
+    assert containers_of(run.run_id) == []
+    after = await runner.store.get_run(run.run_id)
+    assert after.status is RunStatus.interrupted and str(dead) in (after.reason or "")
+
+
+def subprocess_pid_that_exited() -> int:
+    import subprocess
+
+    proc = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    return int(proc.stdout)
