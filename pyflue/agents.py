@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pyflue.errors import ConfigError
+from pyflue.errors import ConfigError, WorkspacePathError
+from pyflue.paths import confine
 
 if TYPE_CHECKING:
     from pyflue.context import FlueContext
@@ -43,9 +44,10 @@ class AgentConfig(BaseModel):
     @field_validator("cwd")
     @classmethod
     def _absolute_cwd(cls, value: str) -> str:
-        if not value.startswith("/workspace"):
-            raise ValueError("cwd must be /workspace or a folder inside it")
-        return value
+        try:
+            return confine(value, root="/workspace")
+        except WorkspacePathError:
+            raise ValueError(f"cwd {value!r} must be /workspace or a folder inside it") from None
 
     @classmethod
     def parse(cls, raw: Any, *, where: str) -> AgentConfig:

@@ -17,7 +17,14 @@ import typer
 
 from pyflue.errors import ConfigError, PyflueError, WorkflowError
 from pyflue.models import Run, RunStatus
-from pyflue.render import Format, event_json, events_document, pretty_event, run_line
+from pyflue.render import (
+    Format,
+    StreamFormat,
+    event_json,
+    events_document,
+    pretty_event,
+    run_line,
+)
 from pyflue.runs import parse_payload
 from pyflue.settings import Settings
 
@@ -89,8 +96,8 @@ def run(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live events")] = False,
     events_format: Annotated[
-        Format, typer.Option("--events", help="live events on stderr: pretty or ndjson")
-    ] = Format.pretty,
+        StreamFormat, typer.Option("--events", help="live events on stderr: pretty or ndjson")
+    ] = StreamFormat.pretty,
     project: ProjectOpt = None,
 ) -> None:
     """Run one workflow on this machine: events on stderr, the result JSON on stdout."""
@@ -112,7 +119,7 @@ def run(
 
 async def _run_local(
     settings: Settings, name: str, payload: dict[str, Any], image: str | None,
-    quiet: bool, events_format: Format,
+    quiet: bool, events_format: StreamFormat,
 ) -> Run:
     from pyflue.local import open_runner
 
@@ -138,10 +145,10 @@ async def _reap_quietly(runner: Any) -> None:
         pass  # the run itself reports an unreachable engine
 
 
-async def _print_events(store: Any, run_id: str, quiet: bool, fmt: Format) -> None:
+async def _print_events(store: Any, run_id: str, quiet: bool, fmt: StreamFormat) -> None:
     async for event in store.subscribe(run_id):
         if not quiet:
-            line = event_json(event) if fmt is not Format.pretty else pretty_event(event)
+            line = event_json(event) if fmt is StreamFormat.ndjson else pretty_event(event)
             typer.echo(line, err=True)
 
 

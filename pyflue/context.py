@@ -7,6 +7,8 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from pydantic_core import to_jsonable_python
+
 from pyflue.models import EventType
 
 if TYPE_CHECKING:
@@ -27,7 +29,11 @@ class RunLog:
         self._thread = threading.get_ident()
 
     def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
-        data = {"level": level, "message": str(message), "fields": fields}
+        data = {
+            "level": level,
+            "message": str(message),
+            "fields": to_jsonable_python(fields, fallback=repr),
+        }
         if threading.get_ident() == self._thread:
             self._recorder.emit(EventType.log, data)
         else:

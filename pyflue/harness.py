@@ -176,6 +176,12 @@ class Harness:
     def sandbox_id(self) -> str:
         return self._box.id
 
+    async def _workdir(self, cwd: str) -> str:
+        st = await self.fs.stat(cwd)  # FileNotFoundInSandbox names the missing folder
+        if st.kind != "dir":
+            raise WorkspacePathError(f"shell cwd {cwd!r} is a {st.kind}, not a folder")
+        return st.path
+
     async def shell(
         self,
         command: str,
@@ -196,7 +202,7 @@ class Harness:
         limit = self._defaults.shell_timeout if timeout is None else float(timeout)
         if limit <= 0:
             raise ConfigError(f"shell timeout must be positive seconds, got {timeout!r}")
-        workdir = await self.fs.resolve(cwd) if cwd is not None else self.fs.cwd
+        workdir = await self._workdir(cwd) if cwd is not None else self.fs.cwd
         merged = {**self.config.env, **(env or {})}
         shell_id = self._recorder.next_id("sh")
         captures = {s: StreamCapture(self._defaults.output_cap) for s in ("stdout", "stderr")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import AsyncIterator
 
@@ -24,8 +25,15 @@ async def open_store(settings: Settings) -> AsyncIterator[RunStore]:
         await store.close()
 
 
+def store_scope(settings: Settings) -> str:
+    """A short, stable id of the run store, labelled on every container it owns."""
+    return hashlib.sha256(settings.resolved_store_url().encode()).hexdigest()[:16]
+
+
 def docker_provider(settings: Settings) -> DockerProvider:
-    return DockerProvider(settings.docker_host, kill_grace=settings.sandbox.kill_grace)
+    return DockerProvider(
+        settings.docker_host, scope=store_scope(settings), kill_grace=settings.sandbox.kill_grace
+    )
 
 
 @contextlib.asynccontextmanager

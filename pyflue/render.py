@@ -16,6 +16,13 @@ class Format(StrEnum):
     ndjson = "ndjson"
 
 
+class StreamFormat(StrEnum):
+    """Formats for events printed one by one as they happen."""
+
+    pretty = "pretty"
+    ndjson = "ndjson"
+
+
 def event_json(event: Event) -> str:
     return event.model_dump_json()
 

@@ -31,7 +31,7 @@ from pyflue.models import ErrorInfo, EventType, Run, RunStatus, new_run_id, utcn
 from pyflue.recorder import RunRecorder
 from pyflue.sandbox.base import Sandbox, SandboxProvider, SandboxSpec
 from pyflue.settings import Settings
-from pyflue.store.base import RunStore, RunUpdate
+from pyflue.store.base import NewEvent, RunStore, RunUpdate
 from pyflue.workflows import WorkflowRegistry
 
 
@@ -175,7 +175,13 @@ class Runner:
         if reason is not None:
             end["reason"] = reason
         recorder.emit(EventType.run_end, end)
-        await recorder.close()
+        try:
+            await recorder.close()
+        except Exception as exc:  # events lost to a store failure: still end the run's record
+            error = error or ErrorInfo(
+                type="store_error", message=f"recording the run's events failed: {exc}"
+            )
+            status = RunStatus.failed if status is RunStatus.completed else status
         return await self.store.update_run(run_id, RunUpdate(
             status=status, result=result, has_result=status is RunStatus.completed,
             error=error, reason=reason, finished_at=utcnow(), duration_ms=duration_ms,
@@ -195,15 +201,31 @@ class Runner:
         if run.status.finished:
             return False
         if run.status is RunStatus.running and _owner_is_dead(run.owner):
-            await self.store.update_run(run_id, RunUpdate(
-                status=RunStatus.interrupted, finished_at=utcnow(),
-                reason=f"the process that ran it ({run.owner}) is gone",
-            ))
+            await self._interrupt(run)
             return False
         return True
 
+    async def _interrupt(self, run: Run) -> None:
+        reason = f"the process that ran it ({run.owner}) is gone"
+        end = {"status": RunStatus.interrupted.value, "is_error": True, "reason": reason}
+        await self.store.append_events(run.run_id, [NewEvent(EventType.run_end, end, utcnow())])
+        await self.store.update_run(run.run_id, RunUpdate(
+            status=RunStatus.interrupted, finished_at=utcnow(), reason=reason,
+        ))
+
+    async def recover(self) -> list[str]:
+        """Marks runs of this host whose process died ``interrupted`` (with a ``run_end``)."""
+        stale = [
+            run for run in await self.store.list_runs(status=RunStatus.running, limit=1000)
+            if _owner_is_dead(run.owner)
+        ]
+        for run in stale:
+            await self._interrupt(run)
+        return [run.run_id for run in stale]
+
     async def reap(self) -> list[str]:
-        """Removes containers left by runs that are no longer running."""
+        """Marks dead runs interrupted, then removes containers of runs no longer running."""
+        await self.recover()
         return await self.provider.reap(self.is_live)
 
 
@@ -271,8 +293,10 @@ class _SandboxScope:
                     "a run has one container: this agent asks for different sandbox settings "
                     f"({spec.image}, network {spec.network}) than the first one initialized"
                 )
-        defaults = self._runner.settings.sandbox
-        return Harness(self._box, self._recorder, config, defaults)
+        harness = Harness(self._box, self._recorder, config, self._runner.settings.sandbox)
+        if harness.fs.cwd != self._box.workdir:
+            await harness.fs.mkdir(harness.fs.cwd)  # an agent's cwd exists when it starts
+        return harness
 
     def _spec_for(self, config: AgentConfig) -> SandboxSpec:
         d = self._runner.settings.sandbox

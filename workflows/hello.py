@@ -9,5 +9,6 @@ async def run(ctx: FlueContext) -> dict:
     name = ctx.payload.get("name", "world")
     ctx.log.info("greeting", name=name)
     harness = await ctx.init(agent)
-    result = await harness.shell(f"echo 'hello, {name}' from $(hostname)")
+    # Data goes in through the environment, never pasted into the command line.
+    result = await harness.shell('echo "hello, $NAME from $(hostname)"', env={"NAME": str(name)})
     return {"greeting": result["stdout"].strip()}

@@ -175,8 +175,10 @@ async def test_the_reaper_removes_containers_of_runs_that_are_not_running(
                        image="pyflue/sandbox:latest")
     name = resource_name(spec.run_id)
     docker_client.volumes.create(name, driver="local", driver_opts=volume_options(spec),
-                                 labels={"dev.pyflue.run-id": spec.run_id})
-    docker_client.containers.create(**container_config(spec, name)).start()
+                                 labels={"dev.pyflue.run-id": spec.run_id,
+                                         "dev.pyflue.scope": runner.provider.scope})  # type: ignore[attr-defined]
+    scope = runner.provider.scope  # type: ignore[attr-defined]
+    docker_client.containers.create(**container_config(spec, name, scope)).start()
     assert len(containers_of(spec.run_id)) == 1
     reaped = await runner.reap()
     assert spec.run_id in reaped
@@ -199,8 +201,10 @@ async def test_the_reaper_marks_runs_of_dead_processes_interrupted(
     spec = SandboxSpec(run_id=run.run_id, workflow="ghost", image="pyflue/sandbox:latest")
     name = resource_name(spec.run_id)
     docker_client.volumes.create(name, driver="local", driver_opts=volume_options(spec),
-                                 labels={"dev.pyflue.run-id": spec.run_id})
-    docker_client.containers.create(**container_config(spec, name)).start()
+                                 labels={"dev.pyflue.run-id": spec.run_id,
+                                         "dev.pyflue.scope": runner.provider.scope})  # type: ignore[attr-defined]
+    scope = runner.provider.scope  # type: ignore[attr-defined]
+    docker_client.containers.create(**container_config(spec, name, scope)).start()
     assert await runner.reap() == [run.run_id]
     assert containers_of(run.run_id) == []
     after = await runner.store.get_run(run.run_id)
@@ -212,3 +216,21 @@ def subprocess_pid_that_exited() -> int:
 
     proc = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
     return int(proc.stdout)
+
+
+async def test_the_reaper_leaves_other_stores_containers_alone(
+    runner: Runner, docker_client: Any, containers_of: Any
+) -> None:
+    from pyflue.sandbox.base import SandboxSpec
+    from pyflue.sandbox.docker.lifecycle import container_config, resource_name
+
+    spec = SandboxSpec(run_id="workflow:other:01TESTOTHERSTORE", workflow="other",
+                       image="pyflue/sandbox:latest")
+    config = container_config(spec, resource_name(spec.run_id), "some-other-store")
+    config["mounts"] = []
+    container = docker_client.containers.create(**config)
+    try:
+        assert spec.run_id not in await runner.reap()
+        assert len(containers_of(spec.run_id)) == 1
+    finally:
+        container.remove(force=True)

@@ -46,3 +46,13 @@ async def test_an_initializer_must_return_a_dict() -> None:
 def test_create_agent_refuses_non_callables() -> None:
     with pytest.raises(ConfigError, match="create_agent needs a function"):
         create_agent(42)  # type: ignore[arg-type]
+
+
+async def test_an_agent_cwd_is_normalized_and_confined() -> None:
+    config = await create_agent({"cwd": "/workspace/a/../b"}).configure(None)  # type: ignore[arg-type]
+    assert config.cwd == "/workspace/b"
+    relative = await create_agent({"cwd": "src"}).configure(None)  # type: ignore[arg-type]
+    assert relative.cwd == "/workspace/src"
+    for bad in ("/workspace/../etc", "/workspacefoo", "../x"):
+        with pytest.raises(ConfigError, match="cwd"):
+            await create_agent({"cwd": bad}).configure(None)  # type: ignore[arg-type]

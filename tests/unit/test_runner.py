@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,61 @@ def test_payloads_must_be_json_objects(raw: str, message: str) -> None:
 
 def test_an_empty_payload_is_an_empty_object() -> None:
     assert parse_payload(None) == {} and parse_payload("  ") == {}
+
+
+async def test_log_fields_that_are_not_json_are_stored_as_their_repr(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("odd", """
+class Thing:
+    def __repr__(self):
+        return "<thing>"
+async def run(ctx):
+    ctx.log.info("odd", thing=Thing(), n=1)
+    return "ok"
+""")
+    runner = fake_runner(project)
+    run = await runner.run("odd", {})
+    assert run.status is RunStatus.completed
+    log = (await runner.store.list_events(run.run_id, types=[EventType.log]))[0]
+    assert log.data["fields"] == {"thing": "<thing>", "n": 1}
+
+
+async def test_a_missing_shell_cwd_is_a_clear_error_and_agent_cwds_are_created(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("cwd", """
+from pyflue import create_agent
+agent = create_agent(lambda ctx: {"cwd": "/workspace/project"})
+async def run(ctx):
+    h = await ctx.init(agent)
+    made = await h.fs.exists("/workspace/project")
+    try:
+        await h.shell("true", cwd="nope")
+    except Exception as exc:
+        return {"made": made, "error": type(exc).__name__, "message": str(exc)}
+""")
+    run = await fake_runner(project).run("cwd", {})
+    assert run.result["made"] is True
+    assert run.result["error"] == "FileNotFoundInSandbox" and "nope" in run.result["message"]
+
+
+async def test_runs_of_dead_processes_are_recovered_as_interrupted(project: Path) -> None:
+    import socket
+    import subprocess
+
+    from pyflue.models import Run, new_run_id, utcnow
+
+    dead = int(subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout)
+    runner = fake_runner(project)
+    run = Run(run_id=new_run_id("gone"), workflow="gone", status=RunStatus.running,
+              owner=f"{socket.gethostname()}:{dead}", created_at=utcnow())
+    await runner.store.create_run(run)
+    alive = Run(run_id=new_run_id("here"), workflow="here", status=RunStatus.running,
+                owner=f"{socket.gethostname()}:{os.getpid()}", created_at=utcnow())
+    await runner.store.create_run(alive)
+    assert await runner.recover() == [run.run_id]
+    assert (await runner.store.get_run(run.run_id)).status is RunStatus.interrupted
+    assert (await runner.store.get_run(alive.run_id)).status is RunStatus.running
+    followed = [e.type async for e in runner.store.subscribe(run.run_id)]
+    assert followed == [EventType.run_end]

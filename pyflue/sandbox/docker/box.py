@@ -14,7 +14,7 @@ import logging
 import posixpath
 import socket as socketlib
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from docker.utils.socket import frames_iter
@@ -258,7 +258,7 @@ class DockerSandbox:
                     kind=kind,
                     size=int(size),
                     mode=int(mode, 8),
-                    mtime=datetime.fromtimestamp(float(mtime)).astimezone(),
+                    mtime=datetime.fromtimestamp(float(mtime), tz=UTC),
                 )
             )
         return sorted(stats, key=lambda s: s.path)

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 LABEL_RUN = "dev.pyflue.run-id"
 LABEL_WORKFLOW = "dev.pyflue.workflow"
 LABEL_CREATED = "dev.pyflue.created-at"
+# Which run store owns the container: a reaper only touches its own store's containers, so
+# projects (and stores) sharing one engine never reap each other's live runs.
+LABEL_SCOPE = "dev.pyflue.scope"
 
 # PID 1 of every sandbox: reaps orphans (``wait``) and, on SIGUSR1, kills every process it may
 # signal. It needs no fork to do that, so it still works when a fork bomb has used every pid.
@@ -41,7 +44,7 @@ def resource_name(run_id: str) -> str:
     return "pyflue-" + re.sub(r"[^a-zA-Z0-9_.-]+", "-", run_id.removeprefix("workflow:")).lower()
 
 
-def container_config(spec: SandboxSpec, volume: str) -> dict[str, Any]:
+def container_config(spec: SandboxSpec, volume: str, scope: str = "default") -> dict[str, Any]:
     """The hardened ``containers.create`` arguments for a run (see docs/sandbox.md)."""
     config: dict[str, Any] = {
         "image": spec.image,
@@ -55,6 +58,7 @@ def container_config(spec: SandboxSpec, volume: str) -> dict[str, Any]:
             LABEL_RUN: spec.run_id,
             LABEL_WORKFLOW: spec.workflow,
             LABEL_CREATED: utcnow().isoformat(),
+            LABEL_SCOPE: scope,
         },
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
@@ -85,9 +89,10 @@ def volume_options(spec: SandboxSpec) -> dict[str, str]:
 class DockerProvider:
     """Sandboxes as Docker containers on one engine (local socket or ``DOCKER_HOST``)."""
 
-    def __init__(self, base_url: str | None = None, *, kill_grace: float = 2.0,
-                 bridge: ThreadBridge | None = None) -> None:
+    def __init__(self, base_url: str | None = None, *, scope: str = "default",
+                 kill_grace: float = 2.0, bridge: ThreadBridge | None = None) -> None:
         self.base_url = base_url
+        self.scope = scope
         self.kill_grace = kill_grace
         self.bridge = bridge or ThreadBridge()
         self._client: Any = None
@@ -141,14 +146,16 @@ class DockerProvider:
             await run_to_completion(self._remove(container, volume, emit))
 
     def _create(self, spec: SandboxSpec, volume: str) -> Any:
-        labels = {LABEL_RUN: spec.run_id, LABEL_WORKFLOW: spec.workflow}
+        labels = {LABEL_RUN: spec.run_id, LABEL_WORKFLOW: spec.workflow, LABEL_SCOPE: self.scope}
         try:
             with translated("creating the run's workspace volume"):
                 self.client.volumes.create(
                     volume, driver="local", driver_opts=volume_options(spec), labels=labels
                 )
             with translated("creating the run's container", image=spec.image):
-                return self.client.containers.create(**container_config(spec, volume))
+                return self.client.containers.create(
+                    **container_config(spec, volume, self.scope)
+                )
         except ImageNotFound:
             raise
         except SandboxError as exc:
@@ -201,7 +208,7 @@ class DockerProvider:
         return ok
 
     async def reap(self, is_live: Callable[[str], Awaitable[bool]]) -> list[str]:
-        """Removes labelled containers and volumes whose run is not live."""
+        """Removes this scope's containers and volumes whose run is not live."""
         found = await self.bridge.call(self._labelled)
         reaped = []
         for run_id, cid, volume in found:
@@ -213,8 +220,9 @@ class DockerProvider:
 
     def _labelled(self) -> list[tuple[str, str | None, str]]:
         with translated("listing pyflue containers"):
-            containers = self.client.api.containers(all=True, filters={"label": LABEL_RUN})
-            volumes = self.client.api.volumes(filters={"label": LABEL_RUN}).get("Volumes") or []
+            mine = {"label": [LABEL_RUN, f"{LABEL_SCOPE}={self.scope}"]}
+            containers = self.client.api.containers(all=True, filters=mine)
+            volumes = self.client.api.volumes(filters=mine).get("Volumes") or []
         found: dict[str, tuple[str, str | None, str]] = {}
         for c in containers:
             run_id = c["Labels"][LABEL_RUN]
