@@ -43,33 +43,50 @@ class WorkspaceFS:
         self.root = box.workdir
         self.cwd = confine(cwd, root=self.root)
 
-    async def resolve(self, path: str, *, follow_final: bool = True) -> str:
-        """The container path for ``path`` after following symlinks, refusing escapes."""
-        target = confine(path, root=self.root, cwd=self.cwd)
+    async def locate(self, path: str) -> tuple[str, FileStat | None]:
+        """The container path of ``path`` with every symlink followed, and its stat (None when
+        nothing is there). A symlink on the way that leaves the workspace is refused."""
         current = self.root
-        parts = relative_parts(target, self.root)
+        parts = relative_parts(confine(path, root=self.root, cwd=self.cwd), self.root)
+        if not parts:
+            return current, await self._box.lstat(current)
+        st: FileStat | None = None
         for i, part in enumerate(parts):
             candidate = posixpath.join(current, part)
-            if i == len(parts) - 1 and not follow_final:
-                return candidate
             st = await self._box.lstat(candidate)
             if st is None:
-                return posixpath.join(candidate, *parts[i + 1 :])
+                return posixpath.join(candidate, *parts[i + 1 :]), None
             if st.kind == "symlink":
+                # Docker reports link targets fully resolved, so a target is never a link.
                 link = posixpath.normpath(st.link_target or "")
                 if not is_inside(link, self.root):
                     raise WorkspacePathError(
                         f"path {path!r} goes through the symlink {candidate} -> "
                         f"{st.link_target}, which points outside the workspace {self.root}"
                     )
-                current = link
+                current, st = link, None
             else:
                 current = candidate
-        return current
+        if st is None:  # the path ended on a symlink: stat what it points to
+            st = await self._box.lstat(current)
+        return current, st
+
+    async def resolve(self, path: str, *, follow_final: bool = True) -> str:
+        """The container path for ``path`` after following symlinks, refusing escapes.
+
+        With ``follow_final=False`` a final symlink is not followed (it is what a write or a
+        removal replaces), but every folder above it is.
+        """
+        if follow_final:
+            return (await self.locate(path))[0]
+        target = confine(path, root=self.root, cwd=self.cwd)
+        if target == self.root:
+            return target
+        parent, name = posixpath.split(target)
+        return posixpath.join((await self.locate(parent))[0], name)
 
     async def read_bytes(self, path: str) -> bytes:
-        real = await self.resolve(path)
-        st = await self._box.lstat(real)
+        real, st = await self.locate(path)
         if st is None:
             raise FileNotFoundInSandbox(f"no such file in the workspace: {path}")
         if st.kind != "file":
@@ -98,15 +115,11 @@ class WorkspaceFS:
         self._recorder.emit(EventType.file_write, {"path": real, "bytes": len(data)})
 
     async def exists(self, path: str) -> bool:
-        try:
-            real = await self.resolve(path)
-        except FileNotFoundInSandbox:
-            return False
-        return await self._box.lstat(real) is not None
+        """Whether something is there. Paths outside the workspace still raise."""
+        return (await self.locate(path))[1] is not None
 
     async def stat(self, path: str) -> FileStat:
-        real = await self.resolve(path)
-        st = await self._box.lstat(real)
+        _real, st = await self.locate(path)
         if st is None:
             raise FileNotFoundInSandbox(f"no such file or folder in the workspace: {path}")
         return st
@@ -124,8 +137,7 @@ class WorkspaceFS:
 
     async def mkdir(self, path: str) -> None:
         """Creates a folder and any missing parents; an existing folder is fine."""
-        real = await self.resolve(path)
-        st = await self._box.lstat(real)
+        real, st = await self.locate(path)
         if st is not None:
             if st.kind != "dir":
                 raise WorkspacePathError(f"{path} exists and is a {st.kind}, not a folder")

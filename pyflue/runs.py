@@ -185,6 +185,7 @@ class Runner:
         return await self.store.update_run(run_id, RunUpdate(
             status=status, result=result, has_result=status is RunStatus.completed,
             error=error, reason=reason, finished_at=utcnow(), duration_ms=duration_ms,
+            image=scope.image,
         ))
 
     async def run(self, workflow: str, payload: Any, **kwargs: Any) -> Run:
@@ -287,7 +288,6 @@ class _SandboxScope:
                     self._runner.provider.open(spec, self._recorder.emit)
                 )
                 self._spec = spec
-                await self._runner.store.update_run(self._run.run_id, RunUpdate(image=spec.image))
             elif spec != self._spec:
                 raise ConfigError(
                     "a run has one container: this agent asks for different sandbox settings "
@@ -314,6 +314,10 @@ class _SandboxScope:
             runtime=config.runtime or d.runtime,
             read_only_root=d.read_only_root,
         )
+
+    @property
+    def image(self) -> str | None:
+        return self._spec.image if self._spec else None
 
     async def close(self) -> None:
         await self._stack.aclose()
