@@ -37,12 +37,12 @@ log = logging.getLogger(__name__)
 
 PID_MARKER = b"\x1epyflue-pid:"
 
-# Runs the user's command in bash when the image has it, else sh. The exec's first process is
-# its own process-group leader; it reports its pid on stderr first, so a timeout can kill the
-# whole group (orphans included) without a process table scan.
+# The exec's first process is its own process-group leader. It reports its pid on stderr first,
+# so a timeout can kill the whole group (orphans included) without a process table scan, then
+# runs the user's command in the same process (bash when the image has it, else sh).
 WRAPPER = (
     'printf "\\036pyflue-pid:%s\\n" "$$" >&2; '
-    'if command -v bash >/dev/null 2>&1; then exec bash -c "$1"; fi; exec /bin/sh -c "$1"'
+    '__pyflue_command=$1; set --; eval "$__pyflue_command"'
 )
 
 STDOUT, STDERR = 1, 2
@@ -90,6 +90,7 @@ class DockerSandbox:
         self._cid = container_id
         self._spec = spec
         self._kill_grace = kill_grace
+        self._shell: str | None = None
 
     @property
     def id(self) -> str:
@@ -110,7 +111,10 @@ class DockerSandbox:
         timeout: float,
         on_output: OutputHandler,
     ) -> ExecStatus:
-        argv = ["/bin/sh", "-c", WRAPPER, "pyflue-shell", command]
+        if self._shell is None:
+            bash = await self.lstat("/bin/bash")
+            self._shell = "/bin/bash" if bash is not None and bash.kind == "file" else "/bin/sh"
+        argv = [self._shell, "-c", WRAPPER, "pyflue-shell", command]
         exec_id, sock = await self._bridge.call(self._start_exec, argv, cwd, env)
         pid_box: list[int] = []
         stream = _Demuxer(on_output, pid_box)
