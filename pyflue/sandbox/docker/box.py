@@ -115,21 +115,30 @@ class DockerSandbox:
             bash = await self.lstat("/bin/bash")
             self._shell = "/bin/bash" if bash is not None and bash.kind == "file" else "/bin/sh"
         argv = [self._shell, "-c", WRAPPER, "pyflue-shell", command]
-        exec_id, sock = await self._bridge.call(self._start_exec, argv, cwd, env)
-        pid_box: list[int] = []
-        stream = _Demuxer(on_output, pid_box)
-        pump = asyncio.ensure_future(self._drain(sock, stream))
+        # One thread starts the exec, streams its frames and reads its exit code: one hand-off
+        # to the loop per frame, none per step.
+        session = _ExecSession()
+        stream = _Demuxer(on_output, session.pid)
+        frames = self._exec_frames(argv, cwd, env, session)
+        pump = asyncio.ensure_future(self._drain(frames, stream))
         try:
             await asyncio.wait_for(asyncio.shield(pump), timeout)
         except TimeoutError:
-            killed = await self._kill(pump, sock, pid_box)
+            killed = await self._kill(pump, session)
             return ExecStatus(exit_code=124, timed_out=True, killed=killed)
         except BaseException:
             # Cancelled (run cancelled, Ctrl-C): do not leave the command running.
-            await asyncio.shield(self._kill(pump, sock, pid_box))
+            if not pump.done():
+                await asyncio.shield(self._kill(pump, session))
             raise
-        code = await self._bridge.call(self._exit_code, exec_id)
-        return ExecStatus(exit_code=code)
+        return ExecStatus(exit_code=-1 if session.exit_code is None else session.exit_code)
+
+    def _exec_frames(
+        self, argv: list[str], cwd: str, env: Mapping[str, str], session: _ExecSession
+    ) -> Iterator[tuple[int, bytes]]:
+        exec_id, session.sock = self._start_exec(argv, cwd, env)
+        yield from _frames(session.sock)
+        session.exit_code = self._exit_code(exec_id)
 
     def _start_exec(self, argv: list[str], cwd: str, env: Mapping[str, str]) -> tuple[str, Any]:
         with translated("starting a command in the sandbox", container=self._cid):
@@ -150,16 +159,15 @@ class DockerSandbox:
             code = self._api.exec_inspect(exec_id).get("ExitCode")
         return -1 if code is None else int(code)
 
-    async def _drain(self, sock: Any, stream: _Demuxer) -> None:
-        async for stream_id, chunk in self._bridge.pump(_frames(sock)):
+    async def _drain(self, frames: Iterator[tuple[int, bytes]], stream: _Demuxer) -> None:
+        async for stream_id, chunk in self._bridge.pump(frames):
             stream.feed(stream_id, chunk)
         stream.finish()
 
-    async def _kill(
-        self, pump: asyncio.Future[None], sock: Any, pid_box: list[int]
-    ) -> KillScope:
+    async def _kill(self, pump: asyncio.Future[None], session: _ExecSession) -> KillScope:
         """Kills the command's process group; escalates to every sandbox process if needed."""
         killed: KillScope = None
+        pid_box = session.pid
         if pid_box:
             killed = "group"
             try:
@@ -177,7 +185,7 @@ class DockerSandbox:
             killed = "all"
             await self._bridge.call(self._signal_init)
             if not await _finishes(pump, self._kill_grace):
-                _abort_socket(sock)
+                _abort_socket(session.sock)
                 await _finishes(pump, self._kill_grace)
         if not pump.done():
             pump.cancel()
@@ -282,6 +290,15 @@ class DockerSandbox:
         return out or b""
 
 
+class _ExecSession:
+    """What the exec thread learns: the socket (to abort), the pid (to kill), the exit code."""
+
+    def __init__(self) -> None:
+        self.sock: Any = None
+        self.pid: list[int] = []
+        self.exit_code: int | None = None
+
+
 class _Demuxer:
     """Takes exec frames; hides the wrapper's pid line; hands output on by stream name."""
 
@@ -338,6 +355,8 @@ def _close_socket(sock: Any) -> None:
 
 
 def _abort_socket(sock: Any) -> None:
+    if sock is None:
+        return
     raw = getattr(sock, "_sock", sock)
     try:
         raw.shutdown(socketlib.SHUT_RDWR)
