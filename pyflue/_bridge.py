@@ -71,6 +71,31 @@ class _Failure:
         self.exc = exc
 
 
+async def in_daemon_thread(fn: Callable[..., T], /, *args: Any) -> T:
+    """Runs ``fn`` on a new daemon thread. Cancelling the await abandons the thread."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(setter: Callable[[Any], None], value: Any) -> None:
+        if not future.done():
+            setter(value)
+
+    def target() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            outcome: tuple[Callable[[Any], None], Any] = (future.set_exception, exc)
+        else:
+            outcome = (future.set_result, result)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop is gone: nobody waits for this any more
+            pass
+
+    threading.Thread(target=target, name="pyflue-workflow", daemon=True).start()
+    return await future
+
+
 async def run_to_completion(coro: Coroutine[Any, Any, T]) -> T:
     """Runs cleanup to its end even if the caller is cancelled meanwhile, then re-cancels."""
     task = asyncio.ensure_future(coro)

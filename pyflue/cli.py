@@ -124,18 +124,23 @@ async def _run_local(
     from pyflue.local import open_runner
 
     async with open_runner(settings) as runner:
-        reaper = asyncio.create_task(_reap_quietly(runner))
         submitted = await runner.submit(name, payload, image=image)
         typer.echo(f"run {submitted.run_id}", err=True)
-        printer = asyncio.create_task(_print_events(runner.store, submitted.run_id, quiet,
-                                                     events_format))
+        tasks = {
+            asyncio.create_task(_reap_quietly(runner)),
+            asyncio.create_task(
+                _print_events(runner.store, submitted.run_id, quiet, events_format)
+            ),
+        }
         try:
-            final = await runner.execute(submitted.run_id)
+            return await runner.execute(submitted.run_id)
         finally:
-            await asyncio.wait({printer}, timeout=5)
-            printer.cancel()
-            await asyncio.wait({reaper}, timeout=10)
-        return final
+            # Let the printer show run_end and the reaper finish, briefly; then stop both
+            # before the store and the engine client close under them.
+            await asyncio.wait(tasks, timeout=5)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _reap_quietly(runner: Any) -> None:

@@ -25,11 +25,11 @@ class Check:
 async def run_checks(settings: Settings) -> list[Check]:
     checks: list[Check] = []
     provider = docker_provider(settings)
-    where = settings.docker_host or "the local socket (DOCKER_HOST unset)"
+    where = settings.docker_host or "DOCKER_HOST or the local socket"
     try:
         info = await provider.info()
     except PyflueError as exc:
-        checks.append(Check("docker engine", False, f"not reachable at {where}: {exc.message}",
+        checks.append(Check("docker engine", False, exc.message,
                             "install and start it: `apt-get install -y docker.io && dockerd &` "
                             "(or set DOCKER_HOST)"))
         info = None

@@ -13,7 +13,13 @@ into this tree at the adapter edge and never escape it.
     │   ├── WorkflowNotFound     no workflow of that name (lists the available ones)
     │   └── WorkflowLoadError    import failure, missing run(), duplicate name
     ├── RunNotFound              no run with that id in the store
+    ├── RunStateConflict         the run is not in the status the operation needs
     ├── StoreError               the run store cannot be opened or written
+    ├── ModelError               a model call failed (after retries where retrying helps)
+    │   ├── ModelAuthError       the API key is missing or refused
+    │   ├── ModelNotFound        the model string or model id is unknown
+    │   ├── ModelUnavailable     overloaded, rate-limited or unreachable after retries
+    │   └── ResultValidationError  structured output did not validate after the retries
     └── SandboxError             the run's container cannot do what was asked
         ├── EngineUnavailable    the Docker engine is not reachable
         ├── ImageNotFound        the image does not exist locally
@@ -69,8 +75,32 @@ class RunNotFound(PyflueError):
     type = "not_found"
 
 
+class RunStateConflict(PyflueError):
+    type = "conflict"
+
+
 class StoreError(PyflueError):
     type = "store_error"
+
+
+class ModelError(PyflueError):
+    type = "model_error"
+
+
+class ModelAuthError(ModelError):
+    type = "model_auth_error"
+
+
+class ModelNotFound(ModelError):
+    type = "model_not_found"
+
+
+class ModelUnavailable(ModelError):
+    type = "model_unavailable"
+
+
+class ResultValidationError(ModelError):
+    type = "result_validation_error"
 
 
 class SandboxError(PyflueError):
@@ -107,8 +137,14 @@ __all__ = [
     "FileNotFoundInSandbox",
     "ImageNotFound",
     "InvalidPayload",
+    "ModelAuthError",
+    "ModelError",
+    "ModelNotFound",
+    "ModelUnavailable",
     "PyflueError",
+    "ResultValidationError",
     "RunNotFound",
+    "RunStateConflict",
     "SandboxError",
     "SandboxGone",
     "SandboxStartError",

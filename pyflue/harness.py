@@ -5,6 +5,7 @@ Both act on the run's sandbox only and record events; neither adds messages to a
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
 import time
 from collections.abc import Mapping
@@ -231,9 +232,17 @@ class Harness:
                 )
 
         started = time.monotonic()
-        status = await self._box.exec(
-            command, cwd=workdir, env=merged, timeout=limit, on_output=on_output
-        )
+        try:
+            status = await self._box.exec(
+                command, cwd=workdir, env=merged, timeout=limit, on_output=on_output
+            )
+        except BaseException as exc:  # every shell_start gets its shell_end
+            self._recorder.emit(EventType.shell_end, {
+                "shell_id": shell_id, "exit_code": None, "timed_out": False,
+                "duration_ms": int((time.monotonic() - started) * 1000),
+                "error": "cancelled" if isinstance(exc, asyncio.CancelledError) else str(exc),
+            })
+            raise
         duration_ms = int((time.monotonic() - started) * 1000)
         end: dict[str, Any] = {
             "shell_id": shell_id,

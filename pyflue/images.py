@@ -128,7 +128,12 @@ class ImageBuilder:
                 with translated("importing the bootstrapped base"):
                     repo, _, version = tag.partition(":")
                     self.client.api.import_image(src=tar.stdout, repository=repo, tag=version)
+            except BaseException:
+                tar.kill()  # nobody reads its pipe any more: do not wait on a full pipe
+                raise
             finally:
+                assert tar.stdout is not None
+                tar.stdout.close()
                 tar.wait()
             if tar.returncode != 0:
                 raise SandboxError(f"tar of the bootstrapped root failed ({tar.returncode})")

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from pyflue._bridge import run_to_completion
+from pyflue._bridge import in_daemon_thread, run_to_completion
 from pyflue.agents import Agent, AgentConfig
 from pyflue.context import FlueContext, RunLog
 from pyflue.errors import ConfigError, InvalidPayload, PyflueError, RunNotFound
@@ -112,11 +112,11 @@ class Runner:
 
     async def execute(self, run_id: str, *, req: Any = None) -> Run:
         """Runs a queued run to its end and returns the final record."""
-        run = await self.store.get_run(run_id)
-        started = utcnow()
-        await self.store.update_run(
-            run_id, RunUpdate(status=RunStatus.running, started_at=started)
-        )
+        # Claiming is conditional: a run cancelled meanwhile, or claimed by another worker,
+        # raises RunStateConflict here and is not run.
+        run = await self.store.update_run(run_id, RunUpdate(
+            status=RunStatus.running, started_at=utcnow(), expect_status=RunStatus.queued,
+        ))
         recorder = RunRecorder(self.store, run_id)
         recorder.emit(EventType.run_start, {
             "workflow": run.workflow, "payload": run.payload, "image": run.image,
@@ -127,7 +127,7 @@ class Runner:
         result: Any = None
         error: ErrorInfo | None = None
         reason: str | None = None
-        cancelled = False
+        reraise: BaseException | None = None
         try:
             ctx = FlueContext(
                 id=run_id, payload=run.payload, env=self.env, req=req,
@@ -136,15 +136,18 @@ class Runner:
             result = await _call_workflow(self.registry.get(run.workflow).run, ctx)
             status = RunStatus.completed
         except asyncio.CancelledError as exc:
-            status, cancelled = RunStatus.cancelled, True
+            status = RunStatus.cancelled
             reason = str(exc.args[0]) if exc.args else "cancelled while running"
-        except Exception as exc:
+            reraise = asyncio.CancelledError(reason)
+        except (Exception, SystemExit) as exc:  # sys.exit() in a workflow is its failure
             status, error = RunStatus.failed, error_info(exc)
+        except BaseException as exc:  # KeyboardInterrupt and the like: record, clean, re-raise
+            status, error, reraise = RunStatus.failed, error_info(exc), exc
         final = await run_to_completion(
             self._finish(run_id, scope, recorder, status, result, error, reason, t0)
         )
-        if cancelled:
-            raise asyncio.CancelledError(reason)
+        if reraise is not None:
+            raise reraise
         return final
 
     async def _finish(
@@ -215,9 +218,12 @@ class Runner:
         ))
 
     async def recover(self) -> list[str]:
-        """Marks runs of this host whose process died ``interrupted`` (with a ``run_end``)."""
+        """Marks runs of this host whose process died ``interrupted`` (with a ``run_end``):
+        running ones, and queued ones that process would have started."""
         stale = [
-            run for run in await self.store.list_runs(status=RunStatus.running, limit=1000)
+            run
+            for status in (RunStatus.running, RunStatus.queued)
+            for run in await self.store.list_runs(status=status, limit=1000)
             if _owner_is_dead(run.owner)
         ]
         for run in stale:
@@ -249,7 +255,9 @@ async def _call_workflow(fn: Any, ctx: FlueContext) -> Any:
     if inspect.iscoroutinefunction(fn):
         value = await fn(ctx)
     else:
-        value = await asyncio.to_thread(fn, ctx)
+        # A daemon thread of its own: a cancelled run does not wait for synchronous code
+        # (which cannot be interrupted) and the process can still exit.
+        value = await in_daemon_thread(fn, ctx)
         if inspect.isawaitable(value):
             value = await value
     try:

@@ -39,6 +39,8 @@ class RunUpdate:
     finished_at: datetime | None = None
     duration_ms: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Only update when the run is in this status, else RunStateConflict (claims, cancels).
+    expect_status: RunStatus | None = None
 
 
 class RunStore(Protocol):
@@ -116,9 +118,13 @@ class Notifier:
 
 
 async def follow(
-    store: RunStore, notifier: Notifier, run_id: str, after: int
+    store: RunStore, notifier: Notifier, run_id: str, after: int, poll: float | None = None
 ) -> AsyncIterator[Event]:
-    """The shared subscribe loop: page through stored events, wait for more, stop at run_end."""
+    """The shared subscribe loop: page through stored events, wait for more, stop at run_end.
+
+    In-process writers wake the loop at once; with ``poll`` set it also looks again every
+    ``poll`` seconds, for writers in other processes sharing the database.
+    """
     await store.get_run(run_id)  # RunNotFound before anything else
     while True:
         waiter = notifier.register(run_id)
@@ -130,6 +136,9 @@ async def follow(
                 if event.type is EventType.run_end:
                     return
             if not events:
-                await waiter
+                if poll is None:
+                    await waiter
+                else:
+                    await asyncio.wait([waiter], timeout=poll)
         finally:
             notifier.discard(run_id, waiter)

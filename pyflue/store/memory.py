@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from pyflue.errors import RunNotFound
 from pyflue.models import Event, EventType, Run, RunStatus
 from pyflue.store.base import NewEvent, Notifier, RunUpdate, follow
-from pyflue.store.updates import apply_update
+from pyflue.store.updates import apply_update, state_conflict
 
 
 class MemoryStore:
@@ -53,6 +53,8 @@ class MemoryStore:
 
     async def update_run(self, run_id: str, update: RunUpdate) -> Run:
         run = await self.get_run(run_id)
+        if update.expect_status is not None and run.status is not update.expect_status:
+            raise state_conflict(run, update.expect_status)
         self._runs[run_id] = apply_update(run, update)
         return self._runs[run_id].model_copy()
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.util import CommandError
 from sqlalchemy import Connection, and_, delete, event, insert, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,7 +26,10 @@ from pyflue.errors import RunNotFound, StoreError
 from pyflue.models import ErrorInfo, Event, EventType, Run, RunStatus
 from pyflue.store.base import NewEvent, Notifier, RunUpdate, follow
 from pyflue.store.schema import events, runs
-from pyflue.store.updates import update_fields
+from pyflue.store.updates import state_conflict, update_fields
+
+# How often a follower looks for events written by other processes (another `pyflue run`).
+POLL_SECONDS = 0.5
 
 
 def _aware(value: datetime) -> datetime:
@@ -127,7 +131,7 @@ class SqlStore:
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(_run_migrations)
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, CommandError) as exc:
             await engine.dispose()
             raise StoreError(
                 f"cannot open the run store at {self._safe_url()}: {exc.__class__.__name__}: "
@@ -147,11 +151,27 @@ class SqlStore:
     async def _write(self) -> AsyncIterator[AsyncConnection]:
         lock = self._write_lock or contextlib.nullcontext()
         async with lock:
-            try:
+            with self._translated("writing to"):
                 async with self.engine.begin() as conn:
                     yield conn
-            except SQLAlchemyError as exc:
-                raise StoreError(f"run store write failed: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        with self._translated("reading"):
+            async with self.engine.connect() as conn:
+                yield conn
+
+    @contextlib.contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (SQLAlchemyError, OSError) as exc:
+            cause = getattr(exc, "orig", None) or exc
+            text = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+            raise StoreError(
+                f"{what} the run store at {self._safe_url()} failed: {text}; "
+                "check it is reachable and writable (`pyflue doctor`)"
+            ) from exc
 
     async def create_run(self, run: Run) -> Run:
         values = run.model_dump(mode="json")
@@ -166,7 +186,7 @@ class SqlStore:
         return run
 
     async def get_run(self, run_id: str) -> Run:
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(select(runs).where(runs.c.run_id == run_id))).first()
         if row is None:
             raise RunNotFound(f"no run {run_id!r}: list runs with `pyflue runs`")
@@ -185,7 +205,7 @@ class SqlStore:
             query = query.where(runs.c.status == status.value)
         if workflow is not None:
             query = query.where(runs.c.workflow == workflow)
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             if before is not None:
                 pivot = (
                     await conn.execute(select(runs.c.created_at).where(runs.c.run_id == before))
@@ -207,12 +227,15 @@ class SqlStore:
         if fields.get("error") is not None:
             fields["error"] = fields["error"].model_dump()
         if fields:
+            query = update(runs).where(runs.c.run_id == run_id).values(**fields)
+            if update_.expect_status is not None:
+                query = query.where(runs.c.status == update_.expect_status.value)
             async with self._write() as conn:
-                result = await conn.execute(
-                    update(runs).where(runs.c.run_id == run_id).values(**fields)
-                )
-                if result.rowcount == 0:
-                    raise RunNotFound(f"no run {run_id!r}: list runs with `pyflue runs`")
+                result = await conn.execute(query)
+            if result.rowcount == 0:
+                run = await self.get_run(run_id)  # RunNotFound when it does not exist
+                assert update_.expect_status is not None
+                raise state_conflict(run, update_.expect_status)
         return await self.get_run(run_id)
 
     async def delete_run(self, run_id: str) -> None:
@@ -278,9 +301,9 @@ class SqlStore:
             query = query.where(events.c.type.in_([t.value for t in types]))
         if limit is not None:
             query = query.limit(limit)
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(query)).all()
         return [_event_from_row(r) for r in rows]
 
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
-        return follow(self, self._notifier, run_id, after)
+        return follow(self, self._notifier, run_id, after, poll=POLL_SECONDS)

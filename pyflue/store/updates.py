@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyflue.models import Run
+from pyflue.errors import RunStateConflict
+from pyflue.models import Run, RunStatus
 from pyflue.store.base import RunUpdate
 
 
@@ -21,6 +22,13 @@ def update_fields(update: RunUpdate) -> dict[str, Any]:
         fields["result"] = update.result
     fields.update(update.extra)
     return fields
+
+
+def state_conflict(run: Run, expected: RunStatus) -> RunStateConflict:
+    return RunStateConflict(
+        f"run {run.run_id} is {run.status.value}, not {expected.value}",
+        details=run.status.value,
+    )
 
 
 def apply_update(run: Run, update: RunUpdate) -> Run:

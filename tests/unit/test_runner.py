@@ -245,3 +245,34 @@ async def test_runs_of_dead_processes_are_recovered_as_interrupted(project: Path
     assert (await runner.store.get_run(alive.run_id)).status is RunStatus.running
     followed = [e.type async for e in runner.store.subscribe(run.run_id)]
     assert followed == [EventType.run_end]
+
+
+async def test_a_run_that_is_not_queued_is_not_executed(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    from pyflue.errors import RunStateConflict
+    from pyflue.store import RunUpdate
+
+    write_workflow("once", "async def run(ctx):\n    return 1\n")
+    runner = fake_runner(project)
+    submitted = await runner.submit("once", {})
+    await runner.store.update_run(submitted.run_id, RunUpdate(status=RunStatus.cancelled))
+    with pytest.raises(RunStateConflict):
+        await runner.execute(submitted.run_id)
+    assert await runner.store.list_events(submitted.run_id) == []
+
+
+async def test_sys_exit_in_a_workflow_fails_the_run_cleanly(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("bye", AGENT + """
+import sys
+async def run(ctx):
+    await ctx.init(agent)
+    sys.exit(3)
+""")
+    runner = fake_runner(project)
+    run = await runner.run("bye", {})
+    assert run.status is RunStatus.failed and run.error is not None
+    assert run.error.type == "SystemExit"
+    assert runner.provider.live == {}  # type: ignore[attr-defined]

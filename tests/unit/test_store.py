@@ -118,3 +118,33 @@ async def test_sqlite_store_survives_a_reopen(tmp_path: Path) -> None:
     await second.open()  # migrations are idempotent
     assert [e.event_index for e in await second.list_events(run.run_id)] == [1, 2]
     await second.close()
+
+
+async def test_a_follower_sees_events_written_by_another_process(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    reader, writer = SqlStore(url), SqlStore(url)  # two stores: nothing shared in memory
+    await reader.open()
+    await writer.open()
+    run = await writer.create_run(_run())
+
+    async def collect() -> list[int]:
+        return [e.event_index async for e in reader.subscribe(run.run_id)]
+
+    task = asyncio.create_task(collect())
+    await asyncio.sleep(0.1)
+    await writer.append_events(run.run_id, [_ev(1), _ev(2, EventType.run_end)])
+    assert await asyncio.wait_for(task, 5) == [1, 2]
+    await reader.close()
+    await writer.close()
+
+
+async def test_a_conditional_update_refuses_a_run_in_another_status(store: RunStore) -> None:
+    from pyflue.errors import RunStateConflict
+
+    run = await store.create_run(_run())
+    await store.update_run(run.run_id, RunUpdate(status=RunStatus.cancelled))
+    with pytest.raises(RunStateConflict, match="is cancelled, not queued"):
+        await store.update_run(
+            run.run_id, RunUpdate(status=RunStatus.running, expect_status=RunStatus.queued)
+        )
+    assert (await store.get_run(run.run_id)).status is RunStatus.cancelled

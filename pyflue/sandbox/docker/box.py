@@ -13,6 +13,7 @@ import json
 import logging
 import posixpath
 import socket as socketlib
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -136,11 +137,15 @@ class DockerSandbox:
     def _exec_frames(
         self, argv: list[str], cwd: str, env: Mapping[str, str], session: _ExecSession
     ) -> Iterator[tuple[int, bytes]]:
-        exec_id, session.sock = self._start_exec(argv, cwd, env)
+        exec_id, session.sock = self._start_exec(argv, cwd, env, session)
+        if session.sock is None:
+            return  # given up (timeout or cancel) before it started: nothing runs
         yield from _frames(session.sock)
         session.exit_code = self._exit_code(exec_id)
 
-    def _start_exec(self, argv: list[str], cwd: str, env: Mapping[str, str]) -> tuple[str, Any]:
+    def _start_exec(
+        self, argv: list[str], cwd: str, env: Mapping[str, str], session: _ExecSession
+    ) -> tuple[str, Any]:
         with translated("starting a command in the sandbox", container=self._cid):
             created = self._api.exec_create(
                 self._cid,
@@ -151,7 +156,11 @@ class DockerSandbox:
                 environment=[f"{k}={v}" for k, v in env.items()],
                 user=self._spec.user,
             )
-            sock = self._api.exec_start(created["Id"], socket=True)
+            with session.lock:
+                if session.abandoned:
+                    return created["Id"], None
+                sock = self._api.exec_start(created["Id"], socket=True)
+                session.sock = sock
         return created["Id"], sock
 
     def _exit_code(self, exec_id: str) -> int:
@@ -167,7 +176,16 @@ class DockerSandbox:
     async def _kill(self, pump: asyncio.Future[None], session: _ExecSession) -> KillScope:
         """Kills the command's process group; escalates to every sandbox process if needed."""
         killed: KillScope = None
+        with session.lock:  # an exec not started yet never will be
+            session.abandoned = session.sock is None
+        if session.abandoned:
+            pump.cancel()
+            return None
         pid_box = session.pid
+        for _ in range(50):  # the pid line follows the start within milliseconds
+            if pid_box or pump.done():
+                break
+            await asyncio.sleep(0.02)
         if pid_box:
             killed = "group"
             try:
@@ -214,8 +232,8 @@ class DockerSandbox:
                 self._api._url("/containers/{0}/archive", self._cid), params={"path": path}
             )
         if res.status_code == 404:
-            if "container" in res.text.lower():
-                self._missing_container()  # raises SandboxGone when the container is gone
+            # A HEAD answer has no body to tell a missing path from a missing container.
+            self._missing_container()  # raises SandboxGone when the container is gone
             return None
         header = res.headers.get("X-Docker-Container-Path-Stat")
         if res.status_code != 200 or not header:
@@ -245,11 +263,11 @@ class DockerSandbox:
                 raise FileNotFoundInSandbox(f"{path} does not exist") from None
 
     async def put(self, dest_dir: str, entries: Sequence[PutEntry]) -> None:
-        uid, gid = self._spec.uid_gid
-        data = build_tar(entries, uid=uid, gid=gid)
-        await self._bridge.call(self._put, dest_dir, data)
+        await self._bridge.call(self._put, dest_dir, entries)
 
-    def _put(self, dest_dir: str, data: bytes) -> None:
+    def _put(self, dest_dir: str, entries: Sequence[PutEntry]) -> None:
+        uid, gid = self._spec.uid_gid
+        data = build_tar(entries, uid=uid, gid=gid)  # here, off the event loop
         with translated(f"copying files into {dest_dir}", container=self._cid):
             self._api.put_archive(self._cid, dest_dir, data)
 
@@ -297,6 +315,8 @@ class _ExecSession:
         self.sock: Any = None
         self.pid: list[int] = []
         self.exit_code: int | None = None
+        self.abandoned = False
+        self.lock = threading.Lock()
 
 
 class _Demuxer:

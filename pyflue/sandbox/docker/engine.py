@@ -24,7 +24,7 @@ from pyflue.errors import (
 
 
 def engine_label(base_url: str | None) -> str:
-    return base_url or "the local Docker engine (DOCKER_HOST or unix:///var/run/docker.sock)"
+    return base_url or "DOCKER_HOST or unix:///var/run/docker.sock"
 
 
 def connect(base_url: str | None, *, timeout: int = 120) -> Any:
@@ -78,6 +78,11 @@ def translated(
         raise SandboxError(f"{what}: {_explain(exc)}") from exc
     except (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError) as exc:
         raise EngineUnavailable(unreachable_message(None, exc)) from exc
+    except requests.exceptions.RequestException as exc:  # timeouts, a daemon restarting
+        raise SandboxError(
+            f"{what}: the Docker engine did not answer properly ({_first_line(exc)}); "
+            "check it with `pyflue doctor`"
+        ) from exc
     except docker.errors.DockerException as exc:
         raise SandboxError(f"{what}: {_first_line(exc)}") from exc
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -95,13 +96,16 @@ class DockerProvider:
         self.scope = scope
         self.kill_grace = kill_grace
         self.bridge = bridge or ThreadBridge()
+        self._owns_bridge = bridge is None
         self._client: Any = None
+        self._client_lock = threading.Lock()
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            self._client = connect(self.base_url)
-        return self._client
+        with self._client_lock:  # first used from pool threads: make exactly one client
+            if self._client is None:
+                self._client = connect(self.base_url)
+            return self._client
 
     async def ping(self) -> None:
         """Raises EngineUnavailable when the engine does not answer."""
@@ -134,7 +138,9 @@ class DockerProvider:
         volume = resource_name(spec.run_id)
         container: Any = None
         try:
-            container = await self.bridge.call(self._create, spec, volume)
+            # Creation runs to its end even when the run is cancelled meanwhile, so the
+            # cleanup below always knows what exists and removes it.
+            container = await run_to_completion(self.bridge.call(self._create, spec, volume))
             emit(EventType.container_created, {
                 "container_id": container.id, "name": volume, "image": spec.image,
                 "network": spec.network, "runtime": spec.runtime or "runc",
@@ -177,7 +183,8 @@ class DockerProvider:
                 "oom_killed": bool(state.get("OOMKilled")),
                 "stopped_by": "pyflue" if state.get("Running") else "itself",
             })
-        removed = await self.bridge.call(self._remove_sync, container.id if container else None,
+        # Without a container object (creation failed or was cut short) remove by name.
+        removed = await self.bridge.call(self._remove_sync, container.id if container else volume,
                                          volume)
         if container is not None:
             emit(EventType.container_removed, {"container_id": container.id, "removed": removed})
@@ -237,3 +244,5 @@ class DockerProvider:
         if self._client is not None:
             await self.bridge.call(self._client.close)
             self._client = None
+        if self._owns_bridge:
+            self.bridge.shutdown()
