@@ -28,7 +28,7 @@ Initializer = (
 class AgentConfig(BaseModel):
     """What an agent's initializer may return. See docs/workflows.md for each key."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     model: str | None = Field(None, description="model string, e.g. anthropic/claude-haiku-4-5")
     instructions: str | None = None
@@ -40,6 +40,9 @@ class AgentConfig(BaseModel):
     cpus: float | None = Field(None, gt=0)
     pids: int | None = Field(None, ge=16)
     runtime: str | None = None
+    tools: list[Any] = Field(
+        default_factory=list, description="extra tools: typed functions or pyflue Tool objects"
+    )
 
     @field_validator("cwd")
     @classmethod

@@ -154,7 +154,8 @@ async def _print_events(store: Any, run_id: str, quiet: bool, fmt: StreamFormat)
     async for event in store.subscribe(run_id):
         if not quiet:
             line = event_json(event) if fmt is StreamFormat.ndjson else pretty_event(event)
-            typer.echo(line, err=True)
+            if line is not None:
+                typer.echo(line, err=True)
 
 
 @app.command()
@@ -179,14 +180,20 @@ async def _logs(settings: Settings, run_id: str, fmt: Format, follow: bool, afte
         await store.get_run(run_id)
         if follow:
             async for event in store.subscribe(run_id, after=after):
-                typer.echo(pretty_event(event) if fmt is Format.pretty else event_json(event))
+                _echo_event(event, fmt)
             return
         events = await store.list_events(run_id, after=after)
         if fmt is Format.json:
             typer.echo(events_document(run_id, events))
         else:
             for event in events:
-                typer.echo(pretty_event(event) if fmt is Format.pretty else event_json(event))
+                _echo_event(event, fmt)
+
+
+def _echo_event(event: Any, fmt: Format) -> None:
+    line = pretty_event(event) if fmt is Format.pretty else event_json(event)
+    if line is not None:
+        typer.echo(line)
 
 
 @app.command()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import posixpath
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from pyflue.errors import ConfigError, FileNotFoundInSandbox, WorkspacePathError
@@ -19,8 +19,10 @@ from pyflue.sandbox.base import FileStat, PutEntry, Sandbox
 
 if TYPE_CHECKING:
     from pyflue.agents import AgentConfig
+    from pyflue.llm import ModelResolver
     from pyflue.recorder import RunRecorder
-    from pyflue.settings import SandboxDefaults
+    from pyflue.sessions import Session
+    from pyflue.settings import Settings
 
 MAX_READ_BYTES = 1 << 30
 
@@ -170,20 +172,44 @@ def _with_parents(real: str, root: str, data: bytes | None, mode: int) -> list[P
 
 
 class Harness:
-    """What ``ctx.init(agent)`` returns: the run's workspace as ``fs`` and ``shell``."""
+    """What ``ctx.init(agent)`` returns: sessions with the agent's model, and the run's
+    workspace as ``fs`` and ``shell`` (which never add messages to a session)."""
 
     def __init__(
         self,
         box: Sandbox,
         recorder: RunRecorder,
         config: AgentConfig,
-        defaults: SandboxDefaults,
+        settings: Settings,
+        models: ModelResolver,
     ) -> None:
         self._box = box
         self._recorder = recorder
         self.config = config
-        self._defaults = defaults
+        self._settings = settings
+        self._defaults = settings.sandbox
+        self._models = models
+        self._sessions: dict[str, Session] = {}
         self.fs = WorkspaceFS(box, recorder, config.cwd or box.workdir)
+
+    async def session(self, name: str = "default", *, tools: Sequence[Any] = ()) -> Session:
+        """The session called ``name`` (created on first use): a conversation with the agent's
+        model whose tools act in this run's container. ``tools`` adds workflow tools (typed
+        functions or :class:`pyflue.tools.Tool`) to the agent's own."""
+        if name in self._sessions:
+            if tools:
+                raise ConfigError(f"session {name!r} exists already; give tools when creating it")
+            return self._sessions[name]
+        from pyflue.sessions import Session
+        from pyflue.tools import as_tool
+
+        created = Session(
+            name=name, harness=self, models=self._models, settings=self._settings.models,
+            recorder=self._recorder,
+            tools=[as_tool(t) for t in (*self.config.tools, *tools)],
+        )
+        self._sessions[name] = created
+        return created
 
     @property
     def sandbox_id(self) -> str:

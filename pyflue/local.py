@@ -43,13 +43,15 @@ async def open_runner(
     """A Runner over the settings' store and the Docker engine; closes both on exit."""
     sandbox = provider or docker_provider(settings)
     async with open_store(settings) as store:
+        runner = Runner(
+            settings=settings,
+            store=store,
+            provider=sandbox,
+            registry=WorkflowRegistry(settings.project_dir),
+            env=os.environ,
+        )
         try:
-            yield Runner(
-                settings=settings,
-                store=store,
-                provider=sandbox,
-                registry=WorkflowRegistry(settings.project_dir),
-                env=os.environ,
-            )
+            yield runner
         finally:
+            await runner.models.close()
             await sandbox.close()

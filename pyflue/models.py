@@ -48,6 +48,11 @@ class EventType(StrEnum):
     file_read = "file_read"
     file_write = "file_write"
     file_op = "file_op"
+    model_turn_start = "model_turn_start"
+    model_text_delta = "model_text_delta"
+    model_turn_end = "model_turn_end"
+    tool_start = "tool_start"
+    tool_end = "tool_end"
 
 
 class ErrorInfo(BaseModel):

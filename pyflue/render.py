@@ -38,8 +38,9 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def pretty_event(event: Event) -> str:
-    """One terminal line (or a few, for output chunks) for an event."""
+def pretty_event(event: Event) -> str | None:
+    """One terminal line (or a few, for output chunks) for an event; None to show nothing
+    (text deltas: the turn's end shows its whole text)."""
     d = event.data
     head = f"{event.timestamp.strftime('%H:%M:%S.%f')[:-3]} #{event.event_index:<4}"
     t = event.type
@@ -53,6 +54,23 @@ def pretty_event(event: Event) -> str:
         note = " TIMED OUT" if d.get("timed_out") else ""
         note += " (output truncated)" if d.get("truncated") else ""
         return f"{head} ⏎ exit {d.get('exit_code')} in {d.get('duration_ms')} ms{note}"
+    if t is EventType.model_text_delta:
+        return None
+    if t is EventType.model_turn_start:
+        return f"{head} ◇ {d.get('session')} turn {d.get('turn')} ({d.get('model')})"
+    if t is EventType.model_turn_end:
+        if d.get("error"):
+            return f"{head} ◆ turn failed: {d['error'].get('message')}"
+        usage = d.get("usage") or {}
+        text = _short(str(d.get("text") or "").replace("\n", " ⏎ "), 200)
+        return (f"{head} ◆ {text} [{d.get('stop_reason')}, {usage.get('input_tokens')} in / "
+                f"{usage.get('output_tokens')} out, {d.get('duration_ms')} ms]")
+    if t is EventType.tool_start:
+        return f"{head} ⚙ {d.get('name')} {_short(d.get('input'), 160)}"
+    if t is EventType.tool_end:
+        mark = "✗" if d.get("is_error") else "→"
+        output = _short(str(d.get("output") or "").replace("\n", " ⏎ "), 160)
+        return f"{head}   {mark} {output} ({d.get('duration_ms')} ms)"
     if t is EventType.log:
         fields = " ".join(f"{k}={_short(v, 60)}" for k, v in (d.get("fields") or {}).items())
         return f"{head} [{d.get('level', 'info')}] {d.get('message')} {fields}".rstrip()

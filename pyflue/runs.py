@@ -27,6 +27,7 @@ from pyflue.agents import Agent, AgentConfig
 from pyflue.context import FlueContext, RunLog
 from pyflue.errors import ConfigError, InvalidPayload, PyflueError, RunNotFound
 from pyflue.harness import Harness
+from pyflue.llm import ModelRegistry, ModelResolver
 from pyflue.models import ErrorInfo, EventType, Run, RunStatus, new_run_id, utcnow
 from pyflue.recorder import RunRecorder
 from pyflue.sandbox.base import Sandbox, SandboxProvider, SandboxSpec
@@ -80,8 +81,10 @@ class Runner:
         provider: SandboxProvider,
         registry: WorkflowRegistry,
         env: Mapping[str, str] | None = None,
+        models: ModelResolver | None = None,
     ) -> None:
         self.settings = settings
+        self.models: ModelResolver = models or ModelRegistry(settings.models)
         self.store = store
         self.provider = provider
         self.registry = registry
@@ -301,7 +304,8 @@ class _SandboxScope:
                     "a run has one container: this agent asks for different sandbox settings "
                     f"({spec.image}, network {spec.network}) than the first one initialized"
                 )
-        harness = Harness(self._box, self._recorder, config, self._runner.settings.sandbox)
+        harness = Harness(self._box, self._recorder, config, self._runner.settings,
+                          self._runner.models)
         if harness.fs.cwd != self._box.workdir:
             await harness.fs.mkdir(harness.fs.cwd)  # an agent's cwd exists when it starts
         return harness

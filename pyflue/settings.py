@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_IMAGE = "pyflue/sandbox:latest"
@@ -35,6 +35,27 @@ class SandboxDefaults(BaseSettings):
     kill_grace: float = Field(2.0, gt=0, description="seconds to wait after a kill")
 
 
+class ModelSettings(BaseSettings):
+    """Model clients and the agent loop (see docs/models.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="PYFLUE_", extra="forbid")
+
+    anthropic_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("PYFLUE_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("PYFLUE_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL")
+    )
+    anthropic_max_retries: int = Field(4, ge=0, description="retries on 429/529/5xx")
+    model: str | None = Field(
+        None, description="overrides every agent's model, e.g. scripted/demo for offline runs"
+    )
+    max_turns: int = Field(50, ge=1, description="model turns allowed per prompt")
+    max_result_retries: int = Field(3, ge=0, description="re-asks when a result is invalid")
+    max_tokens: int = Field(8192, ge=1, description="max output tokens per model turn")
+    tool_output_cap: int = Field(30_000, ge=1000, description="characters of tool output shown")
+
+
 class Settings(BaseSettings):
     """Process-wide settings for the CLI, the library runtime and (later) the server."""
 
@@ -46,6 +67,7 @@ class Settings(BaseSettings):
     )
     docker_host: str | None = Field(None, description="defaults to DOCKER_HOST / local socket")
     sandbox: SandboxDefaults = Field(default_factory=SandboxDefaults)
+    models: ModelSettings = Field(default_factory=ModelSettings)
 
     @property
     def state_dir(self) -> Path:
