@@ -73,7 +73,7 @@ def test_a_failed_run_exits_1_with_one_line(env: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["run", "nope"], "unknown workflow 'nope'; available: hello, shell_steps"),
+    (["run", "nope"], "unknown workflow 'nope'; available: classify_ticket, hello, review_document, shell_steps, summarize"),
     (["run", "hello", "--payload", "{bad"], "payload is not valid JSON"),
     (["run", "hello", "--payload", "[1]"], "payload must be a JSON object, not list"),
     (["logs", "workflow:hello:NOPE"], "no run 'workflow:hello:NOPE'"),
