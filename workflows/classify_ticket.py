@@ -1,4 +1,5 @@
 from pydantic import BaseModel
+
 from pyflue import FlueContext, create_agent
 
 triage = create_agent(lambda ctx: {"model": "anthropic/claude-sonnet-4-6"})
