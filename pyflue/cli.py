@@ -275,6 +275,52 @@ def doctor(project: ProjectOpt = None) -> None:
 
 
 @app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 2024)")] = None,
+    store_url: Annotated[str | None, typer.Option(help="SQLAlchemy async URL of the store")]
+    = None,
+    max_concurrency: Annotated[int | None, typer.Option(min=1, help="runs at once")] = None,
+    insecure_bind: Annotated[
+        bool, typer.Option("--insecure-bind", help="allow a non-loopback address without a token")
+    ] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Start the control plane (HTTP API, scheduler) on 127.0.0.1:2024."""
+    import uvicorn
+
+    from pyflue.api.app import create_app
+
+    settings = _settings(project)
+    changes: dict[str, Any] = {k: v for k, v in {
+        "host": host, "port": port, "max_concurrency": max_concurrency,
+    }.items() if v is not None}
+    if insecure_bind:
+        changes["allow_insecure_bind"] = True
+    server = settings.server.model_copy(update=changes)
+    settings = settings.model_copy(update={"server": server, **(
+        {"store_url": store_url} if store_url else {})})
+    problem = bind_problem(server.host, server.api_token is not None, server.allow_insecure_bind)
+    if problem:
+        _die(problem, EXIT_USAGE)
+    uvicorn.run(create_app(settings), host=server.host, port=server.port, log_level="info")
+
+
+def bind_problem(host: str, has_token: bool, forced: bool) -> str | None:
+    """Why serving on ``host`` is refused, or None."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback or has_token or forced:
+        return None
+    return (f"refusing to serve on {host} without an API token: set PYFLUE_API_TOKEN (clients "
+            "send `Authorization: Bearer <token>`), or pass --insecure-bind to serve anyway")
+
+
+@app.command()
 def reap(project: ProjectOpt = None) -> None:
     """Remove containers and volumes left by runs that are no longer running."""
     from pyflue.local import open_runner

@@ -93,6 +93,7 @@ class Run(BaseModel):
     finished_at: datetime | None = None
     duration_ms: int | None = None
     event_count: int = 0
+    idempotency_key: str | None = None
 
 
 def new_run_id(workflow: str) -> str:

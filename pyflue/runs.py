@@ -18,9 +18,11 @@ import socket
 import time
 import traceback
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic_core import to_jsonable_python
+from ulid import ULID
 
 from pyflue._bridge import in_daemon_thread, run_to_completion
 from pyflue.agents import Agent, AgentConfig
@@ -35,9 +37,21 @@ from pyflue.settings import Settings
 from pyflue.store.base import NewEvent, RunStore, RunUpdate
 from pyflue.workflows import WorkflowRegistry
 
+# Tells this process from an earlier one that had the same pid (a restarted container).
+INSTANCE = str(ULID())
+
 
 def local_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid:instance`` of this process, stored on the runs it executes."""
+    return f"{socket.gethostname()}:{os.getpid()}:{INSTANCE}"
+
+
+@dataclass
+class StopRequest:
+    """Why a running run's task is being cancelled: the status it ends with, and the reason."""
+
+    status: RunStatus = RunStatus.cancelled
+    reason: str = "cancelled while running"
 
 
 def parse_payload(raw: str | bytes | None) -> dict[str, Any]:
@@ -97,9 +111,14 @@ class Runner:
         *,
         image: str | None = None,
         source: str = "cli",
-        owner: str | None = None,
+        owner: str | None = "",
+        idempotency_key: str | None = None,
     ) -> Run:
-        """Validates the invocation and records the run as ``queued``. Nothing runs yet."""
+        """Validates the invocation and records the run as ``queued``. Nothing runs yet.
+
+        ``owner`` defaults to this process (it will run it); ``None`` leaves the run for a
+        scheduler to claim.
+        """
         self.registry.get(workflow)  # WorkflowNotFound / WorkflowLoadError before any record
         run = Run(
             run_id=new_run_id(workflow),
@@ -108,17 +127,25 @@ class Runner:
             payload=check_payload(payload),
             image=image,
             source=source,
-            owner=owner or local_owner(),
+            owner=local_owner() if owner == "" else owner,
             created_at=utcnow(),
+            idempotency_key=idempotency_key,
         )
         return await self.store.create_run(run)
 
-    async def execute(self, run_id: str, *, req: Any = None) -> Run:
-        """Runs a queued run to its end and returns the final record."""
+    async def execute(
+        self, run_id: str, *, req: Any = None, stop: StopRequest | None = None
+    ) -> Run:
+        """Runs a queued run to its end and returns the final record.
+
+        Cancelling the task ends the run ``cancelled`` (or as ``stop`` says, e.g. ``timed_out``)
+        after its container is removed.
+        """
         # Claiming is conditional: a run cancelled meanwhile, or claimed by another worker,
         # raises RunStateConflict here and is not run.
         run = await self.store.update_run(run_id, RunUpdate(
             status=RunStatus.running, started_at=utcnow(), expect_status=RunStatus.queued,
+            extra={"owner": local_owner()},
         ))
         recorder = RunRecorder(self.store, run_id)
         recorder.emit(EventType.run_start, {
@@ -139,8 +166,11 @@ class Runner:
             result = await _call_workflow(self.registry.get(run.workflow).run, ctx)
             status = RunStatus.completed
         except asyncio.CancelledError as exc:
-            status = RunStatus.cancelled
-            reason = str(exc.args[0]) if exc.args else "cancelled while running"
+            if stop is not None:
+                status, reason = stop.status, stop.reason
+            else:
+                status = RunStatus.cancelled
+                reason = str(exc.args[0]) if exc.args else "cancelled while running"
             reraise = asyncio.CancelledError(reason)
         except (Exception, SystemExit) as exc:  # sys.exit() in a workflow is its failure
             status, error = RunStatus.failed, error_info(exc)
@@ -180,19 +210,24 @@ class Runner:
             end["error"] = error.model_dump()
         if reason is not None:
             end["reason"] = reason
-        recorder.emit(EventType.run_end, end)
         try:
-            await recorder.close()
+            await recorder.flush()
         except Exception as exc:  # events lost to a store failure: still end the run's record
             error = error or ErrorInfo(
                 type="store_error", message=f"recording the run's events failed: {exc}"
             )
             status = RunStatus.failed if status is RunStatus.completed else status
-        return await self.store.update_run(run_id, RunUpdate(
+            end.update(status=status.value, is_error=True, error=error.model_dump())
+        # The record is final before run_end is stored: whoever sees run_end reads the outcome.
+        await self.store.update_run(run_id, RunUpdate(
             status=status, result=result, has_result=status is RunStatus.completed,
             error=error, reason=reason, finished_at=utcnow(), duration_ms=duration_ms,
             image=scope.image,
         ))
+        recorder.emit(EventType.run_end, end)
+        with contextlib.suppress(Exception):  # already logged by the recorder
+            await recorder.close()
+        return await self.store.get_run(run_id)
 
     async def run(self, workflow: str, payload: Any, **kwargs: Any) -> Run:
         """``submit`` then ``execute``."""
@@ -215,14 +250,16 @@ class Runner:
     async def _interrupt(self, run: Run) -> None:
         reason = f"the process that ran it ({run.owner}) is gone"
         end = {"status": RunStatus.interrupted.value, "is_error": True, "reason": reason}
-        await self.store.append_events(run.run_id, [NewEvent(EventType.run_end, end, utcnow())])
         await self.store.update_run(run.run_id, RunUpdate(
             status=RunStatus.interrupted, finished_at=utcnow(), reason=reason,
         ))
+        await self.store.append_events(run.run_id, [NewEvent(EventType.run_end, end, utcnow())])
 
     async def recover(self) -> list[str]:
         """Marks runs of this host whose process died ``interrupted`` (with a ``run_end``):
         running ones, and queued ones that process would have started."""
+        # Queued runs with an owner were submitted by a process that runs them itself (the
+        # CLI); a server's queued runs have none until claimed, and stay queued.
         stale = [
             run
             for status in (RunStatus.running, RunStatus.queued)
@@ -240,11 +277,12 @@ class Runner:
 
 
 def _owner_is_dead(owner: str | None) -> bool:
-    if not owner or owner.count(":") != 1:
-        return False
-    host, _, pid = owner.partition(":")
+    """Whether the process that owns a run is gone (only knowable for this host's runs)."""
+    host, pid, instance = [*(owner or "").split(":"), "", ""][:3]
     if host != socket.gethostname() or not pid.isdigit():
         return False
+    if int(pid) == os.getpid():
+        return bool(instance) and instance != INSTANCE
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:

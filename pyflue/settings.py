@@ -56,6 +56,26 @@ class ModelSettings(BaseSettings):
     tool_output_cap: int = Field(30_000, ge=1000, description="characters of tool output shown")
 
 
+class ServerSettings(BaseSettings):
+    """The control plane (``pyflue serve``), see docs/server.md."""
+
+    model_config = SettingsConfigDict(env_prefix="PYFLUE_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(2024, ge=0, le=65535)
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token that every route but /health requires"
+    )
+    allow_insecure_bind: bool = Field(
+        False, description="serve on a non-loopback address without a token (not advised)"
+    )
+    max_concurrency: int = Field(4, ge=1, description="runs executing at once; the rest queue")
+    default_deadline: float = Field(3600.0, gt=0, description="seconds a run may take")
+    max_deadline: float = Field(6 * 3600.0, gt=0, description="cap on workflows' own deadlines")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
+    heartbeat_seconds: float = Field(15.0, gt=0, description="SSE keep-alive comment interval")
+
+
 class Settings(BaseSettings):
     """Process-wide settings for the CLI, the library runtime and (later) the server."""
 
@@ -68,6 +88,7 @@ class Settings(BaseSettings):
     docker_host: str | None = Field(None, description="defaults to DOCKER_HOST / local socket")
     sandbox: SandboxDefaults = Field(default_factory=SandboxDefaults)
     models: ModelSettings = Field(default_factory=ModelSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
     @property
     def state_dir(self) -> Path:

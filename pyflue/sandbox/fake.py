@@ -107,7 +107,8 @@ class FakeSandbox:
                 await asyncio.sleep(result.delay)
 
         try:
-            await asyncio.wait_for(play(), timeout)
+            async with asyncio.timeout(timeout):
+                await play()
         except TimeoutError:
             return ExecStatus(exit_code=124, timed_out=True, killed="group")
         return ExecStatus(exit_code=result.exit_code)

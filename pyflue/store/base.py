@@ -61,8 +61,13 @@ class RunStore(Protocol):
         workflow: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        oldest_first: bool = False,
     ) -> list[Run]:
-        """Newest first; ``before`` is a run id to page after."""
+        """Newest first (or oldest first); ``before`` is the run id to page after."""
+        ...
+
+    async def find_run(self, workflow: str, idempotency_key: str) -> Run | None:
+        """The run created for ``workflow`` with this Idempotency-Key, if any."""
         ...
 
     async def update_run(self, run_id: str, update: RunUpdate) -> Run: ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from pyflue.errors import RunNotFound
+from pyflue.errors import RunNotFound, RunStateConflict
 from pyflue.models import Event, EventType, Run, RunStatus
 from pyflue.store.base import NewEvent, Notifier, RunUpdate, follow
 from pyflue.store.updates import apply_update, state_conflict
@@ -23,6 +23,10 @@ class MemoryStore:
         return None
 
     async def create_run(self, run: Run) -> Run:
+        if run.idempotency_key is not None and await self.find_run(
+            run.workflow, run.idempotency_key
+        ):
+            raise RunStateConflict(f"a run with Idempotency-Key {run.idempotency_key!r} exists")
         self._runs[run.run_id] = run.model_copy()
         self._events[run.run_id] = []
         return run
@@ -40,16 +44,26 @@ class MemoryStore:
         workflow: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        oldest_first: bool = False,
     ) -> list[Run]:
-        runs = sorted(self._runs.values(), key=lambda r: (r.created_at, r.run_id), reverse=True)
+        runs = sorted(self._runs.values(), key=lambda r: (r.created_at, r.run_id),
+                      reverse=not oldest_first)
         if before is not None:
             pivot = self._runs.get(before)
             if pivot is not None:
                 key = (pivot.created_at, pivot.run_id)
-                runs = [r for r in runs if (r.created_at, r.run_id) < key]
+                runs = [r for r in runs
+                        if ((r.created_at, r.run_id) > key if oldest_first
+                            else (r.created_at, r.run_id) < key)]
         runs = [r for r in runs if status is None or r.status is status]
         runs = [r for r in runs if workflow is None or r.workflow == workflow]
         return [r.model_copy() for r in runs[:limit]]
+
+    async def find_run(self, workflow: str, idempotency_key: str) -> Run | None:
+        for run in self._runs.values():
+            if run.workflow == workflow and run.idempotency_key == idempotency_key:
+                return run.model_copy()
+        return None
 
     async def update_run(self, run_id: str, update: RunUpdate) -> Run:
         run = await self.get_run(run_id)

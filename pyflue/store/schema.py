@@ -37,7 +37,10 @@ runs = Table(
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("duration_ms", Integer, nullable=True),
     Column("event_count", Integer, nullable=False, default=0),
+    Column("idempotency_key", String(300), nullable=True),
     Index("ix_runs_created", "created_at", "run_id"),
+    Index("ix_runs_idempotency", "workflow", "idempotency_key", unique=True),
+    Index("ix_runs_status_created", "status", "created_at"),
     Index("ix_runs_status", "status"),
     Index("ix_runs_workflow", "workflow"),
 )

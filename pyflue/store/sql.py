@@ -19,10 +19,10 @@ from alembic.config import Config
 from alembic.util import CommandError
 from sqlalchemy import Connection, and_, delete, event, insert, or_, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from pyflue.errors import RunNotFound, StoreError
+from pyflue.errors import RunNotFound, RunStateConflict, StoreError
 from pyflue.models import ErrorInfo, Event, EventType, Run, RunStatus
 from pyflue.store.base import NewEvent, Notifier, RunUpdate, follow
 from pyflue.store.schema import events, runs
@@ -58,6 +58,7 @@ def _run_from_row(row: Any) -> Run:
         finished_at=_maybe_aware(m["finished_at"]),
         duration_ms=m["duration_ms"],
         event_count=m["event_count"],
+        idempotency_key=m["idempotency_key"],
     )
 
 
@@ -181,8 +182,15 @@ class SqlStore:
             started_at=run.started_at,
             finished_at=run.finished_at,
         )
-        async with self._write() as conn:
-            await conn.execute(insert(runs).values(**values))
+        try:
+            async with self._write() as conn:
+                await conn.execute(insert(runs).values(**values))
+        except StoreError as exc:
+            if isinstance(exc.__cause__, IntegrityError) and run.idempotency_key is not None:
+                raise RunStateConflict(
+                    f"a run with Idempotency-Key {run.idempotency_key!r} exists"
+                ) from exc
+            raise
         return run
 
     async def get_run(self, run_id: str) -> Run:
@@ -199,8 +207,13 @@ class SqlStore:
         workflow: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        oldest_first: bool = False,
     ) -> list[Run]:
-        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.run_id.desc()).limit(limit)
+        if oldest_first:
+            order = (runs.c.created_at.asc(), runs.c.run_id.asc())
+        else:
+            order = (runs.c.created_at.desc(), runs.c.run_id.desc())
+        query = select(runs).order_by(*order).limit(limit)
         if status is not None:
             query = query.where(runs.c.status == status.value)
         if workflow is not None:
@@ -210,15 +223,26 @@ class SqlStore:
                 pivot = (
                     await conn.execute(select(runs.c.created_at).where(runs.c.run_id == before))
                 ).scalar()
-                if pivot is not None:
-                    query = query.where(
-                        or_(
-                            runs.c.created_at < pivot,
-                            and_(runs.c.created_at == pivot, runs.c.run_id < before),
-                        )
-                    )
+                if pivot is not None and oldest_first:
+                    query = query.where(or_(
+                        runs.c.created_at > pivot,
+                        and_(runs.c.created_at == pivot, runs.c.run_id > before),
+                    ))
+                elif pivot is not None:
+                    query = query.where(or_(
+                        runs.c.created_at < pivot,
+                        and_(runs.c.created_at == pivot, runs.c.run_id < before),
+                    ))
             rows = (await conn.execute(query)).all()
         return [_run_from_row(r) for r in rows]
+
+    async def find_run(self, workflow: str, idempotency_key: str) -> Run | None:
+        query = select(runs).where(
+            runs.c.workflow == workflow, runs.c.idempotency_key == idempotency_key
+        )
+        async with self._read() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _run_from_row(row)
 
     async def update_run(self, run_id: str, update_: RunUpdate) -> Run:
         fields = update_fields(update_)

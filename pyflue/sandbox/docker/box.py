@@ -123,7 +123,8 @@ class DockerSandbox:
         frames = self._exec_frames(argv, cwd, env, session)
         pump = asyncio.ensure_future(self._drain(frames, stream))
         try:
-            await asyncio.wait_for(asyncio.shield(pump), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel
+                await asyncio.shield(pump)
         except TimeoutError:
             killed = await self._kill(pump, session)
             return ExecStatus(exit_code=124, timed_out=True, killed=killed)
@@ -189,13 +190,10 @@ class DockerSandbox:
         if pid_box:
             killed = "group"
             try:
-                await asyncio.wait_for(
-                    self._bridge.call(
-                        self._run_quiet,
-                        ["/bin/sh", "-c", f"kill -9 -{pid_box[0]} 2>/dev/null; kill -9 {pid_box[0]}"],  # noqa: E501
-                    ),
-                    min(self._kill_grace, 1.0),
-                )
+                pid = pid_box[0]
+                async with asyncio.timeout(min(self._kill_grace, 1.0)):
+                    command = f"kill -9 -{pid} 2>/dev/null; kill -9 {pid}"
+                    await self._bridge.call(self._run_quiet, ["/bin/sh", "-c", command])
             except (SandboxError, TimeoutError):
                 killed = None  # the kill could not start (pids exhausted?): escalate below
         if killed is None or not await _finishes(pump, self._kill_grace):
@@ -386,7 +384,8 @@ def _abort_socket(sock: Any) -> None:
 
 async def _finishes(fut: asyncio.Future[None], timeout: float) -> bool:
     try:
-        await asyncio.wait_for(asyncio.shield(fut), timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(fut)
     except TimeoutError:
         return False
     except Exception:

@@ -1,0 +1,79 @@
+"""The control plane: ``create_app(settings, ...)`` builds the FastAPI app around a scheduler.
+
+Dependencies come in as arguments (a store, a sandbox provider, model clients); whatever is not
+given is built from the settings and closed with the app. Routers stay thin: they parse,
+call the scheduler or the store, and serialize.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from pyflue import __version__
+from pyflue.api import errors, runs, workflows
+from pyflue.llm import ModelResolver
+from pyflue.local import docker_provider
+from pyflue.runs import Runner
+from pyflue.sandbox.base import SandboxProvider
+from pyflue.scheduler import Scheduler
+from pyflue.settings import Settings
+from pyflue.store import RunStore, open_store_from_url
+from pyflue.workflows import WorkflowRegistry
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: RunStore | None = None,
+    provider: SandboxProvider | None = None,
+    models: ModelResolver | None = None,
+) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            run_store = store
+            if run_store is None:
+                run_store = open_store_from_url(settings.resolved_store_url())
+                await run_store.open()
+                stack.push_async_callback(run_store.close)
+            sandbox = provider
+            if sandbox is None:
+                sandbox = docker_provider(settings)
+                stack.push_async_callback(sandbox.close)
+            runner = Runner(settings=settings, store=run_store, provider=sandbox,
+                            registry=WorkflowRegistry(settings.project_dir),
+                            env=os.environ, models=models)
+            if models is None:
+                stack.push_async_callback(runner.models.close)
+            server = settings.server
+            scheduler = Scheduler(runner, max_concurrency=server.max_concurrency,
+                                  default_deadline=server.default_deadline,
+                                  max_deadline=server.max_deadline)
+            await scheduler.start()
+            stack.push_async_callback(scheduler.stop)
+            app.state.scheduler = scheduler
+            yield
+
+    app = FastAPI(
+        title="pyflue",
+        version=__version__,
+        description="Workflows for agent and CI work; every run gets a fresh Docker container.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    app.include_router(workflows.router)
+    app.include_router(runs.router)
+
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        scheduler: Scheduler = request.app.state.scheduler
+        return {"ok": True, "version": __version__, "running": scheduler.running,
+                "max_concurrency": scheduler.max_concurrency}
+
+    return app

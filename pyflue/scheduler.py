@@ -1,0 +1,210 @@
+"""The scheduler: a queue kept in the run store, at most N runs at once, deadlines, cancel.
+
+Runs are submitted ``queued`` (the record is written before anything is acknowledged); the
+scheduler admits them oldest first while fewer than ``max_concurrency`` run, each with a
+deadline. Cancel stops a queued run at once, and a running one by cancelling its task: the
+command in flight is killed, the container removed, and only then is the run ``cancelled``.
+On start-up, runs a dead server left ``running`` are marked ``interrupted`` and their
+containers reaped; queued runs stay queued and run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from pyflue.errors import RunStateConflict
+from pyflue.models import EventType, Run, RunStatus, utcnow
+from pyflue.runs import Runner, StopRequest
+from pyflue.store.base import NewEvent, RunUpdate
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        max_concurrency: int = 4,
+        default_deadline: float = 3600.0,
+        max_deadline: float = 6 * 3600.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.runner = runner
+        self.store = runner.store
+        self.max_concurrency = max_concurrency
+        self.default_deadline = default_deadline
+        self.max_deadline = max_deadline
+        self.poll_interval = poll_interval
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stops: dict[str, StopRequest] = {}
+        self._requests: dict[str, Any] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        """Recovers from a previous crash, then starts admitting queued runs."""
+        recovered = await self.runner.recover()
+        if recovered:
+            log.warning("marked %d run(s) interrupted after a restart", len(recovered))
+        try:
+            await self.runner.reap()
+        except Exception as exc:  # the engine may be down; runs will say so themselves
+            log.warning("reaping at start-up failed: %s", exc)
+        self._loop_task = asyncio.create_task(self._admit_loop(), name="pyflue-scheduler")
+
+    async def stop(self, reason: str = "the server stopped") -> None:
+        """Stops admitting; running runs end ``interrupted`` with their containers removed."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for run_id, task in list(self._tasks.items()):
+            self._stops[run_id] = StopRequest(RunStatus.interrupted, reason)
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def submit(
+        self,
+        workflow: str,
+        payload: Any,
+        *,
+        req: Any = None,
+        image: str | None = None,
+        idempotency_key: str | None = None,
+        source: str = "http",
+    ) -> tuple[Run, bool]:
+        """Records a queued run; returns it and whether it is new (False: same key seen)."""
+        if idempotency_key is not None:
+            existing = await self.store.find_run(workflow, idempotency_key)
+            if existing is not None:
+                return existing, False
+        try:
+            run = await self.runner.submit(
+                workflow, payload, image=image, source=source, owner=None,
+                idempotency_key=idempotency_key,
+            )
+        except RunStateConflict:  # the same key raced in from another request
+            assert idempotency_key is not None
+            found = await self.store.find_run(workflow, idempotency_key)
+            assert found is not None
+            return found, False
+        if req is not None:
+            self._requests[run.run_id] = req
+        self._wake.set()
+        return run, True
+
+    async def cancel(self, run_id: str, reason: str = "cancelled by request") -> Run:
+        """Cancels a queued or running run. RunStateConflict when it has already finished."""
+        run = await self.store.get_run(run_id)
+        if run.status is RunStatus.queued:
+            try:
+                return await self._cancel_queued(run, reason)
+            except RunStateConflict:
+                run = await self.store.get_run(run_id)  # admitted meanwhile: cancel it running
+        if run.status.finished:
+            raise RunStateConflict(
+                f"run {run_id} has already finished ({run.status.value}); only queued or "
+                "running runs can be cancelled",
+                details=run.status.value,
+            )
+        task = self._tasks.get(run_id)
+        if task is None:
+            raise RunStateConflict(
+                f"run {run_id} is running in another process ({run.owner}); cancel it there",
+                details=run.status.value,
+            )
+        stop = self._stops.setdefault(run_id, StopRequest())
+        stop.status, stop.reason = RunStatus.cancelled, reason
+        task.cancel()
+        return run
+
+    async def _cancel_queued(self, run: Run, reason: str) -> Run:
+        done = await self.store.update_run(run.run_id, RunUpdate(
+            status=RunStatus.cancelled, reason=reason, finished_at=utcnow(),
+            expect_status=RunStatus.queued,
+        ))  # final before run_end is stored, as for every run
+        end = {"status": RunStatus.cancelled.value, "is_error": True, "reason": reason}
+        await self.store.append_events(run.run_id, [NewEvent(EventType.run_end, end, utcnow())])
+        self._requests.pop(run.run_id, None)
+        return await self.store.get_run(done.run_id)
+
+    async def wait(self, run_id: str) -> Run:
+        """Waits until the run has finished and returns its final record."""
+        async for event in self.store.subscribe(run_id):
+            if event.type is EventType.run_end:
+                break
+        return await self.store.get_run(run_id)
+
+    async def _admit_loop(self) -> None:
+        while True:
+            try:
+                await self._admit()
+            except Exception:  # a store hiccup must not stop admission for good
+                log.exception("admitting runs failed; retrying")
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _admit(self) -> None:
+        free = self.max_concurrency - len(self._tasks)
+        if free <= 0:
+            return
+        queued = await self.store.list_runs(
+            status=RunStatus.queued, limit=free + len(self._tasks), oldest_first=True
+        )
+        for run in queued:
+            if free <= 0:
+                break
+            if run.run_id in self._tasks:
+                continue
+            self._tasks[run.run_id] = asyncio.create_task(
+                self._execute(run), name=f"run:{run.run_id}"
+            )
+            free -= 1
+
+    def deadline_for(self, run: Run) -> float:
+        try:
+            workflow = self.runner.registry.get(run.workflow)
+            wanted = getattr(workflow.module, "deadline_seconds", None)
+        except Exception:  # a broken module fails in execute, with the real error
+            wanted = None
+        seconds = float(wanted) if isinstance(wanted, int | float) else self.default_deadline
+        return min(max(seconds, 1.0), self.max_deadline)
+
+    async def _execute(self, run: Run) -> None:
+        stop = self._stops.setdefault(run.run_id, StopRequest())
+        deadline = self.deadline_for(run)
+        task = asyncio.current_task()
+        assert task is not None
+
+        def expire() -> None:
+            stop.status = RunStatus.timed_out
+            stop.reason = f"the run's deadline of {deadline:g} s passed"
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(deadline, expire)
+        try:
+            await self.runner.execute(run.run_id, req=self._requests.get(run.run_id), stop=stop)
+        except asyncio.CancelledError:
+            pass  # the run is recorded with the status in `stop`
+        except RunStateConflict:
+            pass  # cancelled (or claimed elsewhere) before it could start
+        except Exception:
+            log.exception("run %s failed outside its workflow", run.run_id)
+        finally:
+            timer.cancel()
+            self._tasks.pop(run.run_id, None)
+            self._stops.pop(run.run_id, None)
+            self._requests.pop(run.run_id, None)
+            self._wake.set()
