@@ -110,6 +110,7 @@ class Session:
         for turn in range(1, self._settings.max_turns + 1):
             response = await self._turn(client, model_id, model_string, system, tools, turn)
             usage = usage + response.usage
+            self.usage = self.usage + response.usage
             self.messages.append(response.message)
             uses = response.message.tool_uses
             if uses:
@@ -118,15 +119,14 @@ class Session:
                     return outcome
                 continue
             if result is None:
-                self.usage = self.usage + usage
                 return PromptResponse(response.message.text, model_string, usage,
                                       response.stop_reason, turn)
-            invalid = self._count_invalid(invalid, "it answered without calling final_result",
-                                          response.message.text)
             self._append_user([TextBlock(
                 f"Call the {RESULT_TOOL} tool now with your answer as its input; "
                 "do not answer in text."
             )])
+            invalid = self._count_invalid(invalid, f"it answered without calling {RESULT_TOOL}",
+                                          response.message.text)
         raise ModelError(
             f"the model did not finish within {self._settings.max_turns} turns "
             "(PYFLUE_MAX_TURNS); simplify the task or raise the limit"
@@ -180,7 +180,8 @@ class Session:
             })
             raise
         self._recorder.emit(EventType.model_turn_end, {
-            **base, "model": response.model, "stop_reason": response.stop_reason,
+            **base, "model": model_string, "api_model": response.model,
+            "stop_reason": response.stop_reason,
             "usage": response.usage.to_dict(),
             "text": clip(response.message.text, EVENT_OUTPUT_CAP, "see the text deltas"),
             "duration_ms": int((time.monotonic() - started) * 1000),
@@ -191,21 +192,37 @@ class Session:
                          ) -> tuple[R | None, int]:
         results: list[TextBlock | ToolResultBlock] = []
         accepted: R | None = None
+        problem: tuple[str, str] | None = None
         by_name = {t.name: t for t in self._tools}
         for use in uses:
             if use.name == RESULT_TOOL and result is not None:
+                self._tool_event(EventType.tool_start, use, input=use.input)
                 try:
                     accepted = result.model_validate(use.input)
                     results.append(ToolResultBlock(use.id, "Result accepted."))
                 except ValidationError as exc:
-                    invalid = self._count_invalid(invalid, str(exc), json.dumps(use.input))
+                    problem = (str(exc), json.dumps(use.input))
                     results.append(ToolResultBlock(
                         use.id, f"The result did not validate; fix it and call {RESULT_TOOL} "
                         f"again.\n{exc}", is_error=True))
+                last = results[-1]
+                assert isinstance(last, ToolResultBlock)
+                self._tool_event(EventType.tool_end, use, is_error=last.is_error,
+                                 output=clip(last.content, EVENT_OUTPUT_CAP, "see the run"),
+                                 duration_ms=0)
                 continue
             results.append(await self._call(by_name.get(use.name), use))
+        # Every tool call is answered before anything else happens (even before giving up),
+        # so the conversation stays valid for the next prompt.
         self._append_user(results)
+        if accepted is None and problem is not None:
+            invalid = self._count_invalid(invalid, *problem)
         return accepted, invalid
+
+    def _tool_event(self, type: EventType, use: ToolUseBlock, **data: Any) -> None:
+        self._recorder.emit(type, {
+            "session": self.name, "tool_use_id": use.id, "name": use.name, **data,
+        })
 
     def _count_invalid(self, invalid: int, problem: str, given: str) -> int:
         invalid += 1
@@ -218,9 +235,7 @@ class Session:
         return invalid
 
     async def _call(self, found: Tool | None, use: ToolUseBlock) -> ToolResultBlock:
-        self._recorder.emit(EventType.tool_start, {
-            "session": self.name, "tool_use_id": use.id, "name": use.name, "input": use.input,
-        })
+        self._tool_event(EventType.tool_start, use, input=use.input)
         started = time.monotonic()
         is_error = False
         try:
@@ -235,11 +250,9 @@ class Session:
         output = clip(output, self._settings.tool_output_cap,
                       "redirect it to a file and read it with `read` (offset, limit), or narrow "
                       "the request")
-        self._recorder.emit(EventType.tool_end, {
-            "session": self.name, "tool_use_id": use.id, "name": use.name,
-            "is_error": is_error, "output": clip(output, EVENT_OUTPUT_CAP, "see the tool"),
-            "duration_ms": int((time.monotonic() - started) * 1000),
-        })
+        self._tool_event(EventType.tool_end, use, is_error=is_error,
+                         output=clip(output, EVENT_OUTPUT_CAP, "see the tool"),
+                         duration_ms=int((time.monotonic() - started) * 1000))
         return ToolResultBlock(use.id, output, is_error)
 
 

@@ -136,6 +136,7 @@ def clip(text: str, cap: int, hint: str) -> str:
 # Characters one `read` returns at most: under the default tool output cap, so the line
 # window marker is never cut off.
 READ_BUDGET = 24_000
+GREP_LIMIT = 500
 
 
 async def _bash(harness: Harness, command: str, timeout: float = 120.0) -> str:
@@ -161,10 +162,13 @@ async def _read(harness: Harness, path: str, offset: int = 1, limit: int = 2000)
     lines = text.splitlines()
     if not lines:
         return f"{path} is empty"
+    if offset > len(lines):
+        raise ToolError(f"{path} has {len(lines)} lines; offset {offset} is past its end")
     shown: list[str] = []
     budget = READ_BUDGET
     for n, line in enumerate(lines[offset - 1 : offset - 1 + limit], start=offset):
-        entry = f"{n:>6}\t{line[:2000]}"
+        cut = f" [... line cut: {len(line) - 2000} more characters]" if len(line) > 2000 else ""
+        entry = f"{n:>6}\t{line[:2000]}{cut}"
         budget -= len(entry) + 1
         if budget < 0 and shown:
             break  # keep the answer under the tool output cap: whole lines, then the marker
@@ -252,13 +256,20 @@ async def _grep(
     flags = "-rnIE" + ("i" if ignore_case else "")
     include = f" --include={shlex.quote(glob)}" if glob else ""
     found = await harness.shell(
-        f"grep {flags}{include} --exclude-dir=.git -- {shlex.quote(pattern)} "
-        f"{shlex.quote(folder)} | head -n 500",
+        f"cd {shlex.quote(folder)} && grep {flags}{include} --exclude-dir=.git -- "
+        f"{shlex.quote(pattern)} . | head -n {GREP_LIMIT + 1}; exit ${{PIPESTATUS[0]}}",
         timeout=60,
     )
-    if not found["stdout"].strip():
-        return found["stderr"].strip() or f"no matches for {pattern!r} under {path}"
-    return found["stdout"]
+    if found["exit_code"] not in (0, 1):  # grep: 1 is "no match", 2 is a real error
+        raise ToolError(found["stderr"].strip() or f"grep failed with exit code "
+                        f"{found['exit_code']}")
+    hits = [line.removeprefix("./") for line in found["stdout"].splitlines()]
+    if not hits:
+        return f"no matches for {pattern!r} under {path}"
+    if len(hits) > GREP_LIMIT:
+        return "\n".join(hits[:GREP_LIMIT]) + (
+            f"\n[... more than {GREP_LIMIT} matches; narrow the pattern, the path or the glob]")
+    return "\n".join(hits)
 
 
 def builtin_tools() -> list[Tool]:

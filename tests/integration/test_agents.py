@@ -74,7 +74,7 @@ async def run(ctx):
 
     assert result_of(2).startswith("exit code: 0\n12 out.txt")
     assert result_of(3) == "     1\thello world"
-    assert result_of(5) == "/workspace/app/hello.py:1:print('hello pyflue')\n"
+    assert result_of(5) == "hello.py:1:print('hello pyflue')"
     assert result_of(6) == "app/hello.py"
     tools = [e.data["name"] for e in events if e.type is EventType.tool_start]
     assert tools == ["write", "bash", "read", "edit", "grep", "glob"]

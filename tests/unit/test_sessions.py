@@ -234,3 +234,30 @@ async def run(ctx):
 """)
     run = await fake_runner(project, models=ScriptedModel([])).run("nomodel", {})
     assert run.error is not None and 'set "model" in its initializer' in run.error.message
+
+
+async def test_a_session_stays_usable_after_a_result_that_never_validated(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("retry", HEAD + """
+from pyflue.errors import ResultValidationError
+async def run(ctx):
+    s = await (await ctx.init(agent)).session()
+    try:
+        await s.prompt("Judge this.", result=Verdict)
+    except ResultValidationError:
+        pass
+    after = await s.prompt("Then just say something.")
+    return {"text": after.text, "tokens": s.usage.output_tokens}
+""")
+    model = ScriptedModel([call("final_result", priority="x")] * 4 + [say("Something.")])
+    runner = fake_runner(project, models=model)
+    run = await runner.run("retry", {})
+    assert run.result["text"] == "Something." and run.result["tokens"] > 0
+    history = model.requests[-1].messages
+    asked = {b.id for m in history for b in m.content if getattr(b, "type", "") == "tool_use"}
+    answered = {b.tool_use_id for m in history for b in m.content if isinstance(b, ToolResultBlock)}
+    assert asked == answered and len(asked) == 4
+    ends = await runner.store.list_events(run.run_id, types=[EventType.tool_end])
+    assert [e.data["name"] for e in ends] == ["final_result"] * 4
+    assert all(e.data["is_error"] for e in ends)
