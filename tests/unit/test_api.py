@@ -184,3 +184,15 @@ async def test_a_token_guards_every_route_but_health(
             ok = await c.post("/workflows/echo?wait=result", json={},
                               headers={"Authorization": "Bearer s3cret"})
             assert ok.status_code == 200
+
+
+def test_serving_beyond_loopback_needs_a_token_or_a_flag() -> None:
+    from pyflue.cli import bind_problem
+
+    assert bind_problem("127.0.0.1", False, False) is None
+    assert bind_problem("localhost", False, False) is None
+    assert bind_problem("::1", False, False) is None
+    problem = bind_problem("0.0.0.0", False, False)
+    assert problem is not None and "PYFLUE_API_TOKEN" in problem and "--insecure-bind" in problem
+    assert bind_problem("0.0.0.0", True, False) is None
+    assert bind_problem("0.0.0.0", False, True) is None

@@ -1,0 +1,253 @@
+"""The control plane as a real server process: limits, cancel races, deadlines, SSE resume,
+and recovery after SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.docker
+
+WORKFLOWS = {
+    "nap": """
+        from pyflue import create_agent
+        agent = create_agent(lambda ctx: {})
+        async def run(ctx):
+            h = await ctx.init(agent)
+            out = await h.shell(f"sleep {ctx.payload.get('seconds', 0.3)}; echo slept")
+            return out["stdout"].strip()
+        """,
+    "quick": """
+        async def run(ctx):
+            ctx.log.info("quick", n=ctx.payload.get("n"))
+            return {"n": ctx.payload.get("n")}
+        """,
+    "late": """
+        from pyflue import create_agent
+        deadline_seconds = 2
+        agent = create_agent(lambda ctx: {})
+        async def run(ctx):
+            h = await ctx.init(agent)
+            await h.shell("sleep 120")
+        """,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, project: Path, store: Path, concurrency: int) -> None:
+        self.project, self.store, self.concurrency = project, store, concurrency
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYFLUE_STORE_URL": f"sqlite+aiosqlite:///{self.store}",
+               "PYFLUE_MAX_CONCURRENCY": str(self.concurrency)}
+        env.pop("PYFLUE_API_TOKEN", None)
+        self.log = open(self.store.with_suffix(f".{time.monotonic_ns()}.log"), "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pyflue.cli", "serve", "--port", str(self.port)],
+            cwd=self.project, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("the server did not come up")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "workflows").mkdir()
+    for name, source in WORKFLOWS.items():
+        (tmp_path / "workflows" / f"{name}.py").write_text(textwrap.dedent(source))
+    return tmp_path
+
+
+@pytest.fixture
+def server(project: Path, tmp_path: Path) -> Iterator[Server]:
+    srv = Server(project, tmp_path / "store.db", concurrency=4)
+    srv.start()
+    yield srv
+    if srv.proc is not None and srv.proc.poll() is None:
+        srv.stop()
+
+
+def _containers(docker_client: Any, run_ids: set[str]) -> list[dict[str, Any]]:
+    """Labelled containers of these runs (one list call: no per-container inspect to race)."""
+    found = docker_client.api.containers(all=True, filters={"label": "dev.pyflue.run-id"})
+    return [c for c in found if c["Labels"].get("dev.pyflue.run-id") in run_ids]
+
+
+async def _until_finished(client: httpx.AsyncClient, run_id: str, seconds: float = 120) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        run = (await client.get(f"/runs/{run_id}")).json()
+        if run["status"] not in ("queued", "running"):
+            return run
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{run_id} did not finish")
+
+
+async def test_fifty_invocations_with_a_limit_of_four_all_complete(
+    server: Server, docker_client: Any
+) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        accepted = await asyncio.gather(*(
+            client.post("/workflows/nap", json={"seconds": 0.3}) for _ in range(50)))
+        ids = {r.json()["run_id"] for r in accepted}
+        assert len(ids) == 50 and all(r.status_code == 202 for r in accepted)
+        most = 0
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            running = [c for c in _containers(docker_client, ids) if c["State"] == "running"]
+            most = max(most, len(running))
+            page = (await client.get("/runs?workflow=nap&limit=100")).json()["runs"]
+            if all(r["status"] == "completed" for r in page if r["run_id"] in ids) and len(
+                    [r for r in page if r["run_id"] in ids]) == 50:
+                break
+            await asyncio.sleep(0.05)
+        assert 1 <= most <= 4
+        page = (await client.get("/runs?workflow=nap&limit=100")).json()["runs"]
+        assert sorted(r["status"] for r in page) == ["completed"] * 50
+        assert all(r["result"] == "slept" for r in page)
+    assert _containers(docker_client, ids) == []
+
+
+async def test_cancel_races_all_end_cancelled_with_no_container(
+    project: Path, tmp_path: Path, docker_client: Any
+) -> None:
+    srv = Server(project, tmp_path / "cancel.db", concurrency=1)
+    srv.start()
+    try:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+            busy = (await client.post("/workflows/nap", json={"seconds": 60})).json()["run_id"]
+            queued = (await client.post("/workflows/nap", json={"seconds": 60})).json()["run_id"]
+            r = await client.post(f"/runs/{queued}/cancel")
+            assert r.status_code == 202 and r.json()["status"] == "cancelled"
+            assert (await client.get(f"/runs/{queued}")).json()["status"] == "cancelled"
+            # during a shell command, twice in a row
+            for _ in range(300):
+                events = (await client.get(f"/runs/{busy}/events?types=shell_start")).json()
+                if events["events"]:
+                    break
+                await asyncio.sleep(0.05)
+            first, second = await asyncio.gather(client.post(f"/runs/{busy}/cancel"),
+                                                 client.post(f"/runs/{busy}/cancel"))
+            assert {first.status_code, second.status_code} <= {202, 409}
+            done = await _until_finished(client, busy)
+            assert done["status"] == "cancelled"
+            # right after submission: before its container exists
+            early = (await client.post("/workflows/nap", json={"seconds": 60})).json()["run_id"]
+            assert (await client.post(f"/runs/{early}/cancel")).status_code == 202
+            assert (await _until_finished(client, early))["status"] == "cancelled"
+            # a finished run cannot be cancelled
+            late = await client.post(f"/runs/{busy}/cancel")
+            assert late.status_code == 409 and "already finished" in late.json()["error"]["message"]
+            ids = {busy, queued, early}
+            for run_id in ids:
+                events = (await client.get(f"/runs/{run_id}/events")).json()["events"]
+                assert events[-1]["type"] == "run_end"
+                assert events[-1]["data"]["status"] == "cancelled"
+        assert _containers(docker_client, ids) == []
+    finally:
+        srv.stop()
+
+
+async def test_a_run_past_its_deadline_is_timed_out_and_its_container_killed(
+    server: Server, docker_client: Any
+) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        r = await client.post("/workflows/late?wait=result", json={})
+        assert r.status_code == 504
+        body = r.json()
+        assert body["status"] == "timed_out" and "deadline of 2 s" in body["error"]["message"]
+        run = (await client.get(f"/runs/{body['run_id']}")).json()
+        assert run["status"] == "timed_out" and 2000 <= run["duration_ms"] < 20000
+    assert _containers(docker_client, {body["run_id"]}) == []
+
+
+async def test_sse_resume_with_last_event_id_has_no_gaps_or_duplicates(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        run_id = (await client.post("/workflows/nap", json={"seconds": 1})).json()["run_id"]
+        seen: list[int] = []
+        async with client.stream("GET", f"/runs/{run_id}/stream") as r:
+            async for line in r.aiter_lines():
+                if line.startswith("id: "):
+                    seen.append(int(line[4:]))
+                    if len(seen) == 3:
+                        break  # drop the connection mid-run
+        async with client.stream("GET", f"/runs/{run_id}/stream",
+                                 headers={"Last-Event-ID": str(seen[-1])}) as r:
+            kinds = []
+            async for line in r.aiter_lines():
+                if line.startswith("id: "):
+                    seen.append(int(line[4:]))
+                if line.startswith("event: "):
+                    kinds.append(line[7:])
+        assert seen == list(range(1, len(seen) + 1)) and kinds[-1] == "run_end"
+        total = (await client.get(f"/runs/{run_id}")).json()["event_count"]
+        assert len(seen) == total
+
+
+async def test_a_sigkilled_server_recovers_running_and_queued_runs(
+    project: Path, tmp_path: Path, docker_client: Any
+) -> None:
+    store = tmp_path / "crash.db"
+    srv = Server(project, store, concurrency=2)
+    srv.start()
+    async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+        long_ids = [(await client.post("/workflows/nap", json={"seconds": 120})).json()["run_id"]
+                    for _ in range(2)]
+        quick_ids = [(await client.post("/workflows/quick", json={"n": i})).json()["run_id"]
+                     for i in range(3)]
+        for _ in range(300):
+            if len(_containers(docker_client, set(long_ids))) == 2:
+                break
+            await asyncio.sleep(0.05)
+    assert len(_containers(docker_client, set(long_ids))) == 2
+    srv.stop(signal.SIGKILL)
+
+    again = Server(project, store, concurrency=2)
+    again.start()
+    try:
+        async with httpx.AsyncClient(base_url=again.url, timeout=60) as client:
+            for run_id in long_ids:
+                run = await _until_finished(client, run_id)
+                assert run["status"] == "interrupted" and "is gone" in run["reason"]
+                events = (await client.get(f"/runs/{run_id}/events")).json()["events"]
+                assert events[-1]["type"] == "run_end"
+            for i, run_id in enumerate(quick_ids):
+                run = await _until_finished(client, run_id)
+                assert run["status"] == "completed" and run["result"] == {"n": i}
+        assert _containers(docker_client, set(long_ids)) == []
+    finally:
+        again.stop()
+    assert json.loads(json.dumps(long_ids))  # every acknowledged id was found above
