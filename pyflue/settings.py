@@ -74,6 +74,10 @@ class ServerSettings(BaseSettings):
     max_deadline: float = Field(6 * 3600.0, gt=0, description="cap on workflows' own deadlines")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
     heartbeat_seconds: float = Field(15.0, gt=0, description="SSE keep-alive comment interval")
+    ws_queue_events: int = Field(100, ge=1, description="events queued per WebSocket")
+    ws_send_timeout: float = Field(
+        10.0, gt=0, description="seconds a WebSocket send may block before the reader is closed"
+    )
 
 
 class Settings(BaseSettings):

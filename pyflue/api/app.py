@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from pyflue import __version__
-from pyflue.api import errors, runs, workflows
+from pyflue.api import errors, runs, workflows, ws
 from pyflue.llm import ModelResolver
 from pyflue.local import docker_provider
 from pyflue.runs import Runner
@@ -69,6 +69,7 @@ def create_app(
     errors.install(app)
     app.include_router(workflows.router)
     app.include_router(runs.router)
+    app.include_router(ws.router)
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:

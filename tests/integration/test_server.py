@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -18,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.integration.servers import Server
 
 pytestmark = pytest.mark.docker
 
@@ -44,43 +42,6 @@ WORKFLOWS = {
             await h.shell("sleep 120")
         """,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, project: Path, store: Path, concurrency: int) -> None:
-        self.project, self.store, self.concurrency = project, store, concurrency
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "PYFLUE_STORE_URL": f"sqlite+aiosqlite:///{self.store}",
-               "PYFLUE_MAX_CONCURRENCY": str(self.concurrency)}
-        env.pop("PYFLUE_API_TOKEN", None)
-        self.log = open(self.store.with_suffix(f".{time.monotonic_ns()}.log"), "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pyflue.cli", "serve", "--port", str(self.port)],
-            cwd=self.project, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise AssertionError("the server did not come up")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=60)
-        self.log.close()
 
 
 @pytest.fixture

@@ -1,0 +1,195 @@
+"""WebSocket routes: one-shot invocation and following a run's events.
+
+Frames are JSON text. Server to client: run events (the event JSON), then for an invocation
+``{"type": "result", "run_id", "result"}`` or ``{"type": "error", "run_id", "error"}``.
+Close codes: 1000 done; 4400 bad first message; 4401 unauthorized; 4404 unknown workflow or
+run; 4408 the client fell too far behind (reconnect with ``?after=``); 1011 server error.
+
+Each socket reads from the store through a small bounded queue (the store is the buffer), so a
+slow reader never makes the server hold unbounded memory and never slows the run or the other
+readers. A reader whose socket stays blocked for ``ws_send_timeout`` seconds has fallen too far
+behind: it is closed with 4408 and the index to resume from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from pyflue.errors import PyflueError, RunNotFound, WorkflowNotFound
+from pyflue.models import Event, EventType, Run, RunStatus
+from pyflue.runs import check_payload
+from pyflue.scheduler import Scheduler
+from pyflue.settings import Settings
+
+router = APIRouter()
+
+CLOSE_DONE, CLOSE_BAD_MESSAGE, CLOSE_UNAUTHORIZED = 1000, 4400, 4401
+CLOSE_NOT_FOUND, CLOSE_TOO_SLOW, CLOSE_ERROR = 4404, 4408, 1011
+FIRST_MESSAGE_TIMEOUT = 30.0
+
+def _settings(ws: WebSocket) -> Settings:
+    settings: Settings = ws.app.state.settings
+    return settings
+
+
+def _scheduler(ws: WebSocket) -> Scheduler:
+    scheduler: Scheduler = ws.app.state.scheduler
+    return scheduler
+
+
+def _authorized(ws: WebSocket) -> bool:
+    token = _settings(ws).server.api_token
+    if token is None:
+        return True
+    header = ws.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    given = value.strip() if scheme.lower() == "bearer" else ws.query_params.get("token", "")
+    return hmac.compare_digest(given.encode(), token.get_secret_value().encode())
+
+
+async def _open(ws: WebSocket) -> bool:
+    """Accepts the socket; closes it with 4401 and a reason when the token is wrong."""
+    await ws.accept()
+    if _authorized(ws):
+        return True
+    await ws.close(CLOSE_UNAUTHORIZED, "unauthorized: send Authorization: Bearer <token> "
+                   "or ?token=<token>")
+    return False
+
+
+async def _error_and_close(ws: WebSocket, code: int, kind: str, message: str,
+                           run_id: str | None = None) -> None:
+    frame: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message,
+                                                        "details": None}}
+    if run_id is not None:
+        frame["run_id"] = run_id
+    with contextlib.suppress(Exception):
+        await ws.send_text(json.dumps(frame))
+        await ws.close(code, message[:120])
+
+
+@router.websocket("/workflows/{name}")
+async def invoke(ws: WebSocket, name: str) -> None:
+    if not await _open(ws):
+        return
+    scheduler = _scheduler(ws)
+    try:
+        async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT):
+            raw = await ws.receive_text()
+        payload = _payload(raw)
+    except TimeoutError:
+        return await _error_and_close(ws, CLOSE_BAD_MESSAGE, "invalid_message",
+                                      'expected a first message {"payload": {...}} within '
+                                      f"{FIRST_MESSAGE_TIMEOUT:g} s")
+    except PyflueError as exc:
+        return await _error_and_close(ws, CLOSE_BAD_MESSAGE, exc.type, exc.message)
+    except ValueError as exc:
+        return await _error_and_close(ws, CLOSE_BAD_MESSAGE, "invalid_message", str(exc))
+    except WebSocketDisconnect:
+        return
+    try:
+        run, _new = await scheduler.submit(name, payload, req=ws)
+    except WorkflowNotFound as exc:
+        return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", exc.message)
+    except PyflueError as exc:
+        return await _error_and_close(ws, CLOSE_BAD_MESSAGE, exc.type, exc.message)
+    if await _relay(ws, scheduler, run.run_id, 0):
+        final = await scheduler.store.get_run(run.run_id)
+        with contextlib.suppress(Exception):
+            await ws.send_text(json.dumps(_outcome(final)))
+            await ws.close(CLOSE_DONE, final.status.value)
+
+
+def _payload(raw: str) -> dict[str, Any]:
+    try:
+        message = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f'the first message is not JSON ({exc.msg}); send {{"payload": '
+                         "{...}}") from None
+    if not isinstance(message, dict) or "payload" not in message:
+        raise ValueError('expected a JSON object {"payload": {...}} as the first message')
+    return check_payload(message["payload"])
+
+
+def _outcome(run: Run) -> dict[str, Any]:
+    if run.status is RunStatus.completed:
+        return {"type": "result", "run_id": run.run_id, "result": run.result}
+    error = (run.error.model_dump() if run.error is not None else
+             {"type": run.status.value, "message": f"run {run.status.value}: {run.reason}",
+              "details": None})
+    return {"type": "error", "run_id": run.run_id, "status": run.status.value, "error": error}
+
+
+@router.websocket("/runs/{run_id}/stream")
+async def follow(ws: WebSocket, run_id: str) -> None:
+    if not await _open(ws):
+        return
+    raw_after = ws.query_params.get("after", "0")
+    if not raw_after.isdigit():
+        return await _error_and_close(ws, CLOSE_BAD_MESSAGE, "invalid_parameter",
+                                      "query parameter 'after' must be an event index (>= 0)")
+    scheduler = _scheduler(ws)
+    try:
+        await scheduler.store.get_run(run_id)
+    except RunNotFound as exc:
+        return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", exc.message)
+    if await _relay(ws, scheduler, run_id, int(raw_after)):
+        with contextlib.suppress(Exception):
+            await ws.close(CLOSE_DONE, "run_end")
+
+
+async def _relay(ws: WebSocket, scheduler: Scheduler, run_id: str, after: int) -> bool:
+    """Sends the run's events after ``after`` until run_end. False when the socket is gone or
+    was closed for being too slow."""
+    server = _settings(ws).server
+    # The store is the buffer: the producer waits while the queue is full, so a socket holds
+    # at most this queue plus the transport's own bounded write buffer.
+    queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=server.ws_queue_events)
+    last_sent = after
+
+    async def produce() -> None:
+        async for event in scheduler.store.subscribe(run_id, after=after):
+            await queue.put(event)
+            if event.type is EventType.run_end:
+                return
+
+    producer = asyncio.create_task(produce())
+    try:
+        while True:
+            if producer.done() and producer.exception() is not None:
+                raise producer.exception()  # type: ignore[misc]
+            if queue.empty():
+                if producer.done():
+                    return True
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, producer}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    continue
+                item = getter.result()
+            else:
+                item = queue.get_nowait()
+            try:
+                # A send blocks once the client stops reading and the transport's buffer is
+                # full: a reader that stalls this long has fallen too far behind.
+                async with asyncio.timeout(server.ws_send_timeout):
+                    await ws.send_text(item.model_dump_json())
+            except TimeoutError:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(server.ws_send_timeout):
+                        await ws.close(CLOSE_TOO_SLOW,
+                                       f"too slow: reconnect with ?after={last_sent}")
+                return False
+            last_sent = item.event_index
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        return False  # the client went away; the run goes on
+    finally:
+        producer.cancel()
+        with contextlib.suppress(BaseException):
+            await producer

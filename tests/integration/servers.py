@@ -1,0 +1,53 @@
+"""A real `pyflue serve` process for tests: its own port, store and project folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, project: Path, store: Path, concurrency: int,
+                 env: dict[str, str] | None = None) -> None:
+        self.project, self.store, self.concurrency = project, store, concurrency
+        self.extra_env = env or {}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYFLUE_STORE_URL": f"sqlite+aiosqlite:///{self.store}",
+               "PYFLUE_MAX_CONCURRENCY": str(self.concurrency)}
+        env.pop("PYFLUE_API_TOKEN", None)
+        env.update(self.extra_env)
+        self.log = open(self.store.with_suffix(f".{time.monotonic_ns()}.log"), "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pyflue.cli", "serve", "--port", str(self.port)],
+            cwd=self.project, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("the server did not come up")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=60)
+        self.log.close()
