@@ -6,6 +6,7 @@ The public API is small and pinned by tests/unit/test_public_api.py.
 from __future__ import annotations
 
 from pyflue.agents import Agent, AgentConfig, create_agent
+from pyflue.client import PyFlueClient
 from pyflue.context import FlueContext
 from pyflue.errors import PyflueError
 from pyflue.harness import Harness, ShellResult
@@ -21,6 +22,7 @@ __all__ = [
     "EventType",
     "FlueContext",
     "Harness",
+    "PyFlueClient",
     "PyflueError",
     "Run",
     "RunStatus",

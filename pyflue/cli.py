@@ -7,11 +7,13 @@ Exit codes: 0 success / run completed; 1 run failed or a check failed; 2 bad inp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -27,6 +29,11 @@ from pyflue.render import (
 )
 from pyflue.runs import parse_payload
 from pyflue.settings import Settings
+
+if TYPE_CHECKING:
+    from pyflue.client import PyFlueClient
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="pyflue",
@@ -45,6 +52,16 @@ ProjectOpt = Annotated[
     typer.Option("--project", "-C", help="project folder (default: the current folder)"),
 ]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="pretty, json or ndjson")]
+ServerOpt = Annotated[
+    str | None,
+    typer.Option("--server", "-s", envvar="PYFLUE_SERVER_URL",
+                 help="URL of a pyflue server (`pyflue serve`), e.g. http://127.0.0.1:2024"),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="PYFLUE_API_TOKEN", show_default=False,
+                 help="the server's API token (sent as Authorization: Bearer)"),
+]
 
 
 def _settings(project: Path | None) -> Settings:
@@ -167,8 +184,13 @@ def logs(
     after: Annotated[int, typer.Option("--after", min=0, help="only events after this index")]
     = 0,
     project: ProjectOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """Show a run's events from the local store."""
+    """Show a run's events from the local store, or from a server with --server."""
+    if server:
+        _run_async(_remote_logs(_client(server, token), run_id, fmt, follow, after))
+        return
     settings = _settings(project)
     _run_async(_logs(settings, run_id, fmt, follow, after))
 
@@ -194,6 +216,157 @@ def _echo_event(event: Any, fmt: Format) -> None:
     line = pretty_event(event) if fmt is Format.pretty else event_json(event)
     if line is not None:
         typer.echo(line)
+
+
+async def _remote_logs(client: PyFlueClient, run_id: str, fmt: Format, follow: bool,
+                       after: int) -> None:
+    async with client:
+        if follow:
+            async for event in client.runs.stream(run_id, after=after):
+                _echo_event(event, fmt)
+            return
+        events = await client.runs.events(run_id, after=after)
+        if fmt is Format.json:
+            typer.echo(events_document(run_id, events))
+        else:
+            for event in events:
+                _echo_event(event, fmt)
+
+
+def _client(server: str | None, token: str | None, command: str = "") -> PyFlueClient:
+    """The client for --server / PYFLUE_SERVER_URL; exit 2 when neither names a server."""
+    from pyflue.client import PyFlueClient
+
+    if not server:
+        hint = {"invoke": "; to run a workflow on this machine use `pyflue run NAME`"}
+        _die(f"`pyflue {command}` needs a server: pass --server URL or set PYFLUE_SERVER_URL "
+             f"(start one with `pyflue serve`){hint.get(command, '')}", EXIT_USAGE)
+    if "://" not in server:
+        server = f"http://{server}"
+    return PyFlueClient(server, token=token or None)
+
+
+async def _as_usage_errors(main: Awaitable[T], *, not_found: bool = False) -> T:
+    """Refused input (400/413/415, and 404 when the name came from the user) exits 2."""
+    from pyflue.client import BadRequestError, NotFoundError
+
+    try:
+        return await main
+    except BadRequestError as exc:
+        raise ConfigError(exc.message) from None
+    except NotFoundError as exc:
+        if not_found:
+            raise ConfigError(exc.message) from None
+        raise
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """How a remote run ended, as far as `pyflue invoke` needs it."""
+
+    run_id: str
+    status: str
+    result: Any = None
+    error: str | None = None
+
+
+@app.command()
+def invoke(
+    name: Annotated[str, typer.Argument(help="workflow name on the server, e.g. shell_steps")],
+    payload: Annotated[
+        str | None, typer.Option("--payload", "-p", help="payload JSON object ('-' reads stdin)")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait and print the result JSON")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="show live events on stderr, then print the result")
+    ] = False,
+    events_format: Annotated[
+        StreamFormat, typer.Option("--events", help="--follow events: pretty or ndjson")
+    ] = StreamFormat.pretty,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="the same key returns the same run")
+    ] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Invoke a workflow on a pyflue server (for CI): prints the run id, or with --wait or
+    --follow the result; the exit code mirrors the run (0 completed, 1 failed, 130 cancelled)."""
+    if wait and follow:
+        _die("pass --wait or --follow, not both", EXIT_USAGE)
+    raw = sys.stdin.read() if payload == "-" else payload
+    try:
+        body = parse_payload(raw)
+    except PyflueError as exc:
+        _die(exc.message, EXIT_USAGE)
+    client = _client(server, token, "invoke")
+    main = _invoke(client, name, body, wait, follow, events_format, idempotency_key)
+    outcome: _Outcome = _run_async(_as_usage_errors(main, not_found=True))
+    if outcome.status == "accepted":
+        typer.echo(outcome.run_id)
+        raise typer.Exit(EXIT_OK)
+    typer.echo(f"run {outcome.run_id} {outcome.status}", err=True)
+    if outcome.status == RunStatus.completed:
+        typer.echo(json.dumps(outcome.result, indent=2, ensure_ascii=False))
+        raise typer.Exit(EXIT_OK)
+    typer.echo(f"error: run {outcome.run_id} {outcome.status}: {outcome.error}", err=True)
+    raise typer.Exit(EXIT_INTERRUPTED if outcome.status == RunStatus.cancelled else EXIT_FAILED)
+
+
+async def _invoke(
+    client: PyFlueClient, name: str, payload: dict[str, Any], wait: bool, follow: bool,
+    fmt: StreamFormat, key: str | None,
+) -> _Outcome:
+    from pyflue.client import ConflictError, ServerError
+
+    async with client:
+        if follow:
+            return await _invoke_following(client, name, payload, fmt, key)
+        try:
+            body = await client.workflows.invoke(name, payload, wait=wait, idempotency_key=key)
+        except (ServerError, ConflictError) as exc:
+            if exc.run_id is None:
+                raise
+            return _outcome_of(await client.runs.get(exc.run_id))
+        return _Outcome(body["run_id"], body["status"], body.get("result"))
+
+
+async def _invoke_following(
+    client: PyFlueClient, name: str, payload: dict[str, Any], fmt: StreamFormat,
+    key: str | None,
+) -> _Outcome:
+    run_id = ""
+    async for event in client.workflows.stream(name, payload, idempotency_key=key):
+        if not run_id:
+            run_id = event.run_id
+            typer.echo(f"run {run_id}", err=True)
+        line = event_json(event) if fmt is StreamFormat.ndjson else pretty_event(event)
+        if line is not None:
+            typer.echo(line, err=True)
+    if not run_id:
+        raise PyflueError(f"the server at {client.base_url} sent no events for the run")
+    return _outcome_of(await client.runs.get(run_id))
+
+
+def _outcome_of(run: Run) -> _Outcome:
+    error = f"{run.error.type}: {run.error.message}" if run.error else run.reason
+    return _Outcome(run.run_id, run.status.value, run.result, error or run.status.value)
+
+
+@app.command()
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="the id of a queued or running run")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Cancel a queued or running run on a pyflue server; its container is killed."""
+    client = _client(server, token, "cancel")
+
+    async def _cancel() -> dict[str, Any]:
+        async with client:
+            return await client.runs.cancel(run_id)
+
+    body: dict[str, Any] = _run_async(_as_usage_errors(_cancel()))
+    typer.echo(f"{body['status']} {body['run_id']}")
 
 
 @app.command()
@@ -303,7 +476,9 @@ def serve(
     problem = bind_problem(server.host, server.api_token is not None, server.allow_insecure_bind)
     if problem:
         _die(problem, EXIT_USAGE)
-    uvicorn.run(create_app(settings), host=server.host, port=server.port, log_level="info")
+    # Attached clients (SSE, ?wait=result) must not hold a shutdown until their runs end.
+    uvicorn.run(create_app(settings), host=server.host, port=server.port, log_level="info",
+                timeout_graceful_shutdown=5)
 
 
 def bind_problem(host: str, has_token: bool, forced: bool) -> str | None:

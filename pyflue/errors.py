@@ -20,13 +20,15 @@ into this tree at the adapter edge and never escape it.
     │   ├── ModelNotFound        the model string or model id is unknown
     │   ├── ModelUnavailable     overloaded, rate-limited or unreachable after retries
     │   └── ResultValidationError  structured output did not validate after the retries
-    └── SandboxError             the run's container cannot do what was asked
-        ├── EngineUnavailable    the Docker engine is not reachable
-        ├── ImageNotFound        the image does not exist locally
-        ├── SandboxStartError    the container could not be created or started
-        ├── SandboxGone          the container disappeared while the run used it
-        └── WorkspacePathError   a path outside the workspace, or not found
-            └── FileNotFoundInSandbox
+    ├── SandboxError             the run's container cannot do what was asked
+    │   ├── EngineUnavailable    the Docker engine is not reachable
+    │   ├── ImageNotFound        the image does not exist locally
+    │   ├── SandboxStartError    the container could not be created or started
+    │   ├── SandboxGone          the container disappeared while the run used it
+    │   └── WorkspacePathError   a path outside the workspace, or not found
+    │       └── FileNotFoundInSandbox
+    └── (in pyflue.client) ServerUnreachable, and ApiError (the server's error body) with
+        BadRequestError, AuthError, NotFoundError, ConflictError, ServerError by status
 
 Domain errors carry no HTTP status: the API layer maps classes to statuses.
 """

@@ -77,7 +77,8 @@ def pretty_event(event: Event) -> str | None:
     if t is EventType.run_start:
         return f"{head} ▶ run {event.run_id} ({d.get('workflow')})"
     if t is EventType.run_end:
-        line = f"{head} ■ {d.get('status')} in {d.get('duration_ms')} ms"
+        took = f" in {d['duration_ms']} ms" if d.get("duration_ms") is not None else ""
+        line = f"{head} ■ {d.get('status')}{took}"
         err = d.get("error")
         if err:
             line += f": {err.get('type')}: {err.get('message')}"

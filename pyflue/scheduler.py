@@ -67,7 +67,8 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         for run_id, task in list(self._tasks.items()):
-            self._stops[run_id] = StopRequest(RunStatus.interrupted, reason)
+            stop = self._stops.setdefault(run_id, StopRequest())
+            stop.status, stop.reason = RunStatus.interrupted, reason
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pyflue.api import deps
 from pyflue.api.errors import HttpProblem
 from pyflue.api.sse import event_stream
+from pyflue.errors import RunNotFound
 from pyflue.models import EventType, RunStatus
 
 router = APIRouter(dependencies=[Depends(deps.require_token)])
@@ -24,6 +25,12 @@ async def list_runs(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Runs, newest first. ``next_cursor`` pages on (pass it as ``cursor``)."""
+    if cursor is not None:
+        try:
+            await deps.store(request).get_run(cursor)
+        except RunNotFound:
+            raise HttpProblem(400, "invalid_parameter", f"query parameter 'cursor': no run "
+                              f"{cursor!r}; pass the next_cursor of the previous page") from None
     runs = await deps.store(request).list_runs(
         status=status, workflow=workflow, limit=limit + 1, before=cursor
     )

@@ -122,6 +122,15 @@ class Notifier:
                 fut.set_result(None)
 
 
+async def _ended_before(store: RunStore, run_id: str, after: int) -> bool:
+    """Whether the run's run_end is stored at or before ``after`` (nothing more will come)."""
+    run = await store.get_run(run_id)
+    if not run.status.finished or run.event_count > after:
+        return False
+    ends = await store.list_events(run_id, types=[EventType.run_end], limit=1)
+    return bool(ends) and ends[0].event_index <= after
+
+
 async def follow(
     store: RunStore, notifier: Notifier, run_id: str, after: int, poll: float | None = None
 ) -> AsyncIterator[Event]:
@@ -140,6 +149,8 @@ async def follow(
                 yield event
                 if event.type is EventType.run_end:
                     return
+            if not events and await _ended_before(store, run_id, after):
+                return
             if not events:
                 if poll is None:
                     await waiter

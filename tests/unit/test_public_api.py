@@ -11,6 +11,7 @@ def test_the_public_api_is_pinned() -> None:
         "EventType",
         "FlueContext",
         "Harness",
+        "PyFlueClient",
         "PyflueError",
         "Run",
         "RunStatus",

@@ -148,3 +148,15 @@ async def test_a_conditional_update_refuses_a_run_in_another_status(store: RunSt
             run.run_id, RunUpdate(status=RunStatus.running, expect_status=RunStatus.queued)
         )
     assert (await store.get_run(run.run_id)).status is RunStatus.cancelled
+
+
+async def test_following_a_finished_run_past_its_end_returns_at_once(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.update_run(run.run_id, RunUpdate(status=RunStatus.completed))
+    await store.append_events(run.run_id, [_ev(1), _ev(2, EventType.run_end)])
+
+    async def collect(after: int) -> list[int]:
+        return [e.event_index async for e in store.subscribe(run.run_id, after=after)]
+
+    assert await asyncio.wait_for(collect(2), 5) == []
+    assert await asyncio.wait_for(collect(1), 5) == [2]

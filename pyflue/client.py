@@ -1,0 +1,432 @@
+"""``PyFlueClient``: the HTTP API of ``pyflue serve`` from Python (async, on httpx).
+
+::
+
+    async with PyFlueClient("http://127.0.0.1:2024", token=None) as client:
+        body = await client.workflows.invoke("hello", {"name": "Ada"})   # waits for the result
+        async for event in client.runs.stream(body["run_id"]):          # replays the events
+            print(event.event_index, event.type)
+
+Errors, all :class:`~pyflue.errors.PyflueError`::
+
+    PyflueError
+    ├── ServerUnreachable     no connection to the server, or a stream that could not resume
+    └── ApiError              the server answered with an error body (status_code, type, ...)
+        ├── BadRequestError   400, 413, 415, 422: bad payload, parameter, size or media type
+        ├── AuthError         401, 403: missing or wrong API token
+        ├── NotFoundError     404: unknown workflow or run
+        ├── ConflictError     409: a cancelled run (wait=True); cancelling a finished run
+        └── ServerError       5xx: a failed, timed-out or interrupted run (wait=True), ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import functools
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel
+
+from pyflue.errors import PyflueError
+from pyflue.models import Event, EventType, Run, RunStatus
+
+DEFAULT_URL = "http://127.0.0.1:2024"
+SSE = "text/event-stream"
+EVENTS_PAGE = 1000
+
+
+class ServerUnreachable(PyflueError):
+    """The server could not be reached, or a dropped stream could not be resumed."""
+
+    type = "server_unreachable"
+
+
+class ApiError(PyflueError):
+    """The server answered with an error body ``{"error": {"type", "message", "details"}}``.
+
+    ``run_id`` and ``run_status`` are set when the error is about a run that exists (a run that
+    did not complete, answering ``?wait=result``); ``body`` is the whole decoded body.
+    """
+
+    details: Any
+
+    def __init__(self, status_code: int, body: dict[str, Any]) -> None:
+        error: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else {}
+        message = str(error.get("message") or f"HTTP {status_code}")
+        super().__init__(message)
+        self.status_code = status_code
+        self.type = str(error.get("type") or "http_error")
+        self.details = error.get("details")
+        self.run_id: str | None = body.get("run_id")
+        self.run_status: str | None = body.get("status")
+        self.body = body
+
+
+class BadRequestError(ApiError):
+    """400, 413 or 415 (and 422): the request itself was refused."""
+
+
+class AuthError(ApiError):
+    """401 or 403: send the server's token (``PyFlueClient(token=...)``)."""
+
+
+class NotFoundError(ApiError):
+    """404: no workflow or run of that name."""
+
+
+class ConflictError(ApiError):
+    """409: the run is not in a state that allows it (or was cancelled, with wait=True)."""
+
+
+class ServerError(ApiError):
+    """5xx: the run failed, timed out or was interrupted (wait=True), or the server failed."""
+
+
+def _error_class(status: int) -> type[ApiError]:
+    if status in (400, 413, 415, 422):
+        return BadRequestError
+    if status in (401, 403):
+        return AuthError
+    if status == 404:
+        return NotFoundError
+    if status == 409:
+        return ConflictError
+    return ServerError if status >= 500 else ApiError
+
+
+def error_from(response: httpx.Response) -> ApiError:
+    """The typed error for an error response whose body has been read."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("error"), dict):
+        text = response.text.strip().replace("\n", " ")[:200]
+        body = {"error": {"type": "http_error", "details": text or None, "message":
+                          f"HTTP {response.status_code} from {response.request.url}"}}
+    return _error_class(response.status_code)(response.status_code, body)
+
+
+class WorkflowInfo(BaseModel):
+    """A discovered workflow; ``error`` says why it cannot be loaded (None when it can)."""
+
+    name: str
+    description: str = ""
+    error: str | None = None
+
+
+class RunPage(BaseModel):
+    """One page of runs, newest first; pass ``next_cursor`` as ``cursor`` for the next."""
+
+    runs: list[Run]
+    next_cursor: str | None = None
+
+
+def _run_path(run_id: str, suffix: str = "") -> str:
+    return f"/runs/{quote(run_id, safe=':')}{suffix}"
+
+
+async def _sse_events(response: httpx.Response) -> AsyncGenerator[Event, None]:
+    """Events from an SSE body: ``data:`` lines up to a blank line; ``:`` lines are comments.
+
+    A frame cut off by a dropped connection is never yielded (it has no blank line yet).
+    """
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield Event.model_validate_json("\n".join(data))
+            data = []
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            if name == "data":
+                data.append(value[1:] if value.startswith(" ") else value)
+
+
+class PyFlueClient:
+    """An async client for a pyflue server.
+
+    ``token`` is sent as ``Authorization: Bearer <token>``. ``timeout`` bounds connecting and
+    every read, except a ``wait=True`` invocation, which waits as long as the run takes; keep it
+    above the server's SSE heartbeat (15 s) so a silent stream is noticed and resumed. A dropped
+    stream is resumed ``max_reconnects`` times in a row. ``transport`` is handed to httpx (for
+    tests: ``httpx.ASGITransport(app)``). Close it with ``aclose()`` or ``async with``.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        token: str | None = None,
+        *,
+        timeout: float | httpx.Timeout | None = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_reconnects: int = 5,
+    ) -> None:
+        from pyflue import __version__
+
+        self.base_url = base_url.rstrip("/")
+        self.max_reconnects = max_reconnects
+        headers = {"User-Agent": f"pyflue-client/{__version__}"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers,
+                                      timeout=self.timeout, transport=transport)
+        self.workflows = Workflows(self)
+        self.runs = Runs(self)
+
+    async def __aenter__(self) -> PyFlueClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def health(self) -> dict[str, Any]:
+        """``GET /health``: ``{"ok": true, "version", "running", "max_concurrency"}``."""
+        body: dict[str, Any] = await self._request("GET", "/health")
+        return body
+
+    async def _request(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+        json: Any = None, headers: Mapping[str, str] | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> Any:
+        """Sends one request; returns the decoded JSON body or raises the typed error."""
+        try:
+            response = await self._http.request(
+                method, path, params=_params(params), json=json, headers=headers,
+                timeout=timeout if timeout is not None else self.timeout,
+            )
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if response.is_error:
+            raise error_from(response)
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiError(response.status_code, {"error": {
+                "type": "invalid_response", "details": response.text[:200] or None,
+                "message": f"HTTP {response.status_code} from {response.request.url} is not "
+                           f"JSON: is {self.base_url} a pyflue server?"}}) from None
+
+    def _stream(self, method: str, path: str, **kwargs: Any
+               ) -> AbstractAsyncContextManager[httpx.Response]:
+        return self._http.stream(method, path, **kwargs)
+
+    def _unreachable(self, exc: httpx.TransportError) -> ServerUnreachable:
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return ServerUnreachable(
+                f"pyflue server not reachable at {self.base_url} ({reason}): start it with "
+                "`pyflue serve`, or point --server / PYFLUE_SERVER_URL at a running one")
+        if isinstance(exc, httpx.TimeoutException):
+            return ServerUnreachable(f"no answer from the pyflue server at {self.base_url} in "
+                                     f"time ({type(exc).__name__}); raise the client timeout")
+        return ServerUnreachable(f"lost the connection to the pyflue server at {self.base_url}: "
+                                 f"{reason}")
+
+    async def _follow(
+        self, run_id: str | None, after: int,
+        first: Callable[[], AbstractAsyncContextManager[httpx.Response]],
+    ) -> AsyncGenerator[Event, None]:
+        """Events after ``after`` until ``run_end``, from ``first()`` and then, when the
+        connection drops, from ``GET /runs/{id}/stream`` with ``Last-Event-ID``: each event
+        once, in order."""
+        last, failures, opened, opener = after, 0, False, first
+        while True:
+            try:
+                async with opener() as response:
+                    if response.is_error:
+                        await response.aread()
+                        raise error_from(response)
+                    opened = True
+                    run_id = run_id or response.headers.get("x-flue-run-id")
+                    async with contextlib.aclosing(_sse_events(response)) as events:
+                        async for event in events:
+                            if event.event_index <= last:
+                                continue
+                            last, failures, run_id = event.event_index, 0, event.run_id
+                            yield event
+                            if event.type is EventType.run_end:
+                                return
+                problem: Exception | None = None  # ended without run_end: resume
+            except httpx.TransportError as exc:
+                if not opened:
+                    raise self._unreachable(exc) from exc
+                problem = exc
+            except ServerError as exc:  # a proxy or a restarting server, while resuming
+                if opener is first:
+                    raise
+                problem = exc
+            failures += 1
+            if run_id is None or failures > self.max_reconnects:
+                raise ServerUnreachable(
+                    f"the event stream from {self.base_url} dropped {failures} time(s) in a row "
+                    f"({problem or 'closed before run_end'}); last event seen: {last}"
+                    + (f"; resume with runs.stream({run_id!r}, after={last})" if run_id else ""))
+            await asyncio.sleep(min(0.25 * 2 ** (failures - 1), 5.0))
+            opener = functools.partial(self._resume, run_id, last)
+
+    def _resume(self, run_id: str, after: int) -> AbstractAsyncContextManager[httpx.Response]:
+        return self._stream("GET", _run_path(run_id, "/stream"),
+                           headers={"Accept": SSE, "Last-Event-ID": str(after)})
+
+
+def _params(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if params is None:
+        return None
+    return {k: v for k, v in params.items() if v is not None}
+
+
+class Workflows:
+    """``client.workflows``: list and invoke."""
+
+    def __init__(self, client: PyFlueClient) -> None:
+        self._client = client
+
+    async def list(self) -> builtins.list[WorkflowInfo]:
+        """``GET /workflows``: the workflows the server discovered."""
+        body = await self._client._request("GET", "/workflows")
+        return [WorkflowInfo.model_validate(w) for w in body["workflows"]]
+
+    async def invoke(
+        self, name: str, payload: Mapping[str, Any] | None = None, *, wait: bool = True,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """``POST /workflows/{name}``.
+
+        With ``wait=True`` (``?wait=result``) waits for the run and returns ``{"status":
+        "completed", "run_id", "result"}``; a run that did not complete raises
+        :class:`ServerError` (failed, timed out, interrupted) or :class:`ConflictError`
+        (cancelled), both carrying ``run_id`` and ``run_status``. With ``wait=False`` returns
+        ``{"status": "accepted", "run_id"}`` at once. The same ``idempotency_key`` for the same
+        workflow returns the run it started first. Unknown workflow: :class:`NotFoundError`.
+        """
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        timeout = self._client.timeout
+        if wait:  # the run's own deadline bounds the wait, not the client's read timeout
+            timeout = httpx.Timeout(connect=timeout.connect, read=None, write=timeout.write,
+                                    pool=timeout.pool)
+        body: dict[str, Any] = await self._client._request(
+            "POST", f"/workflows/{quote(name)}", params={"wait": "result" if wait else None},
+            json={"payload": dict(payload or {})}, headers=headers, timeout=timeout,
+        )
+        return body
+
+    async def stream(
+        self, name: str, payload: Mapping[str, Any] | None = None, *,
+        idempotency_key: str | None = None,
+    ) -> AsyncGenerator[Event, None]:
+        """Invokes the workflow and yields its events (``Accept: text/event-stream``) from
+        ``run_start`` to ``run_end``; resumes through ``GET /runs/{id}/stream`` if the
+        connection drops. Break out early inside ``contextlib.aclosing(...)``."""
+        headers = {"Accept": SSE}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+
+        def first() -> AbstractAsyncContextManager[httpx.Response]:
+            return self._client._stream("POST", f"/workflows/{quote(name)}", headers=headers,
+                                       json={"payload": dict(payload or {})})
+
+        async for event in self._client._follow(None, 0, first):
+            yield event
+
+
+class Runs:
+    """``client.runs``: records, events, live streams, cancel."""
+
+    def __init__(self, client: PyFlueClient) -> None:
+        self._client = client
+
+    async def get(self, run_id: str) -> Run:
+        """``GET /runs/{id}``: the run record. Unknown id: :class:`NotFoundError`."""
+        return Run.model_validate(await self._client._request("GET", _run_path(run_id)))
+
+    async def list(
+        self, status: RunStatus | str | None = None, workflow: str | None = None,
+        limit: int = 50, cursor: str | None = None,
+    ) -> RunPage:
+        """``GET /runs``: one page of runs, newest first (``limit`` 1 to 500)."""
+        params = {"status": status, "workflow": workflow, "limit": limit, "cursor": cursor}
+        return RunPage.model_validate(await self._client._request("GET", "/runs", params=params))
+
+    async def events(
+        self, run_id: str, after: int = 0, limit: int | None = None,
+        types: Sequence[EventType | str] | None = None,
+    ) -> builtins.list[Event]:
+        """``GET /runs/{id}/events``: the stored events after index ``after``, only ``types``
+        if given; at most ``limit`` of them, or all of them (paging) when ``limit`` is None."""
+        wanted = ",".join(str(t) for t in types) if types else None
+        out: builtins.list[Event] = []
+        while limit is None or len(out) < limit:
+            size = EVENTS_PAGE if limit is None else min(limit - len(out), 5000)
+            body = await self._client._request("GET", _run_path(run_id, "/events"), params={
+                "after": after, "limit": size, "types": wanted})
+            page = [Event.model_validate(e) for e in body["events"]]
+            out += page
+            after = body["next_after"]
+            if len(page) < size:
+                break
+        return out
+
+    async def stream(self, run_id: str, after: int = 0) -> AsyncGenerator[Event, None]:
+        """``GET /runs/{id}/stream``: the events after ``after`` (stored ones first, then live)
+        until ``run_end``. A dropped connection is resumed with ``Last-Event-ID``, so no event
+        is missed or repeated. Break out early inside ``contextlib.aclosing(...)``."""
+        if after > 0 and await self._ended_at(run_id, after):
+            return
+
+        def first() -> AbstractAsyncContextManager[httpx.Response]:
+            return self._client._stream("GET", _run_path(run_id, "/stream"),
+                                       params={"after": after}, headers={"Accept": SSE})
+
+        async for event in self._client._follow(run_id, after, first):
+            yield event
+
+    async def _ended_at(self, run_id: str, index: int) -> bool:
+        # The server would wait forever for events after a run's last one.
+        found = await self.events(run_id, after=index - 1, limit=1)
+        return bool(found) and found[0].type is EventType.run_end
+
+    async def cancel(self, run_id: str) -> dict[str, Any]:
+        """``POST /runs/{id}/cancel``: ``{"status": "cancelled" | "cancelling", "run_id"}``.
+
+        A queued run is cancelled at once; a running one is stopped (its command and container
+        killed) and ends ``cancelled`` shortly after. Finished run: :class:`ConflictError`.
+        """
+        body: dict[str, Any] = await self._client._request("POST", _run_path(run_id, "/cancel"))
+        return body
+
+    async def wait(self, run_id: str) -> Run:
+        """Follows the run until ``run_end`` and returns its final record."""
+        async with contextlib.aclosing(self.stream(run_id)) as events:
+            async for _ in events:
+                pass
+        return await self.get(run_id)
+
+
+__all__ = [
+    "ApiError",
+    "AuthError",
+    "BadRequestError",
+    "ConflictError",
+    "NotFoundError",
+    "PyFlueClient",
+    "RunPage",
+    "ServerError",
+    "ServerUnreachable",
+    "WorkflowInfo",
+]
