@@ -186,10 +186,12 @@ def logs(
     project: ProjectOpt = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
+    ws: Annotated[bool, typer.Option("--ws", help="with --server --follow: use the WebSocket "
+                                     "instead of SSE")] = False,
 ) -> None:
     """Show a run's events from the local store, or from a server with --server."""
     if server:
-        _run_async(_remote_logs(_client(server, token), run_id, fmt, follow, after))
+        _run_async(_remote_logs(_client(server, token), run_id, fmt, follow, after, ws))
         return
     settings = _settings(project)
     _run_async(_logs(settings, run_id, fmt, follow, after))
@@ -219,10 +221,11 @@ def _echo_event(event: Any, fmt: Format) -> None:
 
 
 async def _remote_logs(client: PyFlueClient, run_id: str, fmt: Format, follow: bool,
-                       after: int) -> None:
+                       after: int, ws: bool = False) -> None:
     async with client:
         if follow:
-            async for event in client.runs.stream(run_id, after=after):
+            live = client.runs.follow if ws else client.runs.stream
+            async for event in live(run_id, after=after):
                 _echo_event(event, fmt)
             return
         events = await client.runs.events(run_id, after=after)

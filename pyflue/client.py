@@ -28,7 +28,7 @@ import functools
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -36,6 +36,9 @@ from pydantic import BaseModel
 
 from pyflue.errors import PyflueError
 from pyflue.models import Event, EventType, Run, RunStatus
+
+if TYPE_CHECKING:
+    from pyflue.wsclient import WorkflowConnection
 
 DEFAULT_URL = "http://127.0.0.1:2024"
 SSE = "text/event-stream"
@@ -344,6 +347,16 @@ class Workflows:
         async for event in self._client._follow(None, 0, first):
             yield event
 
+    def connect(self, name: str) -> WorkflowConnection:
+        """``WS /workflows/{name}``: one invocation over a WebSocket::
+
+            async with client.workflows.connect("summarize") as conn:
+                messages = await conn.run({"text": "..."})   # events, then the outcome
+        """
+        from pyflue.wsclient import WorkflowConnection
+
+        return WorkflowConnection(self._client, name)
+
 
 class Runs:
     """``client.runs``: records, events, live streams, cancel."""
@@ -386,8 +399,6 @@ class Runs:
         """``GET /runs/{id}/stream``: the events after ``after`` (stored ones first, then live)
         until ``run_end``. A dropped connection is resumed with ``Last-Event-ID``, so no event
         is missed or repeated. Break out early inside ``contextlib.aclosing(...)``."""
-        if after > 0 and await self._ended_at(run_id, after):
-            return
 
         def first() -> AbstractAsyncContextManager[httpx.Response]:
             return self._client._stream("GET", _run_path(run_id, "/stream"),
@@ -395,11 +406,6 @@ class Runs:
 
         async for event in self._client._follow(run_id, after, first):
             yield event
-
-    async def _ended_at(self, run_id: str, index: int) -> bool:
-        # The server would wait forever for events after a run's last one.
-        found = await self.events(run_id, after=index - 1, limit=1)
-        return bool(found) and found[0].type is EventType.run_end
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
         """``POST /runs/{id}/cancel``: ``{"status": "cancelled" | "cancelling", "run_id"}``.
@@ -409,6 +415,13 @@ class Runs:
         """
         body: dict[str, Any] = await self._client._request("POST", _run_path(run_id, "/cancel"))
         return body
+
+    def follow(self, run_id: str, after: int = 0) -> AsyncGenerator[Event, None]:
+        """``WS /runs/{id}/stream``: like :meth:`stream`, over a WebSocket. A dropped socket
+        (or one closed for reading too slowly) is reopened with ``?after=`` the last index."""
+        from pyflue.wsclient import follow
+
+        return follow(self._client, run_id, after)
 
     async def wait(self, run_id: str) -> Run:
         """Follows the run until ``run_end`` and returns its final record."""

@@ -222,3 +222,41 @@ async def test_tokens_apply_to_sockets(project: Path, tmp_path: Path) -> None:
             assert (await _frames(sock))[-1]["error"]["message"] == "it broke"
     finally:
         srv.stop()
+
+
+async def test_the_client_invokes_and_follows_over_websockets(server: Server) -> None:
+    from pyflue.client import NotFoundError, PyFlueClient
+    from pyflue.models import Event
+    from pyflue.wsclient import Outcome
+
+    async with PyFlueClient(server.url) as client:
+        async with client.workflows.connect("nap") as conn:
+            messages = await conn.run({"lines": 2})
+        events = [m for m in messages if isinstance(m, Event)]
+        outcome = messages[-1]
+        assert isinstance(outcome, Outcome) and outcome.ok and outcome.result == {"done": True}
+        assert [e.event_index for e in events] == list(range(1, len(events) + 1))
+        async with client.workflows.connect("boom") as conn:
+            failed = (await conn.run({}))[-1]
+        assert isinstance(failed, Outcome) and not failed.ok
+        assert failed.error is not None and failed.error["message"] == "it broke"
+        with pytest.raises(NotFoundError, match="unknown workflow 'nope'"):
+            async with client.workflows.connect("nope") as conn:
+                await conn.run({})
+        followed = [e.event_index async for e in client.runs.follow(outcome.run_id or "",
+                                                                     after=3)]
+        assert followed == [e.event_index for e in events][3:]
+
+
+def test_logs_follow_over_the_websocket_from_the_cli(server: Server) -> None:
+    import subprocess
+    import sys
+
+    run_id = httpx.post(f"{server.url}/workflows/nap?wait=result", json={"lines": 2}
+                        ).json()["run_id"]
+    done = subprocess.run([sys.executable, "-m", "pyflue.cli", "logs", run_id, "--server",
+                           server.url, "--follow", "--ws", "--format", "ndjson"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    kinds = [json.loads(line)["type"] for line in done.stdout.splitlines()]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end"

@@ -1,0 +1,174 @@
+"""The WebSocket side of :class:`pyflue.client.PyFlueClient` (see docs/websocket.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from pyflue.client import (
+    ApiError,
+    AuthError,
+    BadRequestError,
+    NotFoundError,
+    ServerUnreachable,
+)
+from pyflue.errors import ConfigError
+from pyflue.models import Event, EventType
+
+if TYPE_CHECKING:
+    from pyflue.client import PyFlueClient
+
+# Close codes that mean "do not retry" (see pyflue.api.ws).
+_FINAL = {4400: BadRequestError, 4401: AuthError, 4404: NotFoundError}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The last frame of an invocation: ``type`` is ``result`` or ``error``."""
+
+    type: str
+    run_id: str | None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    status: str = "completed"
+
+    @property
+    def ok(self) -> bool:
+        return self.type == "result"
+
+
+def ws_url(client: PyFlueClient, path: str) -> str:
+    base = client.base_url
+    scheme = "wss://" if base.startswith("https://") else "ws://"
+    return scheme + base.split("://", 1)[1] + path
+
+
+def _headers(client: PyFlueClient) -> dict[str, str]:
+    token = client._http.headers.get("authorization")
+    return {"Authorization": token} if token else {}
+
+
+async def _open(client: PyFlueClient, path: str) -> ClientConnection:
+    url = ws_url(client, path)
+    try:
+        return await websockets.connect(url, additional_headers=_headers(client),
+                                        max_size=16 * 2**20)
+    except (OSError, InvalidHandshake, TimeoutError) as exc:
+        raise ServerUnreachable(
+            f"cannot open a WebSocket to {url} ({exc}): is `pyflue serve` running there?"
+        ) from exc
+
+
+def _refused(sock: ClientConnection, frame: dict[str, Any] | None) -> ApiError | None:
+    code = sock.close_code or 0
+    cls = _FINAL.get(code)
+    if cls is None:
+        return None
+    error = (frame or {}).get("error") or {"type": "closed", "message": sock.close_reason or ""}
+    status = {4400: 400, 4401: 401, 4404: 404}[code]
+    return cls(status, {"error": error})
+
+
+class WorkflowConnection:
+    """One invocation over ``WS /workflows/{name}``; use as ``async with``."""
+
+    def __init__(self, client: PyFlueClient, name: str) -> None:
+        self._client = client
+        self._name = name
+        self._sock: ClientConnection | None = None
+        self.outcome: Outcome | None = None
+        self.run_id: str | None = None
+
+    async def __aenter__(self) -> WorkflowConnection:
+        self._sock = await _open(self._client, f"/workflows/{quote(self._name, safe='')}")
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._sock is not None:
+            await self._sock.close()
+
+    async def run(self, payload: dict[str, Any]) -> list[Event | Outcome]:
+        """Sends the payload; returns every event, then the :class:`Outcome`."""
+        return [message async for message in self.stream(payload)]
+
+    async def stream(self, payload: dict[str, Any]) -> AsyncIterator[Event | Outcome]:
+        """Sends the payload; yields each event as it arrives, then the :class:`Outcome`.
+        The run does not stop if you stop reading: follow it again with ``runs.follow``."""
+        if self._sock is None:
+            raise ConfigError("use it inside `async with client.workflows.connect(name)`")
+        if not isinstance(payload, dict):
+            raise ConfigError(f"payload must be a dict, not {type(payload).__name__}")
+        sock = self._sock
+        await sock.send(json.dumps({"payload": payload}))
+        frame: dict[str, Any] | None = None
+        try:
+            while True:
+                frame = json.loads(await sock.recv())
+                if frame.get("type") in ("result", "error"):
+                    if "run_id" not in frame:  # refused before a run existed: see the close
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(sock.wait_closed(), 5)
+                        raise _refused(sock, frame) or BadRequestError(400, frame)
+                    self.outcome = Outcome(frame["type"], frame.get("run_id"),
+                                           frame.get("result"), frame.get("error"),
+                                           frame.get("status", "completed"))
+                    yield self.outcome
+                    return
+                event = Event.model_validate(frame)
+                self.run_id = event.run_id
+                yield event
+        except ConnectionClosed:
+            with contextlib.suppress(ConnectionClosed, asyncio.TimeoutError):
+                await asyncio.wait_for(sock.wait_closed(), 5)
+            refused = _refused(sock, frame)
+            if refused is not None:
+                raise refused from None
+            raise ServerUnreachable(
+                f"the WebSocket closed before the run's outcome ({sock.close_code} "
+                f"{sock.close_reason or ''}); follow it with runs.follow({self.run_id!r})"
+            ) from None
+
+
+async def follow(client: PyFlueClient, run_id: str, after: int) -> AsyncGenerator[Event, None]:
+    """Events after ``after`` until ``run_end`` over ``WS /runs/{id}/stream``, reconnecting
+    with the last index seen when the socket drops or is closed for reading too slowly."""
+    last, failures = after, 0
+    path = f"/runs/{quote(run_id, safe='')}/stream"
+    while True:
+        sock = await _open(client, f"{path}?after={last}")
+        try:
+            async for message in sock:
+                frame = json.loads(message)
+                if frame.get("type") == "error":
+                    break  # the close code (4404, ...) says why
+                event = Event.model_validate(frame)
+                last, failures = event.event_index, 0
+                yield event
+                if event.type is EventType.run_end:
+                    return
+        except ConnectionClosed:
+            pass
+        finally:
+            await sock.close()
+        refused = _refused(sock, None)
+        if refused is not None:
+            raise refused
+        if sock.close_code == 1000:
+            return  # the server says the run is over (nothing after `last`)
+        failures += 1
+        if failures > client.max_reconnects:
+            raise ServerUnreachable(
+                f"the WebSocket for {run_id} dropped {failures} times in a row (last close "
+                f"{sock.close_code} {sock.close_reason or ''}); resume with after={last}")
+        await asyncio.sleep(min(0.25 * 2 ** (failures - 1), 5.0))
