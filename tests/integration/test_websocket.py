@@ -260,3 +260,16 @@ def test_logs_follow_over_the_websocket_from_the_cli(server: Server) -> None:
     assert done.returncode == 0, done.stderr
     kinds = [json.loads(line)["type"] for line in done.stdout.splitlines()]
     assert kinds[0] == "run_start" and kinds[-1] == "run_end"
+
+
+async def test_a_client_that_disconnects_does_not_cancel_the_run(server: Server) -> None:
+    async with websockets.connect(ws_url(server, "/workflows/nap")) as sock:
+        await sock.send(json.dumps({"payload": {"lines": 5, "pause": 0.2}}))
+        run_id = json.loads(await sock.recv())["run_id"]
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        for _ in range(200):
+            run = (await client.get(f"/runs/{run_id}")).json()
+            if run["status"] not in ("queued", "running"):
+                break
+            await asyncio.sleep(0.05)
+    assert run["status"] == "completed" and run["result"] == {"done": True}
