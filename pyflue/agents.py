@@ -43,6 +43,9 @@ class AgentConfig(BaseModel):
     tools: list[Any] = Field(
         default_factory=list, description="extra tools: typed functions or pyflue Tool objects"
     )
+    secrets: list[str] = Field(
+        default_factory=list, description="names of host environment variables to grant"
+    )
 
     @field_validator("cwd")
     @classmethod

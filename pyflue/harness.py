@@ -16,6 +16,7 @@ from pyflue.models import EventType
 from pyflue.output import StreamCapture
 from pyflue.paths import confine, is_inside, relative_parts
 from pyflue.sandbox.base import FileStat, PutEntry, Sandbox
+from pyflue.secrets import StreamRedactor, grant
 
 if TYPE_CHECKING:
     from pyflue.agents import AgentConfig
@@ -182,7 +183,9 @@ class Harness:
         config: AgentConfig,
         settings: Settings,
         models: ModelResolver,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        env = env or {}
         self._box = box
         self._recorder = recorder
         self.config = config
@@ -190,6 +193,9 @@ class Harness:
         self._defaults = settings.sandbox
         self._models = models
         self._sessions: dict[str, Session] = {}
+        self._env = env
+        self._secret_env = grant(config.secrets, env, recorder.redactor,
+                                 "agent config \"secrets\"")
         self.fs = WorkspaceFS(box, recorder, config.cwd or box.workdir)
 
     async def session(self, name: str = "default", *, tools: Sequence[Any] = ()) -> Session:
@@ -211,6 +217,10 @@ class Harness:
         self._sessions[name] = created
         return created
 
+    def redact(self, text: str) -> str:
+        """``text`` with the run's granted secrets replaced by their markers."""
+        return self._recorder.redactor.text(text)
+
     @property
     def sandbox_id(self) -> str:
         return self._box.id
@@ -228,6 +238,7 @@ class Harness:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        secrets: Sequence[str] = (),
     ) -> ShellResult:
         """Runs ``command`` with bash (or sh) in the run's container.
 
@@ -235,6 +246,8 @@ class Harness:
         ``{"stdout", "stderr", "exit_code", "timed_out", "duration_ms"}``. On timeout the
         command's whole process tree is killed and ``exit_code`` is 124; it does not raise.
         Each stream keeps at most ``output_cap`` bytes (head and tail, with a marker between).
+        ``secrets`` grants named host environment variables to this command only (as
+        environment variables); granted values are redacted from its output and every event.
         """
         if not isinstance(command, str) or not command.strip():
             raise ConfigError("shell needs a non-empty command string")
@@ -242,16 +255,18 @@ class Harness:
         if limit <= 0:
             raise ConfigError(f"shell timeout must be positive seconds, got {timeout!r}")
         workdir = await self._workdir(cwd) if cwd is not None else self.fs.cwd
-        merged = {**self.config.env, **(env or {})}
+        granted = grant(secrets, self._env, self._recorder.redactor, "shell secrets")
+        merged = {**self.config.env, **(env or {}), **self._secret_env, **granted}
         shell_id = self._recorder.next_id("sh")
         captures = {s: StreamCapture(self._defaults.output_cap) for s in ("stdout", "stderr")}
+        redactors = {s: StreamRedactor(self._recorder.redactor) for s in captures}
         self._recorder.emit(
             EventType.shell_start,
             {"shell_id": shell_id, "command": command, "cwd": workdir, "timeout": limit},
         )
 
         def on_output(stream: str, chunk: bytes) -> None:
-            text = captures[stream].feed(chunk)
+            text = redactors[stream].feed(captures[stream].feed(chunk))
             if text:
                 self._recorder.emit(
                     EventType.shell_output, {"shell_id": shell_id, "stream": stream, "text": text}
@@ -270,6 +285,11 @@ class Harness:
             })
             raise
         duration_ms = int((time.monotonic() - started) * 1000)
+        for stream, redactor in redactors.items():
+            if rest := redactor.flush():
+                self._recorder.emit(
+                    EventType.shell_output, {"shell_id": shell_id, "stream": stream, "text": rest}
+                )
         end: dict[str, Any] = {
             "shell_id": shell_id,
             "exit_code": status.exit_code,
@@ -282,9 +302,10 @@ class Harness:
         if status.killed:
             end["killed"] = status.killed
         self._recorder.emit(EventType.shell_end, end)
+        redact = self._recorder.redactor.text
         return ShellResult(
-            stdout=captures["stdout"].text(),
-            stderr=captures["stderr"].text(),
+            stdout=redact(captures["stdout"].text()),
+            stderr=redact(captures["stderr"].text()),
             exit_code=status.exit_code,
             timed_out=status.timed_out,
             duration_ms=duration_ms,

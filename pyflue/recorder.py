@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pyflue.models import Event, EventType, utcnow
+from pyflue.secrets import Redactor
 from pyflue.store.base import NewEvent, RunStore
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class RunRecorder:
         self._idle.set()
         self._closed = False
         self._ids: dict[str, int] = {}
+        self.redactor = Redactor()  # secrets granted to the run never reach the store
         self._error: BaseException | None = None
         self._writer = asyncio.create_task(self._write_loop(), name=f"recorder:{run_id}")
 
@@ -40,7 +42,8 @@ class RunRecorder:
         """Queues one event; it is stored in emission order."""
         if self._closed:
             raise RuntimeError(f"recorder for {self.run_id} is closed")
-        self._pending.append(NewEvent(type=type, data=data or {}, timestamp=utcnow()))
+        clean = self.redactor.data(data or {})
+        self._pending.append(NewEvent(type=type, data=clean, timestamp=utcnow()))
         self._idle.clear()
         self._wake.set()
 

@@ -218,6 +218,11 @@ class Runner:
             )
             status = RunStatus.failed if status is RunStatus.completed else status
             end.update(status=status.value, is_error=True, error=error.model_dump())
+        # Granted secrets never reach the store, in the result or the error either.
+        result = recorder.redactor.data(result)
+        if error is not None:
+            error = ErrorInfo.model_validate(recorder.redactor.data(error.model_dump()))
+            end["error"] = error.model_dump()
         # The record is final before run_end is stored: whoever sees run_end reads the outcome.
         await self.store.update_run(run_id, RunUpdate(
             status=status, result=result, has_result=status is RunStatus.completed,
@@ -343,7 +348,7 @@ class _SandboxScope:
                     f"({spec.image}, network {spec.network}) than the first one initialized"
                 )
         harness = Harness(self._box, self._recorder, config, self._runner.settings,
-                          self._runner.models)
+                          self._runner.models, env=self._runner.env)
         if harness.fs.cwd != self._box.workdir:
             await harness.fs.mkdir(harness.fs.cwd)  # an agent's cwd exists when it starts
         return harness

@@ -247,7 +247,7 @@ class Session:
             output = await found.run(dict(use.input), self._harness)
         except Exception as exc:
             output, is_error = tool_failure(exc), True
-        output = clip(output, self._settings.tool_output_cap,
+        output = clip(self._harness.redact(output), self._settings.tool_output_cap,
                       "redirect it to a file and read it with `read` (offset, limit), or narrow "
                       "the request")
         self._tool_event(EventType.tool_end, use, is_error=is_error,

@@ -57,6 +57,7 @@ class FakeSandbox:
     spec: SandboxSpec
     handler: Handler
     commands: list[str] = field(default_factory=list)
+    envs: list[dict[str, str]] = field(default_factory=list)
     nodes: dict[str, _Node] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,6 +97,7 @@ class FakeSandbox:
         on_output: OutputHandler,
     ) -> ExecStatus:
         self.commands.append(command)
+        self.envs.append(dict(env))
         outcome = self.handler(command, self)
         result = await outcome if inspect.isawaitable(outcome) else outcome
 

@@ -1,0 +1,102 @@
+"""Secrets granted to a run, and their redaction from everything stored or streamed.
+
+A workflow grants named secrets from the host environment to an agent (``"secrets": [...]`` in
+its config) or to one ``harness.shell(..., secrets=[...])`` call. Granted values enter the
+container only as environment variables of the commands that need them, never in a command
+line. Once granted, a value is replaced by ``[REDACTED:NAME]`` in every event, log line, error,
+result and shell output of the run, including a value split across two output chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pyflue.errors import ConfigError
+
+MIN_SECRET_LENGTH = 4
+
+
+def marker(name: str) -> str:
+    return f"[REDACTED:{name}]"
+
+
+class Redactor:
+    """The secret values of one run, and the replacement of each by its marker."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, str] = {}  # value -> name
+
+    def __bool__(self) -> bool:
+        return bool(self._values)
+
+    @property
+    def longest(self) -> int:
+        return max((len(v) for v in self._values), default=0)
+
+    def add(self, name: str, value: str) -> None:
+        if len(value) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                f"secret {name} is shorter than {MIN_SECRET_LENGTH} characters: too short to "
+                "redact reliably; use a real secret"
+            )
+        self._values[value] = name
+
+    def text(self, text: str) -> str:
+        for value in sorted(self._values, key=len, reverse=True):
+            if value in text:
+                text = text.replace(value, marker(self._values[value]))
+        return text
+
+    def data(self, value: Any) -> Any:
+        """``value`` with every string inside it redacted (dicts, lists, tuples)."""
+        if not self._values:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.data(k): self.data(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self.data(v) for v in value)
+        return value
+
+
+class StreamRedactor:
+    """Redacts a text stream chunk by chunk, holding back just enough of each chunk's end that
+    a secret split across two chunks is still caught."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._redactor = redactor
+        self._pending = ""
+
+    def feed(self, chunk: str) -> str:
+        if not self._redactor:
+            return chunk
+        text = self._redactor.text(self._pending + chunk)
+        keep = self._redactor.longest - 1
+        if keep <= 0 or len(text) <= keep:
+            self._pending, out = text, ""
+        else:
+            self._pending, out = text[-keep:], text[:-keep]
+        return out
+
+    def flush(self) -> str:
+        out, self._pending = self._redactor.text(self._pending), ""
+        return out
+
+
+def grant(names: Iterable[str], env: Mapping[str, str], redactor: Redactor,
+          where: str) -> dict[str, str]:
+    """The values of the named secrets from the host environment, registered for redaction."""
+    granted: dict[str, str] = {}
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: secret names must be non-empty strings, not {name!r}")
+        if name not in env:
+            raise ConfigError(
+                f"{where}: secret {name} is not set in the environment of the pyflue process; "
+                f"export {name}=... before starting it"
+            )
+        redactor.add(name, env[name])
+        granted[name] = env[name]
+    return granted

@@ -1,0 +1,110 @@
+"""Secrets: granted by name, passed as environment, redacted from everything stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pyflue.errors import ConfigError
+from pyflue.models import RunStatus
+from pyflue.runs import Runner
+from pyflue.secrets import Redactor, StreamRedactor
+from pyflue.testing import FakeCommand, FakeSandbox, FakeSandboxProvider, fake_runner
+from tests.conftest import WriteWorkflow
+
+CANARY = "canary-7f3a9e1c55d0"
+
+
+def test_a_value_split_across_chunks_is_still_redacted() -> None:
+    redactor = Redactor()
+    redactor.add("TOKEN", CANARY)
+    stream = StreamRedactor(redactor)
+    text = "".join(stream.feed(chunk) for chunk in ["abc canary-7f", "3a9e1c55", "d0 xyz"])
+    text += stream.flush()
+    assert text == "abc [REDACTED:TOKEN] xyz"
+
+
+def test_redaction_reaches_into_nested_data() -> None:
+    redactor = Redactor()
+    redactor.add("TOKEN", CANARY)
+    data = {"a": [f"x{CANARY}", {"b": (CANARY,)}], CANARY: 1}
+    assert redactor.data(data) == {"a": ["x[REDACTED:TOKEN]", {"b": ("[REDACTED:TOKEN]",)}],
+                                   "[REDACTED:TOKEN]": 1}
+
+
+def test_very_short_secrets_are_refused() -> None:
+    with pytest.raises(ConfigError, match="too short"):
+        Redactor().add("PIN", "123")
+
+
+def _runner(project: Path, echo_env: str) -> Runner:
+    def handler(command: str, box: FakeSandbox) -> FakeCommand:
+        value = box.envs[-1].get(echo_env, "")
+        return FakeCommand(stdout=[f"token is {value[:9]}", f"{value[9:]} ok\n"],
+                           stderr=[f"err {value}"])
+
+    runner = fake_runner(project, handler=handler)
+    runner.env = {"DEPLOY_TOKEN": CANARY}
+    return runner
+
+
+async def test_granted_secrets_reach_commands_as_env_and_nothing_stored_holds_them(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("deploy", f"""
+from pyflue import create_agent
+agent = create_agent(lambda ctx: {{"secrets": ["DEPLOY_TOKEN"]}})
+async def run(ctx):
+    h = await ctx.init(agent)
+    out = await h.shell("deploy --quiet")
+    ctx.log.info("deployed with " + "{CANARY}", token="{CANARY}")
+    return {{"out": out["stdout"], "err": out["stderr"], "echo": "{CANARY}"}}
+""")
+    runner = _runner(project, "DEPLOY_TOKEN")
+    run = await runner.run("deploy", {})
+    assert run.status is RunStatus.completed
+    provider = runner.provider
+    assert isinstance(provider, FakeSandboxProvider)
+    box = provider.opened[0]
+    assert box.envs[0]["DEPLOY_TOKEN"] == CANARY and CANARY not in box.commands[0]
+    assert run.result == {"out": "token is [REDACTED:DEPLOY_TOKEN] ok\n",
+                          "err": "err [REDACTED:DEPLOY_TOKEN]", "echo": "[REDACTED:DEPLOY_TOKEN]"}
+    stored = [e.model_dump_json() for e in await runner.store.list_events(run.run_id)]
+    assert not any(CANARY in line for line in stored)
+    assert any("[REDACTED:DEPLOY_TOKEN]" in line for line in stored)
+
+
+async def test_a_secret_granted_to_one_call_is_redacted_from_errors_too(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("leak", f"""
+from pyflue import create_agent
+agent = create_agent(lambda ctx: {{}})
+async def run(ctx):
+    h = await ctx.init(agent)
+    first = await h.shell("use it", secrets=["DEPLOY_TOKEN"])
+    second = await h.shell("no grant")
+    raise RuntimeError("failed with {CANARY}")
+""")
+    runner = _runner(project, "DEPLOY_TOKEN")
+    run = await runner.run("leak", {})
+    provider = runner.provider
+    assert isinstance(provider, FakeSandboxProvider)
+    envs = provider.opened[0].envs
+    assert envs[0].get("DEPLOY_TOKEN") == CANARY and "DEPLOY_TOKEN" not in envs[1]
+    assert run.error is not None and CANARY not in run.error.model_dump_json()
+    assert "[REDACTED:DEPLOY_TOKEN]" in run.error.message
+
+
+async def test_a_secret_missing_from_the_environment_is_a_clear_error(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("nosecret", """
+from pyflue import create_agent
+agent = create_agent(lambda ctx: {"secrets": ["NOT_SET_ANYWHERE"]})
+async def run(ctx):
+    await ctx.init(agent)
+""")
+    run = await _runner(project, "X").run("nosecret", {})
+    assert run.error is not None and "export NOT_SET_ANYWHERE=" in run.error.message
