@@ -231,6 +231,14 @@ class Harness:
             raise WorkspacePathError(f"shell cwd {cwd!r} is a {st.kind}, not a folder")
         return st.path
 
+    def _limit_text(self, limit: str) -> str:
+        memory = self.config.memory or self._defaults.memory
+        pids = self.config.pids or self._defaults.pids
+        return {
+            "memory": f"a command was killed for exceeding the memory limit ({memory})",
+            "pids": f"a command hit the process limit ({pids} processes)",
+        }.get(limit, f"a command hit the {limit} limit")
+
     async def shell(
         self,
         command: str,
@@ -301,6 +309,10 @@ class Harness:
         }
         if status.killed:
             end["killed"] = status.killed
+        if status.limits:
+            end["limits"] = list(status.limits)
+        for hit in status.limits:
+            self._recorder.note_limit(hit, shell_id, self._limit_text(hit))
         self._recorder.emit(EventType.shell_end, end)
         redact = self._recorder.redactor.text
         return ShellResult(

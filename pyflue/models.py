@@ -53,6 +53,7 @@ class EventType(StrEnum):
     model_turn_end = "model_turn_end"
     tool_start = "tool_start"
     tool_end = "tool_end"
+    sandbox_limit = "sandbox_limit"
 
 
 class ErrorInfo(BaseModel):

@@ -35,6 +35,7 @@ class RunRecorder:
         self._closed = False
         self._ids: dict[str, int] = {}
         self.redactor = Redactor()  # secrets granted to the run never reach the store
+        self.limit_reasons: list[str] = []
         self._error: BaseException | None = None
         self._writer = asyncio.create_task(self._write_loop(), name=f"recorder:{run_id}")
 
@@ -46,6 +47,12 @@ class RunRecorder:
         self._pending.append(NewEvent(type=type, data=clean, timestamp=utcnow()))
         self._idle.clear()
         self._wake.set()
+
+    def note_limit(self, kind: str, shell_id: str, message: str) -> None:
+        """Records that the sandbox hit a limit (memory, pids): an event, and the run's reason."""
+        self.emit(EventType.sandbox_limit, {"kind": kind, "shell_id": shell_id,
+                                            "message": message})
+        self.limit_reasons.append(message)
 
     def next_id(self, prefix: str) -> str:
         """A per-run sequence id such as ``sh-3``, to tie related events together."""

@@ -142,11 +142,18 @@ class Runner:
         after its container is removed.
         """
         # Claiming is conditional: a run cancelled meanwhile, or claimed by another worker,
-        # raises RunStateConflict here and is not run.
-        run = await self.store.update_run(run_id, RunUpdate(
+        # raises RunStateConflict here and is not run. A cancel that lands while the claim is
+        # in flight must not leave a claimed run behind: the claim completes, then the run
+        # ends through _finish like any cancelled run.
+        claim = asyncio.ensure_future(self.store.update_run(run_id, RunUpdate(
             status=RunStatus.running, started_at=utcnow(), expect_status=RunStatus.queued,
             extra={"owner": local_owner()},
-        ))
+        )))
+        early_cancel: asyncio.CancelledError | None = None
+        try:
+            run = await asyncio.shield(claim)
+        except asyncio.CancelledError as exc:
+            run, early_cancel = await claim, exc
         recorder = RunRecorder(self.store, run_id)
         recorder.emit(EventType.run_start, {
             "workflow": run.workflow, "payload": run.payload, "image": run.image,
@@ -159,6 +166,8 @@ class Runner:
         reason: str | None = None
         reraise: BaseException | None = None
         try:
+            if early_cancel is not None:
+                raise early_cancel
             ctx = FlueContext(
                 id=run_id, payload=run.payload, env=self.env, req=req,
                 log=RunLog(recorder), init=scope.init,
@@ -218,6 +227,9 @@ class Runner:
             )
             status = RunStatus.failed if status is RunStatus.completed else status
             end.update(status=status.value, is_error=True, error=error.model_dump())
+        if reason is None and recorder.limit_reasons:
+            reason = "; ".join(dict.fromkeys(recorder.limit_reasons))
+            end["reason"] = reason
         # Granted secrets never reach the store, in the result or the error either.
         result = recorder.redactor.data(result)
         if error is not None:

@@ -42,6 +42,8 @@ class Scheduler:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, StopRequest] = {}
         self._requests: dict[str, Any] = {}
+        # Set when a run this scheduler knows of has finished (its record is final).
+        self._finished: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -100,6 +102,7 @@ class Scheduler:
             return found, False
         if req is not None:
             self._requests[run.run_id] = req
+        self._finished[run.run_id] = asyncio.Event()
         self._wake.set()
         return run, True
 
@@ -136,14 +139,24 @@ class Scheduler:
         end = {"status": RunStatus.cancelled.value, "is_error": True, "reason": reason}
         await self.store.append_events(run.run_id, [NewEvent(EventType.run_end, end, utcnow())])
         self._requests.pop(run.run_id, None)
+        self._mark_finished(run.run_id)
         return await self.store.get_run(done.run_id)
 
     async def wait(self, run_id: str) -> Run:
         """Waits until the run has finished and returns its final record."""
-        async for event in self.store.subscribe(run_id):
-            if event.type is EventType.run_end:
-                break
+        finished = self._finished.get(run_id)
+        if finished is not None:  # one of ours: no polling of the store
+            await finished.wait()
+        else:
+            async for event in self.store.subscribe(run_id):
+                if event.type is EventType.run_end:
+                    break
         return await self.store.get_run(run_id)
+
+    def _mark_finished(self, run_id: str) -> None:
+        event = self._finished.pop(run_id, None)
+        if event is not None:
+            event.set()
 
     async def _admit_loop(self) -> None:
         while True:
@@ -162,12 +175,13 @@ class Scheduler:
         if free <= 0:
             return
         queued = await self.store.list_runs(
-            status=RunStatus.queued, limit=free + len(self._tasks), oldest_first=True
+            status=RunStatus.queued, limit=free + len(self._tasks) + 100, oldest_first=True
         )
         for run in queued:
             if free <= 0:
                 break
-            if run.run_id in self._tasks:
+            # Runs with an owner are `pyflue run`'s own, about to start in that process.
+            if run.run_id in self._tasks or run.owner is not None:
                 continue
             self._tasks[run.run_id] = asyncio.create_task(
                 self._execute(run), name=f"run:{run.run_id}"
@@ -208,4 +222,5 @@ class Scheduler:
             self._tasks.pop(run.run_id, None)
             self._stops.pop(run.run_id, None)
             self._requests.pop(run.run_id, None)
+            self._mark_finished(run.run_id)
             self._wake.set()

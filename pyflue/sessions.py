@@ -211,7 +211,14 @@ class Session:
                                  output=clip(last.content, EVENT_OUTPUT_CAP, "see the run"),
                                  duration_ms=0)
                 continue
-            results.append(await self._call(by_name.get(use.name), use))
+            try:
+                results.append(await self._call(by_name.get(use.name), use))
+            except BaseException:  # cancelled mid-tool: still answer every call, then go
+                answered = {r.tool_use_id for r in results if isinstance(r, ToolResultBlock)}
+                results += [ToolResultBlock(u.id, "The tool call was cancelled.", is_error=True)
+                            for u in uses if u.id not in answered]
+                self._append_user(results)
+                raise
         # Every tool call is answered before anything else happens (even before giving up),
         # so the conversation stays valid for the next prompt.
         self._append_user(results)

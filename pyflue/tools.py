@@ -9,6 +9,7 @@ model how to see more.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import re
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, get_type_hints
 
 from pydantic import BaseModel, ValidationError, create_model
 
+from pyflue._bridge import in_daemon_thread
 from pyflue.errors import ConfigError, PyflueError
 from pyflue.llm.base import ToolSpec
 
@@ -60,9 +62,12 @@ class Tool:
                 raise ToolError(f"invalid arguments for {self.name}: {_errors(exc)}") from None
         if "harness" in _parameters(self.fn):
             arguments = {**arguments, "harness": harness}
-        value = self.fn(**arguments)
-        if inspect.isawaitable(value):
-            value = await value
+        if inspect.iscoroutinefunction(self.fn):
+            value = await self.fn(**arguments)
+        else:  # synchronous tool code never runs on the event loop
+            value = await in_daemon_thread(functools.partial(self.fn, **arguments))
+            if inspect.isawaitable(value):
+                value = await value
         return value if isinstance(value, str) else json.dumps(value, default=str, indent=1)
 
 
@@ -255,9 +260,11 @@ async def _grep(
     folder = await harness.fs.resolve(path)
     flags = "-rnIE" + ("i" if ignore_case else "")
     include = f" --include={shlex.quote(glob)}" if glob else ""
+    # No `| head`: grep's own exit code must survive (1 no match, 2 error); the shell output
+    # cap bounds what is kept, and the match limit is applied here.
     found = await harness.shell(
         f"cd {shlex.quote(folder)} && grep {flags}{include} --exclude-dir=.git -- "
-        f"{shlex.quote(pattern)} . | head -n {GREP_LIMIT + 1}; exit ${{PIPESTATUS[0]}}",
+        f"{shlex.quote(pattern)} .",
         timeout=60,
     )
     if found["exit_code"] not in (0, 1):  # grep: 1 is "no match", 2 is a real error

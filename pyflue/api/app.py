@@ -12,10 +12,12 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from pyflue import __version__
-from pyflue.api import errors, runs, workflows, ws
+from pyflue.api import deps, errors, runs, workflows, ws
 from pyflue.llm import ModelResolver
 from pyflue.local import docker_provider
 from pyflue.runs import Runner
@@ -64,12 +66,25 @@ def create_app(
         version=__version__,
         description="Workflows for agent and CI work; every run gets a fresh Docker container.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     errors.install(app)
     app.include_router(workflows.router)
     app.include_router(runs.router)
     app.include_router(ws.router)
+
+    # The OpenAPI schema and its page fall under the token like every route but /health.
+    @app.get("/openapi.json", include_in_schema=False,
+             dependencies=[Depends(deps.require_token)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(deps.require_token)])
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="pyflue API")
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:

@@ -52,6 +52,7 @@ async def read_payload(request: Request, limit: int) -> dict[str, Any]:
         if len(body) > limit:
             raise HttpProblem(413, "payload_too_large", f"the body is over the limit of {limit} "
                               "bytes (PYFLUE_MAX_BODY_BYTES)")
+    request._body = bytes(body)  # so a workflow can still read ctx.req.body() / .json()
     if not body.strip():
         return {}
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()

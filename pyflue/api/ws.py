@@ -21,7 +21,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from pyflue.errors import PyflueError, RunNotFound, WorkflowNotFound
+from pyflue.errors import ConfigError, InvalidPayload, PyflueError, RunNotFound, WorkflowNotFound
 from pyflue.models import Event, EventType, Run, RunStatus
 from pyflue.runs import check_payload
 from pyflue.scheduler import Scheduler
@@ -97,8 +97,10 @@ async def invoke(ws: WebSocket, name: str) -> None:
         run, _new = await scheduler.submit(name, payload, req=ws)
     except WorkflowNotFound as exc:
         return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", exc.message)
-    except PyflueError as exc:
+    except (InvalidPayload, ConfigError) as exc:
         return await _error_and_close(ws, CLOSE_BAD_MESSAGE, exc.type, exc.message)
+    except PyflueError as exc:  # a broken module, the store: the server's fault, not the client's
+        return await _error_and_close(ws, CLOSE_ERROR, exc.type, exc.message)
     if await _relay(ws, scheduler, run.run_id, 0):
         final = await scheduler.store.get_run(run.run_id)
         with contextlib.suppress(Exception):

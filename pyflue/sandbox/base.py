@@ -86,6 +86,8 @@ class ExecStatus:
     exit_code: int
     timed_out: bool = False
     killed: KillScope = None
+    # Limits the sandbox hit while the command ran: "memory" (an OOM kill), "pids".
+    limits: tuple[str, ...] = ()
 
 
 class Sandbox(Protocol):

@@ -178,6 +178,7 @@ async def test_a_token_guards_every_route_but_health(
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             assert (await c.get("/health")).status_code == 200
+            assert (await c.get("/openapi.json")).status_code == 401
             denied = await c.get("/runs")
             assert denied.status_code == 401 and denied.json()["error"]["type"] == "unauthorized"
             assert (await c.get("/runs", headers={"Authorization": "Bearer wrong"})).status_code == 401
@@ -196,3 +197,26 @@ def test_serving_beyond_loopback_needs_a_token_or_a_flag() -> None:
     assert problem is not None and "PYFLUE_API_TOKEN" in problem and "--insecure-bind" in problem
     assert bind_problem("0.0.0.0", True, False) is None
     assert bind_problem("0.0.0.0", False, True) is None
+
+
+async def test_the_openapi_page_and_schema_are_served(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    assert "/workflows/{name}" in schema["paths"] and "/runs/{run_id}/cancel" in schema["paths"]
+    assert "swagger" in (await client.get("/docs")).text.lower()
+
+
+async def test_a_workflow_can_read_the_request_body_from_ctx_req(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("body", """
+async def run(ctx):
+    return {"raw": (await ctx.req.json()), "agent": ctx.req.headers.get("user-agent")}
+""")
+    settings = Settings(project_dir=project)
+    application = create_app(settings, store=MemoryStore(), provider=FakeSandboxProvider())
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t",
+                                     headers={"User-Agent": "ci/1"}) as c:
+            r = await c.post("/workflows/body?wait=result", json={"payload": {"k": 1}})
+    assert r.json()["result"] == {"raw": {"payload": {"k": 1}}, "agent": "ci/1"}

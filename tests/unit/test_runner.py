@@ -276,3 +276,29 @@ async def run(ctx):
     assert run.status is RunStatus.failed and run.error is not None
     assert run.error.type == "SystemExit"
     assert runner.provider.live == {}  # type: ignore[attr-defined]
+
+
+async def test_a_cancel_during_the_claim_still_ends_the_run_cancelled(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    from pyflue.store import MemoryStore, RunUpdate
+
+    class SlowClaims(MemoryStore):
+        async def update_run(self, run_id: str, update: RunUpdate) -> object:  # type: ignore[override]
+            result = await super().update_run(run_id, update)
+            if update.expect_status is RunStatus.queued:
+                await asyncio.sleep(0.2)  # the window between the claim and its answer
+            return result
+
+    write_workflow("w", "async def run(ctx):\n    return 1\n")
+    runner = fake_runner(project, store=SlowClaims())
+    submitted = await runner.submit("w", {})
+    task = asyncio.create_task(runner.execute(submitted.run_id))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    run = await runner.store.get_run(submitted.run_id)
+    assert run.status is RunStatus.cancelled
+    events = await runner.store.list_events(submitted.run_id)
+    assert events[-1].type is EventType.run_end

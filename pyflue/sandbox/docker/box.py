@@ -92,6 +92,7 @@ class DockerSandbox:
         self._spec = spec
         self._kill_grace = kill_grace
         self._shell: str | None = None
+        self._limit_counts: dict[str, int] = {}
 
     @property
     def id(self) -> str:
@@ -127,13 +128,40 @@ class DockerSandbox:
                 await asyncio.shield(pump)
         except TimeoutError:
             killed = await self._kill(pump, session)
-            return ExecStatus(exit_code=124, timed_out=True, killed=killed)
+            limits = await self._bridge.call(self._new_limit_hits)
+            return ExecStatus(exit_code=124, timed_out=True, killed=killed, limits=limits)
         except BaseException:
             # Cancelled (run cancelled, Ctrl-C): do not leave the command running.
             if not pump.done():
                 await asyncio.shield(self._kill(pump, session))
             raise
-        return ExecStatus(exit_code=-1 if session.exit_code is None else session.exit_code)
+        code = -1 if session.exit_code is None else session.exit_code
+        limits = await self._bridge.call(self._new_limit_hits) if code != 0 else ()
+        return ExecStatus(exit_code=code, limits=limits)
+
+    def _new_limit_hits(self) -> tuple[str, ...]:
+        """Which cgroup limits were hit since the last look (an OOM kill, the pids limit).
+
+        Read from the container's own cgroup files, cgroup v1 or v2; only after a command
+        failed, so successful commands cost nothing. Unknown (e.g. no pid left to read them)
+        counts as no hit.
+        """
+        script = ("cat /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/pids/pids.events"
+                  " 2>/dev/null || cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/pids.events")
+        try:
+            text = self._capture(["/bin/sh", "-c", script]).decode(errors="replace")
+        except SandboxError:
+            return ()
+        counts = {"memory": 0, "pids": 0}
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                counts["memory"] = int(value)
+            elif key == "max" and value.strip().isdigit():
+                counts["pids"] = int(value)
+        hits = tuple(k for k, n in counts.items() if n > self._limit_counts.get(k, 0))
+        self._limit_counts = counts
+        return hits
 
     def _exec_frames(
         self, argv: list[str], cwd: str, env: Mapping[str, str], session: _ExecSession
@@ -376,6 +404,8 @@ def _abort_socket(sock: Any) -> None:
     if sock is None:
         return
     raw = getattr(sock, "_sock", sock)
+    if raw is None:  # docker-py already closed it: the stream is over
+        return
     try:
         raw.shutdown(socketlib.SHUT_RDWR)
     except OSError:
