@@ -265,7 +265,9 @@ class PyFlueClient:
                             yield event
                             if event.type is EventType.run_end:
                                 return
-                problem: Exception | None = None  # ended without run_end: resume
+                problem: Exception | None = None  # ended without run_end: resume...
+                if run_id is not None and await self._nothing_after(run_id, last):
+                    return  # ...unless the run is over and everything was seen
             except httpx.TransportError as exc:
                 if not opened:
                     raise self._unreachable(exc) from exc
@@ -282,6 +284,10 @@ class PyFlueClient:
                     + (f"; resume with runs.stream({run_id!r}, after={last})" if run_id else ""))
             await asyncio.sleep(min(0.25 * 2 ** (failures - 1), 5.0))
             opener = functools.partial(self._resume, run_id, last)
+
+    async def _nothing_after(self, run_id: str, last: int) -> bool:
+        body = await self._request("GET", _run_path(run_id))
+        return bool(RunStatus(body["status"]).finished and body["event_count"] <= last)
 
     def _resume(self, run_id: str, after: int) -> AbstractAsyncContextManager[httpx.Response]:
         return self._stream("GET", _run_path(run_id, "/stream"),
