@@ -31,6 +31,7 @@ from pyflue.errors import ConfigError, InvalidPayload, PyflueError, RunNotFound
 from pyflue.harness import Harness
 from pyflue.llm import ModelRegistry, ModelResolver
 from pyflue.models import ErrorInfo, EventType, Run, RunStatus, new_run_id, utcnow
+from pyflue.policy import spec_for
 from pyflue.recorder import RunRecorder
 from pyflue.sandbox.base import Sandbox, SandboxProvider, SandboxSpec
 from pyflue.settings import Settings
@@ -366,21 +367,8 @@ class _SandboxScope:
         return harness
 
     def _spec_for(self, config: AgentConfig) -> SandboxSpec:
-        d = self._runner.settings.sandbox
-        return SandboxSpec(
-            run_id=self._run.run_id,
-            workflow=self._run.workflow,
-            image=self._run.image or config.image or d.image,
-            user=d.user,
-            network=config.network or d.network,
-            memory=config.memory or d.memory,
-            cpus=config.cpus or d.cpus,
-            pids=config.pids or d.pids,
-            workspace_size=d.workspace_size,
-            tmp_size=d.tmp_size,
-            runtime=config.runtime or d.runtime,
-            read_only_root=d.read_only_root,
-        )
+        return spec_for(config, self._runner.settings.sandbox, run_id=self._run.run_id,
+                        workflow=self._run.workflow, image_override=self._run.image)
 
     @property
     def image(self) -> str | None:

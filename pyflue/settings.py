@@ -33,6 +33,16 @@ class SandboxDefaults(BaseSettings):
     shell_timeout: float = Field(600.0, gt=0, description="default harness.shell timeout, s")
     output_cap: int = Field(1 << 20, ge=1024, description="bytes kept per stream per shell call")
     kill_grace: float = Field(2.0, gt=0, description="seconds to wait after a kill")
+    # The most an agent may ask for (see docs/security.md).
+    max_memory: str = Field("4g", description="largest memory an agent may ask for")
+    max_cpus: float = Field(2.0, gt=0, description="most CPUs an agent may ask for")
+    max_pids: int = Field(4096, ge=16, description="most processes an agent may ask for")
+    allowed_networks: list[str] = Field(
+        default_factory=lambda: ["none", "bridge"], description="networks agents may ask for"
+    )
+    allowed_runtimes: list[str] = Field(
+        default_factory=lambda: ["runc", "runsc"], description="runtimes agents may ask for"
+    )
 
 
 class ModelSettings(BaseSettings):

@@ -1,0 +1,74 @@
+"""The sandbox policy: what a run's container gets by default, and the most it may ask for.
+
+Defaults and maxima live in :class:`pyflue.settings.SandboxDefaults` (``PYFLUE_SANDBOX_*``).
+An agent may ask for more memory, CPUs or processes, the bridge network or another runtime, but
+only up to the maxima the settings allow; asking beyond them is a ConfigError that names the
+limit and the setting that raises it. See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pyflue.agents import AgentConfig
+from pyflue.errors import ConfigError
+from pyflue.sandbox.base import SandboxSpec
+from pyflue.settings import SandboxDefaults
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
+
+
+def parse_size(text: str, *, what: str) -> int:
+    """Bytes in a Docker-style size such as ``512m``, ``1g`` or ``1.5GiB``."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ConfigError(f"{what} {text!r} is not a size; write it like 512m or 2g")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def spec_for(config: AgentConfig, defaults: SandboxDefaults, *, run_id: str, workflow: str,
+             image_override: str | None) -> SandboxSpec:
+    """The container a run gets for this agent: its asks within the policy's maxima."""
+    memory = config.memory or defaults.memory
+    if parse_size(memory, what="memory") > parse_size(defaults.max_memory, what="max_memory"):
+        _beyond("memory", memory, defaults.max_memory, "PYFLUE_SANDBOX_MAX_MEMORY")
+    cpus = config.cpus or defaults.cpus
+    if cpus > defaults.max_cpus:
+        _beyond("cpus", cpus, defaults.max_cpus, "PYFLUE_SANDBOX_MAX_CPUS")
+    pids = config.pids or defaults.pids
+    if pids > defaults.max_pids:
+        _beyond("pids", pids, defaults.max_pids, "PYFLUE_SANDBOX_MAX_PIDS")
+    network = config.network or defaults.network
+    if network not in defaults.allowed_networks:
+        raise ConfigError(
+            f"the agent asks for network {network!r}, which this server does not allow "
+            f"(allowed: {', '.join(defaults.allowed_networks)}; PYFLUE_SANDBOX_ALLOWED_NETWORKS)"
+        )
+    runtime = config.runtime or defaults.runtime
+    if runtime is not None and runtime not in defaults.allowed_runtimes:
+        raise ConfigError(
+            f"the agent asks for runtime {runtime!r}, which this server does not allow "
+            f"(allowed: {', '.join(defaults.allowed_runtimes)}; PYFLUE_SANDBOX_ALLOWED_RUNTIMES)"
+        )
+    return SandboxSpec(
+        run_id=run_id,
+        workflow=workflow,
+        image=image_override or config.image or defaults.image,
+        user=defaults.user,
+        network=network,
+        memory=memory,
+        cpus=cpus,
+        pids=pids,
+        workspace_size=defaults.workspace_size,
+        tmp_size=defaults.tmp_size,
+        runtime=runtime,
+        read_only_root=defaults.read_only_root,
+    )
+
+
+def _beyond(what: str, asked: object, maximum: object, setting: str) -> None:
+    raise ConfigError(
+        f"the agent asks for {what} {asked}, above the maximum of {maximum} ({setting}); "
+        "ask for less, or raise the maximum in the server's settings"
+    )
