@@ -51,6 +51,11 @@ def spec_for(config: AgentConfig, defaults: SandboxDefaults, *, run_id: str, wor
             f"the agent asks for runtime {runtime!r}, which this server does not allow "
             f"(allowed: {', '.join(defaults.allowed_runtimes)}; PYFLUE_SANDBOX_ALLOWED_RUNTIMES)"
         )
+    # /workspace and /tmp are tmpfs: what is written there is memory of the container. Capping
+    # them below the memory limit makes filling them ENOSPC, not an OOM kill of everything.
+    limit = parse_size(memory, what="memory")
+    workspace = _capped(defaults.workspace_size, limit // 2, "workspace_size")
+    tmp = _capped(defaults.tmp_size, limit // 4, "tmp_size")
     return SandboxSpec(
         run_id=run_id,
         workflow=workflow,
@@ -60,11 +65,16 @@ def spec_for(config: AgentConfig, defaults: SandboxDefaults, *, run_id: str, wor
         memory=memory,
         cpus=cpus,
         pids=pids,
-        workspace_size=defaults.workspace_size,
-        tmp_size=defaults.tmp_size,
+        workspace_size=workspace,
+        tmp_size=tmp,
         runtime=runtime,
         read_only_root=defaults.read_only_root,
     )
+
+
+def _capped(size: str, cap: int, what: str) -> str:
+    wanted = parse_size(size, what=what)
+    return size if wanted <= cap else f"{max(cap // (1 << 20), 16)}m"
 
 
 def _beyond(what: str, asked: object, maximum: object, setting: str) -> None:

@@ -22,7 +22,7 @@ class SandboxDefaults(BaseSettings):
 
     image: str = DEFAULT_IMAGE
     user: str = Field("1000:1000", description="uid:gid the container's processes run as")
-    memory: str = Field("1g", description="memory limit; swap is capped at the same value")
+    memory: str = Field("2g", description="memory limit; swap is capped at the same value")
     cpus: float = Field(1.0, gt=0, description="CPU limit in cores")
     pids: int = Field(512, ge=16, description="maximum number of processes")
     workspace_size: str = Field("1g", description="size cap of the tmpfs-backed /workspace")

@@ -134,7 +134,7 @@ async def run(ctx):
     assert status["Seccomp"].strip() == "2"
     assert r["uid"] != "0" and r["uid"] == "1000"
     assert r["pids"] == "512"
-    assert r["mem"] == str(1 << 30)
+    assert r["mem"] == str(2 << 30)
     assert r["root_write"] != 0
     assert r["ws_write"] == "yes" and r["tmp_write"] == "yes"
     assert r["ifaces"] == ["lo"]

@@ -24,7 +24,13 @@ def test_sizes_parse_like_docker(text: str, size: int) -> None:
 def test_the_defaults_are_the_hardened_ones() -> None:
     spec = _spec()
     assert (spec.user, spec.network, spec.memory, spec.pids, spec.read_only_root) == (
-        "1000:1000", "none", "1g", 512, True)
+        "1000:1000", "none", "2g", 512, True)
+    assert (spec.workspace_size, spec.tmp_size) == ("1g", "256m")
+
+
+def test_tmpfs_sizes_stay_below_the_memory_limit() -> None:
+    spec = _spec(memory="512m")
+    assert (spec.workspace_size, spec.tmp_size) == ("256m", "128m")
 
 
 def test_asks_within_the_maxima_are_granted() -> None:
