@@ -183,8 +183,10 @@ async def _relay(ws: WebSocket, scheduler: Scheduler, run_id: str, after: int) -
                 async with asyncio.timeout(server.ws_send_timeout):
                     await ws.send_text(item.model_dump_json())
             except TimeoutError:
+                # The close frame queues behind what the reader has not read yet: give it a
+                # while to get through (memory stays bounded meanwhile), then drop the socket.
                 with contextlib.suppress(Exception):
-                    async with asyncio.timeout(server.ws_send_timeout):
+                    async with asyncio.timeout(max(30.0, 3 * server.ws_send_timeout)):
                         await ws.close(CLOSE_TOO_SLOW,
                                        f"too slow: reconnect with ?after={last_sent}")
                 return False
