@@ -160,6 +160,8 @@ async def test_a_slow_reader_is_closed_and_the_others_are_not(server: Server) ->
     try:
         fast = await asyncio.wait_for(_collect(ws_url(server, f"/runs/{run_id}/stream")), 120)
         assert fast[-1] == "run_end" and len(fast) > 3000
+        # Stay stalled well past the server's send timeout (2 s here) before reading at all.
+        await asyncio.sleep(6)
         code, reason = await asyncio.to_thread(slow.read_close)
     finally:
         slow.sock.close()
