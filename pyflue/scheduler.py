@@ -44,6 +44,10 @@ class Scheduler:
         self._requests: dict[str, Any] = {}
         # Set when a run this scheduler knows of has finished (its record is final).
         self._finished: dict[str, asyncio.Event] = {}
+        self._final: dict[str, Run] = {}
+        # True while the store holds no queued run this scheduler has not started: a new run
+        # may then start at once, without waiting for the admission loop (order is kept).
+        self._backlog_empty = False
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -103,7 +107,11 @@ class Scheduler:
         if req is not None:
             self._requests[run.run_id] = req
         self._finished[run.run_id] = asyncio.Event()
-        self._wake.set()
+        if self._backlog_empty and len(self._tasks) < self.max_concurrency:
+            self._start(run)
+        else:
+            self._backlog_empty = False
+            self._wake.set()
         return run, True
 
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> Run:
@@ -147,6 +155,8 @@ class Scheduler:
         finished = self._finished.get(run_id)
         if finished is not None:  # one of ours: no polling of the store
             await finished.wait()
+            if (final := self._final.pop(run_id, None)) is not None:
+                return final
         else:
             async for event in self.store.subscribe(run_id):
                 if event.type is EventType.run_end:
@@ -177,16 +187,15 @@ class Scheduler:
         queued = await self.store.list_runs(
             status=RunStatus.queued, limit=free + len(self._tasks) + 100, oldest_first=True
         )
-        for run in queued:
-            if free <= 0:
-                break
-            # Runs with an owner are `pyflue run`'s own, about to start in that process.
-            if run.run_id in self._tasks or run.owner is not None:
-                continue
-            self._tasks[run.run_id] = asyncio.create_task(
-                self._execute(run), name=f"run:{run.run_id}"
-            )
-            free -= 1
+        waiting = [r for r in queued if r.run_id not in self._tasks and r.owner is None]
+        # (Runs with an owner are `pyflue run`'s own, about to start in that process.)
+        free = self.max_concurrency - len(self._tasks)  # submits may have started runs meanwhile
+        for run in waiting[:free]:
+            self._start(run)
+        self._backlog_empty = len(waiting) <= free
+
+    def _start(self, run: Run) -> None:
+        self._tasks[run.run_id] = asyncio.create_task(self._execute(run), name=f"run:{run.run_id}")
 
     def deadline_for(self, run: Run) -> float:
         try:
@@ -210,7 +219,11 @@ class Scheduler:
 
         timer = asyncio.get_running_loop().call_later(deadline, expire)
         try:
-            await self.runner.execute(run.run_id, req=self._requests.get(run.run_id), stop=stop)
+            final = await self.runner.execute(
+                run.run_id, req=self._requests.get(run.run_id), stop=stop
+            )
+            if run.run_id in self._finished:
+                self._final[run.run_id] = final
         except asyncio.CancelledError:
             pass  # the run is recorded with the status in `stop`
         except RunStateConflict:
