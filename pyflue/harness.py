@@ -273,7 +273,11 @@ class Harness:
             {"shell_id": shell_id, "command": command, "cwd": workdir, "timeout": limit},
         )
 
+        done = False  # output that arrives after the call has ended belongs to no event
+
         def on_output(stream: str, chunk: bytes) -> None:
+            if done:
+                return
             text = redactors[stream].feed(captures[stream].feed(chunk))
             if text:
                 self._recorder.emit(
@@ -286,12 +290,14 @@ class Harness:
                 command, cwd=workdir, env=merged, timeout=limit, on_output=on_output
             )
         except BaseException as exc:  # every shell_start gets its shell_end
+            done = True
             self._recorder.emit(EventType.shell_end, {
                 "shell_id": shell_id, "exit_code": None, "timed_out": False,
                 "duration_ms": int((time.monotonic() - started) * 1000),
                 "error": "cancelled" if isinstance(exc, asyncio.CancelledError) else str(exc),
             })
             raise
+        done = True
         duration_ms = int((time.monotonic() - started) * 1000)
         for stream, redactor in redactors.items():
             if rest := redactor.flush():
