@@ -84,11 +84,11 @@ async def test_a_command_that_never_ends_is_killed_with_its_background_children(
     write_workflow("sh", SHELL)
     run = await runner.run("sh", {"steps": [
         {"cmd": "sleep 1000 & sleep 1000 & echo waiting; wait", "kw": {"timeout": 1}},
-        {"cmd": "pgrep -c sleep || true"},
+        {"cmd": "pgrep -c -x sleep || true"},
     ]})
     hung, left = run.result
     assert hung["exit_code"] == 124 and hung["stdout"] == "waiting\n"
-    assert left["stdout"].strip() == "1"  # only the sandbox init's own sleep remains
+    assert left["stdout"].strip() == "0"  # none of its background children survived
 
 
 async def test_output_past_the_cap_is_truncated_with_a_marker(

@@ -57,17 +57,17 @@ async def test_privileged_operations_fail(runner: Runner, write_workflow: WriteW
         assert r[name]["exit_code"] != 0, (name, r[name])
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 6): Docker's default seccomp profile "
-                   "allows ptrace, and the sandbox init runs as the sandbox user; needs a "
-                   "custom seccomp profile")
 async def test_ptrace_of_the_sandbox_init_fails(
     runner: Runner, write_workflow: WriteWorkflow
 ) -> None:
     r = await _probe(runner, write_workflow, {
         "ptrace": "python3 -c \"import ctypes,sys; l=ctypes.CDLL(None, use_errno=True); "
                   "r=l.ptrace(16, 1, 0, 0); sys.exit(0 if r == 0 else ctypes.get_errno())\"",
+        "memory": "head -c 16 /proc/1/mem",
+        "environ": "cat /proc/1/environ",
     })
-    assert r["ptrace"]["exit_code"] != 0
+    assert r["ptrace"]["exit_code"] == 1  # EPERM
+    assert r["memory"]["exit_code"] != 0 and r["environ"]["exit_code"] != 0
 
 
 async def test_a_setuid_root_binary_in_the_workspace_grants_nothing(

@@ -32,9 +32,25 @@ LABEL_CREATED = "dev.pyflue.created-at"
 # projects (and stores) sharing one engine never reap each other's live runs.
 LABEL_SCOPE = "dev.pyflue.scope"
 
-# PID 1 of every sandbox: reaps orphans (``wait``) and, on SIGUSR1, kills every process it may
-# signal. It needs no fork to do that, so it still works when a fork bomb has used every pid.
+# PID 1 of every sandbox: reaps orphans and, on SIGUSR1, kills every process it may signal. It
+# needs no fork to do that, so it still works when a fork bomb has used every pid. Where the
+# image has python3, the init also makes itself non-dumpable, so the sandbox's own commands
+# (same uid) cannot ptrace it or read its memory; otherwise a POSIX sh loop does the same job.
+PY_INIT = """
+import ctypes, os, signal
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
+signal.signal(signal.SIGUSR1, lambda *_: os.kill(-1, signal.SIGKILL))
+signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+signal.signal(signal.SIGINT, lambda *_: os._exit(0))
+signal.signal(signal.SIGCHLD, lambda *_: None)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        signal.pause()
+"""
 INIT = (
+    'if command -v python3 >/dev/null 2>&1; then exec python3 -c "$1"; fi; '
     "trap 'kill -KILL -1 2>/dev/null' USR1; trap 'exit 0' TERM INT; "
     "while :; do sleep 2147483647 & wait $!; done"
 )
@@ -49,7 +65,7 @@ def container_config(spec: SandboxSpec, volume: str, scope: str = "default") -> 
     """The hardened ``containers.create`` arguments for a run (see docs/sandbox.md)."""
     config: dict[str, Any] = {
         "image": spec.image,
-        "command": ["/bin/sh", "-c", INIT],
+        "command": ["/bin/sh", "-c", INIT, "pyflue-init", PY_INIT],
         "entrypoint": [],
         "name": resource_name(spec.run_id),
         "user": spec.user,
