@@ -36,7 +36,6 @@ async def run(ctx):
             seen.append(len(containers_of(submitted.run_id)))
             await asyncio.sleep(0.05)
 
-    watcher = asyncio.create_task(asyncio.to_thread(lambda: None))
     watcher = asyncio.create_task(watch())
     run = await runner.execute(submitted.run_id)
     watcher.cancel()
