@@ -122,7 +122,16 @@ class SandboxStartError(SandboxError):
 
 
 class SandboxGone(SandboxError):
+    """The run's container stopped or was removed. ``limits`` names the limit that stopped it
+    ("memory") when that is known and not yet reported; ``reason`` says why, in words."""
+
     type = "sandbox_gone"
+
+    def __init__(self, message: str, *, details: str | None = None,
+                 limits: tuple[str, ...] = (), reason: str | None = None) -> None:
+        super().__init__(message, details=details)
+        self.limits = limits
+        self.reason = reason or message
 
 
 class WorkspacePathError(SandboxError):

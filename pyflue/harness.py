@@ -6,16 +6,21 @@ Both act on the run's sandbox only and record events; neither adds messages to a
 from __future__ import annotations
 
 import asyncio
+import os
 import posixpath
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from pyflue.errors import ConfigError, FileNotFoundInSandbox, WorkspacePathError
+from pyflue.errors import ConfigError, FileNotFoundInSandbox, SandboxGone, WorkspacePathError
 from pyflue.models import EventType
 from pyflue.output import StreamCapture
 from pyflue.paths import confine, is_inside, relative_parts
-from pyflue.sandbox.base import FileStat, PutEntry, Sandbox
+from pyflue.sandbox.base import CopyReport, FileStat, PutEntry, Sandbox
+from pyflue.sandbox.tario import CopyTooLarge, local_entries
 from pyflue.secrets import StreamRedactor, grant
 
 if TYPE_CHECKING:
@@ -41,9 +46,11 @@ class WorkspaceFS:
     the workspace; anything resolving outside it (``..``, absolute paths, symlinks) raises
     :class:`pyflue.errors.WorkspacePathError`."""
 
-    def __init__(self, box: Sandbox, recorder: RunRecorder, cwd: str) -> None:
+    def __init__(self, box: Sandbox, recorder: RunRecorder, cwd: str, *,
+                 copy_max_bytes: int = MAX_READ_BYTES) -> None:
         self._box = box
         self._recorder = recorder
+        self._copy_max = copy_max_bytes
         self.root = box.workdir
         self.cwd = confine(cwd, root=self.root)
 
@@ -165,6 +172,83 @@ class WorkspaceFS:
         self._recorder.emit(EventType.file_op, {"op": "rm", "path": real})
 
 
+    async def upload(self, src: str | os.PathLike[str], dest: str) -> CopyReport:
+        """Copies a local file or folder (on the host running the workflow) to ``dest`` in the
+        workspace; a folder is merged into an existing one. Regular files and folders only:
+        symlinks are not followed and, like special files, are skipped (listed in the
+        report). At most ``PYFLUE_SANDBOX_COPY_MAX_BYTES`` per copy; files are owned by the
+        sandbox user."""
+        local = Path(src)
+        real = await self.resolve(dest, follow_final=False)
+        if real == self.root:
+            raise WorkspacePathError("give a path inside the workspace to copy to, not its root")
+        try:
+            entries, report = await asyncio.to_thread(
+                local_entries, local, max_total_bytes=self._copy_max)
+        except FileNotFoundError:
+            raise ConfigError(f"upload source {local} is not a file or folder on this host: "
+                              "give an existing local path") from None
+        except CopyTooLarge as exc:
+            raise _too_large(str(local), exc) from None
+        # Renamed from the source's own name to the destination, missing parents made.
+        parts = relative_parts(real, self.root)
+        target, top = "/".join(parts), local.name
+        parents = [PutEntry("/".join(parts[: i + 1]), None) for i in range(len(parts) - 1)]
+        await self._box.put(self.root, [
+            *parents, *[PutEntry(target + e.path[len(top):], e.data, e.mode) for e in entries]
+        ])
+        self._recorder.emit(EventType.file_op, {"op": "upload", "path": real, **report.to_dict()})
+        return report
+
+    async def download(self, path: str, dest: str | os.PathLike[str], *,
+                       overwrite: bool = False) -> CopyReport:
+        """Copies a file or folder of the workspace to the local path ``dest``.
+
+        What comes out is filtered: only regular files and folders are written, and only under
+        ``dest`` (links, devices and names with ``..`` or a leading ``/`` are skipped and listed
+        in the report); setuid bits are dropped. At most ``PYFLUE_SANDBOX_COPY_MAX_BYTES`` per
+        copy. ``dest`` must not exist unless ``overwrite=True``; a copy cut short leaves
+        nothing behind.
+        """
+        real, st = await self.locate(path)
+        if st is None:
+            raise FileNotFoundInSandbox(f"no such file or folder in the workspace: {path}")
+        if st.kind not in ("file", "dir"):
+            raise WorkspacePathError(f"{path} is a {st.kind}, not a file or folder")
+        local = Path(dest)
+        if (local.exists() or local.is_symlink()) and not overwrite:
+            raise ConfigError(f"download destination {local} already exists: remove it, "
+                              "pick a new path, or pass overwrite=True")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".pyflue-download-", dir=local.parent) as tmp:
+            staged = Path(tmp) / "copy"
+            try:
+                report = await self._box.copy_out(real, staged, max_file_bytes=self._copy_max,
+                                                  max_total_bytes=self._copy_max)
+            except CopyTooLarge as exc:
+                raise _too_large(path, exc) from None
+            await asyncio.to_thread(_put_in_place, staged, local)
+        self._recorder.emit(EventType.file_op, {"op": "download", "path": real,
+                                                "dest": str(local), **report.to_dict()})
+        return report
+
+
+def _put_in_place(staged: Path, local: Path) -> None:
+    if local.is_dir() and not local.is_symlink():
+        shutil.rmtree(local)
+    elif local.exists() or local.is_symlink():
+        local.unlink()
+    os.replace(staged, local)
+
+
+def _too_large(what: str, exc: CopyTooLarge) -> WorkspacePathError:
+    name, size, cap = exc.args
+    return WorkspacePathError(
+        f"copying {what}: {name} comes to {size} bytes, over the cap of {cap} bytes; copy "
+        "less, or raise PYFLUE_SANDBOX_COPY_MAX_BYTES"
+    )
+
+
 def _with_parents(real: str, root: str, data: bytes | None, mode: int) -> list[PutEntry]:
     parts = relative_parts(real, root)
     entries = [PutEntry("/".join(parts[: i + 1]), None) for i in range(len(parts) - 1)]
@@ -196,7 +280,8 @@ class Harness:
         self._env = env
         self._secret_env = grant(config.secrets, env, recorder.redactor,
                                  "agent config \"secrets\"")
-        self.fs = WorkspaceFS(box, recorder, config.cwd or box.workdir)
+        self.fs = WorkspaceFS(box, recorder, config.cwd or box.workdir,
+                              copy_max_bytes=settings.sandbox.copy_max_bytes)
 
     async def session(self, name: str = "default", *, tools: Sequence[Any] = ()) -> Session:
         """The session called ``name`` (created on first use): a conversation with the agent's
@@ -291,6 +376,9 @@ class Harness:
             )
         except BaseException as exc:  # every shell_start gets its shell_end
             done = True
+            if isinstance(exc, SandboxGone):
+                for hit in exc.limits:
+                    self._recorder.note_limit(hit, shell_id, exc.reason)
             self._recorder.emit(EventType.shell_end, {
                 "shell_id": shell_id, "exit_code": None, "timed_out": False,
                 "duration_ms": int((time.monotonic() - started) * 1000),
@@ -317,8 +405,10 @@ class Harness:
             end["killed"] = status.killed
         if status.limits:
             end["limits"] = list(status.limits)
+        if status.stopped:
+            end["sandbox_stopped"] = status.stopped
         for hit in status.limits:
-            self._recorder.note_limit(hit, shell_id, self._limit_text(hit))
+            self._recorder.note_limit(hit, shell_id, status.stopped or self._limit_text(hit))
         self._recorder.emit(EventType.shell_end, end)
         redact = self._recorder.redactor.text
         return ShellResult(

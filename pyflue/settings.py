@@ -33,6 +33,9 @@ class SandboxDefaults(BaseSettings):
     shell_timeout: float = Field(600.0, gt=0, description="default harness.shell timeout, s")
     output_cap: int = Field(1 << 20, ge=1024, description="bytes kept per stream per shell call")
     kill_grace: float = Field(2.0, gt=0, description="seconds to wait after a kill")
+    copy_max_bytes: int = Field(
+        1 << 30, ge=1, description="most bytes one fs.upload or fs.download may move"
+    )
     # The most an agent may ask for (see docs/security.md).
     max_memory: str = Field("4g", description="largest memory an agent may ask for")
     max_cpus: float = Field(2.0, gt=0, description="most CPUs an agent may ask for")

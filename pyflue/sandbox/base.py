@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pyflue.models import EventType
@@ -78,6 +79,21 @@ class PutEntry:
     mode: int = 0o644
 
 
+@dataclass
+class CopyReport:
+    """What a folder copy moved: files, folders, bytes, and the names it skipped (links,
+    devices, unsafe names), which are never written."""
+
+    files: int = 0
+    folders: int = 0
+    bytes: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"files": self.files, "folders": self.folders, "bytes": self.bytes,
+                "skipped": list(self.skipped)}
+
+
 KillScope = Literal["group", "all"] | None
 
 
@@ -88,6 +104,9 @@ class ExecStatus:
     killed: KillScope = None
     # Limits the sandbox hit while the command ran: "memory" (an OOM kill), "pids".
     limits: tuple[str, ...] = ()
+    # Set when the whole sandbox stopped while the command ran (under gVisor an OOM kill takes
+    # the sandbox with it): why, in words. Every later exec raises SandboxGone.
+    stopped: str | None = None
 
 
 class Sandbox(Protocol):
@@ -121,6 +140,12 @@ class Sandbox(Protocol):
 
     async def put(self, dest_dir: str, entries: Sequence[PutEntry]) -> None:
         """Copies files and directories into ``dest_dir`` (one transfer)."""
+        ...
+
+    async def copy_out(self, path: str, dest: Path, *, max_file_bytes: int,
+                       max_total_bytes: int) -> CopyReport:
+        """Copies a file or folder out to the new local path ``dest``, streamed and filtered
+        (see :func:`pyflue.sandbox.tario.extract_tree`)."""
         ...
 
     async def listdir(self, path: str) -> list[FileStat]: ...

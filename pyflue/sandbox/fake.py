@@ -10,13 +10,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import io
 import posixpath
+import tarfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyflue.errors import FileNotFoundInSandbox, SandboxError, WorkspacePathError
 from pyflue.models import EventType
-from pyflue.sandbox.base import Emit, ExecStatus, FileStat, OutputHandler, PutEntry, SandboxSpec
+from pyflue.sandbox.base import (
+    CopyReport,
+    Emit,
+    ExecStatus,
+    FileStat,
+    OutputHandler,
+    PutEntry,
+    SandboxSpec,
+)
+from pyflue.sandbox.tario import extract_tree
 
 
 @dataclass
@@ -143,6 +155,30 @@ class FakeSandbox:
                 self.nodes[path] = _Node("dir", mode=0o755)
             else:
                 self.nodes[path] = _Node("file", data=entry.data, mode=entry.mode)
+
+    async def copy_out(self, path: str, dest: Path, *, max_file_bytes: int,
+                       max_total_bytes: int) -> CopyReport:
+        """As the engine does: a tar named after ``path``'s base name, links included."""
+        if path not in self.nodes:
+            raise FileNotFoundInSandbox(f"{path} does not exist")
+        buf = io.BytesIO()
+        top = posixpath.basename(path)
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name in sorted(p for p in self.nodes if p == path or p.startswith(path + "/")):
+                node = self.nodes[name]
+                info = tarfile.TarInfo(top + name[len(path):])
+                info.mode = node.mode
+                if node.kind == "dir":
+                    info.type = tarfile.DIRTYPE
+                elif node.kind == "symlink":
+                    info.type, info.linkname = tarfile.SYMTYPE, node.target
+                elif node.kind == "file":
+                    info.size = len(node.data)
+                else:
+                    info.type = tarfile.CHRTYPE
+                tar.addfile(info, io.BytesIO(node.data) if node.kind == "file" else None)
+        return extract_tree([buf.getvalue()], dest, max_file_bytes=max_file_bytes,
+                            max_total_bytes=max_total_bytes)
 
     async def listdir(self, path: str) -> list[FileStat]:
         out = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pyflue.models import EventType, RunStatus
@@ -117,3 +119,37 @@ async def test_a_bad_command_argument_is_a_clear_error(
     run = await runner.run("sh", {"steps": [{"cmd": "  "}]})
     assert run.status is RunStatus.failed and run.error is not None
     assert "non-empty command" in run.error.message
+
+
+async def test_a_container_that_dies_under_a_command_ends_the_call_and_says_why(
+    runner: Runner, write_workflow: WriteWorkflow, docker_client: Any
+) -> None:
+    write_workflow("dies", AGENT + """
+import asyncio
+from pyflue.errors import SandboxGone
+async def run(ctx):
+    h = await ctx.init(agent)
+    killer = asyncio.get_running_loop().run_in_executor(None, ctx.payload and KILL, h.sandbox_id)
+    first = await h.shell("echo started; sleep 120", timeout=300)
+    await killer
+    try:
+        await h.shell("echo never")
+    except SandboxGone as exc:
+        return first, exc.message
+""")
+
+    def kill(container_id: str) -> None:
+        import time
+        time.sleep(1.5)  # the command is running by then
+        docker_client.api.kill(container_id, signal="SIGKILL")
+
+    runner.registry.get("dies").module.KILL = kill  # type: ignore[attr-defined]
+    run = await runner.run("dies", {"go": True})
+    assert run.status is RunStatus.completed, run.error
+    first, message = run.result
+    # Not left hanging until its 300 s timeout: the call ends when the container does.
+    assert first["exit_code"] == 137 and not first["timed_out"]
+    assert first["stdout"] == "started\n"
+    assert message == "cannot run a command: the sandbox stopped while a command ran (exit code 137)"
+    end = (await runner.store.list_events(run.run_id, types=[EventType.shell_end]))[0]
+    assert end.data["sandbox_stopped"].startswith("the sandbox stopped while a command ran")

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
 
 import pytest
 
 from pyflue.sandbox.base import PutEntry
-from pyflue.sandbox.tario import build_tar, read_single_file
+from pyflue.sandbox.tario import (
+    CopyTooLarge,
+    build_tar,
+    extract_tree,
+    local_entries,
+    read_single_file,
+)
 
 
 def _tar(*members: tarfile.TarInfo, data: bytes = b"") -> list[bytes]:
@@ -57,3 +64,68 @@ def test_archives_written_in_carry_the_sandbox_user_and_relative_names() -> None
     assert [(m.name, m.uid, m.gid, m.isdir()) for m in members] == [
         ("a", 1000, 1000, True), ("a/b.txt", 1000, 1000, False)]
     assert members[1].mode == 0o600
+
+
+def _hostile_tar() -> list[bytes]:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        def add(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = "",
+                mode: int = 0o644) -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.size, info.mode = kind, link, len(data), mode
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+        add("out", tarfile.DIRTYPE, mode=0o755)
+        add("out/ok.txt", data=b"fine")
+        add("out/sub", tarfile.DIRTYPE, mode=0o755)
+        add("out/sub/tool", data=b"#!/bin/sh\n", mode=0o4755)  # setuid: the bit is dropped
+        add("out/../../escaped.txt", data=b"no")
+        add("/etc/pyflue-absolute", data=b"no")
+        add("out/passwd", tarfile.SYMTYPE, link="/etc/passwd")
+        add("out/hard", tarfile.LNKTYPE, link="out/ok.txt")
+        add("out/tty", tarfile.CHRTYPE)
+        add("out/pipe", tarfile.FIFOTYPE)
+        add("elsewhere/x.txt", data=b"another top folder")
+    raw = buf.getvalue()
+    return [raw[i:i + 700] for i in range(0, len(raw), 700)]
+
+
+def test_a_hostile_folder_archive_is_neutralised(tmp_path: Path) -> None:
+    dest = tmp_path / "into" / "artifacts"
+    dest.parent.mkdir()
+    report = extract_tree(_hostile_tar(), dest, max_file_bytes=1 << 20, max_total_bytes=1 << 20)
+    written = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+    assert written == ["ok.txt", "sub", "sub/tool"]
+    assert (dest / "ok.txt").read_bytes() == b"fine"
+    assert (dest / "sub" / "tool").stat().st_mode & 0o7777 == 0o755
+    assert sorted(report.skipped) == sorted([
+        "out/../../escaped.txt", "/etc/pyflue-absolute", "out/passwd", "out/hard", "out/tty",
+        "out/pipe", "elsewhere/x.txt"])
+    assert (report.files, report.bytes) == (2, 4 + 10)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["artifacts", "into", "ok.txt", "sub",
+                                                           "tool"]
+
+
+@pytest.mark.parametrize("caps", [(5, 1 << 20), (1 << 20, 8)])
+def test_a_copy_past_a_cap_stops_and_leaves_nothing(tmp_path: Path, caps: tuple[int, int]) -> None:
+    with pytest.raises(CopyTooLarge):
+        extract_tree(_hostile_tar(), tmp_path / "artifacts", max_file_bytes=caps[0],
+                     max_total_bytes=caps[1])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_local_folder_goes_in_without_its_links(tmp_path: Path) -> None:
+    src = tmp_path / "repo"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "mod.py").write_text("x = 1\n")
+    (src / "run.sh").write_text("echo hi\n")
+    (src / "run.sh").chmod(0o755)
+    (src / "secrets").symlink_to("/etc/passwd")
+    (src / "linked").symlink_to(src / "pkg")
+    entries, report = local_entries(src, max_total_bytes=1 << 20)
+    assert [(e.path, e.data, e.mode) for e in entries] == [
+        ("repo", None, 0o644), ("repo/run.sh", b"echo hi\n", 0o755),
+        ("repo/pkg", None, 0o644), ("repo/pkg/mod.py", b"x = 1\n", 0o644)]
+    assert sorted(report.skipped) == ["repo/linked", "repo/secrets"]
+    with pytest.raises(CopyTooLarge):
+        local_entries(src, max_total_bytes=10)

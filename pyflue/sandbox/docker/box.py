@@ -16,13 +16,15 @@ import socket as socketlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from docker.utils.socket import frames_iter
 
 from pyflue._bridge import ThreadBridge
-from pyflue.errors import FileNotFoundInSandbox, SandboxError, WorkspacePathError
+from pyflue.errors import FileNotFoundInSandbox, SandboxError, SandboxGone, WorkspacePathError
 from pyflue.sandbox.base import (
+    CopyReport,
     ExecStatus,
     FileKind,
     FileStat,
@@ -32,7 +34,7 @@ from pyflue.sandbox.base import (
     SandboxSpec,
 )
 from pyflue.sandbox.docker.engine import translated
-from pyflue.sandbox.tario import build_tar, read_single_file
+from pyflue.sandbox.tario import build_tar, extract_tree, read_single_file
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class DockerSandbox:
         self._kill_grace = kill_grace
         self._shell: str | None = None
         self._limit_counts: dict[str, int] = {}
+        self._stopped: str | None = None  # why the container stopped under a command, if it did
 
     @property
     def id(self) -> str:
@@ -113,6 +116,29 @@ class DockerSandbox:
         timeout: float,
         on_output: OutputHandler,
     ) -> ExecStatus:
+        if self._stopped is not None:
+            raise SandboxGone(f"cannot run a command: {self._stopped}")
+        try:
+            return await self._exec(command, cwd=cwd, env=env, timeout=timeout,
+                                    on_output=on_output)
+        except SandboxGone:
+            # Found stopped only now (its last command's stream ended before the engine saw
+            # it stop): the limit that stopped it is reported with this error, once.
+            limits: tuple[str, ...] = ()
+            if self._stopped is None:
+                limits = self._stopped_status(await self._bridge.call(self._state)).limits
+            raise SandboxGone(f"cannot run a command: {self._stopped}", limits=limits,
+                              reason=self._stopped) from None
+
+    async def _exec(
+        self,
+        command: str,
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        timeout: float,
+        on_output: OutputHandler,
+    ) -> ExecStatus:
         if self._shell is None:
             bash = await self.lstat("/bin/bash")
             self._shell = "/bin/bash" if bash is not None and bash.kind == "file" else "/bin/sh"
@@ -123,9 +149,11 @@ class DockerSandbox:
         stream = _Demuxer(on_output, session.pid)
         frames = self._exec_frames(argv, cwd, env, session)
         pump = asyncio.ensure_future(self._drain(frames, stream))
+        watch = asyncio.ensure_future(self._watch_container())
         try:
             async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel
-                await asyncio.shield(pump)
+                # asyncio.wait never cancels what it waits for: a timeout leaves pump running.
+                await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             killed = await self._kill(pump, session)
             limits = await self._bridge.call(self._new_limit_hits)
@@ -135,9 +163,65 @@ class DockerSandbox:
             if not pump.done():
                 await asyncio.shield(self._kill(pump, session))
             raise
+        finally:
+            watch.cancel()
+        if not pump.done():  # the container stopped under the command
+            _abort_socket(session.sock)
+            if not await _finishes(pump, self._kill_grace):
+                pump.cancel()
+            return self._stopped_status(watch.result())
+        pump.result()  # a failed stream raises here
         code = -1 if session.exit_code is None else session.exit_code
-        limits = await self._bridge.call(self._new_limit_hits) if code != 0 else ()
-        return ExecStatus(exit_code=code, limits=limits)
+        if code == 0:
+            return ExecStatus(exit_code=0)
+        state = await self._bridge.call(self._state)
+        # A command killed with its container can end before the engine marks the container
+        # stopped: for the exit codes such an end gives, look again shortly.
+        for _ in range(3 if code in (-1, 128, 137) else 0):
+            if not state.get("Running", False):
+                break
+            await asyncio.sleep(0.1)
+            state = await self._bridge.call(self._state)
+        if not state.get("Running", False):
+            return self._stopped_status(state)
+        return ExecStatus(exit_code=code, limits=await self._bridge.call(self._new_limit_hits))
+
+    async def _watch_container(self) -> dict[str, Any]:
+        """Returns the container's state once it is no longer running (polled, from 1 s on).
+
+        A command's stream normally ends when its process does; this catches the sandbox itself
+        dying under it (an OOM kill under gVisor takes the whole sandbox), which would otherwise
+        leave the call hanging until its timeout.
+        """
+        delay = 1.0
+        while True:
+            await asyncio.sleep(delay)
+            state = await self._bridge.call(self._state)
+            if not state.get("Running", False):
+                return state
+            delay = min(delay * 1.5, 5.0)
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            with translated("inspecting the run's container", container=self._cid):
+                return dict(self._api.inspect_container(self._cid).get("State") or {})
+        except SandboxGone:
+            return {"Running": False, "Removed": True}
+        except SandboxError:
+            return {"Running": True}  # cannot tell: keep waiting on the command itself
+
+    def _stopped_status(self, state: dict[str, Any]) -> ExecStatus:
+        """Remembers why the container stopped; the status of the command it stopped under."""
+        if state.get("OOMKilled"):
+            self._stopped = (f"the sandbox was killed for exceeding its memory limit "
+                             f"({self._spec.memory})")
+            return ExecStatus(exit_code=137, limits=("memory",), stopped=self._stopped)
+        if state.get("Removed"):
+            self._stopped = "the run's container was removed while a command ran"
+        else:
+            self._stopped = (f"the sandbox stopped while a command ran "
+                             f"(exit code {state.get('ExitCode')})")
+        return ExecStatus(exit_code=137, stopped=self._stopped)
 
     def _new_limit_hits(self) -> tuple[str, ...]:
         """Which cgroup limits were hit since the last look (an OOM kill, the pids limit).
@@ -238,7 +322,8 @@ class DockerSandbox:
     def _run_quiet(self, argv: list[str]) -> None:
         with translated("stopping a timed-out command", container=self._cid):
             created = self._api.exec_create(self._cid, argv, user=self._spec.user)
-            self._api.exec_start(created["Id"])
+            # Detached: nothing to read, so a sandbox that stalls cannot hold this thread.
+            self._api.exec_start(created["Id"], detach=True)
 
     def _signal_init(self) -> None:
         try:
@@ -287,6 +372,23 @@ class DockerSandbox:
                 ) from None
             except FileNotFoundError:
                 raise FileNotFoundInSandbox(f"{path} does not exist") from None
+
+    async def copy_out(self, path: str, dest: Path, *, max_file_bytes: int,
+                       max_total_bytes: int) -> CopyReport:
+        return await self._bridge.call(self._copy_out, path, dest, max_file_bytes,
+                                       max_total_bytes)
+
+    def _copy_out(self, path: str, dest: Path, max_file_bytes: int,
+                  max_total_bytes: int) -> CopyReport:
+        with translated(f"copying {path} out of the sandbox", container=self._cid):
+            chunks, _stat = self._api.get_archive(self._cid, path, chunk_size=1 << 20)
+            try:
+                return extract_tree(chunks, dest, max_file_bytes=max_file_bytes,
+                                    max_total_bytes=max_total_bytes)
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()  # a copy cut short stops reading the engine's stream
 
     async def put(self, dest_dir: str, entries: Sequence[PutEntry]) -> None:
         await self._bridge.call(self._put, dest_dir, entries)

@@ -44,6 +44,11 @@ def unreachable_message(base_url: str | None, exc: BaseException) -> str:
     )
 
 
+def is_gvisor(runtime: str | None) -> bool:
+    """Whether a Docker runtime name is gVisor's (``runsc``, or a variant such as runsc-kvm)."""
+    return runtime is not None and runtime.startswith("runsc")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or exc.__class__.__name__
     return text.splitlines()[0][:300]
@@ -75,6 +80,10 @@ def translated(
             ) from exc
         raise SandboxError(f"{what}: {_explain(exc)}") from exc
     except docker.errors.APIError as exc:
+        if container is not None and exc.status_code == 409 and "not running" in str(exc):
+            raise SandboxGone(
+                f"{what}: the run's container {container[:12]} is no longer running"
+            ) from exc
         raise SandboxError(f"{what}: {_explain(exc)}") from exc
     except (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError) as exc:
         raise EngineUnavailable(unreachable_message(None, exc)) from exc

@@ -21,7 +21,7 @@ from pyflue.errors import ImageNotFound, SandboxError
 from pyflue.models import EventType, utcnow
 from pyflue.sandbox.base import Emit, Sandbox, SandboxSpec
 from pyflue.sandbox.docker.box import DockerSandbox
-from pyflue.sandbox.docker.engine import connect, start_error, translated
+from pyflue.sandbox.docker.engine import connect, is_gvisor, start_error, translated
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,18 @@ def container_config(spec: SandboxSpec, volume: str, scope: str = "default") -> 
     }
     if spec.runtime:
         config["runtime"] = spec.runtime
+    if is_gvisor(spec.runtime):
+        # gVisor's own kernel counts the sandbox's processes against RLIMIT_NPROC (only those:
+        # it is not the host's per-uid count), so that is where the pids limit holds. The host
+        # cgroup limit then only bounds gVisor itself, whose ptrace platform spends about
+        # GVISOR_HOST_PIDS_PER_TASK host pids on each sandboxed task.
+        config["ulimits"] = [docker.types.Ulimit(name="nproc", soft=spec.pids, hard=spec.pids)]
+        config["pids_limit"] = spec.pids * GVISOR_HOST_PIDS_PER_TASK + GVISOR_HOST_PIDS_BASE
     return config
+
+
+GVISOR_HOST_PIDS_PER_TASK = 12  # measured about 8 (50 tasks: 451 host pids; 512: 4094), plus room
+GVISOR_HOST_PIDS_BASE = 512
 
 
 def volume_options(spec: SandboxSpec) -> dict[str, str]:
