@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import os
 import posixpath
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -178,7 +178,9 @@ class WorkspaceFS:
         symlinks are not followed and, like special files, are skipped (listed in the
         report). At most ``PYFLUE_SANDBOX_COPY_MAX_BYTES`` per copy; files are owned by the
         sandbox user."""
-        local = Path(src)
+        local = Path(os.path.abspath(src))  # "." has a name this way; links stay unfollowed
+        if not local.name:
+            raise ConfigError("cannot upload the root folder of this host: give a folder in it")
         real = await self.resolve(dest, follow_final=False)
         if real == self.root:
             raise WorkspacePathError("give a path inside the workspace to copy to, not its root")
@@ -195,7 +197,7 @@ class WorkspaceFS:
         target, top = "/".join(parts), local.name
         parents = [PutEntry("/".join(parts[: i + 1]), None) for i in range(len(parts) - 1)]
         await self._box.put(self.root, [
-            *parents, *[PutEntry(target + e.path[len(top):], e.data, e.mode) for e in entries]
+            *parents, *[replace(e, path=target + e.path[len(top):]) for e in entries]
         ])
         self._recorder.emit(EventType.file_op, {"op": "upload", "path": real, **report.to_dict()})
         return report
@@ -215,7 +217,10 @@ class WorkspaceFS:
             raise FileNotFoundInSandbox(f"no such file or folder in the workspace: {path}")
         if st.kind not in ("file", "dir"):
             raise WorkspacePathError(f"{path} is a {st.kind}, not a file or folder")
-        local = Path(dest)
+        local = Path(os.path.abspath(dest))
+        if Path.cwd().is_relative_to(local) or local == Path.home():
+            raise ConfigError(f"download destination {local} is this process's working folder, "
+                              "one above it, or the home folder: give a new path")
         if (local.exists() or local.is_symlink()) and not overwrite:
             raise ConfigError(f"download destination {local} already exists: remove it, "
                               "pick a new path, or pass overwrite=True")
@@ -227,18 +232,23 @@ class WorkspaceFS:
                                                   max_total_bytes=self._copy_max)
             except CopyTooLarge as exc:
                 raise _too_large(path, exc) from None
-            await asyncio.to_thread(_put_in_place, staged, local)
+            await asyncio.to_thread(_put_in_place, staged, local, Path(tmp) / "old")
         self._recorder.emit(EventType.file_op, {"op": "download", "path": real,
                                                 "dest": str(local), **report.to_dict()})
         return report
 
 
-def _put_in_place(staged: Path, local: Path) -> None:
-    if local.is_dir() and not local.is_symlink():
-        shutil.rmtree(local)
-    elif local.exists() or local.is_symlink():
-        local.unlink()
-    os.replace(staged, local)
+def _put_in_place(staged: Path, local: Path, aside: Path) -> None:
+    """Moves the staged copy to ``local``; what was there is moved aside first and deleted
+    with the staging folder only once the copy is in place."""
+    if local.exists() or local.is_symlink():
+        os.replace(local, aside)
+    try:
+        os.replace(staged, local)
+    except OSError:
+        if aside.exists() or aside.is_symlink():
+            os.replace(aside, local)
+        raise
 
 
 def _too_large(what: str, exc: CopyTooLarge) -> WorkspacePathError:

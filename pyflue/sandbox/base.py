@@ -72,11 +72,20 @@ class FileStat:
 
 @dataclass(frozen=True)
 class PutEntry:
-    """One member of a copy into the sandbox: a file (``data``) or a directory (``None``)."""
+    """One member of a copy into the sandbox: a file (``data``, or the host file ``source``,
+    read as the archive is built) or a directory (neither)."""
 
     path: str  # relative to the destination directory
     data: bytes | None
     mode: int = 0o644
+    source: Path | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.data is None and self.source is None
+
+    def content(self) -> bytes:
+        return self.data if self.data is not None else (self.source or Path()).read_bytes()
 
 
 @dataclass
@@ -87,11 +96,20 @@ class CopyReport:
     files: int = 0
     folders: int = 0
     bytes: int = 0
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # the first SKIPPED_LISTED names
+    skipped_count: int = 0
+
+    def skip(self, name: str) -> None:
+        self.skipped_count += 1
+        if len(self.skipped) < SKIPPED_LISTED:
+            self.skipped.append(name)
 
     def to_dict(self) -> dict[str, Any]:
         return {"files": self.files, "folders": self.folders, "bytes": self.bytes,
-                "skipped": list(self.skipped)}
+                "skipped": list(self.skipped), "skipped_count": self.skipped_count}
+
+
+SKIPPED_LISTED = 100
 
 
 KillScope = Literal["group", "all"] | None

@@ -149,12 +149,12 @@ class FakeSandbox:
             raise SandboxError(f"copying files into {dest_dir}: no such folder")
         for entry in entries:
             path = self._resolve_parent(posixpath.join(dest_dir, entry.path))
-            if entry.data is None:
+            if entry.is_dir:
                 if self.nodes.get(path, _Node("dir")).kind != "dir":
                     raise SandboxError(f"{path} exists and is not a folder")
                 self.nodes[path] = _Node("dir", mode=0o755)
             else:
-                self.nodes[path] = _Node("file", data=entry.data, mode=entry.mode)
+                self.nodes[path] = _Node("file", data=entry.content(), mode=entry.mode)
 
     async def copy_out(self, path: str, dest: Path, *, max_file_bytes: int,
                        max_total_bytes: int) -> CopyReport:

@@ -15,26 +15,37 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from pyflue.sandbox.base import CopyReport, PutEntry
 
 
 def build_tar(entries: Sequence[PutEntry], *, uid: int, gid: int) -> bytes:
     """A tar holding ``entries`` (files and directories), owned by uid:gid."""
-    now = time.time()
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    write_tar(entries, buf, uid=uid, gid=gid)
+    return buf.getvalue()
+
+
+def write_tar(entries: Sequence[PutEntry], out: BinaryIO, *, uid: int, gid: int) -> None:
+    """Writes a tar of ``entries`` to ``out``; host files (``source``) are streamed in."""
+    now = time.time()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for entry in entries:
             info = tarfile.TarInfo(entry.path)
             info.uid, info.gid, info.mtime = uid, gid, int(now)
             info.uname = info.gname = ""
-            if entry.data is None:
+            if entry.is_dir:
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
                 tar.addfile(info)
+            elif entry.source is not None:
+                with open(entry.source, "rb") as data:
+                    info.size, info.mode = os.fstat(data.fileno()).st_size, entry.mode
+                    tar.addfile(info, data)
             else:
+                assert entry.data is not None
                 info.size, info.mode = len(entry.data), entry.mode
                 tar.addfile(info, io.BytesIO(entry.data))
-    return buf.getvalue()
 
 
 class ChunkReader(io.RawIOBase):
@@ -90,16 +101,17 @@ def extract_tree(chunks: Iterable[bytes], dest: Path, *, max_file_bytes: int,
     """Unpacks a streamed tar of one file or folder (as the archive API sends it) to ``dest``.
 
     Only regular files and folders are written, under ``dest`` and nowhere else: members with
-    absolute names or ``..``, links of either kind, devices and fifos are skipped and listed in
-    the report; setuid, setgid and sticky bits are dropped. Everything is unpacked next to
-    ``dest`` first and moved into place at the end, so a copy cut short (a cap, a broken
-    stream) leaves nothing behind. ``dest`` must not exist yet.
+    absolute names or ``..``, symlinks, hard links to anything but a file of this copy, devices
+    and fifos are skipped and listed in the report; setuid, setgid and sticky bits are
+    dropped. Everything is unpacked next to ``dest`` first and moved into place at the end, so
+    a copy cut short (a cap, a broken stream) leaves nothing behind. ``dest`` must not exist.
     """
     report = CopyReport()
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pyflue-", dir=dest.parent))
     root = staging / "root"
     try:
         reader = io.BufferedReader(ChunkReader(chunks), buffer_size=1 << 20)
+        written: dict[str, Path] = {}  # member name -> staged regular file
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             top: str | None = None
             for member in tar:
@@ -108,11 +120,24 @@ def extract_tree(chunks: Iterable[bytes], dest: Path, *, max_file_bytes: int,
                     top = parts[0]
                 unsafe = (not parts or member.name.startswith("/") or ".." in parts
                           or parts[0] != top)
-                if unsafe or not (member.isreg() or member.isdir()):
-                    report.skipped.append(member.name)
+                # A hard link inside the tree (how the engine sends a second name of a file)
+                # becomes a copy of the file already written; any other link is skipped.
+                linked = written.get(member.linkname) if member.islnk() else None
+                if unsafe or not (member.isreg() or member.isdir() or linked):
+                    report.skip(member.name)
                     continue
                 target = root.joinpath(*parts[1:])
                 try:
+                    if linked is not None:
+                        size = linked.stat().st_size
+                        if report.bytes + size > max_total_bytes:
+                            raise CopyTooLarge("the copy", report.bytes + size, max_total_bytes)
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(linked, target)
+                        os.chmod(target, linked.stat().st_mode & 0o777)
+                        report.files += 1
+                        report.bytes += size
+                        continue
                     if member.isdir():
                         target.mkdir(parents=True, exist_ok=True)
                         report.folders += 1
@@ -127,8 +152,9 @@ def extract_tree(chunks: Iterable[bytes], dest: Path, *, max_file_bytes: int,
                     with open(target, "wb") as out:
                         shutil.copyfileobj(source, out, 1 << 20)
                     os.chmod(target, member.mode & 0o777)
-                except (NotADirectoryError, IsADirectoryError, FileExistsError):
-                    report.skipped.append(member.name)  # a name used twice, as file and folder
+                    written[member.name] = target
+                except OSError:  # a name used twice (file and folder), too long for here, ...
+                    report.skip(member.name)
                     continue
                 report.files += 1
                 report.bytes += member.size
@@ -141,7 +167,8 @@ def extract_tree(chunks: Iterable[bytes], dest: Path, *, max_file_bytes: int,
 
 
 def local_entries(src: Path, *, max_total_bytes: int) -> tuple[list[PutEntry], CopyReport]:
-    """A local file or folder as entries to copy in: regular files and folders only.
+    """A local file or folder as entries to copy in: regular files and folders only, their
+    data read when the archive is built (see :func:`write_tar`).
 
     Names are relative to ``src``'s parent (the first part is ``src``'s own name). Symlinks
     are not followed; they and special files are skipped and listed in the report.
@@ -150,12 +177,12 @@ def local_entries(src: Path, *, max_total_bytes: int) -> tuple[list[PutEntry], C
     entries: list[PutEntry] = []
 
     def add_file(path: Path, name: str) -> None:
-        size = path.stat().st_size
-        if report.bytes + size > max_total_bytes:
-            raise CopyTooLarge("the copy", report.bytes + size, max_total_bytes)
-        entries.append(PutEntry(name, path.read_bytes(), path.stat().st_mode & 0o777))
+        st = path.stat()
+        if report.bytes + st.st_size > max_total_bytes:
+            raise CopyTooLarge("the copy", report.bytes + st.st_size, max_total_bytes)
+        entries.append(PutEntry(name, None, st.st_mode & 0o777, source=path))
         report.files += 1
-        report.bytes += size
+        report.bytes += st.st_size
 
     if src.is_symlink() or not (src.is_file() or src.is_dir()):
         raise FileNotFoundError(f"{src} is not a regular file or folder")
@@ -169,12 +196,12 @@ def local_entries(src: Path, *, max_total_bytes: int) -> tuple[list[PutEntry], C
         report.folders += 1
         for name in sorted(dirs):
             if (base / name).is_symlink():
-                report.skipped.append(str(rel / name))
+                report.skip(str(rel / name))
         dirs[:] = sorted(d for d in dirs if not (base / d).is_symlink())
         for name in sorted(files):
             path = base / name
             if path.is_symlink() or not path.is_file():
-                report.skipped.append(str(rel / name))
+                report.skip(str(rel / name))
             else:
                 add_file(path, str(rel / name))
     return entries, report

@@ -38,10 +38,15 @@ async def run(ctx):
         "absolute": await attempt(h.fs.download("/etc/passwd", ctx.payload["dest"] + "-3")),
         "link_out": await attempt(h.fs.download("escape/passwd", ctx.payload["dest"] + "-4")),
         "no_source": await attempt(h.fs.upload(ctx.payload["src"] + "-missing", "x")),
+        "over_cwd": await attempt(h.fs.download("out", ".", overwrite=True)),
+        "over_root": await attempt(h.fs.download("out", "/", overwrite=True)),
     }
+    dot = await h.fs.upload(ctx.payload["src"] + "/.", "in/dot")
+    dot_seen = await h.shell("find in/dot -name README")
     again = await h.fs.download("out/a.txt", ctx.payload["dest"], overwrite=True)
     return {"up": up.to_dict(), "seen": seen["stdout"], "down": down.to_dict(),
-            "refused": refused, "again": again.to_dict()}
+            "refused": refused, "again": again.to_dict(), "dot": dot.files,
+            "dot_seen": dot_seen["stdout"]}
 """
 
 
@@ -68,14 +73,15 @@ async def test_folders_copy_in_and_out_filtered(
     assert r["refused"] == {
         "exists": "config_error", "dotdot": "workspace_path_error",
         "absolute": "workspace_path_error", "link_out": "workspace_path_error",
-        "no_source": "config_error",
+        "no_source": "config_error", "over_cwd": "config_error", "over_root": "config_error",
     }
+    assert r["dot"] == 2 and r["dot_seen"] == "in/dot/README\n"  # "src/." is named after src
     # The last download replaced the folder with one file; nothing else was left around.
     assert dest.read_text() == "a\n" and r["again"]["files"] == 1
     assert sorted(p.name for p in host.iterdir()) == ["artifacts", "repo"]
     ops = [e.data for e in await runner.store.list_events(run.run_id, types=[EventType.file_op])]
     assert [o["op"] for o in ops if o["op"] in ("upload", "download")] == [
-        "upload", "download", "download"]
+        "upload", "download", "upload", "download"]
 
 
 async def test_what_comes_out_of_a_folder_is_only_its_files_and_folders(

@@ -82,7 +82,8 @@ def _hostile_tar() -> list[bytes]:
         add("out/../../escaped.txt", data=b"no")
         add("/etc/pyflue-absolute", data=b"no")
         add("out/passwd", tarfile.SYMTYPE, link="/etc/passwd")
-        add("out/hard", tarfile.LNKTYPE, link="out/ok.txt")
+        add("out/hard", tarfile.LNKTYPE, link="out/ok.txt")  # a second name: copied
+        add("out/hard-out", tarfile.LNKTYPE, link="/etc/passwd")
         add("out/tty", tarfile.CHRTYPE)
         add("out/pipe", tarfile.FIFOTYPE)
         add("elsewhere/x.txt", data=b"another top folder")
@@ -95,15 +96,15 @@ def test_a_hostile_folder_archive_is_neutralised(tmp_path: Path) -> None:
     dest.parent.mkdir()
     report = extract_tree(_hostile_tar(), dest, max_file_bytes=1 << 20, max_total_bytes=1 << 20)
     written = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
-    assert written == ["ok.txt", "sub", "sub/tool"]
-    assert (dest / "ok.txt").read_bytes() == b"fine"
+    assert written == ["hard", "ok.txt", "sub", "sub/tool"]
+    assert (dest / "ok.txt").read_bytes() == (dest / "hard").read_bytes() == b"fine"
     assert (dest / "sub" / "tool").stat().st_mode & 0o7777 == 0o755
     assert sorted(report.skipped) == sorted([
-        "out/../../escaped.txt", "/etc/pyflue-absolute", "out/passwd", "out/hard", "out/tty",
+        "out/../../escaped.txt", "/etc/pyflue-absolute", "out/passwd", "out/hard-out", "out/tty",
         "out/pipe", "elsewhere/x.txt"])
-    assert (report.files, report.bytes) == (2, 4 + 10)
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["artifacts", "into", "ok.txt", "sub",
-                                                           "tool"]
+    assert (report.files, report.bytes) == (3, 4 + 10 + 4)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["artifacts", "hard", "into", "ok.txt",
+                                                           "sub", "tool"]
 
 
 @pytest.mark.parametrize("caps", [(5, 1 << 20), (1 << 20, 8)])
@@ -123,9 +124,26 @@ def test_a_local_folder_goes_in_without_its_links(tmp_path: Path) -> None:
     (src / "secrets").symlink_to("/etc/passwd")
     (src / "linked").symlink_to(src / "pkg")
     entries, report = local_entries(src, max_total_bytes=1 << 20)
-    assert [(e.path, e.data, e.mode) for e in entries] == [
+    assert [(e.path, None if e.is_dir else e.content(), e.mode) for e in entries] == [
         ("repo", None, 0o644), ("repo/run.sh", b"echo hi\n", 0o755),
         ("repo/pkg", None, 0o644), ("repo/pkg/mod.py", b"x = 1\n", 0o644)]
     assert sorted(report.skipped) == ["repo/linked", "repo/secrets"]
     with pytest.raises(CopyTooLarge):
         local_entries(src, max_total_bytes=10)
+
+
+def test_names_the_host_cannot_hold_are_skipped_and_long_skip_lists_are_cut(
+    tmp_path: Path
+) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(_member("out", tarfile.DIRTYPE))
+        tar.addfile(_member("out/" + "x" * 300, size=2), io.BytesIO(b"hi"))  # > NAME_MAX
+        for i in range(150):
+            tar.addfile(_member(f"out/link{i}", tarfile.SYMTYPE, link="/etc/passwd"))
+        tar.addfile(_member("out/kept", size=2), io.BytesIO(b"ok"))
+    report = extract_tree([buf.getvalue()], tmp_path / "o", max_file_bytes=10,
+                          max_total_bytes=10)
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["kept"]
+    assert report.skipped_count == 151 and len(report.skipped) == 100
+    assert report.skipped[0] == "out/" + "x" * 300

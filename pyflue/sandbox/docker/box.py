@@ -13,6 +13,7 @@ import json
 import logging
 import posixpath
 import socket as socketlib
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -34,7 +35,7 @@ from pyflue.sandbox.base import (
     SandboxSpec,
 )
 from pyflue.sandbox.docker.engine import translated
-from pyflue.sandbox.tario import build_tar, extract_tree, read_single_file
+from pyflue.sandbox.tario import extract_tree, read_single_file, write_tar
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +197,13 @@ class DockerSandbox:
         delay = 1.0
         while True:
             await asyncio.sleep(delay)
-            state = await self._bridge.call(self._state)
+            delay = min(delay * 1.5, 5.0)
+            try:
+                state = await self._bridge.call(self._state)
+            except Exception:  # cannot look: leave the command to its timeout
+                continue
             if not state.get("Running", False):
                 return state
-            delay = min(delay * 1.5, 5.0)
 
     def _state(self) -> dict[str, Any]:
         try:
@@ -217,10 +221,11 @@ class DockerSandbox:
                              f"({self._spec.memory})")
             return ExecStatus(exit_code=137, limits=("memory",), stopped=self._stopped)
         if state.get("Removed"):
-            self._stopped = "the run's container was removed while a command ran"
+            self._stopped = "the run's container was removed"
+        elif state.get("Running", False):  # the engine says otherwise, or could not be asked
+            self._stopped = "the run's container is no longer running"
         else:
-            self._stopped = (f"the sandbox stopped while a command ran "
-                             f"(exit code {state.get('ExitCode')})")
+            self._stopped = f"the sandbox stopped (exit code {state.get('ExitCode')})"
         return ExecStatus(exit_code=137, stopped=self._stopped)
 
     def _new_limit_hits(self) -> tuple[str, ...]:
@@ -385,6 +390,10 @@ class DockerSandbox:
             try:
                 return extract_tree(chunks, dest, max_file_bytes=max_file_bytes,
                                     max_total_bytes=max_total_bytes)
+            except FileNotFoundError:  # every member skipped (translated would blame the engine)
+                raise WorkspacePathError(
+                    f"{path} holds nothing to copy out (only links or special files)"
+                ) from None
             finally:
                 close = getattr(chunks, "close", None)
                 if close is not None:
@@ -395,9 +404,12 @@ class DockerSandbox:
 
     def _put(self, dest_dir: str, entries: Sequence[PutEntry]) -> None:
         uid, gid = self._spec.uid_gid
-        data = build_tar(entries, uid=uid, gid=gid)  # here, off the event loop
-        with translated(f"copying files into {dest_dir}", container=self._cid):
-            self._api.put_archive(self._cid, dest_dir, data)
+        # Built here, off the event loop; spilled to disk past 16 MiB, then streamed.
+        with tempfile.SpooledTemporaryFile(max_size=16 << 20) as tar:
+            write_tar(entries, tar, uid=uid, gid=gid)  # type: ignore[arg-type]
+            tar.seek(0)
+            with translated(f"copying files into {dest_dir}", container=self._cid):
+                self._api.put_archive(self._cid, dest_dir, tar)
 
     async def listdir(self, path: str) -> list[FileStat]:
         out = await self._bridge.call(
