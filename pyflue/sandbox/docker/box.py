@@ -35,7 +35,7 @@ from pyflue.sandbox.base import (
     SandboxSpec,
 )
 from pyflue.sandbox.docker.engine import translated
-from pyflue.sandbox.tario import extract_tree, read_single_file, write_tar
+from pyflue.sandbox.tario import build_tar, extract_tree, read_single_file, write_tar
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,13 @@ class DockerSandbox:
 
     def _put(self, dest_dir: str, entries: Sequence[PutEntry]) -> None:
         uid, gid = self._spec.uid_gid
-        # Built here, off the event loop; spilled to disk past 16 MiB, then streamed.
+        # Built here, off the event loop. Data already in memory goes as one buffer; host files
+        # (an upload) are spilled to disk past 16 MiB and streamed from there.
+        if not any(e.source is not None for e in entries):
+            data = build_tar(entries, uid=uid, gid=gid)
+            with translated(f"copying files into {dest_dir}", container=self._cid):
+                self._api.put_archive(self._cid, dest_dir, data)
+            return
         with tempfile.SpooledTemporaryFile(max_size=16 << 20) as tar:
             write_tar(entries, tar, uid=uid, gid=gid)  # type: ignore[arg-type]
             tar.seek(0)
