@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import asyncio
+import os
 import textwrap
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 WriteWorkflow = Callable[[str, str], Path]
 
@@ -26,3 +32,37 @@ def write_workflow(project: Path) -> WriteWorkflow:
         return path
 
     return write
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the test PostgreSQL server (``./scripts/postgres``), dropped after.
+
+    Skipped when no server is configured, unless PYFLUE_REQUIRE_POSTGRES is set (CI sets it).
+    """
+    base = os.environ.get("PYFLUE_TEST_POSTGRES_URL")
+    if not base:
+        if os.environ.get("PYFLUE_REQUIRE_POSTGRES"):
+            pytest.fail("PYFLUE_REQUIRE_POSTGRES is set but PYFLUE_TEST_POSTGRES_URL is not: "
+                        "run ./scripts/postgres (./scripts/test does)")
+        pytest.skip("no test PostgreSQL: set PYFLUE_TEST_POSTGRES_URL (./scripts/test does)")
+    url = make_url(base)
+    name = f"pyflue_t_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(user=url.username, password=url.password, host=url.host,
+                                     port=url.port, database=url.database)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def run(sql: str) -> None:
+        # A sync fixture, usable from async ones (getfixturevalue) while their loop runs: the
+        # admin statements get a short loop of their own on another thread.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, admin(sql)).result()
+
+    run(f'CREATE DATABASE "{name}"')
+    yield url.set(database=name).render_as_string(hide_password=False)
+    run(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -1,4 +1,4 @@
-"""The run store contract, against the in-memory store and real SQLite alike."""
+"""The run store contract, against the in-memory store, real SQLite and real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,12 +14,15 @@ from pyflue.models import EventType, Run, RunStatus, new_run_id, utcnow
 from pyflue.store import MemoryStore, NewEvent, RunStore, RunUpdate, SqlStore
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RunStore]:
-    s: RunStore = (
-        MemoryStore() if request.param == "memory"
-        else SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}")
-    )
+    s: RunStore
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}")
+    else:
+        s = SqlStore(request.getfixturevalue("postgres_url"))
     await s.open()
     yield s
     await s.close()
@@ -107,8 +110,21 @@ async def test_delete_removes_a_run_and_its_events(store: RunStore) -> None:
         await store.get_run(run.run_id)
 
 
-async def test_sqlite_store_survives_a_reopen(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'a' / 'runs.db'}"
+def _shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return f"sqlite+aiosqlite:///{tmp_path / 'a' / 'runs.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database two SqlStore instances (two processes, as far as they know) can share."""
+    return _shared_url(request, tmp_path)
+
+
+async def test_sql_store_survives_a_reopen(sql_url: str) -> None:
+    url = sql_url
     first = SqlStore(url)
     await first.open()
     run = await first.create_run(_run())
@@ -120,8 +136,8 @@ async def test_sqlite_store_survives_a_reopen(tmp_path: Path) -> None:
     await second.close()
 
 
-async def test_a_follower_sees_events_written_by_another_process(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+async def test_a_follower_sees_events_written_by_another_process(sql_url: str) -> None:
+    url = sql_url
     reader, writer = SqlStore(url), SqlStore(url)  # two stores: nothing shared in memory
     await reader.open()
     await writer.open()
