@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
-from sqlalchemy import Connection, and_, delete, event, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -28,8 +29,13 @@ from pyflue.store.base import NewEvent, Notifier, RunUpdate, follow
 from pyflue.store.schema import events, runs
 from pyflue.store.updates import state_conflict, update_fields
 
+log = logging.getLogger(__name__)
+
 # How often a follower looks for events written by other processes (another `pyflue run`).
 POLL_SECONDS = 0.5
+# With PostgreSQL, other processes' writes arrive by LISTEN/NOTIFY; polling is a safety net.
+LISTENING_POLL_SECONDS = 5.0
+EVENTS_CHANNEL = "pyflue_events"
 
 
 def _aware(value: datetime) -> datetime:
@@ -100,8 +106,10 @@ class SqlStore:
         self.url = url
         self._url = make_url(url)
         self._is_sqlite = self._url.get_backend_name() == "sqlite"
+        self._is_postgres = self._url.get_backend_name() == "postgresql"
         self._engine: AsyncEngine | None = None
         self._notifier = Notifier()
+        self._listener: Any = None  # PostgreSQL: a connection of its own, LISTENing
         # SQLite has one writer at a time; queueing writers here avoids busy-waiting on its lock.
         self._write_lock = asyncio.Lock() if self._is_sqlite else None
 
@@ -139,8 +147,42 @@ class SqlStore:
                 f"{str(exc).splitlines()[0]}; check the path is writable (`pyflue doctor`)"
             ) from exc
         self._engine = engine
+        if self._is_postgres:
+            await self._listen()
+
+    async def _listen(self) -> None:
+        """Wakes this process's followers when any process stores events (NOTIFY on append).
+
+        If the listening connection cannot be made or drops, followers poll every
+        POLL_SECONDS instead: slower to see other processes' events, never blind to them.
+        """
+        import asyncpg  # the PostgreSQL driver; only needed here
+
+        url = self._url
+        try:
+            conn = await asyncpg.connect(
+                user=url.username, password=url.password, host=url.host, port=url.port,
+                database=url.database,
+            )
+            await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("run store: LISTEN failed (%s); followers will poll", exc)
+            return
+        conn.add_termination_listener(self._on_listener_lost)
+        self._listener = conn
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, run_id: str) -> None:
+        self._notifier.publish(run_id)
+
+    def _on_listener_lost(self, _conn: Any) -> None:
+        log.warning("run store: the LISTEN connection dropped; followers will poll")
+        self._listener = None
 
     async def close(self) -> None:
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            with contextlib.suppress(Exception):
+                await listener.close(timeout=5)
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -305,6 +347,8 @@ class SqlStore:
                     for e in stored
                 ],
             )
+            if self._is_postgres:  # delivered to every listener when this commits
+                await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, run_id)))
         self._notifier.publish(run_id)
         return stored
 
@@ -330,4 +374,5 @@ class SqlStore:
         return [_event_from_row(r) for r in rows]
 
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
-        return follow(self, self._notifier, run_id, after, poll=POLL_SECONDS)
+        poll = LISTENING_POLL_SECONDS if self._listener is not None else POLL_SECONDS
+        return follow(self, self._notifier, run_id, after, poll=poll)

@@ -176,3 +176,18 @@ async def test_following_a_finished_run_past_its_end_returns_at_once(store: RunS
 
     assert await asyncio.wait_for(collect(2), 5) == []
     assert await asyncio.wait_for(collect(1), 5) == [2]
+
+
+async def test_postgres_wakes_followers_of_other_processes_by_notify(postgres_url: str) -> None:
+    reader, writer = SqlStore(postgres_url), SqlStore(postgres_url)
+    await reader.open()
+    await writer.open()
+    try:
+        run = await writer.create_run(_run())
+        # The reader's own notifier is woken only by NOTIFY: no poll is involved in this wait.
+        woken = reader._notifier.register(run.run_id)
+        await writer.append_events(run.run_id, [_ev(1)])
+        await asyncio.wait_for(woken, 10)
+    finally:
+        await reader.close()
+        await writer.close()
