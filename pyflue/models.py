@@ -95,6 +95,8 @@ class Run(BaseModel):
     duration_ms: int | None = None
     event_count: int = 0
     idempotency_key: str | None = None
+    # Set when a cancel was asked through another worker than the one running the run: why.
+    cancel_requested: str | None = None
 
 
 def new_run_id(workflow: str) -> str:

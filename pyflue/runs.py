@@ -99,6 +99,7 @@ class Runner:
         models: ModelResolver | None = None,
     ) -> None:
         self.settings = settings
+        self.worker_lease = settings.server.worker_lease
         self.models: ModelResolver = models or ModelRegistry(settings.models)
         self.store = store
         self.provider = provider
@@ -260,10 +261,25 @@ class Runner:
             return False
         if run.status.finished:
             return False
-        if run.status is RunStatus.running and _owner_is_dead(run.owner):
+        if run.status is RunStatus.running and await self.owner_is_dead(run.owner):
             await self._interrupt(run)
             return False
         return True
+
+    async def owner_is_dead(self, owner: str | None) -> bool:
+        """Whether the process that owns a run is gone.
+
+        On this host its pid says so. A worker on another host sharing the store (PostgreSQL)
+        is gone once its heartbeat is older than ``worker_lease`` seconds; an owner that never
+        sent one (a `pyflue run` elsewhere) cannot be judged from here and counts as alive.
+        """
+        if _owner_is_dead(owner):
+            return True
+        host = (owner or "").split(":", 1)[0]
+        if not owner or host == socket.gethostname():
+            return False
+        seen = await self.store.worker_seen(owner)
+        return seen is not None and (utcnow() - seen).total_seconds() > self.worker_lease
 
     async def _interrupt(self, run: Run) -> None:
         reason = f"the process that ran it ({run.owner}) is gone"
@@ -274,16 +290,18 @@ class Runner:
         await self.store.append_events(run.run_id, [NewEvent(EventType.run_end, end, utcnow())])
 
     async def recover(self) -> list[str]:
-        """Marks runs of this host whose process died ``interrupted`` (with a ``run_end``):
-        running ones, and queued ones that process would have started."""
+        """Marks runs whose process died ``interrupted`` (with a ``run_end``): running ones,
+        and queued ones that process would have started. See :meth:`owner_is_dead`."""
         # Queued runs with an owner were submitted by a process that runs them itself (the
         # CLI); a server's queued runs have none until claimed, and stay queued.
-        stale = [
-            run
-            for status in (RunStatus.running, RunStatus.queued)
-            for run in await self.store.list_runs(status=status, limit=1000)
-            if _owner_is_dead(run.owner)
-        ]
+        verdicts: dict[str | None, bool] = {}  # one look per owner
+        stale = []
+        for status in (RunStatus.running, RunStatus.queued):
+            for run in await self.store.list_runs(status=status, limit=1000):
+                if run.owner not in verdicts:
+                    verdicts[run.owner] = await self.owner_is_dead(run.owner)
+                if verdicts[run.owner]:
+                    stale.append(run)
         for run in stale:
             await self._interrupt(run)
         return [run.run_id for run in stale]

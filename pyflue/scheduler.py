@@ -17,7 +17,7 @@ from typing import Any
 
 from pyflue.errors import RunStateConflict
 from pyflue.models import EventType, Run, RunStatus, utcnow
-from pyflue.runs import Runner, StopRequest
+from pyflue.runs import Runner, StopRequest, local_owner
 from pyflue.store.base import NewEvent, RunUpdate
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ class Scheduler:
         self._backlog_empty = False
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._beat_task: asyncio.Task[None] | None = None
+        self.worker = local_owner()  # the owner id of the runs this scheduler executes
 
     @property
     def running(self) -> int:
@@ -57,6 +59,7 @@ class Scheduler:
 
     async def start(self) -> None:
         """Recovers from a previous crash, then starts admitting queued runs."""
+        await self.store.heartbeat(self.worker)  # before any run of ours can be judged
         recovered = await self.runner.recover()
         if recovered:
             log.warning("marked %d run(s) interrupted after a restart", len(recovered))
@@ -65,19 +68,40 @@ class Scheduler:
         except Exception as exc:  # the engine may be down; runs will say so themselves
             log.warning("reaping at start-up failed: %s", exc)
         self._loop_task = asyncio.create_task(self._admit_loop(), name="pyflue-scheduler")
+        self._beat_task = asyncio.create_task(self._beat_loop(), name="pyflue-heartbeat")
 
     async def stop(self, reason: str = "the server stopped") -> None:
         """Stops admitting; running runs end ``interrupted`` with their containers removed."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for loop_task in (self._loop_task, self._beat_task):
+            if loop_task is not None:
+                loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop_task
         for run_id, task in list(self._tasks.items()):
             stop = self._stops.setdefault(run_id, StopRequest())
             stop.status, stop.reason = RunStatus.interrupted, reason
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        try:
+            await self.store.remove_worker(self.worker)
+        except Exception as exc:  # the store may be gone; the lease runs out by itself
+            log.warning("could not sign this worker off: %s", exc)
+
+    async def _beat_loop(self) -> None:
+        """Heartbeats (lease/3) for the other workers sharing the store; every lease, takes
+        back runs whose worker stopped beating (they end ``interrupted``)."""
+        lease = self.runner.worker_lease
+        beats = 0
+        while True:
+            await asyncio.sleep(lease / 3)
+            beats += 1
+            try:
+                await self.store.heartbeat(self.worker)
+                if beats % 3 == 0 and (lost := await self.runner.recover()):
+                    log.warning("marked %d run(s) of a lost worker interrupted", len(lost))
+            except Exception:  # a store hiccup must not stop the heartbeat for good
+                log.exception("heartbeat failed; retrying")
 
     async def submit(
         self,
@@ -130,14 +154,32 @@ class Scheduler:
             )
         task = self._tasks.get(run_id)
         if task is None:
-            raise RunStateConflict(
-                f"run {run_id} is running in another process ({run.owner}); cancel it there",
-                details=run.status.value,
-            )
+            return await self._cancel_elsewhere(run, reason)
         stop = self._stops.setdefault(run_id, StopRequest())
         stop.status, stop.reason = RunStatus.cancelled, reason
         task.cancel()
         return run
+
+    async def _cancel_elsewhere(self, run: Run, reason: str) -> Run:
+        """A run another process runs: asked through the store; its worker acts on it
+        within a second. A run whose process is gone ends ``interrupted`` here."""
+        if await self.runner.owner_is_dead(run.owner):
+            await self.runner.recover()
+            return await self.store.get_run(run.run_id)
+        try:
+            return await self.store.update_run(run.run_id, RunUpdate(
+                extra={"cancel_requested": reason}, expect_status=RunStatus.running,
+            ))
+        except RunStateConflict:
+            return await self.store.get_run(run.run_id)  # it finished meanwhile
+
+    async def _cancel_requested(self) -> None:
+        """Acts on cancels other workers recorded for runs this scheduler runs."""
+        if not self._tasks:
+            return
+        for run in await self.store.list_runs(status=RunStatus.running, limit=1000):
+            if run.cancel_requested and run.run_id in self._tasks:
+                await self.cancel(run.run_id, run.cancel_requested)
 
     async def _cancel_queued(self, run: Run, reason: str) -> Run:
         done = await self.store.update_run(run.run_id, RunUpdate(
@@ -181,6 +223,7 @@ class Scheduler:
             self._wake.clear()
 
     async def _admit(self) -> None:
+        await self._cancel_requested()
         free = self.max_concurrency - len(self._tasks)
         if free <= 0:
             return

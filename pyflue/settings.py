@@ -87,6 +87,11 @@ class ServerSettings(BaseSettings):
     max_deadline: float = Field(6 * 3600.0, gt=0, description="cap on workflows' own deadlines")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
     heartbeat_seconds: float = Field(15.0, gt=0, description="SSE keep-alive comment interval")
+    worker_lease: float = Field(
+        30.0, ge=3,
+        description="seconds without a heartbeat after which a worker sharing the store is "
+                    "taken as gone (its runs end interrupted); heartbeats go every lease/3",
+    )
     ws_queue_events: int = Field(100, ge=1, description="events queued per WebSocket")
     ws_send_timeout: float = Field(
         10.0, gt=0, description="seconds a WebSocket send may block before the reader is closed"

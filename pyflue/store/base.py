@@ -89,6 +89,18 @@ class RunStore(Protocol):
         types: Sequence[EventType] | None = None,
     ) -> list[Event]: ...
 
+    async def heartbeat(self, worker: str) -> None:
+        """Records that ``worker`` (a scheduler's owner id) is alive now."""
+        ...
+
+    async def worker_seen(self, worker: str) -> datetime | None:
+        """When ``worker`` last sent a heartbeat; None if it never did (or left)."""
+        ...
+
+    async def remove_worker(self, worker: str) -> None:
+        """Forgets a worker that stopped cleanly."""
+        ...
+
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
         """Replays events after ``after``, then follows live; ends after ``run_end``."""
         ...

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 
 from pyflue.errors import RunNotFound, RunStateConflict
-from pyflue.models import Event, EventType, Run, RunStatus
+from pyflue.models import Event, EventType, Run, RunStatus, utcnow
 from pyflue.store.base import NewEvent, Notifier, RunUpdate, follow
 from pyflue.store.updates import apply_update, state_conflict
 
@@ -15,6 +16,7 @@ class MemoryStore:
         self._runs: dict[str, Run] = {}
         self._events: dict[str, list[Event]] = {}
         self._notifier = Notifier()
+        self._workers: dict[str, datetime] = {}
 
     async def open(self) -> None:
         return None
@@ -105,6 +107,15 @@ class MemoryStore:
         await self.get_run(run_id)
         events = [e for e in self._events[run_id][after:] if not types or e.type in types]
         return events if limit is None else events[:limit]
+
+    async def heartbeat(self, worker: str) -> None:
+        self._workers[worker] = utcnow()
+
+    async def worker_seen(self, worker: str) -> datetime | None:
+        return self._workers.get(worker)
+
+    async def remove_worker(self, worker: str) -> None:
+        self._workers.pop(worker, None)
 
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
         return follow(self, self._notifier, run_id, after)

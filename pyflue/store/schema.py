@@ -38,6 +38,8 @@ runs = Table(
     Column("duration_ms", Integer, nullable=True),
     Column("event_count", Integer, nullable=False, default=0),
     Column("idempotency_key", String(300), nullable=True),
+    # A cancel asked of a run another worker runs; that worker acts on it (migration 0003).
+    Column("cancel_requested", Text, nullable=True),
     Index("ix_runs_created", "created_at", "run_id"),
     Index("ix_runs_idempotency", "workflow", "idempotency_key", unique=True),
     Index("ix_runs_status_created", "status", "created_at"),
@@ -57,4 +59,14 @@ events = Table(
     Column("timestamp", DateTime(timezone=True), nullable=False),
     Column("data", JSON, nullable=False),
     UniqueConstraint("run_id", "event_index", name="uq_events_run_index"),
+)
+
+# The servers (schedulers) sharing this store, with their last heartbeat: another worker may
+# take a run as lost once its owner's heartbeat is older than the lease.
+workers = Table(
+    "workers",
+    metadata,
+    Column("worker", String(200), primary_key=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
 )

@@ -24,9 +24,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from pyflue.errors import RunNotFound, RunStateConflict, StoreError
-from pyflue.models import ErrorInfo, Event, EventType, Run, RunStatus
+from pyflue.models import ErrorInfo, Event, EventType, Run, RunStatus, utcnow
 from pyflue.store.base import NewEvent, Notifier, RunUpdate, follow
-from pyflue.store.schema import events, runs
+from pyflue.store.schema import events, runs, workers
 from pyflue.store.updates import state_conflict, update_fields
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def _run_from_row(row: Any) -> Run:
         duration_ms=m["duration_ms"],
         event_count=m["event_count"],
         idempotency_key=m["idempotency_key"],
+        cancel_requested=m["cancel_requested"],
     )
 
 
@@ -372,6 +373,27 @@ class SqlStore:
         async with self._read() as conn:
             rows = (await conn.execute(query)).all()
         return [_event_from_row(r) for r in rows]
+
+    async def heartbeat(self, worker: str) -> None:
+        now = utcnow()
+        async with self._write() as conn:
+            done = await conn.execute(
+                update(workers).where(workers.c.worker == worker).values(seen_at=now)
+            )
+            if done.rowcount == 0:  # a worker's id is its own: no one else inserts it
+                await conn.execute(insert(workers).values(worker=worker, started_at=now,
+                                                          seen_at=now))
+
+    async def worker_seen(self, worker: str) -> datetime | None:
+        async with self._read() as conn:
+            seen = (await conn.execute(
+                select(workers.c.seen_at).where(workers.c.worker == worker)
+            )).scalar()
+        return _maybe_aware(seen)
+
+    async def remove_worker(self, worker: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(delete(workers).where(workers.c.worker == worker))
 
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
         poll = LISTENING_POLL_SECONDS if self._listener is not None else POLL_SECONDS

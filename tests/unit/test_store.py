@@ -191,3 +191,25 @@ async def test_postgres_wakes_followers_of_other_processes_by_notify(postgres_ur
     finally:
         await reader.close()
         await writer.close()
+
+
+async def test_workers_heartbeat_and_sign_off(store: RunStore) -> None:
+    assert await store.worker_seen("h:1:a") is None
+    await store.heartbeat("h:1:a")
+    first = await store.worker_seen("h:1:a")
+    assert first is not None and first.tzinfo is not None
+    await asyncio.sleep(0.01)
+    await store.heartbeat("h:1:a")
+    second = await store.worker_seen("h:1:a")
+    assert second is not None and second > first
+    await store.remove_worker("h:1:a")
+    assert await store.worker_seen("h:1:a") is None
+
+
+async def test_a_cancel_request_is_recorded_on_a_running_run(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.update_run(run.run_id, RunUpdate(status=RunStatus.running))
+    asked = await store.update_run(run.run_id, RunUpdate(
+        extra={"cancel_requested": "cancelled by request"}, expect_status=RunStatus.running))
+    assert asked.cancel_requested == "cancelled by request"
+    assert (await store.get_run(run.run_id)).cancel_requested == "cancelled by request"

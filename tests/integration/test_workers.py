@@ -1,0 +1,122 @@
+"""Several servers (workers) sharing one PostgreSQL store: each run runs once, any worker can
+follow and cancel any run, and a worker that stops beating has its runs taken back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pyflue.local import open_runner
+from pyflue.models import Run, RunStatus, new_run_id, utcnow
+from pyflue.settings import Settings
+from pyflue.store import SqlStore
+from tests.conftest import WriteWorkflow
+from tests.integration.servers import Server
+
+pytestmark = pytest.mark.docker
+
+NAP = """
+from pyflue import create_agent
+agent = create_agent(lambda ctx: {})
+async def run(ctx):
+    h = await ctx.init(agent)
+    out = await h.shell(f"sleep {ctx.payload['seconds']}; echo slept")
+    return out["stdout"].strip()
+"""
+
+
+@pytest.fixture
+def workers(project: Path, tmp_path: Path, postgres_url: str,
+            write_workflow: WriteWorkflow) -> Iterator[list[Server]]:
+    write_workflow("nap", NAP)
+    env = {"PYFLUE_STORE_URL": postgres_url}
+    servers = [Server(project, tmp_path / f"worker{i}.db", 2, env=env) for i in range(2)]
+    for server in servers:
+        server.start()
+    yield servers
+    for server in servers:
+        if server.proc is not None and server.proc.poll() is None:
+            server.stop()
+
+
+async def _finished(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        run: dict[str, Any] = (await client.get(f"/runs/{run_id}")).json()
+        if run["status"] not in ("queued", "running"):
+            return run
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{run_id} did not finish")
+
+
+async def test_runs_spread_over_workers_and_each_runs_once(workers: list[Server]) -> None:
+    a, b = workers
+    async with httpx.AsyncClient(base_url=a.url, timeout=60) as ca, \
+            httpx.AsyncClient(base_url=b.url, timeout=60) as cb:
+        ids = [(await ca.post("/workflows/nap", json={"seconds": 1.5})).json()["run_id"]
+               for _ in range(8)]
+        # Followed through the other worker, live: every event, in order, once.
+        async with cb.stream("GET", f"/runs/{ids[-1]}/stream") as stream:
+            frames = [json.loads(line[5:]) async for line in stream.aiter_lines()
+                      if line.startswith("data:")]
+        finals = [await _finished(cb, run_id) for run_id in ids]
+    assert [f["status"] for f in finals] == ["completed"] * 8
+    assert [f["result"] for f in finals] == ["slept"] * 8
+    assert len({f["owner"] for f in finals}) == 2  # both workers took runs
+    assert [f["event_index"] for f in frames] == list(range(1, len(frames) + 1))
+    assert frames[-1]["type"] == "run_end"
+    async with httpx.AsyncClient(base_url=a.url, timeout=60) as ca:
+        for run_id in ids:  # one run_start each: no run was executed twice
+            starts = (await ca.get(f"/runs/{run_id}/events?types=run_start")).json()["events"]
+            assert len(starts) == 1
+
+
+async def test_a_run_is_cancelled_through_another_worker(workers: list[Server]) -> None:
+    a, b = workers
+    async with httpx.AsyncClient(base_url=a.url, timeout=60) as ca, \
+            httpx.AsyncClient(base_url=b.url, timeout=60) as cb:
+        run_id = (await ca.post("/workflows/nap", json={"seconds": 120})).json()["run_id"]
+        for _ in range(600):
+            if (await ca.get(f"/runs/{run_id}/events?types=shell_start")).json()["events"]:
+                break
+            await asyncio.sleep(0.05)
+        owner = (await ca.get(f"/runs/{run_id}")).json()["owner"]
+        other = cb if str(a.proc.pid if a.proc else "") in owner else ca
+        r = await other.post(f"/runs/{run_id}/cancel")
+        assert r.status_code == 202 and r.json()["status"] == "cancelling"
+        final = await _finished(cb, run_id)
+    assert final["status"] == "cancelled" and final["reason"] == "cancelled by request"
+
+
+async def test_runs_of_a_worker_that_stopped_beating_end_interrupted(
+    postgres_url: str, project: Path
+) -> None:
+    # A worker on another host that held a run and then went silent past the lease.
+    store = SqlStore(postgres_url)
+    await store.open()
+    lost = "far-away-host:4242:deadbeef"
+    run = await store.create_run(Run(run_id=new_run_id("nap"), workflow="nap",
+                                     status=RunStatus.running, owner=lost, created_at=utcnow()))
+    await store.heartbeat(lost)
+    alive = "another-host:7:cafe"
+    kept = await store.create_run(Run(run_id=new_run_id("nap"), workflow="nap",
+                                      status=RunStatus.running, owner=alive,
+                                      created_at=utcnow()))
+    await store.close()
+    async with open_runner(Settings(project_dir=project, store_url=postgres_url)) as runner:
+        runner.worker_lease = 0.5
+        assert await runner.recover() == []  # its heartbeat is fresh
+        await asyncio.sleep(1.0)
+        await runner.store.heartbeat(alive)
+        assert await runner.recover() == [run.run_id]
+        final = await runner.store.get_run(run.run_id)
+        assert final.status is RunStatus.interrupted
+        assert final.reason == f"the process that ran it ({lost}) is gone"
+        assert (await runner.store.get_run(kept.run_id)).status is RunStatus.running
