@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import logging
 import os
 import socket
 import time
@@ -27,7 +28,13 @@ from ulid import ULID
 from pyflue._bridge import in_daemon_thread, run_to_completion
 from pyflue.agents import Agent, AgentConfig
 from pyflue.context import FlueContext, RunLog
-from pyflue.errors import ConfigError, InvalidPayload, PyflueError, RunNotFound
+from pyflue.errors import (
+    ConfigError,
+    InvalidPayload,
+    PyflueError,
+    RunNotFound,
+    RunStateConflict,
+)
 from pyflue.harness import Harness
 from pyflue.llm import ModelRegistry, ModelResolver
 from pyflue.models import ErrorInfo, EventType, Run, RunStatus, new_run_id, utcnow
@@ -37,6 +44,8 @@ from pyflue.sandbox.base import Sandbox, SandboxProvider, SandboxSpec
 from pyflue.settings import Settings
 from pyflue.store.base import NewEvent, RunStore, RunUpdate
 from pyflue.workflows import WorkflowRegistry
+
+log = logging.getLogger(__name__)
 
 # Tells this process from an earlier one that had the same pid (a restarted container).
 INSTANCE = str(ULID())
@@ -238,11 +247,19 @@ class Runner:
             error = ErrorInfo.model_validate(recorder.redactor.data(error.model_dump()))
             end["error"] = error.model_dump()
         # The record is final before run_end is stored: whoever sees run_end reads the outcome.
-        await self.store.update_run(run_id, RunUpdate(
-            status=status, result=result, has_result=status is RunStatus.completed,
-            error=error, reason=reason, finished_at=utcnow(), duration_ms=duration_ms,
-            image=scope.image,
-        ))
+        # Only from `running`: a worker that took this run as lost (see owner_is_dead) has
+        # ended it already, run_end and all, and that stands.
+        try:
+            await self.store.update_run(run_id, RunUpdate(
+                status=status, result=result, has_result=status is RunStatus.completed,
+                error=error, reason=reason, finished_at=utcnow(), duration_ms=duration_ms,
+                image=scope.image, expect_status=RunStatus.running,
+            ))
+        except RunStateConflict:
+            log.warning("run %s was ended elsewhere while it ran here; keeping that end", run_id)
+            with contextlib.suppress(Exception):
+                await recorder.close()
+            return await self.store.get_run(run_id)
         recorder.emit(EventType.run_end, end)
         with contextlib.suppress(Exception):  # already logged by the recorder
             await recorder.close()
@@ -273,21 +290,29 @@ class Runner:
         is gone once its heartbeat is older than ``worker_lease`` seconds; an owner that never
         sent one (a `pyflue run` elsewhere) cannot be judged from here and counts as alive.
         """
-        if _owner_is_dead(owner):
-            return True
-        host = (owner or "").split(":", 1)[0]
-        if not owner or host == socket.gethostname():
+        if not owner:
             return False
-        seen = await self.store.worker_seen(owner)
-        return seen is not None and (utcnow() - seen).total_seconds() > self.worker_lease
+        if _owner_is_dead(owner):  # this host's process table is the surest answer
+            return True
+        if owner.split(":", 1)[0] == socket.gethostname():
+            return False
+        age = await self.store.worker_age(owner)  # by the store's clock: no skew between hosts
+        return age is not None and age > self.worker_lease
 
-    async def _interrupt(self, run: Run) -> None:
+    async def _interrupt(self, run: Run) -> bool:
+        """Ends a run whose process is gone; False if it changed meanwhile (another worker
+        ended it first, or it finished): then nothing is written, so run_end stays single."""
         reason = f"the process that ran it ({run.owner}) is gone"
         end = {"status": RunStatus.interrupted.value, "is_error": True, "reason": reason}
-        await self.store.update_run(run.run_id, RunUpdate(
-            status=RunStatus.interrupted, finished_at=utcnow(), reason=reason,
-        ))
+        try:
+            await self.store.update_run(run.run_id, RunUpdate(
+                status=RunStatus.interrupted, finished_at=utcnow(), reason=reason,
+                expect_status=run.status,
+            ))
+        except RunStateConflict:
+            return False
         await self.store.append_events(run.run_id, [NewEvent(EventType.run_end, end, utcnow())])
+        return True
 
     async def recover(self) -> list[str]:
         """Marks runs whose process died ``interrupted`` (with a ``run_end``): running ones,
@@ -302,9 +327,7 @@ class Runner:
                     verdicts[run.owner] = await self.owner_is_dead(run.owner)
                 if verdicts[run.owner]:
                     stale.append(run)
-        for run in stale:
-            await self._interrupt(run)
-        return [run.run_id for run in stale]
+        return [run.run_id for run in stale if await self._interrupt(run)]
 
     async def reap(self) -> list[str]:
         """Marks dead runs interrupted, then removes containers of runs no longer running."""

@@ -166,6 +166,13 @@ class Scheduler:
         if await self.runner.owner_is_dead(run.owner):
             await self.runner.recover()
             return await self.store.get_run(run.run_id)
+        if run.owner is None or await self.store.worker_age(run.owner) is None:
+            # Not a worker (a `pyflue run` process): nothing would act on a request.
+            raise RunStateConflict(
+                f"run {run.run_id} is running in another process ({run.owner}) that takes no "
+                "cancel requests; stop it there (Ctrl-C)",
+                details=run.status.value,
+            )
         try:
             return await self.store.update_run(run.run_id, RunUpdate(
                 extra={"cancel_requested": reason}, expect_status=RunStatus.running,
@@ -178,8 +185,13 @@ class Scheduler:
         if not self._tasks:
             return
         for run in await self.store.list_runs(status=RunStatus.running, limit=1000):
-            if run.cancel_requested and run.run_id in self._tasks:
+            task = self._tasks.get(run.run_id)
+            if not run.cancel_requested or task is None or task.cancelling():
+                continue  # none asked, not ours, or already stopping
+            try:
                 await self.cancel(run.run_id, run.cancel_requested)
+            except RunStateConflict:
+                pass  # it finished meanwhile
 
     async def _cancel_queued(self, run: Run, reason: str) -> Run:
         done = await self.store.update_run(run.run_id, RunUpdate(
@@ -193,17 +205,24 @@ class Scheduler:
         return await self.store.get_run(done.run_id)
 
     async def wait(self, run_id: str) -> Run:
-        """Waits until the run has finished and returns its final record."""
+        """Waits until the run has finished and returns its final record.
+
+        A run submitted here usually runs here too, and then its end is known without
+        reading the store. Another worker sharing the store may take it instead: its run_end
+        in the store is the answer then.
+        """
         finished = self._finished.get(run_id)
-        if finished is not None:  # one of ours: no polling of the store
+        if finished is not None:
             await finished.wait()
             if (final := self._final.pop(run_id, None)) is not None:
                 return final
-        else:
+        run = await self.store.get_run(run_id)
+        if not run.status.finished:  # run (or being run) by another worker
             async for event in self.store.subscribe(run_id):
                 if event.type is EventType.run_end:
                     break
-        return await self.store.get_run(run_id)
+            run = await self.store.get_run(run_id)
+        return run
 
     def _mark_finished(self, run_id: str) -> None:
         event = self._finished.pop(run_id, None)
@@ -232,6 +251,11 @@ class Scheduler:
         )
         waiting = [r for r in queued if r.run_id not in self._tasks and r.owner is None]
         # (Runs with an owner are `pyflue run`'s own, about to start in that process.)
+        # Runs submitted here that are neither queued nor ours any more were taken by another
+        # worker (or cancelled): their waiters go to the store for the outcome.
+        queued_ids = {r.run_id for r in queued}
+        for run_id in [r for r in self._finished if r not in self._tasks and r not in queued_ids]:
+            self._mark_finished(run_id)
         free = self.max_concurrency - len(self._tasks)  # submits may have started runs meanwhile
         for run in waiting[:free]:
             self._start(run)

@@ -8,7 +8,7 @@ inside the same write that stores the event, and wake subscribers only after tha
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -93,8 +93,9 @@ class RunStore(Protocol):
         """Records that ``worker`` (a scheduler's owner id) is alive now."""
         ...
 
-    async def worker_seen(self, worker: str) -> datetime | None:
-        """When ``worker`` last sent a heartbeat; None if it never did (or left)."""
+    async def worker_age(self, worker: str) -> float | None:
+        """Seconds since ``worker``'s last heartbeat, by the store's own clock (so hosts with
+        skewed clocks agree); None if it never sent one (or signed off)."""
         ...
 
     async def remove_worker(self, worker: str) -> None:
@@ -144,7 +145,8 @@ async def _ended_before(store: RunStore, run_id: str, after: int) -> bool:
 
 
 async def follow(
-    store: RunStore, notifier: Notifier, run_id: str, after: int, poll: float | None = None
+    store: RunStore, notifier: Notifier, run_id: str, after: int,
+    poll: float | Callable[[], float] | None = None,
 ) -> AsyncIterator[Event]:
     """The shared subscribe loop: page through stored events, wait for more, stop at run_end.
 
@@ -167,6 +169,6 @@ async def follow(
                 if poll is None:
                     await waiter
                 else:
-                    await asyncio.wait([waiter], timeout=poll)
+                    await asyncio.wait([waiter], timeout=poll() if callable(poll) else poll)
         finally:
             notifier.discard(run_id, waiter)

@@ -111,8 +111,9 @@ class MemoryStore:
     async def heartbeat(self, worker: str) -> None:
         self._workers[worker] = utcnow()
 
-    async def worker_seen(self, worker: str) -> datetime | None:
-        return self._workers.get(worker)
+    async def worker_age(self, worker: str) -> float | None:
+        seen = self._workers.get(worker)
+        return None if seen is None else (utcnow() - seen).total_seconds()
 
     async def remove_worker(self, worker: str) -> None:
         self._workers.pop(worker, None)

@@ -18,7 +18,18 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
-from sqlalchemy import Connection, and_, delete, event, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -81,6 +92,10 @@ def _event_from_row(row: Any) -> Event:
 
 
 def _run_migrations(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Workers starting together on an empty database: one migrates, the others wait for
+        # it (the lock ends with this transaction), then find nothing left to do.
+        connection.execute(text("SELECT pg_advisory_xact_lock(7295102211)"))
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     cfg.attributes["connection"] = connection
@@ -175,9 +190,10 @@ class SqlStore:
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, run_id: str) -> None:
         self._notifier.publish(run_id)
 
-    def _on_listener_lost(self, _conn: Any) -> None:
-        log.warning("run store: the LISTEN connection dropped; followers will poll")
-        self._listener = None
+    def _on_listener_lost(self, conn: Any) -> None:
+        if conn is self._listener:  # not a close of ours
+            log.warning("run store: the LISTEN connection dropped; followers will poll")
+            self._listener = None
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -375,7 +391,8 @@ class SqlStore:
         return [_event_from_row(r) for r in rows]
 
     async def heartbeat(self, worker: str) -> None:
-        now = utcnow()
+        # PostgreSQL: its clock, for every worker alike. SQLite is one machine's anyway.
+        now: Any = func.now() if self._is_postgres else utcnow()
         async with self._write() as conn:
             done = await conn.execute(
                 update(workers).where(workers.c.worker == worker).values(seen_at=now)
@@ -384,17 +401,26 @@ class SqlStore:
                 await conn.execute(insert(workers).values(worker=worker, started_at=now,
                                                           seen_at=now))
 
-    async def worker_seen(self, worker: str) -> datetime | None:
+    async def worker_age(self, worker: str) -> float | None:
+        query = select(workers.c.seen_at).where(workers.c.worker == worker)
+        if self._is_postgres:
+            query = select(func.extract("epoch", func.now() - workers.c.seen_at)).where(
+                workers.c.worker == worker)
         async with self._read() as conn:
-            seen = (await conn.execute(
-                select(workers.c.seen_at).where(workers.c.worker == worker)
-            )).scalar()
-        return _maybe_aware(seen)
+            value = (await conn.execute(query)).scalar()
+        if value is None:
+            return None
+        if self._is_postgres:
+            return float(value)
+        return (utcnow() - _aware(value)).total_seconds()
 
     async def remove_worker(self, worker: str) -> None:
         async with self._write() as conn:
             await conn.execute(delete(workers).where(workers.c.worker == worker))
 
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
-        poll = LISTENING_POLL_SECONDS if self._listener is not None else POLL_SECONDS
-        return follow(self, self._notifier, run_id, after, poll=poll)
+        return follow(self, self._notifier, run_id, after, poll=self._poll_seconds)
+
+    def _poll_seconds(self) -> float:
+        """Asked on every wait, so followers speed up when the LISTEN connection drops."""
+        return LISTENING_POLL_SECONDS if self._listener is not None else POLL_SECONDS

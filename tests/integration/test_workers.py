@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from pyflue.local import open_runner
 from pyflue.models import Run, RunStatus, new_run_id, utcnow
@@ -46,6 +47,36 @@ def workers(project: Path, tmp_path: Path, postgres_url: str,
             server.stop()
 
 
+def _pid(owner: str) -> int:
+    return int(owner.split(":")[1])  # host:pid:instance
+
+
+def _pid_of(server: Server) -> int:
+    assert server.proc is not None
+    return server.proc.pid
+
+
+async def test_waiting_on_a_worker_for_a_run_another_worker_took(
+    workers: list[Server],
+) -> None:
+    a, b = workers
+    async with httpx.AsyncClient(base_url=a.url, timeout=60) as ca, \
+            httpx.AsyncClient(base_url=b.url, timeout=60) as cb:
+        # Fill a's two slots, then wait on a for runs that b (idle) will mostly take.
+        busy = [(await ca.post("/workflows/nap", json={"seconds": 4})).json()["run_id"]
+                for _ in range(2)]
+        waits = await asyncio.gather(*[
+            ca.post("/workflows/nap?wait=result", json={"seconds": 0.5}) for _ in range(3)])
+        for run_id in busy:
+            await _finished(cb, run_id)
+    assert [w.status_code for w in waits] == [200, 200, 200]
+    assert [w.json()["result"] for w in waits] == ["slept"] * 3
+    async with httpx.AsyncClient(base_url=a.url, timeout=60) as ca:
+        owners = {_pid((await ca.get(f"/runs/{w.json()['run_id']}")).json()["owner"])
+                  for w in waits}
+    assert _pid_of(b) in owners  # the point: a answered for runs b ran
+
+
 async def _finished(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -62,14 +93,16 @@ async def test_runs_spread_over_workers_and_each_runs_once(workers: list[Server]
             httpx.AsyncClient(base_url=b.url, timeout=60) as cb:
         ids = [(await ca.post("/workflows/nap", json={"seconds": 1.5})).json()["run_id"]
                for _ in range(8)]
-        # Followed through the other worker, live: every event, in order, once.
-        async with cb.stream("GET", f"/runs/{ids[-1]}/stream") as stream:
+        # The first run starts at once on a (idle when it was invoked); followed through b,
+        # live: every event, in order, once (b learns of them by NOTIFY).
+        async with cb.stream("GET", f"/runs/{ids[0]}/stream") as stream:
             frames = [json.loads(line[5:]) async for line in stream.aiter_lines()
                       if line.startswith("data:")]
         finals = [await _finished(cb, run_id) for run_id in ids]
     assert [f["status"] for f in finals] == ["completed"] * 8
     assert [f["result"] for f in finals] == ["slept"] * 8
-    assert len({f["owner"] for f in finals}) == 2  # both workers took runs
+    assert {_pid(f["owner"]) for f in finals} == {_pid_of(a), _pid_of(b)}  # both took runs
+    assert _pid(finals[0]["owner"]) == _pid_of(a)
     assert [f["event_index"] for f in frames] == list(range(1, len(frames) + 1))
     assert frames[-1]["type"] == "run_end"
     async with httpx.AsyncClient(base_url=a.url, timeout=60) as ca:
@@ -88,7 +121,7 @@ async def test_a_run_is_cancelled_through_another_worker(workers: list[Server]) 
                 break
             await asyncio.sleep(0.05)
         owner = (await ca.get(f"/runs/{run_id}")).json()["owner"]
-        other = cb if str(a.proc.pid if a.proc else "") in owner else ca
+        other = cb if _pid(owner) == _pid_of(a) else ca
         r = await other.post(f"/runs/{run_id}/cancel")
         assert r.status_code == 202 and r.json()["status"] == "cancelling"
         final = await _finished(cb, run_id)
@@ -105,17 +138,20 @@ async def test_runs_of_a_worker_that_stopped_beating_end_interrupted(
     run = await store.create_run(Run(run_id=new_run_id("nap"), workflow="nap",
                                      status=RunStatus.running, owner=lost, created_at=utcnow()))
     await store.heartbeat(lost)
+    async with store.engine.begin() as conn:  # its last heartbeat, a minute ago
+        await conn.execute(text(
+            "update workers set seen_at = now() - interval '60 seconds' where worker = :w"
+        ), {"w": lost})
     alive = "another-host:7:cafe"
     kept = await store.create_run(Run(run_id=new_run_id("nap"), workflow="nap",
                                       status=RunStatus.running, owner=alive,
                                       created_at=utcnow()))
     await store.close()
     async with open_runner(Settings(project_dir=project, store_url=postgres_url)) as runner:
-        runner.worker_lease = 0.5
-        assert await runner.recover() == []  # its heartbeat is fresh
-        await asyncio.sleep(1.0)
+        runner.worker_lease = 30
         await runner.store.heartbeat(alive)
         assert await runner.recover() == [run.run_id]
+        assert await runner.recover() == []  # ended once: a second look changes nothing
         final = await runner.store.get_run(run.run_id)
         assert final.status is RunStatus.interrupted
         assert final.reason == f"the process that ran it ({lost}) is gone"
