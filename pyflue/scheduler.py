@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from pyflue.errors import RunStateConflict
@@ -51,6 +52,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
+        self._next_cancel_scan = 0.0
         self.worker = local_owner()  # the owner id of the runs this scheduler executes
 
     @property
@@ -181,9 +183,12 @@ class Scheduler:
             return await self.store.get_run(run.run_id)  # it finished meanwhile
 
     async def _cancel_requested(self) -> None:
-        """Acts on cancels other workers recorded for runs this scheduler runs."""
-        if not self._tasks:
+        """Acts on cancels other workers recorded for runs this scheduler runs (looked for at
+        most once per poll interval: admission also runs on every submit and finish)."""
+        now = time.monotonic()
+        if not self._tasks or now < self._next_cancel_scan:
             return
+        self._next_cancel_scan = now + self.poll_interval
         for run in await self.store.list_runs(status=RunStatus.running, limit=1000):
             task = self._tasks.get(run.run_id)
             if not run.cancel_requested or task is None or task.cancelling():
