@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_IMAGE = "pyflue/sandbox:latest"
@@ -18,10 +18,22 @@ DEFAULT_IMAGE = "pyflue/sandbox:latest"
 class SandboxDefaults(BaseSettings):
     """Hardening and limits for every run's container (see docs/sandbox.md)."""
 
+    @field_validator("user")
+    @classmethod
+    def _not_root(cls, value: str) -> str:
+        # Root in the sandbox would own the image's files and escape RLIMIT_NPROC (gVisor's
+        # pids limit); every promise in docs/security.md assumes an unprivileged user.
+        if int(value.split(":", 1)[0]) == 0:
+            raise ValueError("the sandbox user must not be root (uid 0): use e.g. 1000:1000")
+        return value
+
     model_config = SettingsConfigDict(env_prefix="PYFLUE_SANDBOX_", extra="forbid")
 
     image: str = DEFAULT_IMAGE
-    user: str = Field("1000:1000", description="uid:gid the container's processes run as")
+    user: str = Field(
+        "1000:1000", pattern=r"^[0-9]+(:[0-9]+)?$",
+        description="uid:gid (numbers, not root) the container's processes run as",
+    )
     memory: str = Field("2g", description="memory limit; swap is capped at the same value")
     cpus: float = Field(1.0, gt=0, description="CPU limit in cores")
     pids: int = Field(512, ge=16, description="maximum number of processes")

@@ -57,3 +57,11 @@ def test_a_server_can_forbid_the_network() -> None:
     strict = SandboxDefaults(allowed_networks=["none"])
     with pytest.raises(ConfigError, match="network 'bridge', which this server does not allow"):
         _spec(strict, network="bridge")
+
+
+@pytest.mark.parametrize(("user", "message"), [
+    ("0:0", "must not be root"), ("0", "must not be root"), ("flue", "should match pattern")])
+def test_the_sandbox_user_is_a_numeric_non_root_id(user: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SandboxDefaults(user=user)
+    assert SandboxDefaults(user="1001:1001").user == "1001:1001"
