@@ -189,7 +189,9 @@ class Scheduler:
         if not self._tasks or now < self._next_cancel_scan:
             return
         self._next_cancel_scan = now + self.poll_interval
-        for run in await self.store.list_runs(status=RunStatus.running, limit=1000):
+        mine = await self.store.list_runs(status=RunStatus.running, owner=self.worker,
+                                          limit=len(self._tasks) + 10)
+        for run in mine:
             task = self._tasks.get(run.run_id)
             if not run.cancel_requested or task is None or task.cancelling():
                 continue  # none asked, not ours, or already stopping

@@ -62,8 +62,10 @@ class RunStore(Protocol):
         limit: int = 50,
         before: str | None = None,
         oldest_first: bool = False,
+        owner: str | None = None,
     ) -> list[Run]:
-        """Newest first (or oldest first); ``before`` is the run id to page after."""
+        """Newest first (or oldest first); ``before`` is the run id to page after; the
+        other arguments filter."""
         ...
 
     async def find_run(self, workflow: str, idempotency_key: str) -> Run | None:

@@ -47,6 +47,7 @@ class MemoryStore:
         limit: int = 50,
         before: str | None = None,
         oldest_first: bool = False,
+        owner: str | None = None,
     ) -> list[Run]:
         runs = sorted(self._runs.values(), key=lambda r: (r.created_at, r.run_id),
                       reverse=not oldest_first)
@@ -59,6 +60,7 @@ class MemoryStore:
                             else (r.created_at, r.run_id) < key)]
         runs = [r for r in runs if status is None or r.status is status]
         runs = [r for r in runs if workflow is None or r.workflow == workflow]
+        runs = [r for r in runs if owner is None or r.owner == owner]
         return [r.model_copy() for r in runs[:limit]]
 
     async def find_run(self, workflow: str, idempotency_key: str) -> Run | None:

@@ -126,6 +126,7 @@ class SqlStore:
         self._engine: AsyncEngine | None = None
         self._notifier = Notifier()
         self._listener: Any = None  # PostgreSQL: a connection of its own, LISTENing
+        self._relisten_task: asyncio.Task[None] | None = None
         # SQLite has one writer at a time; queueing writers here avoids busy-waiting on its lock.
         self._write_lock = asyncio.Lock() if self._is_sqlite else None
 
@@ -192,10 +193,22 @@ class SqlStore:
 
     def _on_listener_lost(self, conn: Any) -> None:
         if conn is self._listener:  # not a close of ours
-            log.warning("run store: the LISTEN connection dropped; followers will poll")
+            log.warning("run store: the LISTEN connection dropped; polling until it is back")
             self._listener = None
+            self._relisten_task = asyncio.get_running_loop().create_task(self._relisten())
+
+    async def _relisten(self) -> None:
+        """Reopens the LISTEN connection with backoff (1 s doubling to 30 s) while open."""
+        delay = 1.0
+        while self._engine is not None and self._listener is None:
+            await asyncio.sleep(delay)
+            await self._listen()
+            delay = min(delay * 2, 30.0)
 
     async def close(self) -> None:
+        if self._relisten_task is not None:
+            self._relisten_task.cancel()
+            self._relisten_task = None
         if self._listener is not None:
             listener, self._listener = self._listener, None
             with contextlib.suppress(Exception):
@@ -267,6 +280,7 @@ class SqlStore:
         limit: int = 50,
         before: str | None = None,
         oldest_first: bool = False,
+        owner: str | None = None,
     ) -> list[Run]:
         if oldest_first:
             order = (runs.c.created_at.asc(), runs.c.run_id.asc())
@@ -277,6 +291,8 @@ class SqlStore:
             query = query.where(runs.c.status == status.value)
         if workflow is not None:
             query = query.where(runs.c.workflow == workflow)
+        if owner is not None:
+            query = query.where(runs.c.owner == owner)
         async with self._read() as conn:
             if before is not None:
                 pivot = (

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from pyflue.errors import RunNotFound
 from pyflue.models import EventType, Run, RunStatus, new_run_id, utcnow
@@ -85,6 +86,8 @@ async def test_runs_list_newest_first_with_filters_and_paging(store: RunStore) -
     assert {r.workflow for r in await store.list_runs(workflow="a")} == {"a"}
     page = await store.list_runs(limit=2, before=listed[1].run_id)
     assert [r.run_id for r in page] == [listed[2].run_id, listed[3].run_id]
+    await store.update_run(runs[0].run_id, RunUpdate(extra={"owner": "h:1:x"}))
+    assert [r.run_id for r in await store.list_runs(owner="h:1:x")] == [runs[0].run_id]
 
 
 async def test_subscribe_replays_then_follows_live_until_run_end(store: RunStore) -> None:
@@ -213,3 +216,29 @@ async def test_a_cancel_request_is_recorded_on_a_running_run(store: RunStore) ->
         extra={"cancel_requested": "cancelled by request"}, expect_status=RunStatus.running))
     assert asked.cancel_requested == "cancelled by request"
     assert (await store.get_run(run.run_id)).cancel_requested == "cancelled by request"
+
+
+async def test_postgres_listen_comes_back_after_its_connection_is_killed(
+    postgres_url: str,
+) -> None:
+    reader, writer = SqlStore(postgres_url), SqlStore(postgres_url)
+    await reader.open()
+    await writer.open()
+    try:
+        first = reader._listener
+        assert first is not None
+        async with writer.engine.begin() as conn:  # as a DBA or a failover would
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"),
+                               {"pid": first.get_server_pid()})
+        for _ in range(150):  # the reconnect backs off from 1 s
+            if reader._listener is not None and reader._listener is not first:
+                break
+            await asyncio.sleep(0.1)
+        assert reader._listener is not None and reader._listener is not first
+        run = await writer.create_run(_run())
+        woken = reader._notifier.register(run.run_id)
+        await writer.append_events(run.run_id, [_ev(1)])
+        await asyncio.wait_for(woken, 10)
+    finally:
+        await reader.close()
+        await writer.close()
