@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -51,3 +53,15 @@ class Server:
         self.proc.send_signal(sig)
         self.proc.wait(timeout=60)
         self.log.close()
+
+
+async def until_finished(client: httpx.AsyncClient, run_id: str, seconds: float = 120
+                         ) -> dict[str, Any]:
+    """The run's record once it is no longer queued or running (polled over HTTP)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        run: dict[str, Any] = (await client.get(f"/runs/{run_id}")).json()
+        if run["status"] not in ("queued", "running"):
+            return run
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{run_id} did not finish within {seconds:g} s")

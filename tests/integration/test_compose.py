@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import REPO
-from tests.integration.servers import free_port
+from tests.integration.servers import free_port, until_finished
 
 pytestmark = [pytest.mark.docker, pytest.mark.compose]
 
@@ -39,16 +38,6 @@ def fleet() -> Iterator[tuple[str, str, dict[str, str]]]:
         subprocess.run([str(REPO / "scripts" / "compose"), "logs", "--tail", "50"], cwd=REPO,
                        env=env, timeout=60)
         compose("down", "-v")
-
-
-async def _finished(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        run: dict[str, Any] = (await client.get(f"/runs/{run_id}")).json()
-        if run["status"] not in ("queued", "running"):
-            return run
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{run_id} did not finish")
 
 
 @pytest.mark.timeout(1200)  # the first start builds the worker and PostgreSQL images
@@ -78,7 +67,7 @@ async def test_the_compose_fleet_runs_follows_and_cancels_across_workers(
             await asyncio.sleep(0.1)
         # Invoked on an idle worker a run starts there, so this cancel goes through the other.
         assert (await b.post(f"/runs/{long}/cancel")).status_code == 202
-        final = await _finished(b, long)
+        final = await until_finished(b, long)
     assert final["status"] == "cancelled"
     leftover = docker_client.containers.list(all=True, filters={"label": f"dev.pyflue.run-id={long}"})
     assert leftover == []

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.servers import Server
+from tests.integration.servers import Server, until_finished
 
 pytestmark = pytest.mark.docker
 
@@ -67,16 +67,6 @@ def _containers(docker_client: Any, run_ids: set[str]) -> list[dict[str, Any]]:
     return [c for c in found if c["Labels"].get("dev.pyflue.run-id") in run_ids]
 
 
-async def _until_finished(client: httpx.AsyncClient, run_id: str, seconds: float = 120) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        run = (await client.get(f"/runs/{run_id}")).json()
-        if run["status"] not in ("queued", "running"):
-            return run
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{run_id} did not finish")
-
-
 async def test_fifty_invocations_with_a_limit_of_four_all_complete(
     server: Server, docker_client: Any
 ) -> None:
@@ -123,12 +113,12 @@ async def test_cancel_races_all_end_cancelled_with_no_container(
             first, second = await asyncio.gather(client.post(f"/runs/{busy}/cancel"),
                                                  client.post(f"/runs/{busy}/cancel"))
             assert {first.status_code, second.status_code} <= {202, 409}
-            done = await _until_finished(client, busy)
+            done = await until_finished(client, busy)
             assert done["status"] == "cancelled"
             # right after submission: before its container exists
             early = (await client.post("/workflows/nap", json={"seconds": 60})).json()["run_id"]
             assert (await client.post(f"/runs/{early}/cancel")).status_code == 202
-            assert (await _until_finished(client, early))["status"] == "cancelled"
+            assert (await until_finished(client, early))["status"] == "cancelled"
             # a finished run cannot be cancelled
             late = await client.post(f"/runs/{busy}/cancel")
             assert late.status_code == 409 and "already finished" in late.json()["error"]["message"]
@@ -201,12 +191,12 @@ async def test_a_sigkilled_server_recovers_running_and_queued_runs(
     try:
         async with httpx.AsyncClient(base_url=again.url, timeout=60) as client:
             for run_id in long_ids:
-                run = await _until_finished(client, run_id)
+                run = await until_finished(client, run_id)
                 assert run["status"] == "interrupted" and "is gone" in run["reason"]
                 events = (await client.get(f"/runs/{run_id}/events")).json()["events"]
                 assert events[-1]["type"] == "run_end"
             for i, run_id in enumerate(quick_ids):
-                run = await _until_finished(client, run_id)
+                run = await until_finished(client, run_id)
                 assert run["status"] == "completed" and run["result"] == {"n": i}
         assert _containers(docker_client, set(long_ids)) == []
     finally:

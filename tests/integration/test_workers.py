@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +17,7 @@ from pyflue.models import Run, RunStatus, new_run_id, utcnow
 from pyflue.settings import Settings
 from pyflue.store import SqlStore
 from tests.conftest import WriteWorkflow
-from tests.integration.servers import Server
+from tests.integration.servers import Server, until_finished
 
 pytestmark = pytest.mark.docker
 
@@ -68,23 +66,13 @@ async def test_waiting_on_a_worker_for_a_run_another_worker_took(
         waits = await asyncio.gather(*[
             ca.post("/workflows/nap?wait=result", json={"seconds": 0.5}) for _ in range(3)])
         for run_id in busy:
-            await _finished(cb, run_id)
+            await until_finished(cb, run_id)
     assert [w.status_code for w in waits] == [200, 200, 200]
     assert [w.json()["result"] for w in waits] == ["slept"] * 3
     async with httpx.AsyncClient(base_url=a.url, timeout=60) as ca:
         owners = {_pid((await ca.get(f"/runs/{w.json()['run_id']}")).json()["owner"])
                   for w in waits}
     assert _pid_of(b) in owners  # the point: a answered for runs b ran
-
-
-async def _finished(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        run: dict[str, Any] = (await client.get(f"/runs/{run_id}")).json()
-        if run["status"] not in ("queued", "running"):
-            return run
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{run_id} did not finish")
 
 
 async def test_runs_spread_over_workers_and_each_runs_once(workers: list[Server]) -> None:
@@ -98,7 +86,7 @@ async def test_runs_spread_over_workers_and_each_runs_once(workers: list[Server]
         async with cb.stream("GET", f"/runs/{ids[0]}/stream") as stream:
             frames = [json.loads(line[5:]) async for line in stream.aiter_lines()
                       if line.startswith("data:")]
-        finals = [await _finished(cb, run_id) for run_id in ids]
+        finals = [await until_finished(cb, run_id) for run_id in ids]
     assert [f["status"] for f in finals] == ["completed"] * 8
     assert [f["result"] for f in finals] == ["slept"] * 8
     assert {_pid(f["owner"]) for f in finals} == {_pid_of(a), _pid_of(b)}  # both took runs
@@ -124,7 +112,7 @@ async def test_a_run_is_cancelled_through_another_worker(workers: list[Server]) 
         other = cb if _pid(owner) == _pid_of(a) else ca
         r = await other.post(f"/runs/{run_id}/cancel")
         assert r.status_code == 202 and r.json()["status"] == "cancelling"
-        final = await _finished(cb, run_id)
+        final = await until_finished(cb, run_id)
     assert final["status"] == "cancelled" and final["reason"] == "cancelled by request"
 
 
