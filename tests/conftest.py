@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 WriteWorkflow = Callable[[str, str], Path]
 
@@ -46,7 +47,10 @@ def postgres_url() -> Iterator[str]:
             pytest.fail("PYFLUE_REQUIRE_POSTGRES is set but PYFLUE_TEST_POSTGRES_URL is not: "
                         "run ./scripts/postgres (./scripts/test does)")
         pytest.skip("no test PostgreSQL: set PYFLUE_TEST_POSTGRES_URL (./scripts/test does)")
-    url = make_url(base)
+    try:
+        url = make_url(base)
+    except ArgumentError:
+        pytest.fail(f"PYFLUE_TEST_POSTGRES_URL is not a database URL: {base!r}")
     name = f"pyflue_t_{uuid.uuid4().hex[:12]}"
 
     async def admin(sql: str) -> None:
