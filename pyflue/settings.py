@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULT_IMAGE = "pyflue/sandbox:latest"
 
@@ -119,10 +121,26 @@ class Settings(BaseSettings):
     store_url: str | None = Field(
         None, description="SQLAlchemy async URL; default sqlite under <project>/.pyflue/"
     )
+    store_password: SecretStr | None = Field(
+        None, description="the store's database password, put into the URL (encoded) so it can "
+                          "hold any character and stay out of PYFLUE_STORE_URL"
+    )
     docker_host: str | None = Field(None, description="defaults to DOCKER_HOST / local socket")
     sandbox: SandboxDefaults = Field(default_factory=SandboxDefaults)
     models: ModelSettings = Field(default_factory=ModelSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+
+    @model_validator(mode="after")
+    def _password_needs_a_url(self) -> Settings:
+        if self.store_password is not None:
+            if not self.store_url:
+                raise ValueError("PYFLUE_STORE_PASSWORD is set but PYFLUE_STORE_URL is not: "
+                                 "give the database URL without its password")
+            try:
+                make_url(self.store_url)
+            except ArgumentError as exc:
+                raise ValueError(f"PYFLUE_STORE_URL is not a database URL ({exc})") from exc
+        return self
 
     @property
     def state_dir(self) -> Path:
@@ -130,5 +148,8 @@ class Settings(BaseSettings):
 
     def resolved_store_url(self) -> str:
         if self.store_url:
-            return self.store_url
+            if self.store_password is None:
+                return self.store_url
+            url = make_url(self.store_url).set(password=self.store_password.get_secret_value())
+            return url.render_as_string(hide_password=False)
         return f"sqlite+aiosqlite:///{self.state_dir / 'pyflue.db'}"

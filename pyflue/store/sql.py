@@ -175,14 +175,16 @@ class SqlStore:
         """
         import asyncpg  # the PostgreSQL driver; only needed here
 
-        url = self._url
+        # The engine's own connect arguments, so URL options such as ?ssl=require hold here too;
+        # minus the ones SQLAlchemy's adapter consumes itself.
+        _, params = self.engine.dialect.create_connect_args(self._url)
+        for adapter_only in ("prepared_statement_cache_size", "prepared_statement_name_func",
+                             "async_creator_fn"):
+            params.pop(adapter_only, None)
         try:
-            conn = await asyncpg.connect(
-                user=url.username, password=url.password, host=url.host, port=url.port,
-                database=url.database,
-            )
+            conn = await asyncpg.connect(**params)
             await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except (OSError, TypeError, asyncpg.PostgresError) as exc:
             log.warning("run store: LISTEN failed (%s); followers will poll", exc)
             return
         conn.add_termination_listener(self._on_listener_lost)

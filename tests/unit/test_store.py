@@ -8,10 +8,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
-from pyflue.errors import RunNotFound
+from pyflue.errors import RunNotFound, StoreError
 from pyflue.models import EventType, Run, RunStatus, new_run_id, utcnow
+from pyflue.settings import Settings
 from pyflue.store import MemoryStore, NewEvent, RunStore, RunUpdate, SqlStore
 
 
@@ -181,19 +184,76 @@ async def test_following_a_finished_run_past_its_end_returns_at_once(store: RunS
     assert await asyncio.wait_for(collect(1), 5) == [2]
 
 
-async def test_postgres_wakes_followers_of_other_processes_by_notify(postgres_url: str) -> None:
+async def _notify_reaches(reader: SqlStore, writer: SqlStore) -> None:
+    """The reader's own notifier is woken by the writer's NOTIFY: no poll is involved."""
+    run = await writer.create_run(_run())
+    woken = reader._notifier.register(run.run_id)
+    await writer.append_events(run.run_id, [_ev(1)])
+    await asyncio.wait_for(woken, 10)
+
+
+@pytest.fixture
+async def pg_pair(postgres_url: str) -> AsyncIterator[tuple[SqlStore, SqlStore]]:
+    """Two stores on one PostgreSQL database, as two workers would have: (reader, writer)."""
     reader, writer = SqlStore(postgres_url), SqlStore(postgres_url)
     await reader.open()
     await writer.open()
+    yield reader, writer
+    await reader.close()
+    await writer.close()
+
+
+async def test_postgres_wakes_followers_of_other_processes_by_notify(
+    pg_pair: tuple[SqlStore, SqlStore],
+) -> None:
+    await _notify_reaches(*pg_pair)
+
+
+async def test_postgres_password_setting_and_url_options_reach_both_connections(
+    postgres_url: str,
+) -> None:
+    # A password with URL-reserved characters, given apart from the URL (PYFLUE_STORE_PASSWORD),
+    # and a URL option (?ssl=disable) that the LISTEN connection must honour as the pool does.
+    url = make_url(postgres_url)
+    role, password = f"{url.database}_pw", "p@ss:/w%rd?#"
+    admin = SqlStore(postgres_url)
+    await admin.open()
     try:
-        run = await writer.create_run(_run())
-        # The reader's own notifier is woken only by NOTIFY: no poll is involved in this wait.
-        woken = reader._notifier.register(run.run_id)
-        await writer.append_events(run.run_id, [_ev(1)])
-        await asyncio.wait_for(woken, 10)
+        async with admin.engine.begin() as conn:
+            await conn.execute(text(f'CREATE ROLE "{role}" LOGIN PASSWORD \'{password}\''))
+    except StoreError as exc:  # ./scripts/postgres grants CREATEROLE; a server of your own may not
+        await admin.close()
+        pytest.skip(f"the test role cannot create a role: {exc}")
+    try:
+        async with admin.engine.begin() as conn:
+            await conn.execute(text(f'GRANT ALL ON SCHEMA public TO "{role}"'))
+            for kind in ("TABLES", "SEQUENCES"):
+                await conn.execute(text(f'GRANT ALL ON ALL {kind} IN SCHEMA public TO "{role}"'))
+        bare = url.set(username=role, password=None).update_query_dict({"ssl": "disable"})
+        settings = Settings(store_url=bare.render_as_string(), store_password=password)
+        stores = [SqlStore(settings.resolved_store_url()) for _ in range(2)]
+        try:
+            for store in stores:
+                await store.open()
+                assert store._listener is not None
+            await _notify_reaches(*stores)
+        finally:
+            for store in stores:
+                await store.close()
     finally:
-        await reader.close()
-        await writer.close()
+        async with admin.engine.begin() as conn:
+            for kind in ("TABLES", "SEQUENCES"):
+                await conn.execute(text(f'REVOKE ALL ON ALL {kind} IN SCHEMA public FROM "{role}"'))
+            await conn.execute(text(f'REVOKE ALL ON SCHEMA public FROM "{role}"'))
+            await conn.execute(text(f'DROP ROLE "{role}"'))
+        await admin.close()
+
+
+def test_a_store_password_needs_a_store_url() -> None:
+    with pytest.raises(ValidationError, match="PYFLUE_STORE_URL is not"):
+        Settings(store_password="x")
+    with pytest.raises(ValidationError, match="not a database URL"):
+        Settings(store_url="not a url", store_password="x")
 
 
 async def test_workers_heartbeat_and_sign_off(store: RunStore) -> None:
@@ -219,26 +279,17 @@ async def test_a_cancel_request_is_recorded_on_a_running_run(store: RunStore) ->
 
 
 async def test_postgres_listen_comes_back_after_its_connection_is_killed(
-    postgres_url: str,
+    pg_pair: tuple[SqlStore, SqlStore],
 ) -> None:
-    reader, writer = SqlStore(postgres_url), SqlStore(postgres_url)
-    await reader.open()
-    await writer.open()
-    try:
-        first = reader._listener
-        assert first is not None
-        async with writer.engine.begin() as conn:  # as a DBA or a failover would
-            await conn.execute(text("SELECT pg_terminate_backend(:pid)"),
-                               {"pid": first.get_server_pid()})
-        for _ in range(150):  # the reconnect backs off from 1 s
-            if reader._listener is not None and reader._listener is not first:
-                break
-            await asyncio.sleep(0.1)
-        assert reader._listener is not None and reader._listener is not first
-        run = await writer.create_run(_run())
-        woken = reader._notifier.register(run.run_id)
-        await writer.append_events(run.run_id, [_ev(1)])
-        await asyncio.wait_for(woken, 10)
-    finally:
-        await reader.close()
-        await writer.close()
+    reader, writer = pg_pair
+    first = reader._listener
+    assert first is not None
+    async with writer.engine.begin() as conn:  # as a DBA or a failover would
+        await conn.execute(text("SELECT pg_terminate_backend(:pid)"),
+                           {"pid": first.get_server_pid()})
+    for _ in range(150):  # the reconnect backs off from 1 s
+        if reader._listener is not None and reader._listener is not first:
+            break
+        await asyncio.sleep(0.1)
+    assert reader._listener is not None and reader._listener is not first
+    await _notify_reaches(reader, writer)
