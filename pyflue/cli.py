@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from pyflue.errors import ConfigError, PyflueError, WorkflowError
-from pyflue.models import Run, RunStatus
+from pyflue.models import Run, RunStatus, end_error
 from pyflue.render import (
     Format,
     StreamFormat,
@@ -128,9 +128,10 @@ def run(
     if final.status is RunStatus.completed:
         typer.echo(json.dumps(final.result, indent=2, ensure_ascii=False))
         raise typer.Exit(EXIT_OK)
-    if final.error is not None:
+    error = end_error(final.status, final.error, final.reason)
+    if error is not None:
         typer.echo(f"error: run {final.run_id} {final.status.value}: "
-                   f"{final.error.type}: {final.error.message}", err=True)
+                   f"{error.type}: {error.message}", err=True)
     raise typer.Exit(EXIT_INTERRUPTED if final.status is RunStatus.cancelled else EXIT_FAILED)
 
 
@@ -189,12 +190,36 @@ def logs(
     ws: Annotated[bool, typer.Option("--ws", help="with --server --follow: use the WebSocket "
                                      "instead of SSE")] = False,
 ) -> None:
-    """Show a run's events from the local store, or from a server with --server."""
-    if server:
-        _run_async(_remote_logs(_client(server, token), run_id, fmt, follow, after, ws))
-        return
+    """Show a run's events from the local store, or from a server with --server.
+
+    A run the server does not know but this machine's store does (a `pyflue run` while
+    PYFLUE_SERVER_URL is set) is shown from the local store, with a note on stderr."""
     settings = _settings(project)
+    if server:
+        _run_async(_remote_or_local_logs(_client(server, token), settings, server, run_id, fmt,
+                                         follow, after, ws))
+        return
     _run_async(_logs(settings, run_id, fmt, follow, after))
+
+
+async def _remote_or_local_logs(client: PyFlueClient, settings: Settings, server: str,
+                                run_id: str, fmt: Format, follow: bool, after: int,
+                                ws: bool) -> None:
+    from pyflue.client import NotFoundError
+    from pyflue.local import open_store
+
+    try:
+        await _remote_logs(client, run_id, fmt, follow, after, ws)
+        return
+    except NotFoundError as missing:
+        try:
+            async with open_store(settings) as store:
+                await store.get_run(run_id)
+        except PyflueError:
+            raise missing from None  # not here either: the server's answer stands
+    typer.echo(f"note: run {run_id} is not on {server}; shown from this machine's store",
+               err=True)
+    await _logs(settings, run_id, fmt, follow, after)
 
 
 async def _logs(settings: Settings, run_id: str, fmt: Format, follow: bool, after: int) -> None:
@@ -379,10 +404,15 @@ def runs(
     limit: Annotated[int, typer.Option(min=1, max=1000, help="how many")] = 20,
     fmt: FormatOpt = Format.pretty,
     project: ProjectOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """List recent runs, newest first."""
-    settings = _settings(project)
-    found: list[Run] = _run_async(_runs(settings, status, workflow, limit))
+    """List recent runs, newest first: this machine's, or a server's with --server."""
+    found: list[Run]
+    if server:
+        found = _run_async(_remote_runs(_client(server, token), status, workflow, limit))
+    else:
+        found = _run_async(_runs(_settings(project), status, workflow, limit))
     if fmt is Format.json:
         typer.echo(json.dumps([r.model_dump(mode="json") for r in found], indent=2))
     elif fmt is Format.ndjson:
@@ -403,11 +433,35 @@ async def _runs(settings: Settings, status: RunStatus | None, workflow: str | No
         return await store.list_runs(status=status, workflow=workflow, limit=limit)
 
 
+async def _remote_runs(client: PyFlueClient, status: RunStatus | None, workflow: str | None,
+                       limit: int) -> list[Run]:
+    found: list[Run] = []
+    cursor: str | None = None
+    async with client:
+        while len(found) < limit:
+            page = await client.runs.list(status=status, workflow=workflow, cursor=cursor,
+                                          limit=min(limit - len(found), 500))
+            found += page.runs
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    return found
+
+
 @app.command()
-def workflows(fmt: FormatOpt = Format.pretty, project: ProjectOpt = None) -> None:
-    """List the workflows discovered in workflows/ and src/workflows/."""
+def workflows(
+    fmt: FormatOpt = Format.pretty,
+    project: ProjectOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List the workflows discovered in workflows/ and src/workflows/, or a server's."""
     from pyflue.workflows import WorkflowRegistry
 
+    if server:
+        rows = _run_async(_remote_workflows(_client(server, token)))
+        _print_workflows(rows, fmt, f"no workflows on {server}")
+        return
     settings = _settings(project)
     registry = WorkflowRegistry(settings.project_dir)
     try:
@@ -421,12 +475,23 @@ def workflows(fmt: FormatOpt = Format.pretty, project: ProjectOpt = None) -> Non
         except PyflueError as exc:
             description = f"(cannot load: {exc.message})"
         rows.append({"name": name, "path": str(source.path), "description": description})
+    _print_workflows(rows, fmt, f"no workflows under {settings.project_dir}: add "
+                                "workflows/<name>.py exporting run(ctx)")
+
+
+async def _remote_workflows(client: PyFlueClient) -> list[dict[str, Any]]:
+    async with client:
+        found = await client.workflows.list()
+    return [{"name": w.name, "description": w.description if w.error is None
+             else f"(cannot load: {w.error})", "error": w.error} for w in found]
+
+
+def _print_workflows(rows: list[dict[str, Any]], fmt: Format, empty: str) -> None:
     if fmt is not Format.pretty:
         typer.echo(json.dumps(rows, indent=2) if fmt is Format.json
                    else "\n".join(json.dumps(r) for r in rows))
     elif not rows:
-        typer.echo(f"no workflows under {settings.project_dir}: add workflows/<name>.py "
-                   "exporting run(ctx)")
+        typer.echo(empty)
     else:
         width = max(len(r["name"]) for r in rows)
         for r in rows:

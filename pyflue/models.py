@@ -64,6 +64,18 @@ class ErrorInfo(BaseModel):
     details: str | None = None
 
 
+# Event indexes are 64-bit signed in every store: a cursor past this is bad input, not a 500.
+MAX_EVENT_INDEX = 2**63 - 1
+
+
+def parse_event_index(raw: str) -> int | None:
+    """An event cursor from a header or query string (ASCII digits, in range), else None."""
+    raw = raw.strip()
+    if raw.isascii() and raw.isdigit() and int(raw) <= MAX_EVENT_INDEX:
+        return int(raw)
+    return None
+
+
 class Event(BaseModel):
     """One stored run event. ``event_index`` is 1-based and gap-free per run."""
 
@@ -97,6 +109,27 @@ class Run(BaseModel):
     idempotency_key: str | None = None
     # Set when a cancel was asked through another worker than the one running the run: why.
     cancel_requested: str | None = None
+
+
+def end_error(status: RunStatus, error: ErrorInfo | None, reason: str | None) -> ErrorInfo | None:
+    """The error a finished run reports: its own, or for a run ended from outside (cancelled,
+    timed out, interrupted) one that names the status and why; None for a completed run."""
+    if error is not None or status is RunStatus.completed:
+        return error
+    return ErrorInfo(type=status.value,
+                     message=f"run {status.value}: {reason or 'no reason was recorded'}")
+
+
+def run_end_data(status: RunStatus, *, error: ErrorInfo | None = None, reason: str | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    """The ``data`` of a ``run_end`` event: ``status``, ``is_error`` and ``error`` always
+    (``error`` is null only for a completed run), ``reason`` when there is one, then extras."""
+    shown = end_error(status, error, reason)
+    data: dict[str, Any] = {"status": status.value, "is_error": status is not RunStatus.completed,
+                            "error": shown.model_dump() if shown is not None else None}
+    if reason is not None:
+        data["reason"] = reason
+    return {**data, **extra}
 
 
 def new_run_id(workflow: str) -> str:

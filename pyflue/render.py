@@ -80,7 +80,7 @@ def pretty_event(event: Event) -> str | None:
         took = f" in {d['duration_ms']} ms" if d.get("duration_ms") is not None else ""
         line = f"{head} ■ {d.get('status')}{took}"
         err = d.get("error")
-        if err:
+        if err and err.get("type") != d.get("status"):  # else it only restates the reason
             line += f": {err.get('type')}: {err.get('message')}"
         elif d.get("reason"):
             line += f": {d['reason']}"

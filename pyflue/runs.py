@@ -37,13 +37,21 @@ from pyflue.errors import (
 )
 from pyflue.harness import Harness
 from pyflue.llm import ModelRegistry, ModelResolver
-from pyflue.models import ErrorInfo, EventType, Run, RunStatus, new_run_id, utcnow
+from pyflue.models import (
+    ErrorInfo,
+    EventType,
+    Run,
+    RunStatus,
+    new_run_id,
+    run_end_data,
+    utcnow,
+)
 from pyflue.policy import spec_for
 from pyflue.recorder import RunRecorder
 from pyflue.sandbox.base import Sandbox, SandboxProvider, SandboxSpec
 from pyflue.settings import Settings
 from pyflue.store.base import NewEvent, RunStore, RunUpdate
-from pyflue.workflows import WorkflowRegistry
+from pyflue.workflows import Workflow, WorkflowRegistry
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,10 @@ INSTANCE = str(ULID())
 def local_owner() -> str:
     """``host:pid:instance`` of this process, stored on the runs it executes."""
     return f"{socket.gethostname()}:{os.getpid()}:{INSTANCE}"
+
+
+class DeadlinePassed(Exception):
+    """The run's deadline passed while its workflow ran (internal: the run ends timed_out)."""
 
 
 @dataclass
@@ -149,8 +161,9 @@ class Runner:
     ) -> Run:
         """Runs a queued run to its end and returns the final record.
 
-        Cancelling the task ends the run ``cancelled`` (or as ``stop`` says, e.g. ``timed_out``)
-        after its container is removed.
+        Cancelling the task ends the run ``cancelled`` (or as ``stop`` says) after its container
+        is removed. A workflow still running at its deadline (:meth:`deadline_for`) is stopped
+        the same way and ends ``timed_out``.
         """
         # Claiming is conditional: a run cancelled meanwhile, or claimed by another worker,
         # raises RunStateConflict here and is not run. A cancel that lands while the claim is
@@ -183,8 +196,19 @@ class Runner:
                 id=run_id, payload=run.payload, env=self.env, req=req,
                 log=RunLog(recorder), init=scope.init,
             )
-            result = await _call_workflow(self.registry.get(run.workflow).run, ctx)
+            workflow = self.registry.get(run.workflow)
+            deadline = self.deadline_for(workflow)
+            window = asyncio.timeout(deadline)
+            try:
+                async with window:
+                    result = await _call_workflow(workflow.run, ctx)
+            except TimeoutError:
+                if not window.expired():
+                    raise  # the workflow's own timeout: its failure
+                raise DeadlinePassed(f"the run's deadline of {deadline:g} s passed") from None
             status = RunStatus.completed
+        except DeadlinePassed as exc:
+            status, reason = RunStatus.timed_out, str(exc)
         except asyncio.CancelledError as exc:
             if stop is not None:
                 status, reason = stop.status, stop.reason
@@ -202,6 +226,16 @@ class Runner:
         if reraise is not None:
             raise reraise
         return final
+
+    def deadline_for(self, workflow: Workflow) -> float:
+        """Seconds a run of ``workflow`` may take: its module's ``deadline_seconds``, else
+        PYFLUE_DEFAULT_DEADLINE; at least 1 s and at most PYFLUE_MAX_DEADLINE."""
+        limits = self.settings.server
+        wanted = getattr(workflow.module, "deadline_seconds", None)
+        seconds = limits.default_deadline
+        if isinstance(wanted, int | float) and not isinstance(wanted, bool):
+            seconds = float(wanted)
+        return min(max(seconds, 1.0), limits.max_deadline)
 
     async def _finish(
         self,
@@ -222,14 +256,6 @@ class Runner:
                 "fields": {},
             })
         duration_ms = int((time.monotonic() - t0) * 1000)
-        end: dict[str, Any] = {
-            "status": status.value, "is_error": status is not RunStatus.completed,
-            "duration_ms": duration_ms,
-        }
-        if error is not None:
-            end["error"] = error.model_dump()
-        if reason is not None:
-            end["reason"] = reason
         try:
             await recorder.flush()
         except Exception as exc:  # events lost to a store failure: still end the run's record
@@ -237,15 +263,13 @@ class Runner:
                 type="store_error", message=f"recording the run's events failed: {exc}"
             )
             status = RunStatus.failed if status is RunStatus.completed else status
-            end.update(status=status.value, is_error=True, error=error.model_dump())
         if reason is None and recorder.limit_reasons:
             reason = "; ".join(dict.fromkeys(recorder.limit_reasons))
-            end["reason"] = reason
         # Granted secrets never reach the store, in the result or the error either.
         result = recorder.redactor.data(result)
         if error is not None:
             error = ErrorInfo.model_validate(recorder.redactor.data(error.model_dump()))
-            end["error"] = error.model_dump()
+        end = run_end_data(status, error=error, reason=reason, duration_ms=duration_ms)
         # The record is final before run_end is stored: whoever sees run_end reads the outcome.
         # Only from `running`: a worker that took this run as lost (see owner_is_dead) has
         # ended it already, run_end and all, and that stands.
@@ -303,7 +327,7 @@ class Runner:
         """Ends a run whose process is gone; False if it changed meanwhile (another worker
         ended it first, or it finished): then nothing is written, so run_end stays single."""
         reason = f"the process that ran it ({run.owner}) is gone"
-        end = {"status": RunStatus.interrupted.value, "is_error": True, "reason": reason}
+        end = run_end_data(RunStatus.interrupted, reason=reason)
         try:
             await self.store.update_run(run.run_id, RunUpdate(
                 status=RunStatus.interrupted, finished_at=utcnow(), reason=reason,

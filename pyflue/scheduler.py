@@ -1,9 +1,10 @@
-"""The scheduler: a queue kept in the run store, at most N runs at once, deadlines, cancel.
+"""The scheduler: a queue kept in the run store, at most N runs at once, cancel.
 
 Runs are submitted ``queued`` (the record is written before anything is acknowledged); the
-scheduler admits them oldest first while fewer than ``max_concurrency`` run, each with a
-deadline. Cancel stops a queued run at once, and a running one by cancelling its task: the
-command in flight is killed, the container removed, and only then is the run ``cancelled``.
+scheduler admits them oldest first while fewer than ``max_concurrency`` run (the runner keeps
+each to its deadline). Cancel stops a queued run at once, and a running one by cancelling its
+task: the command in flight is killed, the container removed, and only then is the run
+``cancelled``.
 On start-up, runs a dead server left ``running`` are marked ``interrupted`` and their
 containers reaped; queued runs stay queued and run.
 """
@@ -17,7 +18,7 @@ import time
 from typing import Any
 
 from pyflue.errors import RunStateConflict
-from pyflue.models import EventType, Run, RunStatus, utcnow
+from pyflue.models import EventType, Run, RunStatus, run_end_data, utcnow
 from pyflue.runs import Runner, StopRequest, local_owner
 from pyflue.store.base import NewEvent, RunUpdate
 
@@ -30,15 +31,11 @@ class Scheduler:
         runner: Runner,
         *,
         max_concurrency: int = 4,
-        default_deadline: float = 3600.0,
-        max_deadline: float = 6 * 3600.0,
         poll_interval: float = 1.0,
     ) -> None:
         self.runner = runner
         self.store = runner.store
         self.max_concurrency = max_concurrency
-        self.default_deadline = default_deadline
-        self.max_deadline = max_deadline
         self.poll_interval = poll_interval
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, StopRequest] = {}
@@ -62,13 +59,7 @@ class Scheduler:
     async def start(self) -> None:
         """Recovers from a previous crash, then starts admitting queued runs."""
         await self.store.heartbeat(self.worker)  # before any run of ours can be judged
-        recovered = await self.runner.recover()
-        if recovered:
-            log.warning("marked %d run(s) interrupted after a restart", len(recovered))
-        try:
-            await self.runner.reap()
-        except Exception as exc:  # the engine may be down; runs will say so themselves
-            log.warning("reaping at start-up failed: %s", exc)
+        await self._reap()
         self._loop_task = asyncio.create_task(self._admit_loop(), name="pyflue-scheduler")
         self._beat_task = asyncio.create_task(self._beat_loop(), name="pyflue-heartbeat")
 
@@ -91,8 +82,9 @@ class Scheduler:
             log.warning("could not sign this worker off: %s", exc)
 
     async def _beat_loop(self) -> None:
-        """Heartbeats (lease/3) for the other workers sharing the store; every lease, takes
-        back runs whose worker stopped beating (they end ``interrupted``)."""
+        """Heartbeats (lease/3) for the other workers sharing the store; every lease, a reaper
+        pass: runs whose worker stopped beating end ``interrupted``, and containers left by
+        runs that are over (a removal that failed, a crashed `pyflue run`) are removed."""
         lease = self.runner.worker_lease
         beats = 0
         while True:
@@ -100,10 +92,25 @@ class Scheduler:
             beats += 1
             try:
                 await self.store.heartbeat(self.worker)
-                if beats % 3 == 0 and (lost := await self.runner.recover()):
-                    log.warning("marked %d run(s) of a lost worker interrupted", len(lost))
             except Exception:  # a store hiccup must not stop the heartbeat for good
                 log.exception("heartbeat failed; retrying")
+                continue
+            if beats % 3 == 0:
+                await self._reap()
+
+    async def _reap(self) -> None:
+        try:
+            lost = await self.runner.recover()
+            if lost:
+                log.warning("marked %d run(s) interrupted: the process that ran them is gone",
+                            len(lost))
+            reaped = await self.runner.provider.reap(self.runner.is_live)
+            if reaped:
+                log.warning("reaped the containers of %d finished run(s): %s", len(reaped),
+                            ", ".join(reaped))
+        except Exception as exc:  # the engine or the store may be down (runs will say so)
+            log.warning("reaper pass failed, next one in %g s: %s", self.runner.worker_lease,
+                        exc)
 
     async def submit(
         self,
@@ -205,7 +212,7 @@ class Scheduler:
             status=RunStatus.cancelled, reason=reason, finished_at=utcnow(),
             expect_status=RunStatus.queued,
         ))  # final before run_end is stored, as for every run
-        end = {"status": RunStatus.cancelled.value, "is_error": True, "reason": reason}
+        end = run_end_data(RunStatus.cancelled, reason=reason)
         await self.store.append_events(run.run_id, [NewEvent(EventType.run_end, end, utcnow())])
         self._requests.pop(run.run_id, None)
         self._mark_finished(run.run_id)
@@ -271,27 +278,8 @@ class Scheduler:
     def _start(self, run: Run) -> None:
         self._tasks[run.run_id] = asyncio.create_task(self._execute(run), name=f"run:{run.run_id}")
 
-    def deadline_for(self, run: Run) -> float:
-        try:
-            workflow = self.runner.registry.get(run.workflow)
-            wanted = getattr(workflow.module, "deadline_seconds", None)
-        except Exception:  # a broken module fails in execute, with the real error
-            wanted = None
-        seconds = float(wanted) if isinstance(wanted, int | float) else self.default_deadline
-        return min(max(seconds, 1.0), self.max_deadline)
-
     async def _execute(self, run: Run) -> None:
         stop = self._stops.setdefault(run.run_id, StopRequest())
-        deadline = self.deadline_for(run)
-        task = asyncio.current_task()
-        assert task is not None
-
-        def expire() -> None:
-            stop.status = RunStatus.timed_out
-            stop.reason = f"the run's deadline of {deadline:g} s passed"
-            task.cancel()
-
-        timer = asyncio.get_running_loop().call_later(deadline, expire)
         try:
             final = await self.runner.execute(
                 run.run_id, req=self._requests.get(run.run_id), stop=stop
@@ -305,7 +293,6 @@ class Scheduler:
         except Exception:
             log.exception("run %s failed outside its workflow", run.run_id)
         finally:
-            timer.cancel()
             self._tasks.pop(run.run_id, None)
             self._stops.pop(run.run_id, None)
             self._requests.pop(run.run_id, None)

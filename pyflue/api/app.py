@@ -53,9 +53,7 @@ def create_app(
             if models is None:
                 stack.push_async_callback(runner.models.close)
             server = settings.server
-            scheduler = Scheduler(runner, max_concurrency=server.max_concurrency,
-                                  default_deadline=server.default_deadline,
-                                  max_deadline=server.max_deadline)
+            scheduler = Scheduler(runner, max_concurrency=server.max_concurrency)
             await scheduler.start()
             stack.push_async_callback(scheduler.stop)
             app.state.scheduler = scheduler

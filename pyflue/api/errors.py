@@ -66,6 +66,14 @@ def install(app: FastAPI) -> None:
             400,
         )
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # A bug of ours still answers in the documented shape (Starlette logs the traceback);
+        # the exception's text stays in the log, as it may hold anything.
+        return JSONResponse(error_body(
+            "internal_error", f"the server failed unexpectedly ({type(exc).__name__}); "
+            "its log has the details"), 500)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")

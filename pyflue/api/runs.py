@@ -11,7 +11,7 @@ from pyflue.api import deps
 from pyflue.api.errors import HttpProblem
 from pyflue.api.sse import event_stream
 from pyflue.errors import RunNotFound
-from pyflue.models import EventType, RunStatus
+from pyflue.models import MAX_EVENT_INDEX, EventType, RunStatus, parse_event_index
 
 router = APIRouter(dependencies=[Depends(deps.require_token)])
 
@@ -62,7 +62,7 @@ def _types(raw: str | None) -> list[EventType] | None:
 async def list_events(
     run_id: str,
     request: Request,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_INDEX)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
     types: str | None = None,
 ) -> dict[str, Any]:
@@ -81,17 +81,19 @@ async def list_events(
 async def stream(
     run_id: str,
     request: Request,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_INDEX)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     store = deps.store(request)
     await store.get_run(run_id)
     start = after or 0
     if last_event_id is not None:
-        if not last_event_id.strip().isdigit():
+        resumed = parse_event_index(last_event_id)
+        if resumed is None:
             raise HttpProblem(400, "invalid_parameter",
-                              "header 'Last-Event-ID' must be an event index (an integer)")
-        start = int(last_event_id)
+                              "header 'Last-Event-ID' must be an event index (an integer "
+                              f"from 0 to {MAX_EVENT_INDEX})")
+        start = resumed
     body = event_stream(store, run_id, after=start,
                         heartbeat=deps.settings(request).server.heartbeat_seconds)
     return StreamingResponse(body, media_type="text/event-stream",

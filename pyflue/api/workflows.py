@@ -12,7 +12,7 @@ from pyflue.api import deps
 from pyflue.api.errors import HttpProblem, error_body
 from pyflue.api.sse import event_stream
 from pyflue.errors import PyflueError
-from pyflue.models import Run, RunStatus
+from pyflue.models import Run, RunStatus, end_error
 from pyflue.runs import check_payload
 
 router = APIRouter(dependencies=[Depends(deps.require_token)])
@@ -95,10 +95,8 @@ def _result_response(run: Run, headers: dict[str, str]) -> JSONResponse:
     if run.status is RunStatus.completed:
         return JSONResponse({"status": "completed", "run_id": run.run_id, "result": run.result},
                             200, headers=headers)
-    if run.error is not None:
-        body = error_body(run.error.type, run.error.message, run.error.details,
-                          run_id=run.run_id, status=run.status.value)
-    else:
-        body = error_body(run.status.value, f"run {run.run_id} {run.status.value}: {run.reason}",
-                          run_id=run.run_id, status=run.status.value)
+    error = end_error(run.status, run.error, run.reason)
+    assert error is not None  # only a completed run has none
+    body = error_body(error.type, error.message, error.details, run_id=run.run_id,
+                      status=run.status.value)
     return JSONResponse(body, FINISHED_STATUS.get(run.status, 500), headers=headers)

@@ -22,7 +22,15 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from pyflue.errors import ConfigError, InvalidPayload, PyflueError, RunNotFound, WorkflowNotFound
-from pyflue.models import Event, EventType, Run, RunStatus
+from pyflue.models import (
+    MAX_EVENT_INDEX,
+    Event,
+    EventType,
+    Run,
+    RunStatus,
+    end_error,
+    parse_event_index,
+)
 from pyflue.runs import check_payload
 from pyflue.scheduler import Scheduler
 from pyflue.settings import Settings
@@ -94,7 +102,7 @@ async def invoke(ws: WebSocket, name: str) -> None:
     except WebSocketDisconnect:
         return
     try:
-        run, _new = await scheduler.submit(name, payload, req=ws)
+        run, _new = await scheduler.submit(name, payload, source="websocket")
     except WorkflowNotFound as exc:
         return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", exc.message)
     except (InvalidPayload, ConfigError) as exc:
@@ -122,26 +130,26 @@ def _payload(raw: str) -> dict[str, Any]:
 def _outcome(run: Run) -> dict[str, Any]:
     if run.status is RunStatus.completed:
         return {"type": "result", "run_id": run.run_id, "result": run.result}
-    error = (run.error.model_dump() if run.error is not None else
-             {"type": run.status.value, "message": f"run {run.status.value}: {run.reason}",
-              "details": None})
-    return {"type": "error", "run_id": run.run_id, "status": run.status.value, "error": error}
+    error = end_error(run.status, run.error, run.reason)
+    return {"type": "error", "run_id": run.run_id, "status": run.status.value,
+            "error": error.model_dump() if error is not None else None}
 
 
 @router.websocket("/runs/{run_id}/stream")
 async def follow(ws: WebSocket, run_id: str) -> None:
     if not await _open(ws):
         return
-    raw_after = ws.query_params.get("after", "0")
-    if not raw_after.isdigit():
+    after = parse_event_index(ws.query_params.get("after", "0"))
+    if after is None:
         return await _error_and_close(ws, CLOSE_BAD_MESSAGE, "invalid_parameter",
-                                      "query parameter 'after' must be an event index (>= 0)")
+                                      "query parameter 'after' must be an event index (an "
+                                      f"integer from 0 to {MAX_EVENT_INDEX})")
     scheduler = _scheduler(ws)
     try:
         await scheduler.store.get_run(run_id)
     except RunNotFound as exc:
         return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", exc.message)
-    if await _relay(ws, scheduler, run_id, int(raw_after)):
+    if await _relay(ws, scheduler, run_id, after):
         with contextlib.suppress(Exception):
             await ws.close(CLOSE_DONE, "run_end")
 

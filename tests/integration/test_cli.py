@@ -128,6 +128,30 @@ def test_ctrl_c_cancels_the_run_removes_its_container_and_exits_130(
     assert shown["run_id"] == run_id and shown["status"] == "cancelled"
 
 
+def test_a_local_run_past_its_deadline_ends_timed_out_with_its_container_gone(
+    env: dict[str, str], tmp_path: Path, containers_of: Any,
+) -> None:
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "stuck.py").write_text(
+        "from pyflue import create_agent\n"
+        "deadline_seconds = 3\n"
+        "agent = create_agent(lambda ctx: {})\n"
+        "async def run(ctx):\n"
+        "    h = await ctx.init(agent)\n"
+        "    await h.shell('sleep 120', timeout=300)\n"
+    )
+    started = time.monotonic()
+    done = pyflue("run", "stuck", "-q", "-C", str(tmp_path), env=env)
+    assert time.monotonic() - started < 60  # the deadline, not the command's 120 s
+    assert done.returncode == 1, done.stderr
+    run_id = done.stderr.split()[1]
+    assert f"error: run {run_id} timed_out: timed_out: run timed_out: the run's deadline of 3 s" \
+        " passed" in done.stderr
+    assert containers_of(run_id) == []
+    shown = json.loads(pyflue("runs", "-C", str(tmp_path), "--format", "json", env=env).stdout)
+    assert shown[0]["status"] == "timed_out"
+
+
 def test_doctor_reports_each_check_on_its_own_line(env: dict[str, str]) -> None:
     done = pyflue("doctor", env=env)
     assert done.returncode == 0, done.stdout

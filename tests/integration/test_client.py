@@ -337,3 +337,35 @@ def test_cli_without_a_reachable_server_is_one_line_and_exit_1() -> None:
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1
     assert f"not reachable at {url}" in lines[0] and "pyflue serve" in lines[0]
+
+
+def test_cli_lists_a_servers_runs_and_workflows(server_url: str) -> None:
+    ids = [pyflue("invoke", "hello", "--server", server_url, "--wait", "-p", f'{{"name": "{n}"}}')
+           for n in ("a", "b")]
+    assert all(done.returncode == 0 for done in ids)
+    listed = pyflue("runs", "--server", server_url, "--workflow", "hello", "--limit", "2",
+                    "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    runs = json.loads(listed.stdout)
+    assert len(runs) == 2 and [r["payload"]["name"] for r in runs] == ["b", "a"]  # newest first
+    assert all(r["source"] == "http" for r in runs)
+    flows = pyflue("workflows", "--format", "json", PYFLUE_SERVER_URL=server_url)
+    assert flows.returncode == 0, flows.stderr
+    assert {"hello", "shell_steps"} <= {w["name"] for w in json.loads(flows.stdout)}
+
+
+def test_cli_logs_of_a_local_run_with_a_server_set_reads_the_local_store(
+    server_url: str, tmp_path: Path,
+) -> None:
+    # A CI shell with PYFLUE_SERVER_URL exported, then a `pyflue run` on the machine itself.
+    store = {"PYFLUE_STORE_URL": f"sqlite+aiosqlite:///{tmp_path / 'local.db'}"}
+    done = pyflue("run", "hello", "-q", **store)
+    assert done.returncode == 0, done.stderr
+    run_id = done.stderr.split()[1]
+    shown = pyflue("logs", run_id, "--format", "ndjson", PYFLUE_SERVER_URL=server_url, **store)
+    assert shown.returncode == 0, shown.stderr
+    assert f"not on {server_url}; shown from this machine's store" in shown.stderr
+    assert json.loads(shown.stdout.splitlines()[-1])["type"] == "run_end"
+    missing = pyflue("logs", "workflow:hello:01NOWHERE", PYFLUE_SERVER_URL=server_url, **store)
+    lines = missing.stderr.strip().splitlines()
+    assert missing.returncode != 0 and len(lines) == 1 and "01NOWHERE" in lines[0]

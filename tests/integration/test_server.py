@@ -202,3 +202,48 @@ async def test_a_sigkilled_server_recovers_running_and_queued_runs(
     finally:
         again.stop()
     assert json.loads(json.dumps(long_ids))  # every acknowledged id was found above
+
+
+async def test_a_running_server_reaps_containers_its_runs_left_behind(
+    project: Path, tmp_path: Path, docker_client: Any
+) -> None:
+    # As a container whose removal failed, or one a `pyflue run` left when it was killed: it
+    # belongs to this store (its scope label) but to no running run. The server removes it
+    # within a reaper pass (every PYFLUE_WORKER_LEASE seconds) without being restarted.
+    from pyflue.local import store_scope
+    from pyflue.sandbox.base import SandboxSpec
+    from pyflue.sandbox.docker.lifecycle import container_config, resource_name
+    from pyflue.settings import Settings
+
+    store = tmp_path / "reaped.db"
+    spec = SandboxSpec(run_id="workflow:ghost:01TESTLIVEREAPER", workflow="ghost",
+                       image="pyflue/sandbox:latest")
+    srv = Server(project, store, concurrency=2, env={"PYFLUE_WORKER_LEASE": "3"})
+    srv.start()
+    try:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+            # A run in progress keeps its container through every pass.
+            busy = (await client.post("/workflows/nap", json={"seconds": 10})).json()["run_id"]
+            for _ in range(300):
+                if _containers(docker_client, {busy}):
+                    break
+                await asyncio.sleep(0.1)
+            scope = store_scope(Settings(store_url=f"sqlite+aiosqlite:///{store}"))
+            docker_client.containers.create(**container_config(
+                spec, resource_name(spec.run_id), scope)).start()
+            ghost_gone = False
+            for _ in range(300):
+                left = {c["Labels"]["dev.pyflue.run-id"]
+                        for c in _containers(docker_client, {spec.run_id, busy})}
+                if spec.run_id not in left:
+                    ghost_gone = True
+                    break
+                await asyncio.sleep(0.1)
+            assert ghost_gone, "the orphan container outlived 30 s of reaper passes"
+            assert (await client.get(f"/runs/{busy}")).json()["status"] == "running"
+            assert busy in left  # still running and still there
+            assert (await until_finished(client, busy))["status"] == "completed"
+    finally:
+        srv.stop()
+        for c in _containers(docker_client, {spec.run_id}):
+            docker_client.api.remove_container(c["Id"], force=True)

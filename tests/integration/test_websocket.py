@@ -41,6 +41,10 @@ WORKFLOWS = {
         async def run(ctx):
             raise RuntimeError("it broke")
         """,
+    "who": """
+        async def run(ctx):
+            return {"req": type(ctx.req).__name__ if ctx.req is not None else None}
+        """,
 }
 
 
@@ -94,6 +98,31 @@ async def test_a_failed_run_ends_with_an_error_frame(server: Server) -> None:
         last = (await _frames(sock))[-1]
     assert last["type"] == "error" and last["error"]["type"] == "RuntimeError"
     assert last["error"]["message"] == "it broke" and last["run_id"].startswith("workflow:boom:")
+
+
+async def test_a_socket_invocation_has_no_http_request_and_says_where_it_came_from(
+    server: Server,
+) -> None:
+    async with websockets.connect(ws_url(server, "/workflows/who")) as sock:
+        await sock.send(json.dumps({"payload": {}}))
+        last = (await _frames(sock))[-1]
+    assert last["result"] == {"req": None}  # ctx.req is the HTTP request, or None
+    async with httpx.AsyncClient() as http:
+        run = (await http.get(f"{server.url}/runs/{last['run_id']}")).json()
+    assert run["source"] == "websocket"
+
+
+@pytest.mark.parametrize("after", ["99999999999999999999", "-1", "%C2%B2", "1.5"])
+async def test_a_bad_cursor_to_follow_gets_an_error_frame(server: Server, after: str) -> None:
+    async with websockets.connect(ws_url(server, "/workflows/who")) as sock:
+        await sock.send(json.dumps({"payload": {}}))
+        run_id = (await _frames(sock))[-1]["run_id"]
+    async with websockets.connect(ws_url(server, f"/runs/{run_id}/stream?after={after}")) as sock:
+        frames = await _frames(sock)
+        assert sock.close_code == 4400
+    [frame] = frames
+    assert frame["type"] == "error" and frame["error"]["type"] == "invalid_parameter"
+    assert "an integer from 0 to 9223372036854775807" in frame["error"]["message"]
 
 
 @pytest.mark.parametrize(("path", "message", "kind", "code"), [

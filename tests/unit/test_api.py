@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -157,6 +158,45 @@ async def test_cancel_a_running_run_then_again_is_409(client: httpx.AsyncClient)
     assert run["status"] == "cancelled"
     again = await client.post(f"/runs/{run_id}/cancel")
     assert again.status_code == 409 and again.json()["error"]["type"] == "conflict"
+
+
+async def test_run_end_always_carries_an_error_field(client: httpx.AsyncClient) -> None:
+    async def run_end(run_id: str) -> dict[str, Any]:
+        for _ in range(200):
+            events = (await client.get(f"/runs/{run_id}/events?types=run_end")).json()["events"]
+            if events:
+                return dict(events[0]["data"])
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no run_end for {run_id}")
+
+    ok = (await client.post("/workflows/echo?wait=result", json={})).json()["run_id"]
+    end = await run_end(ok)
+    assert end["status"] == "completed" and end["is_error"] is False and end["error"] is None
+    failed = (await client.post("/workflows/boom?wait=result", json={})).json()["run_id"]
+    end = await run_end(failed)
+    assert end["is_error"] is True and end["error"]["type"] == "ValueError"
+    assert end["error"]["message"] == "nope"
+    slow = (await client.post("/workflows/slow", json={})).json()["run_id"]
+    await client.post(f"/runs/{slow}/cancel")
+    end = await run_end(slow)
+    assert end["status"] == "cancelled" and end["is_error"] is True
+    assert end["error"] == {"type": "cancelled", "message": "run cancelled: cancelled by request",
+                            "details": None}
+    assert end["reason"] == "cancelled by request"
+
+
+@pytest.mark.parametrize(("path", "headers"), [
+    ("/runs/{id}/events?after=99999999999999999999", {}),
+    ("/runs/{id}/stream?after=99999999999999999999", {}),
+    ("/runs/{id}/stream", {"Last-Event-ID": "99999999999999999999"}),
+    ("/runs/{id}/stream", {"Last-Event-ID": "1e3"}),
+])
+async def test_an_event_cursor_out_of_range_is_400(
+    client: httpx.AsyncClient, path: str, headers: dict[str, str],
+) -> None:
+    run_id = (await client.post("/workflows/echo?wait=result", json={})).json()["run_id"]
+    r = await client.get(path.format(id=run_id), headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_parameter"
 
 
 async def test_the_same_idempotency_key_returns_the_same_run(client: httpx.AsyncClient) -> None:

@@ -302,3 +302,37 @@ async def test_a_cancel_during_the_claim_still_ends_the_run_cancelled(
     assert run.status is RunStatus.cancelled
     events = await runner.store.list_events(submitted.run_id)
     assert events[-1].type is EventType.run_end
+
+
+async def test_a_run_past_its_deadline_ends_timed_out_and_its_own_timeouts_fail_it(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("stuck", AGENT + """
+import asyncio
+deadline_seconds = 1
+async def run(ctx):
+    await ctx.init(agent)
+    if ctx.payload.get("own"):  # a timeout of the workflow's own is its failure, not the deadline
+        await asyncio.wait_for(asyncio.sleep(30), 0.05)
+    await asyncio.sleep(30)
+""")
+    runner = fake_runner(project)
+    run = await runner.run("stuck", {})
+    assert run.status is RunStatus.timed_out and run.reason == "the run's deadline of 1 s passed"
+    end = (await runner.store.list_events(run.run_id))[-1]
+    assert end.data["status"] == "timed_out" and end.data["error"]["type"] == "timed_out"
+    assert runner.provider.live == {}  # type: ignore[attr-defined]  # the sandbox is gone
+    own = await runner.run("stuck", {"own": True})
+    assert own.status is RunStatus.failed and own.error is not None
+    assert own.error.type == "TimeoutError"
+
+
+@pytest.mark.parametrize(("declared", "expected"), [
+    (None, 3600.0), (2, 2.0), (0.1, 1.0), (10**9, 6 * 3600.0), (True, 3600.0), ("5", 3600.0)])
+async def test_the_deadline_is_the_workflows_own_within_the_servers_bounds(
+    project: Path, write_workflow: WriteWorkflow, declared: object, expected: float,
+) -> None:
+    line = "" if declared is None else f"deadline_seconds = {declared!r}\n"
+    write_workflow("bounded", line + "async def run(ctx):\n    return 1\n")
+    runner = fake_runner(project)
+    assert runner.deadline_for(runner.registry.get("bounded")) == expected
