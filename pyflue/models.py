@@ -54,6 +54,7 @@ class EventType(StrEnum):
     tool_start = "tool_start"
     tool_end = "tool_end"
     sandbox_limit = "sandbox_limit"
+    run_requeued = "run_requeued"
 
 
 class ErrorInfo(BaseModel):
@@ -109,6 +110,9 @@ class Run(BaseModel):
     idempotency_key: str | None = None
     # Set when a cancel was asked through another worker than the one running the run: why.
     cancel_requested: str | None = None
+    # 1, then one more each time the run went back to the queue (a workflow safe to retry
+    # whose worker was lost or stopped).
+    attempt: int = 1
 
 
 def end_error(status: RunStatus, error: ErrorInfo | None, reason: str | None) -> ErrorInfo | None:

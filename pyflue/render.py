@@ -75,7 +75,10 @@ def pretty_event(event: Event) -> str | None:
         fields = " ".join(f"{k}={_short(v, 60)}" for k, v in (d.get("fields") or {}).items())
         return f"{head} [{d.get('level', 'info')}] {d.get('message')} {fields}".rstrip()
     if t is EventType.run_start:
-        return f"{head} ▶ run {event.run_id} ({d.get('workflow')})"
+        again = f", attempt {d['attempt']}" if (d.get("attempt") or 1) > 1 else ""
+        return f"{head} ▶ run {event.run_id} ({d.get('workflow')}{again})"
+    if t is EventType.run_requeued:
+        return f"{head} ↺ back in the queue for attempt {d.get('attempt')}: {d.get('reason')}"
     if t is EventType.run_end:
         took = f" in {d['duration_ms']} ms" if d.get("duration_ms") is not None else ""
         line = f"{head} ■ {d.get('status')}{took}"

@@ -68,12 +68,18 @@ class DeadlinePassed(Exception):
     """The run's deadline passed while its workflow ran (internal: the run ends timed_out)."""
 
 
+# The most times one run may go back to the queue, whatever its workflow asks.
+MAX_RETRIES = 10
+
+
 @dataclass
 class StopRequest:
-    """Why a running run's task is being cancelled: the status it ends with, and the reason."""
+    """Why a running run's task is being cancelled: the status it ends with, and the reason.
+    ``requeue``: put the run back in the queue instead when its workflow is safe to retry."""
 
     status: RunStatus = RunStatus.cancelled
     reason: str = "cancelled while running"
+    requeue: bool = False
 
 
 def parse_payload(raw: str | bytes | None) -> dict[str, Any]:
@@ -181,7 +187,7 @@ class Runner:
         recorder = RunRecorder(self.store, run_id)
         recorder.emit(EventType.run_start, {
             "workflow": run.workflow, "payload": run.payload, "image": run.image,
-            "source": run.source,
+            "source": run.source, "attempt": run.attempt,
         })
         scope = _SandboxScope(self, run, recorder)
         t0 = time.monotonic()
@@ -198,6 +204,7 @@ class Runner:
             )
             workflow = self.registry.get(run.workflow)
             deadline = self.deadline_for(workflow)
+            self.retries_for(workflow)  # a bad value fails the run now, not when it is lost
             window = asyncio.timeout(deadline)
             try:
                 async with window:
@@ -210,7 +217,9 @@ class Runner:
         except DeadlinePassed as exc:
             status, reason = RunStatus.timed_out, str(exc)
         except asyncio.CancelledError as exc:
-            if stop is not None:
+            if stop is not None and stop.requeue and self._may_requeue(run):
+                status, reason = RunStatus.queued, stop.reason  # see _finish
+            elif stop is not None:
                 status, reason = stop.status, stop.reason
             else:
                 status = RunStatus.cancelled
@@ -221,7 +230,7 @@ class Runner:
         except BaseException as exc:  # KeyboardInterrupt and the like: record, clean, re-raise
             status, error, reraise = RunStatus.failed, error_info(exc), exc
         final = await run_to_completion(
-            self._finish(run_id, scope, recorder, status, result, error, reason, t0)
+            self._finish(run, scope, recorder, status, result, error, reason, t0)
         )
         if reraise is not None:
             raise reraise
@@ -232,14 +241,58 @@ class Runner:
         PYFLUE_DEFAULT_DEADLINE; at least 1 s and at most PYFLUE_MAX_DEADLINE."""
         limits = self.settings.server
         wanted = getattr(workflow.module, "deadline_seconds", None)
-        seconds = limits.default_deadline
-        if isinstance(wanted, int | float) and not isinstance(wanted, bool):
-            seconds = float(wanted)
-        return min(max(seconds, 1.0), limits.max_deadline)
+        if wanted is None:
+            return limits.default_deadline
+        if not isinstance(wanted, int | float) or isinstance(wanted, bool):
+            raise ConfigError(f"workflow {workflow.name!r}: deadline_seconds must be a number of "
+                              f"seconds, not {wanted!r}")
+        return min(max(float(wanted), 1.0), limits.max_deadline)
+
+    def retries_for(self, workflow: Workflow) -> int:
+        """How often a run of ``workflow`` may go back to the queue when its worker is lost
+        or stops: its module's ``retry_interrupted`` (``True`` for once, or a count up to
+        MAX_RETRIES); 0 by default, as re-running a workflow is only safe if it says so."""
+        wanted = getattr(workflow.module, "retry_interrupted", False)
+        if wanted is True or wanted is False:
+            return int(wanted)
+        if not isinstance(wanted, int) or not 0 <= wanted <= MAX_RETRIES:
+            raise ConfigError(f"workflow {workflow.name!r}: retry_interrupted must be True, "
+                              f"False or a count from 0 to {MAX_RETRIES}, not {wanted!r}")
+        return wanted
+
+    def _may_requeue(self, run: Run) -> bool:
+        """Whether a run whose worker is lost or stopping goes back to the queue: a server's
+        run (a `pyflue run` has nobody to pick it up), not asked to cancel, with retries left."""
+        if run.source == "cli" or run.cancel_requested:
+            return False
+        try:
+            retries = self.retries_for(self.registry.get(run.workflow))
+        except PyflueError:  # the module no longer loads: it would only fail again
+            return False
+        return run.attempt <= retries
+
+    async def _requeue(self, run: Run, reason: str) -> bool:
+        """Puts a running run back in the queue as its next attempt (any worker may take it);
+        False if it changed meanwhile. A ``run_requeued`` event says why."""
+        attempt = run.attempt + 1
+        try:
+            await self.store.update_run(run.run_id, RunUpdate(
+                status=RunStatus.queued, expect_status=RunStatus.running,
+                expect_attempt=run.attempt,
+                extra={"owner": None, "started_at": None, "reason": None, "attempt": attempt},
+            ))
+        except RunStateConflict:
+            return False
+        await self.store.append_events(run.run_id, [NewEvent(EventType.run_requeued, {
+            "reason": reason, "attempt": attempt,
+        }, utcnow())])
+        log.warning("run %s went back to the queue (attempt %d): %s", run.run_id, attempt,
+                    reason)
+        return True
 
     async def _finish(
         self,
-        run_id: str,
+        run: Run,
         scope: _SandboxScope,
         recorder: RunRecorder,
         status: RunStatus,
@@ -248,6 +301,7 @@ class Runner:
         reason: str | None,
         t0: float,
     ) -> Run:
+        run_id = run.run_id
         try:
             await scope.close()
         except Exception as exc:  # the container could not be removed: the reaper will
@@ -263,6 +317,11 @@ class Runner:
                 type="store_error", message=f"recording the run's events failed: {exc}"
             )
             status = RunStatus.failed if status is RunStatus.completed else status
+        if status is RunStatus.queued:  # back to the queue: a retry-safe run, its worker stopping
+            with contextlib.suppress(Exception):
+                await recorder.close()
+            await self._requeue(run, reason or "its worker stopped")
+            return await self.store.get_run(run_id)
         if reason is None and recorder.limit_reasons:
             reason = "; ".join(dict.fromkeys(recorder.limit_reasons))
         # Granted secrets never reach the store, in the result or the error either.
@@ -271,16 +330,18 @@ class Runner:
             error = ErrorInfo.model_validate(recorder.redactor.data(error.model_dump()))
         end = run_end_data(status, error=error, reason=reason, duration_ms=duration_ms)
         # The record is final before run_end is stored: whoever sees run_end reads the outcome.
-        # Only from `running`: a worker that took this run as lost (see owner_is_dead) has
-        # ended it already, run_end and all, and that stands.
+        # Only from `running` at this attempt: a worker that took this run as lost (see
+        # owner_is_dead) has ended it already, run_end and all, or put it back in the queue for
+        # a next attempt that may be running elsewhere by now; either stands.
         try:
             await self.store.update_run(run_id, RunUpdate(
                 status=status, result=result, has_result=status is RunStatus.completed,
                 error=error, reason=reason, finished_at=utcnow(), duration_ms=duration_ms,
-                image=scope.image, expect_status=RunStatus.running,
+                image=scope.image, expect_status=RunStatus.running, expect_attempt=run.attempt,
             ))
         except RunStateConflict:
-            log.warning("run %s was ended elsewhere while it ran here; keeping that end", run_id)
+            log.warning("run %s was taken back by another worker while it ran here (this "
+                        "worker was taken for lost); its outcome here is dropped", run_id)
             with contextlib.suppress(Exception):
                 await recorder.close()
             return await self.store.get_run(run_id)
@@ -295,15 +356,17 @@ class Runner:
         return await self.execute(run.run_id)
 
     async def is_live(self, run_id: str) -> bool:
-        """Whether a run may still be using its container (for the reaper)."""
+        """Whether a run may still be using its container (for the reaper). Only a running run
+        can: a queued one has none yet (containers are made after the claim), so a container
+        of a queued run is left from an attempt whose worker was lost."""
         try:
             run = await self.store.get_run(run_id)
         except RunNotFound:
             return False
-        if run.status.finished:
+        if run.status is not RunStatus.running:
             return False
         if run.status is RunStatus.running and await self.owner_is_dead(run.owner):
-            await self._interrupt(run)
+            await self._take_back(run)  # requeued or not, that container's attempt is over
             return False
         return True
 
@@ -323,6 +386,17 @@ class Runner:
         age = await self.store.worker_age(owner)  # by the store's clock: no skew between hosts
         return age is not None and age > self.worker_lease
 
+    async def _take_back(self, run: Run) -> RunStatus | None:
+        """Deals with a run whose process is gone: a running one goes back to the queue when
+        its workflow is safe to retry, any other ends ``interrupted``. Returns the status it
+        was given, or None when the run changed meanwhile (another worker took it back)."""
+        if run.status is RunStatus.running and self._may_requeue(run):
+            if await self._requeue(run, f"the process that ran it ({run.owner}) is gone"):
+                return RunStatus.queued
+        elif await self._interrupt(run):
+            return RunStatus.interrupted
+        return None
+
     async def _interrupt(self, run: Run) -> bool:
         """Ends a run whose process is gone; False if it changed meanwhile (another worker
         ended it first, or it finished): then nothing is written, so run_end stays single."""
@@ -331,7 +405,7 @@ class Runner:
         try:
             await self.store.update_run(run.run_id, RunUpdate(
                 status=RunStatus.interrupted, finished_at=utcnow(), reason=reason,
-                expect_status=run.status,
+                expect_status=run.status, expect_attempt=run.attempt,
             ))
         except RunStateConflict:
             return False
@@ -339,8 +413,10 @@ class Runner:
         return True
 
     async def recover(self) -> list[str]:
-        """Marks runs whose process died ``interrupted`` (with a ``run_end``): running ones,
-        and queued ones that process would have started. See :meth:`owner_is_dead`."""
+        """Takes back the runs whose process died (see :meth:`owner_is_dead`): running ones
+        go back to the queue if their workflow is safe to retry, and end ``interrupted`` (with
+        a ``run_end``) otherwise, as do queued ones that process would have started. Returns
+        the ids of the runs it ended or requeued."""
         # Queued runs with an owner were submitted by a process that runs them itself (the
         # CLI); a server's queued runs have none until claimed, and stay queued.
         verdicts: dict[str | None, bool] = {}  # one look per owner
@@ -351,7 +427,7 @@ class Runner:
                     verdicts[run.owner] = await self.owner_is_dead(run.owner)
                 if verdicts[run.owner]:
                     stale.append(run)
-        return [run.run_id for run in stale if await self._interrupt(run)]
+        return [run.run_id for run in stale if await self._take_back(run) is not None]
 
     async def reap(self) -> list[str]:
         """Marks dead runs interrupted, then removes containers of runs no longer running."""

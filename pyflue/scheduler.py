@@ -64,7 +64,8 @@ class Scheduler:
         self._beat_task = asyncio.create_task(self._beat_loop(), name="pyflue-heartbeat")
 
     async def stop(self, reason: str = "the server stopped") -> None:
-        """Stops admitting; running runs end ``interrupted`` with their containers removed."""
+        """Stops admitting; running runs end ``interrupted`` with their containers removed, or
+        go back to the queue when their workflow is safe to retry (``retry_interrupted``)."""
         for loop_task in (self._loop_task, self._beat_task):
             if loop_task is not None:
                 loop_task.cancel()
@@ -72,7 +73,7 @@ class Scheduler:
                     await loop_task
         for run_id, task in list(self._tasks.items()):
             stop = self._stops.setdefault(run_id, StopRequest())
-            stop.status, stop.reason = RunStatus.interrupted, reason
+            stop.status, stop.reason, stop.requeue = RunStatus.interrupted, reason, True
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)

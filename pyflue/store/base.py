@@ -41,6 +41,9 @@ class RunUpdate:
     extra: dict[str, Any] = field(default_factory=dict)
     # Only update when the run is in this status, else RunStateConflict (claims, cancels).
     expect_status: RunStatus | None = None
+    # ... and at this attempt: a worker that was taken for lost cannot end (or requeue) the
+    # next attempt of its run, which another worker may be running by then.
+    expect_attempt: int | None = None
 
 
 class RunStore(Protocol):

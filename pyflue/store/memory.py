@@ -8,7 +8,7 @@ from datetime import datetime
 from pyflue.errors import RunNotFound, RunStateConflict
 from pyflue.models import Event, EventType, Run, RunStatus, utcnow
 from pyflue.store.base import NewEvent, Notifier, RunUpdate, follow
-from pyflue.store.updates import apply_update, state_conflict
+from pyflue.store.updates import apply_update, attempt_conflict, state_conflict
 
 
 class MemoryStore:
@@ -73,6 +73,8 @@ class MemoryStore:
         run = await self.get_run(run_id)
         if update.expect_status is not None and run.status is not update.expect_status:
             raise state_conflict(run, update.expect_status)
+        if update.expect_attempt is not None and run.attempt != update.expect_attempt:
+            raise attempt_conflict(run, update.expect_attempt)
         self._runs[run_id] = apply_update(run, update)
         return self._runs[run_id].model_copy()
 

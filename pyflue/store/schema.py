@@ -40,6 +40,7 @@ runs = Table(
     Column("idempotency_key", String(300), nullable=True),
     # A cancel asked of a run another worker runs; that worker acts on it (migration 0003).
     Column("cancel_requested", Text, nullable=True),
+    Column("attempt", Integer, nullable=False, server_default="1"),
     Index("ix_runs_created", "created_at", "run_id"),
     Index("ix_runs_idempotency", "workflow", "idempotency_key", unique=True),
     Index("ix_runs_status_created", "status", "created_at"),

@@ -38,7 +38,7 @@ from pyflue.errors import RunNotFound, RunStateConflict, StoreError
 from pyflue.models import ErrorInfo, Event, EventType, Run, RunStatus, utcnow
 from pyflue.store.base import NewEvent, Notifier, RunUpdate, follow
 from pyflue.store.schema import events, runs, workers
-from pyflue.store.updates import state_conflict, update_fields
+from pyflue.store.updates import attempt_conflict, state_conflict, update_fields
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def _run_from_row(row: Any) -> Run:
         event_count=m["event_count"],
         idempotency_key=m["idempotency_key"],
         cancel_requested=m["cancel_requested"],
+        attempt=m["attempt"],
     )
 
 
@@ -331,10 +332,14 @@ class SqlStore:
             query = update(runs).where(runs.c.run_id == run_id).values(**fields)
             if update_.expect_status is not None:
                 query = query.where(runs.c.status == update_.expect_status.value)
+            if update_.expect_attempt is not None:
+                query = query.where(runs.c.attempt == update_.expect_attempt)
             async with self._write() as conn:
                 result = await conn.execute(query)
             if result.rowcount == 0:
                 run = await self.get_run(run_id)  # RunNotFound when it does not exist
+                if update_.expect_attempt is not None and run.attempt != update_.expect_attempt:
+                    raise attempt_conflict(run, update_.expect_attempt)
                 assert update_.expect_status is not None
                 raise state_conflict(run, update_.expect_status)
         return await self.get_run(run_id)

@@ -24,6 +24,12 @@ def update_fields(update: RunUpdate) -> dict[str, Any]:
     return fields
 
 
+def attempt_conflict(run: Run, expected: int) -> RunStateConflict:
+    return RunStateConflict(
+        f"run {run.run_id} is at attempt {run.attempt}, not {expected}", details=run.status.value,
+    )
+
+
 def state_conflict(run: Run, expected: RunStatus) -> RunStateConflict:
     return RunStateConflict(
         f"run {run.run_id} is {run.status.value}, not {expected.value}",

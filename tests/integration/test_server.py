@@ -33,6 +33,18 @@ WORKFLOWS = {
             ctx.log.info("quick", n=ctx.payload.get("n"))
             return {"n": ctx.payload.get("n")}
         """,
+    "redo": """
+        from pathlib import Path
+        from pyflue import create_agent
+        retry_interrupted = 1
+        agent = create_agent(lambda ctx: {})
+        async def run(ctx):
+            h = await ctx.init(agent)
+            first = Path(ctx.payload["marker"])  # on the host: the first attempt hangs
+            seconds = 120 if not first.exists() else 0.1
+            first.touch()
+            return (await h.shell(f"sleep {seconds}; echo done"))["stdout"].strip()
+        """,
     "late": """
         from pyflue import create_agent
         deadline_seconds = 2
@@ -247,3 +259,56 @@ async def test_a_running_server_reaps_containers_its_runs_left_behind(
         srv.stop()
         for c in _containers(docker_client, {spec.run_id}):
             docker_client.api.remove_container(c["Id"], force=True)
+
+
+async def test_a_retry_safe_run_survives_a_server_stop_and_a_crash(
+    project: Path, tmp_path: Path, docker_client: Any
+) -> None:
+    store = tmp_path / "retry.db"
+
+    async def started(srv: Server, marker: str) -> str:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+            run_id: str = (await client.post("/workflows/redo", json={
+                "marker": str(tmp_path / marker)})).json()["run_id"]
+        for _ in range(300):
+            if (tmp_path / marker).exists() and _containers(docker_client, {run_id}):
+                return run_id
+            await asyncio.sleep(0.05)
+        raise AssertionError("the first attempt did not start")
+
+    async def finished_on(srv: Server, run_id: str, reason: str) -> None:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+            run = await until_finished(client, run_id)
+            assert run["status"] == "completed" and run["result"] == "done"
+            assert run["attempt"] == 2 and run["reason"] is None
+            events = (await client.get(f"/runs/{run_id}/events")).json()["events"]
+        types = [e["type"] for e in events]
+        assert types.count("run_start") == 2 and types.count("run_end") == 1
+        requeued = events[types.index("run_requeued")]
+        assert requeued["data"]["attempt"] == 2 and reason in requeued["data"]["reason"]
+        assert types.index("run_requeued") < len(types) - types[::-1].index("run_start") - 1
+        assert [e["event_index"] for e in events] == list(range(1, len(events) + 1))
+        assert _containers(docker_client, {run_id}) == []
+
+    # A stop (a deploy): the attempt is cut short, its container removed, the run queued.
+    first = Server(project, store, concurrency=2)
+    first.start()
+    stopped = await started(first, "stopped")
+    first.stop()
+    assert _containers(docker_client, {stopped}) == []
+    second = Server(project, store, concurrency=2)
+    second.start()
+    try:
+        await finished_on(second, stopped, "the server stopped")
+        # A crash: the attempt's container is left running; the next start takes the run
+        # back, and the second attempt replaces that container.
+        crashed = await started(second, "crashed")
+    finally:
+        second.stop(signal.SIGKILL)
+    assert _containers(docker_client, {crashed})
+    third = Server(project, store, concurrency=2)
+    third.start()
+    try:
+        await finished_on(third, crashed, "is gone")
+    finally:
+        third.stop()

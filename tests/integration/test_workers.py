@@ -144,3 +144,35 @@ async def test_runs_of_a_worker_that_stopped_beating_end_interrupted(
         assert final.status is RunStatus.interrupted
         assert final.reason == f"the process that ran it ({lost}) is gone"
         assert (await runner.store.get_run(kept.run_id)).status is RunStatus.running
+
+
+async def test_a_retry_safe_run_of_a_silent_worker_is_run_again_by_a_live_one(
+    postgres_url: str, project: Path, tmp_path: Path, write_workflow: WriteWorkflow,
+) -> None:
+    write_workflow("redo", "retry_interrupted = True\n" + NAP)
+    # A live worker, already up: it takes the run back in a reaper pass (every lease).
+    live = Server(project, tmp_path / "live.db", 2,
+                  env={"PYFLUE_STORE_URL": postgres_url, "PYFLUE_WORKER_LEASE": "3"})
+    live.start()
+    store = SqlStore(postgres_url)
+    await store.open()
+    lost = "far-away-host:4242:deadbeef"
+    run = await store.create_run(Run(
+        run_id=new_run_id("redo"), workflow="redo", status=RunStatus.running, owner=lost,
+        created_at=utcnow(), source="http", payload={"seconds": 0.2}))
+    await store.heartbeat(lost)
+    async with store.engine.begin() as conn:  # it went silent a minute ago
+        await conn.execute(text(
+            "update workers set seen_at = now() - interval '60 seconds' where worker = :w"
+        ), {"w": lost})
+    await store.close()
+    try:
+        async with httpx.AsyncClient(base_url=live.url, timeout=60) as client:
+            final = await until_finished(client, run.run_id, seconds=60)
+            events = (await client.get(f"/runs/{run.run_id}/events")).json()["events"]
+    finally:
+        live.stop()
+    assert final["status"] == "completed" and final["result"] == "slept"
+    assert final["attempt"] == 2 and final["owner"] != lost
+    assert [e["type"] for e in events][:2] == ["run_requeued", "run_start"]
+    assert f"({lost}) is gone" in events[0]["data"]["reason"]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pyflue.errors import InvalidPayload, WorkflowNotFound
 from pyflue.models import EventType, RunStatus
 from pyflue.runs import parse_payload
+from pyflue.store import RunUpdate
 from pyflue.testing import FakeSandboxProvider, fake_runner
 from tests.conftest import WriteWorkflow
 
@@ -281,7 +283,7 @@ async def run(ctx):
 async def test_a_cancel_during_the_claim_still_ends_the_run_cancelled(
     project: Path, write_workflow: WriteWorkflow
 ) -> None:
-    from pyflue.store import MemoryStore, RunUpdate
+    from pyflue.store import MemoryStore
 
     class SlowClaims(MemoryStore):
         async def update_run(self, run_id: str, update: RunUpdate) -> object:  # type: ignore[override]
@@ -328,7 +330,7 @@ async def run(ctx):
 
 
 @pytest.mark.parametrize(("declared", "expected"), [
-    (None, 3600.0), (2, 2.0), (0.1, 1.0), (10**9, 6 * 3600.0), (True, 3600.0), ("5", 3600.0)])
+    (None, 3600.0), (2, 2.0), (0.1, 1.0), (10**9, 6 * 3600.0)])
 async def test_the_deadline_is_the_workflows_own_within_the_servers_bounds(
     project: Path, write_workflow: WriteWorkflow, declared: object, expected: float,
 ) -> None:
@@ -336,3 +338,133 @@ async def test_the_deadline_is_the_workflows_own_within_the_servers_bounds(
     write_workflow("bounded", line + "async def run(ctx):\n    return 1\n")
     runner = fake_runner(project)
     assert runner.deadline_for(runner.registry.get("bounded")) == expected
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("deadline_seconds = '5'", "deadline_seconds must be a number of seconds, not '5'"),
+    ("deadline_seconds = True", "deadline_seconds must be a number of seconds, not True"),
+    ("retry_interrupted = 11", "retry_interrupted must be True, False or a count from 0 to 10"),
+    ("retry_interrupted = 'yes'", "retry_interrupted must be True, False or a count"),
+])
+async def test_a_bad_deadline_or_retry_setting_fails_the_run_saying_so(
+    project: Path, write_workflow: WriteWorkflow, line: str, message: str,
+) -> None:
+    write_workflow("odd", line + "\nasync def run(ctx):\n    return 1\n")
+    run = await fake_runner(project).run("odd", {})
+    assert run.status is RunStatus.failed and run.error is not None
+    assert run.error.type == "config_error" and message in run.error.message
+
+
+RETRY = """
+import asyncio
+retry_interrupted = 2
+async def run(ctx):
+    await asyncio.sleep(ctx.payload.get("sleep", 0))
+    return {"attempt": ctx.payload.get("n")}
+"""
+
+
+async def _lost(runner: Any, workflow: str, *, attempt: int = 1, source: str = "http",
+                cancel_requested: str | None = None) -> str:
+    """A run left `running` by a process of this host that is gone."""
+    import socket
+    import subprocess
+
+    from pyflue.models import Run, new_run_id, utcnow
+
+    dead = int(subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout)
+    run = Run(run_id=new_run_id(workflow), workflow=workflow, status=RunStatus.running,
+              owner=f"{socket.gethostname()}:{dead}", created_at=utcnow(), source=source,
+              attempt=attempt, cancel_requested=cancel_requested)
+    await runner.store.create_run(run)
+    return run.run_id
+
+
+async def test_a_lost_run_of_a_retry_safe_workflow_goes_back_to_the_queue_and_runs_again(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("again", RETRY)
+    write_workflow("once", RETRY.replace("retry_interrupted = 2", ""))
+    runner = fake_runner(project)
+    again, once = await _lost(runner, "again"), await _lost(runner, "once")
+    last, cli = await _lost(runner, "again", attempt=3), await _lost(runner, "again", source="cli")
+    cancelled = await _lost(runner, "again", cancel_requested="cancelled by request")
+    assert sorted(await runner.recover()) == sorted([again, once, last, cli, cancelled])
+    back = await runner.store.get_run(again)
+    assert back.status is RunStatus.queued and back.attempt == 2 and back.owner is None
+    assert back.started_at is None and back.reason is None
+    [requeued] = await runner.store.list_events(again)
+    assert requeued.type is EventType.run_requeued and requeued.data["attempt"] == 2
+    assert "is gone" in requeued.data["reason"]
+    # Not safe to retry, out of retries, a `pyflue run`, asked to cancel: interrupted.
+    for run_id in (once, last, cli, cancelled):
+        assert (await runner.store.get_run(run_id)).status is RunStatus.interrupted
+    final = await runner.execute(again)
+    assert final.status is RunStatus.completed and final.attempt == 2
+    events = await runner.store.list_events(again)
+    assert [e.type for e in events][:2] == [EventType.run_requeued, EventType.run_start]
+    assert events[1].data["attempt"] == 2 and events[-1].type is EventType.run_end
+    assert [e.event_index for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_stopping_a_scheduler_puts_retry_safe_runs_back_and_interrupts_the_rest(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    from pyflue.scheduler import Scheduler
+
+    write_workflow("again", AGENT + RETRY.replace("    await asyncio.sleep",
+                                                  "    await ctx.init(agent)\n"
+                                                  "    await asyncio.sleep"))
+    write_workflow("once", AGENT + RETRY.replace("retry_interrupted = 2", "").replace(
+        "    await asyncio.sleep", "    await ctx.init(agent)\n    await asyncio.sleep"))
+    runner = fake_runner(project)
+    scheduler = Scheduler(runner, max_concurrency=4)
+    await scheduler.start()
+    again, _ = await scheduler.submit("again", {"sleep": 30})
+    once, _ = await scheduler.submit("once", {"sleep": 30})
+    for _ in range(200):
+        if len(runner.provider.live) == 2:  # type: ignore[attr-defined]
+            break
+        await asyncio.sleep(0.01)
+    await scheduler.stop()
+    back = await runner.store.get_run(again.run_id)
+    assert back.status is RunStatus.queued and back.attempt == 2
+    types = [e.type for e in await runner.store.list_events(again.run_id)]
+    assert types[-1] is EventType.run_requeued and EventType.run_end not in types
+    assert EventType.container_removed in types  # the attempt cleaned up before going back
+    gone = await runner.store.get_run(once.run_id)
+    assert gone.status is RunStatus.interrupted and gone.reason == "the server stopped"
+    assert runner.provider.live == {}  # type: ignore[attr-defined]
+    # The next scheduler on this store runs it to the end.
+    scheduler = Scheduler(runner, max_concurrency=4)
+    await scheduler.start()
+    try:
+        await runner.store.update_run(again.run_id, RunUpdate(extra={"payload": {"n": 2}}))
+        final = await scheduler.wait(again.run_id)
+    finally:
+        await scheduler.stop()
+    assert final.status is RunStatus.completed and final.result == {"attempt": 2}
+
+
+async def test_a_worker_taken_for_lost_cannot_end_the_next_attempt_of_its_run(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("again", RETRY)
+    runner = fake_runner(project)
+    submitted = await runner.submit("again", {"sleep": 0.5}, owner=None, source="http")
+    slow = asyncio.create_task(runner.execute(submitted.run_id))
+    for _ in range(200):
+        run = await runner.store.get_run(submitted.run_id)
+        if run.status is RunStatus.running:
+            break
+        await asyncio.sleep(0.01)
+    # Meanwhile another worker took this one for lost, requeued the run and started it again.
+    assert await runner._requeue(run, "the process that ran it (here) is gone")
+    await runner.store.update_run(submitted.run_id, RunUpdate(
+        status=RunStatus.running, expect_status=RunStatus.queued,
+        extra={"owner": "elsewhere:1:beef"}))
+    final = await slow
+    assert final.status is RunStatus.running and final.attempt == 2
+    assert final.owner == "elsewhere:1:beef" and final.result is None
+    types = [e.type for e in await runner.store.list_events(submitted.run_id)]
+    assert EventType.run_end not in types

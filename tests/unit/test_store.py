@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from pyflue.errors import RunNotFound, StoreError
+from pyflue.errors import RunNotFound, RunStateConflict, StoreError
 from pyflue.models import EventType, Run, RunStatus, new_run_id, utcnow
 from pyflue.settings import Settings
 from pyflue.store import MemoryStore, NewEvent, RunStore, RunUpdate, SqlStore
@@ -254,6 +254,20 @@ def test_a_store_password_needs_a_store_url() -> None:
         Settings(store_password="x")
     with pytest.raises(ValidationError, match="not a database URL"):
         Settings(store_url="not a url", store_password="x")
+
+
+async def test_an_update_can_be_fenced_by_attempt(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.update_run(run.run_id, RunUpdate(status=RunStatus.running))
+    await store.update_run(run.run_id, RunUpdate(
+        status=RunStatus.queued, extra={"attempt": 2}, expect_status=RunStatus.running,
+        expect_attempt=1))
+    await store.update_run(run.run_id, RunUpdate(status=RunStatus.running))
+    with pytest.raises(RunStateConflict, match="at attempt 2, not 1"):
+        await store.update_run(run.run_id, RunUpdate(
+            status=RunStatus.completed, expect_status=RunStatus.running, expect_attempt=1))
+    kept = await store.get_run(run.run_id)
+    assert kept.status is RunStatus.running and kept.attempt == 2
 
 
 async def test_workers_heartbeat_and_sign_off(store: RunStore) -> None:

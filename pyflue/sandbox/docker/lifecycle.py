@@ -14,10 +14,11 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import docker.errors
 import docker.types
 
 from pyflue._bridge import ThreadBridge, run_to_completion
-from pyflue.errors import ImageNotFound, SandboxError
+from pyflue.errors import ImageNotFound, SandboxError, SandboxStartError
 from pyflue.models import EventType, utcnow
 from pyflue.sandbox.base import Emit, Sandbox, SandboxSpec
 from pyflue.sandbox.docker.box import DockerSandbox
@@ -179,6 +180,21 @@ class DockerProvider:
             await run_to_completion(self._remove(container, volume, emit))
 
     def _create(self, spec: SandboxSpec, volume: str) -> Any:
+        try:
+            return self._create_once(spec, volume)
+        except SandboxStartError as exc:
+            cause = exc.__cause__.__cause__ if exc.__cause__ is not None else None
+            taken = (isinstance(cause, docker.errors.APIError) and cause.status_code == 409
+                     and "already in use" in str(cause))
+            if not taken:
+                raise
+        # The name is taken: by a container of an earlier attempt of this very run (its
+        # worker was lost, and the run went back to the queue). This attempt starts afresh.
+        log.warning("removing the container of an earlier attempt of %s", spec.run_id)
+        self._remove_sync(volume, volume)
+        return self._create_once(spec, volume)
+
+    def _create_once(self, spec: SandboxSpec, volume: str) -> Any:
         labels = {LABEL_RUN: spec.run_id, LABEL_WORKFLOW: spec.workflow, LABEL_SCOPE: self.scope}
         try:
             with translated("creating the run's workspace volume"):
