@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from pyflue.errors import ConfigError, PyflueError, WorkflowError
-from pyflue.models import Run, RunStatus, end_error
+from pyflue.models import MAX_EVENT_INDEX, Run, RunStatus, end_error
 from pyflue.render import (
     Format,
     StreamFormat,
@@ -182,7 +182,8 @@ def logs(
     fmt: FormatOpt = Format.pretty,
     follow: Annotated[bool, typer.Option("--follow", help="wait for new events until run_end")]
     = False,
-    after: Annotated[int, typer.Option("--after", min=0, help="only events after this index")]
+    after: Annotated[int, typer.Option("--after", min=0, max=MAX_EVENT_INDEX,
+                                       help="only events after this index")]
     = 0,
     project: ProjectOpt = None,
     server: ServerOpt = None,
@@ -194,15 +195,14 @@ def logs(
 
     A run the server does not know but this machine's store does (a `pyflue run` while
     PYFLUE_SERVER_URL is set) is shown from the local store, with a note on stderr."""
-    settings = _settings(project)
     if server:
-        _run_async(_remote_or_local_logs(_client(server, token), settings, server, run_id, fmt,
+        _run_async(_remote_or_local_logs(_client(server, token), project, server, run_id, fmt,
                                          follow, after, ws))
         return
-    _run_async(_logs(settings, run_id, fmt, follow, after))
+    _run_async(_logs(_settings(project), run_id, fmt, follow, after))
 
 
-async def _remote_or_local_logs(client: PyFlueClient, settings: Settings, server: str,
+async def _remote_or_local_logs(client: PyFlueClient, project: Path | None, server: str,
                                 run_id: str, fmt: Format, follow: bool, after: int,
                                 ws: bool) -> None:
     from pyflue.client import NotFoundError
@@ -212,11 +212,16 @@ async def _remote_or_local_logs(client: PyFlueClient, settings: Settings, server
         await _remote_logs(client, run_id, fmt, follow, after, ws)
         return
     except NotFoundError as missing:
-        try:
+        try:  # only a store that exists already: looking must not create one
+            settings = Settings()
+            if project is not None:
+                settings = settings.model_copy(update={"project_dir": project.resolve()})
+            if not settings.store_url and not settings.default_store_file.exists():
+                raise missing
             async with open_store(settings) as store:
                 await store.get_run(run_id)
-        except PyflueError:
-            raise missing from None  # not here either: the server's answer stands
+        except Exception:  # not here either (or no usable local store): the server's answer
+            raise missing from None
     typer.echo(f"note: run {run_id} is not on {server}; shown from this machine's store",
                err=True)
     await _logs(settings, run_id, fmt, follow, after)

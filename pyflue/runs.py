@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -243,7 +244,8 @@ class Runner:
         wanted = getattr(workflow.module, "deadline_seconds", None)
         if wanted is None:
             return limits.default_deadline
-        if not isinstance(wanted, int | float) or isinstance(wanted, bool):
+        if (not isinstance(wanted, int | float) or isinstance(wanted, bool)
+                or not math.isfinite(wanted)):
             raise ConfigError(f"workflow {workflow.name!r}: deadline_seconds must be a number of "
                               f"seconds, not {wanted!r}")
         return min(max(float(wanted), 1.0), limits.max_deadline)
@@ -275,17 +277,15 @@ class Runner:
         """Puts a running run back in the queue as its next attempt (any worker may take it);
         False if it changed meanwhile. A ``run_requeued`` event says why."""
         attempt = run.attempt + 1
+        told = NewEvent(EventType.run_requeued, {"reason": reason, "attempt": attempt}, utcnow())
         try:
             await self.store.update_run(run.run_id, RunUpdate(
                 status=RunStatus.queued, expect_status=RunStatus.running,
-                expect_attempt=run.attempt,
+                expect_attempt=run.attempt, expect_no_cancel=True, events=[told],
                 extra={"owner": None, "started_at": None, "reason": None, "attempt": attempt},
             ))
-        except RunStateConflict:
+        except RunStateConflict:  # ended or requeued elsewhere, or a cancel was asked meanwhile
             return False
-        await self.store.append_events(run.run_id, [NewEvent(EventType.run_requeued, {
-            "reason": reason, "attempt": attempt,
-        }, utcnow())])
         log.warning("run %s went back to the queue (attempt %d): %s", run.run_id, attempt,
                     reason)
         return True
@@ -317,11 +317,17 @@ class Runner:
                 type="store_error", message=f"recording the run's events failed: {exc}"
             )
             status = RunStatus.failed if status is RunStatus.completed else status
+        # Nothing is recorded after this but the end itself (or the requeue), in one write with
+        # the run's record: events a straggling thread still emits are refused.
+        with contextlib.suppress(Exception):  # a store failure was met by flush() above
+            await recorder.close()
         if status is RunStatus.queued:  # back to the queue: a retry-safe run, its worker stopping
-            with contextlib.suppress(Exception):
-                await recorder.close()
-            await self._requeue(run, reason or "its worker stopped")
-            return await self.store.get_run(run_id)
+            if await self._requeue(run, reason or "its worker stopped"):
+                return await self.store.get_run(run_id)
+            # It may not go back: a cancel was asked meanwhile (or another worker took it).
+            asked = (await self.store.get_run(run_id)).cancel_requested
+            status, reason = ((RunStatus.cancelled, asked) if asked
+                              else (RunStatus.interrupted, reason))
         if reason is None and recorder.limit_reasons:
             reason = "; ".join(dict.fromkeys(recorder.limit_reasons))
         # Granted secrets never reach the store, in the result or the error either.
@@ -329,8 +335,8 @@ class Runner:
         if error is not None:
             error = ErrorInfo.model_validate(recorder.redactor.data(error.model_dump()))
         end = run_end_data(status, error=error, reason=reason, duration_ms=duration_ms)
-        # The record is final before run_end is stored: whoever sees run_end reads the outcome.
-        # Only from `running` at this attempt: a worker that took this run as lost (see
+        # The record is final when run_end is stored (one write): whoever sees run_end reads the
+        # outcome. Only from `running` at this attempt: a worker that took this run as lost (see
         # owner_is_dead) has ended it already, run_end and all, or put it back in the queue for
         # a next attempt that may be running elsewhere by now; either stands.
         try:
@@ -338,16 +344,11 @@ class Runner:
                 status=status, result=result, has_result=status is RunStatus.completed,
                 error=error, reason=reason, finished_at=utcnow(), duration_ms=duration_ms,
                 image=scope.image, expect_status=RunStatus.running, expect_attempt=run.attempt,
+                events=[NewEvent(EventType.run_end, recorder.redactor.data(end), utcnow())],
             ))
         except RunStateConflict:
             log.warning("run %s was taken back by another worker while it ran here (this "
                         "worker was taken for lost); its outcome here is dropped", run_id)
-            with contextlib.suppress(Exception):
-                await recorder.close()
-            return await self.store.get_run(run_id)
-        recorder.emit(EventType.run_end, end)
-        with contextlib.suppress(Exception):  # already logged by the recorder
-            await recorder.close()
         return await self.store.get_run(run_id)
 
     async def run(self, workflow: str, payload: Any, **kwargs: Any) -> Run:
@@ -406,10 +407,10 @@ class Runner:
             await self.store.update_run(run.run_id, RunUpdate(
                 status=RunStatus.interrupted, finished_at=utcnow(), reason=reason,
                 expect_status=run.status, expect_attempt=run.attempt,
+                events=[NewEvent(EventType.run_end, end, utcnow())],
             ))
         except RunStateConflict:
             return False
-        await self.store.append_events(run.run_id, [NewEvent(EventType.run_end, end, utcnow())])
         return True
 
     async def recover(self) -> list[str]:

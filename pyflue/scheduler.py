@@ -49,6 +49,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
+        self._reap_task: asyncio.Task[None] | None = None
         self._next_cancel_scan = 0.0
         self.worker = local_owner()  # the owner id of the runs this scheduler executes
 
@@ -66,12 +67,14 @@ class Scheduler:
     async def stop(self, reason: str = "the server stopped") -> None:
         """Stops admitting; running runs end ``interrupted`` with their containers removed, or
         go back to the queue when their workflow is safe to retry (``retry_interrupted``)."""
-        for loop_task in (self._loop_task, self._beat_task):
+        for loop_task in (self._loop_task, self._beat_task, self._reap_task):
             if loop_task is not None:
                 loop_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop_task
         for run_id, task in list(self._tasks.items()):
+            if task.cancelling():  # being cancelled, or past its deadline: that end stands
+                continue
             stop = self._stops.setdefault(run_id, StopRequest())
             stop.status, stop.reason, stop.requeue = RunStatus.interrupted, reason, True
             task.cancel()
@@ -96,8 +99,10 @@ class Scheduler:
             except Exception:  # a store hiccup must not stop the heartbeat for good
                 log.exception("heartbeat failed; retrying")
                 continue
-            if beats % 3 == 0:
-                await self._reap()
+            # Apart from the heartbeat, which a slow engine must never hold up (a worker that
+            # misses its beats is taken for lost); one pass at a time.
+            if beats % 3 == 0 and (self._reap_task is None or self._reap_task.done()):
+                self._reap_task = asyncio.create_task(self._reap(), name="pyflue-reaper")
 
     async def _reap(self) -> None:
         try:
@@ -174,6 +179,10 @@ class Scheduler:
         """A run another process runs: asked through the store; its worker acts on it
         within a second. A run whose process is gone ends ``interrupted`` here."""
         if await self.runner.owner_is_dead(run.owner):
+            # Recorded first, so the run is not put back in the queue (retry_interrupted).
+            with contextlib.suppress(RunStateConflict):
+                await self.store.update_run(run.run_id, RunUpdate(
+                    extra={"cancel_requested": reason}, expect_status=RunStatus.running))
             await self.runner.recover()
             return await self.store.get_run(run.run_id)
         if run.owner is None or await self.store.worker_age(run.owner) is None:
@@ -209,12 +218,12 @@ class Scheduler:
                 pass  # it finished meanwhile
 
     async def _cancel_queued(self, run: Run, reason: str) -> Run:
+        end = run_end_data(RunStatus.cancelled, reason=reason)
         done = await self.store.update_run(run.run_id, RunUpdate(
             status=RunStatus.cancelled, reason=reason, finished_at=utcnow(),
             expect_status=RunStatus.queued,
-        ))  # final before run_end is stored, as for every run
-        end = run_end_data(RunStatus.cancelled, reason=reason)
-        await self.store.append_events(run.run_id, [NewEvent(EventType.run_end, end, utcnow())])
+            events=[NewEvent(EventType.run_end, end, utcnow())],  # one write, as for every run
+        ))
         self._requests.pop(run.run_id, None)
         self._mark_finished(run.run_id)
         return await self.store.get_run(done.run_id)
@@ -285,8 +294,8 @@ class Scheduler:
             final = await self.runner.execute(
                 run.run_id, req=self._requests.get(run.run_id), stop=stop
             )
-            if run.run_id in self._finished:
-                self._final[run.run_id] = final
+            if run.run_id in self._finished and final.status.finished:
+                self._final[run.run_id] = final  # (not a run put back in the queue)
         except asyncio.CancelledError:
             pass  # the run is recorded with the status in `stop`
         except RunStateConflict:

@@ -152,4 +152,9 @@ class Settings(BaseSettings):
                 return self.store_url
             url = make_url(self.store_url).set(password=self.store_password.get_secret_value())
             return url.render_as_string(hide_password=False)
-        return f"sqlite+aiosqlite:///{self.state_dir / 'pyflue.db'}"
+        return f"sqlite+aiosqlite:///{self.default_store_file}"
+
+    @property
+    def default_store_file(self) -> Path:
+        """The SQLite file of the run store when PYFLUE_STORE_URL is not set."""
+        return self.state_dir / "pyflue.db"

@@ -44,6 +44,11 @@ class RunUpdate:
     # ... and at this attempt: a worker that was taken for lost cannot end (or requeue) the
     # next attempt of its run, which another worker may be running by then.
     expect_attempt: int | None = None
+    # ... and with no cancel asked of it through another worker (``cancel_requested``).
+    expect_no_cancel: bool = False
+    # Stored in the same write, only if the update applies: a status change and the event
+    # that tells of it (run_end, run_requeued) are never seen one without the other.
+    events: Sequence[NewEvent] = ()
 
 
 class RunStore(Protocol):

@@ -8,7 +8,7 @@ from datetime import datetime
 from pyflue.errors import RunNotFound, RunStateConflict
 from pyflue.models import Event, EventType, Run, RunStatus, utcnow
 from pyflue.store.base import NewEvent, Notifier, RunUpdate, follow
-from pyflue.store.updates import apply_update, attempt_conflict, state_conflict
+from pyflue.store.updates import apply_update, conflict
 
 
 class MemoryStore:
@@ -71,11 +71,12 @@ class MemoryStore:
 
     async def update_run(self, run_id: str, update: RunUpdate) -> Run:
         run = await self.get_run(run_id)
-        if update.expect_status is not None and run.status is not update.expect_status:
-            raise state_conflict(run, update.expect_status)
-        if update.expect_attempt is not None and run.attempt != update.expect_attempt:
-            raise attempt_conflict(run, update.expect_attempt)
+        refused = conflict(run, update)
+        if refused is not None:
+            raise refused
         self._runs[run_id] = apply_update(run, update)
+        if update.events:
+            await self.append_events(run_id, update.events)
         return self._runs[run_id].model_copy()
 
     async def delete_run(self, run_id: str) -> None:

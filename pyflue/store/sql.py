@@ -38,7 +38,7 @@ from pyflue.errors import RunNotFound, RunStateConflict, StoreError
 from pyflue.models import ErrorInfo, Event, EventType, Run, RunStatus, utcnow
 from pyflue.store.base import NewEvent, Notifier, RunUpdate, follow
 from pyflue.store.schema import events, runs, workers
-from pyflue.store.updates import attempt_conflict, state_conflict, update_fields
+from pyflue.store.updates import conflict, update_fields
 
 log = logging.getLogger(__name__)
 
@@ -334,14 +334,20 @@ class SqlStore:
                 query = query.where(runs.c.status == update_.expect_status.value)
             if update_.expect_attempt is not None:
                 query = query.where(runs.c.attempt == update_.expect_attempt)
+            if update_.expect_no_cancel:
+                query = query.where(runs.c.cancel_requested.is_(None))
             async with self._write() as conn:
-                result = await conn.execute(query)
-            if result.rowcount == 0:
+                applied = (await conn.execute(query)).rowcount > 0
+                if applied and update_.events:
+                    await self._append(conn, run_id, update_.events)
+            if not applied:
                 run = await self.get_run(run_id)  # RunNotFound when it does not exist
-                if update_.expect_attempt is not None and run.attempt != update_.expect_attempt:
-                    raise attempt_conflict(run, update_.expect_attempt)
-                assert update_.expect_status is not None
-                raise state_conflict(run, update_.expect_status)
+                refused = conflict(run, update_)
+                if refused is None:  # it changed back meanwhile: still not applied
+                    refused = RunStateConflict(f"run {run_id} changed while it was updated")
+                raise refused
+            if update_.events:
+                self._notifier.publish(run_id)
         return await self.get_run(run_id)
 
     async def delete_run(self, run_id: str) -> None:
@@ -353,43 +359,49 @@ class SqlStore:
         if not new:
             return []
         async with self._write() as conn:
-            last = (
-                await conn.execute(
-                    update(runs)
-                    .where(runs.c.run_id == run_id)
-                    .values(event_count=runs.c.event_count + len(new))
-                    .returning(runs.c.event_count)
-                )
-            ).scalar()
-            if last is None:
-                raise RunNotFound(f"no run {run_id!r}: cannot record events for it")
-            first = last - len(new) + 1
-            stored = [
-                Event(
-                    run_id=run_id,
-                    event_index=first + i,
-                    type=e.type,
-                    timestamp=e.timestamp,
-                    data=e.data,
-                )
-                for i, e in enumerate(new)
-            ]
-            await conn.execute(
-                insert(events),
-                [
-                    {
-                        "run_id": run_id,
-                        "event_index": e.event_index,
-                        "type": e.type.value,
-                        "timestamp": e.timestamp,
-                        "data": e.data,
-                    }
-                    for e in stored
-                ],
-            )
-            if self._is_postgres:  # delivered to every listener when this commits
-                await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, run_id)))
+            stored = await self._append(conn, run_id, new)
         self._notifier.publish(run_id)
+        return stored
+
+    async def _append(self, conn: AsyncConnection, run_id: str, new: Sequence[NewEvent]
+                      ) -> list[Event]:
+        """Stores events with the next indexes inside the caller's transaction."""
+        last = (
+            await conn.execute(
+                update(runs)
+                .where(runs.c.run_id == run_id)
+                .values(event_count=runs.c.event_count + len(new))
+                .returning(runs.c.event_count)
+            )
+        ).scalar()
+        if last is None:
+            raise RunNotFound(f"no run {run_id!r}: cannot record events for it")
+        first = last - len(new) + 1
+        stored = [
+            Event(
+                run_id=run_id,
+                event_index=first + i,
+                type=e.type,
+                timestamp=e.timestamp,
+                data=e.data,
+            )
+            for i, e in enumerate(new)
+        ]
+        await conn.execute(
+            insert(events),
+            [
+                {
+                    "run_id": run_id,
+                    "event_index": e.event_index,
+                    "type": e.type.value,
+                    "timestamp": e.timestamp,
+                    "data": e.data,
+                }
+                for e in stored
+            ],
+        )
+        if self._is_postgres:  # delivered to every listener when this commits
+            await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, run_id)))
         return stored
 
     async def list_events(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pyflue.errors import RunStateConflict
-from pyflue.models import Run, RunStatus
+from pyflue.models import Run
 from pyflue.store.base import RunUpdate
 
 
@@ -24,17 +24,24 @@ def update_fields(update: RunUpdate) -> dict[str, Any]:
     return fields
 
 
-def attempt_conflict(run: Run, expected: int) -> RunStateConflict:
-    return RunStateConflict(
-        f"run {run.run_id} is at attempt {run.attempt}, not {expected}", details=run.status.value,
-    )
-
-
-def state_conflict(run: Run, expected: RunStatus) -> RunStateConflict:
-    return RunStateConflict(
-        f"run {run.run_id} is {run.status.value}, not {expected.value}",
-        details=run.status.value,
-    )
+def conflict(run: Run, update: RunUpdate) -> RunStateConflict | None:
+    """Why ``update`` may not apply to ``run`` as it is (its expectations), else None."""
+    if update.expect_status is not None and run.status is not update.expect_status:
+        return RunStateConflict(
+            f"run {run.run_id} is {run.status.value}, not {update.expect_status.value}",
+            details=run.status.value,
+        )
+    if update.expect_attempt is not None and run.attempt != update.expect_attempt:
+        return RunStateConflict(
+            f"run {run.run_id} is at attempt {run.attempt}, not {update.expect_attempt}",
+            details=run.status.value,
+        )
+    if update.expect_no_cancel and run.cancel_requested:
+        return RunStateConflict(
+            f"run {run.run_id} was asked to cancel: {run.cancel_requested}",
+            details=run.status.value,
+        )
+    return None
 
 
 def apply_update(run: Run, update: RunUpdate) -> Run:

@@ -369,3 +369,10 @@ def test_cli_logs_of_a_local_run_with_a_server_set_reads_the_local_store(
     missing = pyflue("logs", "workflow:hello:01NOWHERE", PYFLUE_SERVER_URL=server_url, **store)
     lines = missing.stderr.strip().splitlines()
     assert missing.returncode != 0 and len(lines) == 1 and "01NOWHERE" in lines[0]
+    # With no local store at all, looking for one does not create it.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    again = pyflue("logs", "workflow:hello:01NOWHERE", "-C", str(bare),
+                   PYFLUE_SERVER_URL=server_url)
+    assert again.returncode != 0 and "01NOWHERE" in again.stderr
+    assert not (bare / ".pyflue").exists()

@@ -233,3 +233,35 @@ async def test_the_reaper_leaves_other_stores_containers_alone(
         assert len(containers_of(spec.run_id)) == 1
     finally:
         container.remove(force=True)
+
+
+async def test_a_container_left_by_an_earlier_attempt_is_replaced_with_a_fresh_one(
+    runner: Runner, write_workflow: WriteWorkflow, docker_client: Any, containers_of: Any,
+    volumes_of: Any,
+) -> None:
+    # A requeued run whose first attempt's worker died on this engine: its container, with
+    # the same name and files in its workspace, is still there when the next attempt starts.
+    from pyflue.sandbox.base import SandboxSpec
+    from pyflue.sandbox.docker.lifecycle import container_config, resource_name, volume_options
+
+    write_workflow("redo", AGENT + """
+async def run(ctx):
+    h = await ctx.init(agent)
+    return (await h.shell("find /workspace -mindepth 1; echo checked"))["stdout"]
+""")
+    submitted = await runner.submit("redo", {})
+    spec = SandboxSpec(run_id=submitted.run_id, workflow="redo", image="pyflue/sandbox:latest")
+    name, scope = resource_name(spec.run_id), runner.provider.scope  # type: ignore[attr-defined]
+    docker_client.volumes.create(name, driver="local", driver_opts=volume_options(spec),
+                                 labels={"dev.pyflue.run-id": spec.run_id,
+                                         "dev.pyflue.scope": scope})
+    stale = docker_client.containers.create(**container_config(spec, name, scope))
+    stale.start()
+    assert stale.exec_run("touch /workspace/left-by-attempt-1").exit_code == 0
+    run = await runner.execute(submitted.run_id)
+    assert run.status is RunStatus.completed, run.error
+    assert run.result == "checked\n"  # a fresh workspace: nothing of the earlier attempt
+    assert containers_of(spec.run_id) == [] and volumes_of(spec.run_id) == []
+    events = await runner.store.list_events(run.run_id)
+    created = [e.data["container_id"] for e in events if e.type is EventType.container_created]
+    assert created and created[0] != stale.id

@@ -186,17 +186,47 @@ async def test_run_end_always_carries_an_error_field(client: httpx.AsyncClient) 
 
 
 @pytest.mark.parametrize(("path", "headers"), [
-    ("/runs/{id}/events?after=99999999999999999999", {}),
-    ("/runs/{id}/stream?after=99999999999999999999", {}),
-    ("/runs/{id}/stream", {"Last-Event-ID": "99999999999999999999"}),
+    ("/runs/{id}/events?after=9223372036854775808", {}),
+    ("/runs/{id}/stream?after=9223372036854775808", {}),
+    ("/runs/{id}/stream", {"Last-Event-ID": "9223372036854775808"}),
     ("/runs/{id}/stream", {"Last-Event-ID": "1e3"}),
+    ("/runs/{id}/stream", {"Last-Event-ID": "\u00b2".encode()}),  # a digit, not ASCII
 ])
 async def test_an_event_cursor_out_of_range_is_400(
-    client: httpx.AsyncClient, path: str, headers: dict[str, str],
+    client: httpx.AsyncClient, path: str, headers: dict[str, Any],
 ) -> None:
     run_id = (await client.post("/workflows/echo?wait=result", json={})).json()["run_id"]
     r = await client.get(path.format(id=run_id), headers=headers)
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_parameter"
+    assert "9223372036854775807" in r.json()["error"]["message"]
+
+
+async def test_the_largest_event_cursor_is_accepted(client: httpx.AsyncClient) -> None:
+    run_id = (await client.post("/workflows/echo?wait=result", json={})).json()["run_id"]
+    r = await client.get(f"/runs/{run_id}/events?after=9223372036854775807")
+    assert r.status_code == 200 and r.json()["events"] == []
+
+
+async def test_an_unexpected_failure_answers_the_documented_error_shape(
+    project: Path, write_workflow: WriteWorkflow,
+) -> None:
+    class BrokenStore(MemoryStore):
+        async def list_runs(self, **kwargs: Any) -> Any:
+            if kwargs.get("workflow") == "explode":
+                raise RuntimeError("a bug with a secret in its message")
+            return await super().list_runs(**kwargs)
+
+    write_workflow("echo", WORKFLOWS["echo"])
+    application = create_app(Settings(project_dir=project), store=BrokenStore(),
+                             provider=FakeSandboxProvider())
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            r = await c.get("/runs?workflow=explode")
+    assert r.status_code == 500
+    assert r.json()["error"]["type"] == "internal_error"
+    assert "RuntimeError" in r.json()["error"]["message"]
+    assert "secret" not in r.text
 
 
 async def test_the_same_idempotency_key_returns_the_same_run(client: httpx.AsyncClient) -> None:

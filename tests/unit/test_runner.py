@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -343,6 +344,7 @@ async def test_the_deadline_is_the_workflows_own_within_the_servers_bounds(
 @pytest.mark.parametrize(("line", "message"), [
     ("deadline_seconds = '5'", "deadline_seconds must be a number of seconds, not '5'"),
     ("deadline_seconds = True", "deadline_seconds must be a number of seconds, not True"),
+    ("deadline_seconds = float('nan')", "deadline_seconds must be a number of seconds, not nan"),
     ("retry_interrupted = 11", "retry_interrupted must be True, False or a count from 0 to 10"),
     ("retry_interrupted = 'yes'", "retry_interrupted must be True, False or a count"),
 ])
@@ -380,6 +382,20 @@ async def _lost(runner: Any, workflow: str, *, attempt: int = 1, source: str = "
     return run.run_id
 
 
+RETRY_IN_A_BOX = AGENT + RETRY.replace(
+    "    await asyncio.sleep", "    await ctx.init(agent)\n    await asyncio.sleep")
+
+
+async def _running_in_a_box(scheduler: Any, workflow: str) -> Any:
+    """Submits a run that sleeps for 30 s and returns it once its sandbox exists."""
+    run, _ = await scheduler.submit(workflow, {"sleep": 30})
+    for _ in range(200):
+        if run.run_id in scheduler.runner.provider.live:
+            return run
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{run.run_id} did not get its sandbox")
+
+
 async def test_a_lost_run_of_a_retry_safe_workflow_goes_back_to_the_queue_and_runs_again(
     project: Path, write_workflow: WriteWorkflow
 ) -> None:
@@ -412,20 +428,13 @@ async def test_stopping_a_scheduler_puts_retry_safe_runs_back_and_interrupts_the
 ) -> None:
     from pyflue.scheduler import Scheduler
 
-    write_workflow("again", AGENT + RETRY.replace("    await asyncio.sleep",
-                                                  "    await ctx.init(agent)\n"
-                                                  "    await asyncio.sleep"))
-    write_workflow("once", AGENT + RETRY.replace("retry_interrupted = 2", "").replace(
-        "    await asyncio.sleep", "    await ctx.init(agent)\n    await asyncio.sleep"))
+    write_workflow("again", RETRY_IN_A_BOX)
+    write_workflow("once", RETRY_IN_A_BOX.replace("retry_interrupted = 2", ""))
     runner = fake_runner(project)
     scheduler = Scheduler(runner, max_concurrency=4)
     await scheduler.start()
-    again, _ = await scheduler.submit("again", {"sleep": 30})
-    once, _ = await scheduler.submit("once", {"sleep": 30})
-    for _ in range(200):
-        if len(runner.provider.live) == 2:  # type: ignore[attr-defined]
-            break
-        await asyncio.sleep(0.01)
+    again = await _running_in_a_box(scheduler, "again")
+    once = await _running_in_a_box(scheduler, "once")
     await scheduler.stop()
     back = await runner.store.get_run(again.run_id)
     assert back.status is RunStatus.queued and back.attempt == 2
@@ -468,3 +477,60 @@ async def test_a_worker_taken_for_lost_cannot_end_the_next_attempt_of_its_run(
     assert final.owner == "elsewhere:1:beef" and final.result is None
     types = [e.type for e in await runner.store.list_events(submitted.run_id)]
     assert EventType.run_end not in types
+
+
+async def test_a_cancel_is_never_turned_into_a_requeue(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    from pyflue.scheduler import Scheduler
+
+    write_workflow("again", RETRY_IN_A_BOX)
+    runner = fake_runner(project)
+    scheduler = Scheduler(runner, max_concurrency=4)
+    await scheduler.start()
+    # Cancelled here, then the server stops before that cancel has landed: it stays cancelled.
+    here = await _running_in_a_box(scheduler, "again")
+    # Without its loops, stop() reaches the run before the run's task has seen the cancel
+    # (as when the cancel waits on a container being created): the race, made certain.
+    for loop in (scheduler._loop_task, scheduler._beat_task):
+        assert loop is not None
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+    scheduler._loop_task = scheduler._beat_task = None
+    await scheduler.cancel(here.run_id)
+    await scheduler.stop()
+    ended = await runner.store.get_run(here.run_id)
+    assert ended.status is RunStatus.cancelled and ended.attempt == 1
+    # Cancelled through this worker while the worker that ran it is gone: not run again.
+    lost = await _lost(runner, "again")
+    scheduler = Scheduler(runner, max_concurrency=4)
+    try:
+        await scheduler.cancel(lost)
+    finally:
+        await scheduler.stop()
+    gone = await runner.store.get_run(lost)
+    assert gone.status is RunStatus.interrupted and gone.attempt == 1
+    assert gone.cancel_requested == "cancelled by request"
+    types = [e.type for e in await runner.store.list_events(lost)]
+    assert types == [EventType.run_end]
+
+
+async def test_a_run_asked_to_cancel_elsewhere_ends_instead_of_going_back_at_a_stop(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    from pyflue.scheduler import Scheduler
+
+    write_workflow("again", RETRY_IN_A_BOX)
+    runner = fake_runner(project)
+    scheduler = Scheduler(runner, max_concurrency=4, poll_interval=3600)  # no cancel scan
+    await scheduler.start()
+    run = await _running_in_a_box(scheduler, "again")
+    # Another worker recorded a cancel; this one stops before it looked for it.
+    await runner.store.update_run(run.run_id, RunUpdate(
+        extra={"cancel_requested": "cancelled by request"}))
+    await scheduler.stop()
+    ended = await runner.store.get_run(run.run_id)
+    assert ended.status is RunStatus.cancelled and ended.reason == "cancelled by request"
+    types = [e.type for e in await runner.store.list_events(run.run_id)]
+    assert types[-1] is EventType.run_end and EventType.run_requeued not in types

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -210,7 +211,7 @@ async def test_postgres_wakes_followers_of_other_processes_by_notify(
 
 
 async def test_postgres_password_setting_and_url_options_reach_both_connections(
-    postgres_url: str,
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A password with URL-reserved characters, given apart from the URL (PYFLUE_STORE_PASSWORD),
     # and a URL option (?ssl=disable) that the LISTEN connection must honour as the pool does.
@@ -232,11 +233,23 @@ async def test_postgres_password_setting_and_url_options_reach_both_connections(
         bare = url.set(username=role, password=None).update_query_dict({"ssl": "disable"})
         settings = Settings(store_url=bare.render_as_string(), store_password=password)
         stores = [SqlStore(settings.resolved_store_url()) for _ in range(2)]
+        connects: list[dict[str, object]] = []
+        real_connect = asyncpg.connect
+
+        async def observed(*args: object, **kwargs: object) -> object:
+            connects.append(kwargs)
+            return await real_connect(*args, **kwargs)
+
+        monkeypatch.setattr(asyncpg, "connect", observed)  # SQLAlchemy's pool calls it too
         try:
             for store in stores:
                 await store.open()
                 assert store._listener is not None
             await _notify_reaches(*stores)
+            # The pool's connections and the LISTEN ones alike: the option, the decoded password.
+            assert len(connects) >= 4
+            assert all(c.get("ssl") == "disable" and c.get("password") == password
+                       for c in connects), connects
         finally:
             for store in stores:
                 await store.close()
@@ -268,6 +281,23 @@ async def test_an_update_can_be_fenced_by_attempt(store: RunStore) -> None:
             status=RunStatus.completed, expect_status=RunStatus.running, expect_attempt=1))
     kept = await store.get_run(run.run_id)
     assert kept.status is RunStatus.running and kept.attempt == 2
+
+
+async def test_an_update_can_be_refused_to_a_run_asked_to_cancel(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.update_run(run.run_id, RunUpdate(
+        status=RunStatus.running, extra={"cancel_requested": "cancelled by request"}))
+    told = NewEvent(EventType.run_requeued, {"attempt": 2}, utcnow())
+    with pytest.raises(RunStateConflict, match="was asked to cancel"):
+        await store.update_run(run.run_id, RunUpdate(
+            status=RunStatus.queued, expect_no_cancel=True, events=[told]))
+    assert (await store.get_run(run.run_id)).status is RunStatus.running
+    assert await store.list_events(run.run_id) == []  # the events only go with the update
+    await store.update_run(run.run_id, RunUpdate(
+        status=RunStatus.cancelled, expect_status=RunStatus.running, events=[
+            NewEvent(EventType.run_end, {"status": "cancelled"}, utcnow())]))
+    [end] = await store.list_events(run.run_id)
+    assert end.type is EventType.run_end and end.event_index == 1
 
 
 async def test_workers_heartbeat_and_sign_off(store: RunStore) -> None:

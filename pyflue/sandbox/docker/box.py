@@ -127,7 +127,7 @@ class DockerSandbox:
             # it stop): the limit that stopped it is reported with this error, once.
             limits: tuple[str, ...] = ()
             if self._stopped is None:
-                limits = self._stopped_status(await self._bridge.call(self._state)).limits
+                limits = (await self._stop_status(await self._bridge.call(self._state))).limits
             raise SandboxGone(f"cannot run a command: {self._stopped}", limits=limits,
                               reason=self._stopped) from None
 
@@ -170,7 +170,7 @@ class DockerSandbox:
             _abort_socket(session.sock)
             if not await _finishes(pump, self._kill_grace):
                 pump.cancel()
-            return self._stopped_status(watch.result())
+            return await self._stop_status(watch.result())
         pump.result()  # a failed stream raises here
         code = -1 if session.exit_code is None else session.exit_code
         if code == 0:
@@ -184,7 +184,7 @@ class DockerSandbox:
             await asyncio.sleep(0.1)
             state = await self._bridge.call(self._state)
         if not state.get("Running", False):
-            return self._stopped_status(state)
+            return await self._stop_status(state)
         return ExecStatus(exit_code=code, limits=await self._bridge.call(self._new_limit_hits))
 
     async def _watch_container(self) -> dict[str, Any]:
@@ -213,6 +213,17 @@ class DockerSandbox:
             return {"Running": False, "Removed": True}
         except SandboxError:
             return {"Running": True}  # cannot tell: keep waiting on the command itself
+
+    async def _stop_status(self, state: dict[str, Any]) -> ExecStatus:
+        """:meth:`_stopped_status`, once the engine's word on an OOM kill is in: it can learn
+        of one (from the cgroup) just after it saw the container exit, so a container that
+        stopped for no reason yet is looked at again, for up to half a second."""
+        for _ in range(5):
+            if state.get("OOMKilled") or state.get("Removed") or state.get("Running", False):
+                break
+            await asyncio.sleep(0.1)
+            state = await self._bridge.call(self._state)
+        return self._stopped_status(state)
 
     def _stopped_status(self, state: dict[str, Any]) -> ExecStatus:
         """Remembers why the container stopped; the status of the command it stopped under."""
