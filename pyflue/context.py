@@ -52,7 +52,8 @@ class RunLog:
 
 
 class FlueContext:
-    """The invocation: ``id`` (the run id), ``payload``, ``env``, ``req``, ``log``, ``init``."""
+    """The invocation: ``id`` (the run id), ``payload``, ``env``, ``req``, ``log``, ``init``;
+    ``attempt`` is 1, or which attempt of a requeued run this is (``retry_interrupted``)."""
 
     def __init__(
         self,
@@ -63,8 +64,10 @@ class FlueContext:
         req: Any,
         log: RunLog,
         init: Callable[[Agent, FlueContext], Awaitable[Harness]],
+        attempt: int = 1,
     ) -> None:
         self.id = id
+        self.attempt = attempt
         self.payload = payload
         self.env = dict(env)
         self.req = req

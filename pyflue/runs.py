@@ -201,7 +201,7 @@ class Runner:
                 raise early_cancel
             ctx = FlueContext(
                 id=run_id, payload=run.payload, env=self.env, req=req,
-                log=RunLog(recorder), init=scope.init,
+                log=RunLog(recorder), init=scope.init, attempt=run.attempt,
             )
             workflow = self.registry.get(run.workflow)
             deadline = self.deadline_for(workflow)

@@ -362,7 +362,7 @@ import asyncio
 retry_interrupted = 2
 async def run(ctx):
     await asyncio.sleep(ctx.payload.get("sleep", 0))
-    return {"attempt": ctx.payload.get("n")}
+    return {"attempt": ctx.attempt}
 """
 
 
@@ -417,6 +417,7 @@ async def test_a_lost_run_of_a_retry_safe_workflow_goes_back_to_the_queue_and_ru
         assert (await runner.store.get_run(run_id)).status is RunStatus.interrupted
     final = await runner.execute(again)
     assert final.status is RunStatus.completed and final.attempt == 2
+    assert final.result == {"attempt": 2}  # ctx.attempt
     events = await runner.store.list_events(again)
     assert [e.type for e in events][:2] == [EventType.run_requeued, EventType.run_start]
     assert events[1].data["attempt"] == 2 and events[-1].type is EventType.run_end
@@ -448,7 +449,7 @@ async def test_stopping_a_scheduler_puts_retry_safe_runs_back_and_interrupts_the
     scheduler = Scheduler(runner, max_concurrency=4)
     await scheduler.start()
     try:
-        await runner.store.update_run(again.run_id, RunUpdate(extra={"payload": {"n": 2}}))
+        await runner.store.update_run(again.run_id, RunUpdate(extra={"payload": {}}))  # no nap
         final = await scheduler.wait(again.run_id)
     finally:
         await scheduler.stop()
