@@ -81,6 +81,9 @@ class StopRequest:
     status: RunStatus = RunStatus.cancelled
     reason: str = "cancelled while running"
     requeue: bool = False
+    # Set instead of cancelling the task when it has not begun (a task cancelled before its
+    # first step never runs its body, so the run it claimed would be left `running`).
+    asked: bool = False
 
 
 def parse_payload(raw: str | bytes | None) -> dict[str, Any]:
@@ -164,27 +167,34 @@ class Runner:
         return await self.store.create_run(run)
 
     async def execute(
-        self, run_id: str, *, req: Any = None, stop: StopRequest | None = None
+        self, run_id: str, *, req: Any = None, stop: StopRequest | None = None,
+        claimed: Run | None = None,
     ) -> Run:
-        """Runs a queued run to its end and returns the final record.
+        """Runs a queued run to its end and returns the final record; ``claimed``: a run this
+        process already took (``store.claim_runs``), to run as it is.
 
         Cancelling the task ends the run ``cancelled`` (or as ``stop`` says) after its container
         is removed. A workflow still running at its deadline (:meth:`deadline_for`) is stopped
         the same way and ends ``timed_out``.
         """
-        # Claiming is conditional: a run cancelled meanwhile, or claimed by another worker,
-        # raises RunStateConflict here and is not run. A cancel that lands while the claim is
-        # in flight must not leave a claimed run behind: the claim completes, then the run
-        # ends through _finish like any cancelled run.
-        claim = asyncio.ensure_future(self.store.update_run(run_id, RunUpdate(
-            status=RunStatus.running, started_at=utcnow(), expect_status=RunStatus.queued,
-            extra={"owner": local_owner()},
-        )))
         early_cancel: asyncio.CancelledError | None = None
-        try:
-            run = await asyncio.shield(claim)
-        except asyncio.CancelledError as exc:
-            run, early_cancel = await claim, exc
+        if claimed is not None:
+            run = claimed
+            if stop is not None and stop.asked:  # stopped before its task began
+                early_cancel = asyncio.CancelledError(stop.reason)
+        else:
+            # Claiming is conditional: a run cancelled meanwhile, or claimed by another worker,
+            # raises RunStateConflict here and is not run. A cancel that lands while the claim
+            # is in flight must not leave a claimed run behind: the claim completes, then the
+            # run ends through _finish like any cancelled run.
+            claim = asyncio.ensure_future(self.store.update_run(run_id, RunUpdate(
+                status=RunStatus.running, started_at=utcnow(), expect_status=RunStatus.queued,
+                extra={"owner": local_owner()},
+            )))
+            try:
+                run = await asyncio.shield(claim)
+            except asyncio.CancelledError as exc:
+                run, early_cancel = await claim, exc
         recorder = RunRecorder(self.store, run_id)
         recorder.emit(EventType.run_start, {
             "workflow": run.workflow, "payload": run.payload, "image": run.image,

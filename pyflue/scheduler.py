@@ -39,13 +39,15 @@ class Scheduler:
         self.poll_interval = poll_interval
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, StopRequest] = {}
+        self._unstarted: set[str] = set()  # tasks created, not begun (see StopRequest.asked)
+        # True while the store held no queued run this scheduler could take at its last look:
+        # a new run may then start at once, without waiting for admission (order is kept).
+        self._backlog_empty = False
+        self._reserved = 0  # slots held by submits claiming their run
         self._requests: dict[str, Any] = {}
         # Set when a run this scheduler knows of has finished (its record is final).
         self._finished: dict[str, asyncio.Event] = {}
         self._final: dict[str, Run] = {}
-        # True while the store holds no queued run this scheduler has not started: a new run
-        # may then start at once, without waiting for the admission loop (order is kept).
-        self._backlog_empty = False
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
@@ -72,12 +74,8 @@ class Scheduler:
                 loop_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop_task
-        for run_id, task in list(self._tasks.items()):
-            if task.cancelling():  # being cancelled, or past its deadline: that end stands
-                continue
-            stop = self._stops.setdefault(run_id, StopRequest())
-            stop.status, stop.reason, stop.requeue = RunStatus.interrupted, reason, True
-            task.cancel()
+        for run_id in list(self._tasks):
+            self._stop_task(run_id, RunStatus.interrupted, reason, requeue=True)
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         try:
@@ -146,11 +144,23 @@ class Scheduler:
         if req is not None:
             self._requests[run.run_id] = req
         self._finished[run.run_id] = asyncio.Event()
-        if self._backlog_empty and len(self._tasks) < self.max_concurrency:
-            self._start(run)
-        else:
-            self._backlog_empty = False
-            self._wake.set()
+        if self._backlog_empty and len(self._tasks) + self._reserved < self.max_concurrency:
+            # A free slot and nothing older waiting: the run starts here at once (where its
+            # request is), unless another worker took it in the meantime.
+            self._reserved += 1
+            try:
+                claimed: Run | None = await self.store.update_run(run.run_id, RunUpdate(
+                    status=RunStatus.running, started_at=utcnow(),
+                    expect_status=RunStatus.queued, extra={"owner": self.worker}))
+            except RunStateConflict:
+                claimed = None
+            finally:
+                self._reserved -= 1
+            if claimed is not None:
+                self._start(claimed)
+                return run, True
+        self._backlog_empty = False
+        self._wake.set()
         return run, True
 
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> Run:
@@ -170,10 +180,23 @@ class Scheduler:
         task = self._tasks.get(run_id)
         if task is None:
             return await self._cancel_elsewhere(run, reason)
-        stop = self._stops.setdefault(run_id, StopRequest())
-        stop.status, stop.reason = RunStatus.cancelled, reason
-        task.cancel()
+        self._stop_task(run_id, RunStatus.cancelled, reason)
         return run
+
+    def _stop_task(self, run_id: str, status: RunStatus, reason: str,
+                   requeue: bool = False) -> None:
+        """Stops a run of this scheduler's (its end: ``status`` and ``reason``, or back in the
+        queue when ``requeue`` and its workflow is safe to retry); one that is being stopped
+        already (a cancel, its deadline) keeps that end."""
+        task = self._tasks[run_id]
+        stop = self._stops.setdefault(run_id, StopRequest())
+        if task.cancelling() or stop.asked:
+            return
+        stop.status, stop.reason, stop.requeue = status, reason, requeue
+        if run_id in self._unstarted:
+            stop.asked = True  # it sees this as it begins: see StopRequest.asked
+        else:
+            task.cancel()
 
     async def _cancel_elsewhere(self, run: Run, reason: str) -> Run:
         """A run another process runs: asked through the store; its worker acts on it
@@ -266,33 +289,35 @@ class Scheduler:
             self._wake.clear()
 
     async def _admit(self) -> None:
+        """Takes the oldest queued runs for the free slots (in one store write: workers sharing
+        the store never take the same run) and starts them."""
         await self._cancel_requested()
-        free = self.max_concurrency - len(self._tasks)
-        if free <= 0:
-            return
-        queued = await self.store.list_runs(
-            status=RunStatus.queued, limit=free + len(self._tasks) + 100, oldest_first=True
-        )
-        waiting = [r for r in queued if r.run_id not in self._tasks and r.owner is None]
-        # (Runs with an owner are `pyflue run`'s own, about to start in that process.)
-        # Runs submitted here that are neither queued nor ours any more were taken by another
-        # worker (or cancelled): their waiters go to the store for the outcome.
-        queued_ids = {r.run_id for r in queued}
-        for run_id in [r for r in self._finished if r not in self._tasks and r not in queued_ids]:
-            self._mark_finished(run_id)
-        free = self.max_concurrency - len(self._tasks)  # submits may have started runs meanwhile
-        for run in waiting[:free]:
+        elsewhere = [r for r in self._finished if r not in self._tasks]
+        if elsewhere:
+            # Runs submitted here that are neither queued nor ours any more were taken by
+            # another worker (or cancelled): their waiters go to the store for the outcome.
+            queued = await self.store.list_runs(
+                status=RunStatus.queued, limit=len(elsewhere) + 100, oldest_first=True)
+            still = {r.run_id for r in queued}
+            for run_id in elsewhere:
+                if run_id not in still:
+                    self._mark_finished(run_id)
+        free = self.max_concurrency - len(self._tasks) - self._reserved
+        claimed = await self.store.claim_runs(self.worker, free)
+        for run in claimed:
             self._start(run)
-        self._backlog_empty = len(waiting) <= free
+        self._backlog_empty = len(claimed) < free
 
     def _start(self, run: Run) -> None:
+        self._unstarted.add(run.run_id)
         self._tasks[run.run_id] = asyncio.create_task(self._execute(run), name=f"run:{run.run_id}")
 
     async def _execute(self, run: Run) -> None:
+        self._unstarted.discard(run.run_id)  # before any await: from here on, cancel() works
         stop = self._stops.setdefault(run.run_id, StopRequest())
         try:
             final = await self.runner.execute(
-                run.run_id, req=self._requests.get(run.run_id), stop=stop
+                run.run_id, req=self._requests.get(run.run_id), stop=stop, claimed=run
             )
             if run.run_id in self._finished and final.status.finished:
                 self._final[run.run_id] = final  # (not a run put back in the queue)

@@ -76,6 +76,12 @@ class RunStore(Protocol):
         other arguments filter."""
         ...
 
+    async def claim_runs(self, owner: str, limit: int) -> list[Run]:
+        """Takes up to ``limit`` of the oldest queued runs that no process owns yet (a
+        server's), as ``running`` under ``owner``, in one write: two workers never take the
+        same run, and neither waits for the other (PostgreSQL: ``FOR UPDATE SKIP LOCKED``)."""
+        ...
+
     async def find_run(self, workflow: str, idempotency_key: str) -> Run | None:
         """The run created for ``workflow`` with this Idempotency-Key, if any."""
         ...

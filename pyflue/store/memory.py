@@ -63,6 +63,16 @@ class MemoryStore:
         runs = [r for r in runs if owner is None or r.owner == owner]
         return [r.model_copy() for r in runs[:limit]]
 
+    async def claim_runs(self, owner: str, limit: int) -> list[Run]:
+        free = sorted((r for r in self._runs.values()
+                       if r.status is RunStatus.queued and r.owner is None),
+                      key=lambda r: (r.created_at, r.run_id))
+        now = utcnow()
+        for run in free[:limit]:
+            self._runs[run.run_id] = run.model_copy(update={
+                "status": RunStatus.running, "owner": owner, "started_at": now})
+        return [self._runs[r.run_id].model_copy() for r in free[:limit]]
+
     async def find_run(self, workflow: str, idempotency_key: str) -> Run | None:
         for run in self._runs.values():
             if run.workflow == workflow and run.idempotency_key == idempotency_key:

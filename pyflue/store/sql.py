@@ -314,6 +314,26 @@ class SqlStore:
             rows = (await conn.execute(query)).all()
         return [_run_from_row(r) for r in rows]
 
+    async def claim_runs(self, owner: str, limit: int) -> list[Run]:
+        if limit <= 0:
+            return []
+        pick = (select(runs.c.run_id)
+                .where(runs.c.status == RunStatus.queued.value, runs.c.owner.is_(None))
+                .order_by(runs.c.created_at.asc(), runs.c.run_id.asc()).limit(limit))
+        if self._is_postgres:  # rows another worker is claiming are passed over, not waited on
+            pick = pick.with_for_update(skip_locked=True)
+        # A CTE, evaluated once: as an IN (subquery), PostgreSQL may run a SKIP LOCKED
+        # subquery again per row and take more than `limit` runs.
+        picked = pick.cte("picked")
+        query = (update(runs)
+                 .where(runs.c.run_id == picked.c.run_id,
+                        runs.c.status == RunStatus.queued.value)  # rechecked under the lock
+                 .values(status=RunStatus.running.value, owner=owner, started_at=utcnow())
+                 .returning(*runs.c))
+        async with self._write() as conn:
+            rows = (await conn.execute(query)).all()
+        return sorted((_run_from_row(r) for r in rows), key=lambda r: (r.created_at, r.run_id))
+
     async def find_run(self, workflow: str, idempotency_key: str) -> Run | None:
         query = select(runs).where(
             runs.c.workflow == workflow, runs.c.idempotency_key == idempotency_key

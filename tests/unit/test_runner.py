@@ -535,3 +535,26 @@ async def test_a_run_asked_to_cancel_elsewhere_ends_instead_of_going_back_at_a_s
     assert ended.status is RunStatus.cancelled and ended.reason == "cancelled by request"
     types = [e.type for e in await runner.store.list_events(run.run_id)]
     assert types[-1] is EventType.run_end and EventType.run_requeued not in types
+
+
+async def test_a_claimed_run_stopped_before_its_task_begins_still_ends_properly(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    # Admission claims runs in the store, then starts their tasks: a cancel (or a stop) that
+    # comes in between must not leave a claimed run `running` with nothing behind it.
+    from pyflue.scheduler import Scheduler
+
+    write_workflow("again", RETRY_IN_A_BOX)
+    runner = fake_runner(project)
+    scheduler = Scheduler(runner, max_concurrency=4)  # not started: no admission loop
+    cancelled = await runner.submit("again", {"sleep": 30}, owner=None, source="http")
+    stopped = await runner.submit("again", {"sleep": 30}, owner=None, source="http")
+    for run in await runner.store.claim_runs(scheduler.worker, 2):
+        scheduler._start(run)
+    await scheduler.cancel(cancelled.run_id)  # no await in between yields to the new tasks
+    await scheduler.stop()
+    ended = await runner.store.get_run(cancelled.run_id)
+    assert ended.status is RunStatus.cancelled and ended.reason == "cancelled by request"
+    back = await runner.store.get_run(stopped.run_id)
+    assert back.status is RunStatus.queued and back.attempt == 2
+    assert runner.provider.live == {}  # type: ignore[attr-defined]

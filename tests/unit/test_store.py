@@ -300,6 +300,44 @@ async def test_an_update_can_be_refused_to_a_run_asked_to_cancel(store: RunStore
     assert end.type is EventType.run_end and end.event_index == 1
 
 
+async def test_claiming_takes_the_oldest_unowned_queued_runs(store: RunStore) -> None:
+    runs = [await store.create_run(_run(offset=i)) for i in range(4)]
+    mine = await store.create_run(_run(offset=-1).model_copy(update={"owner": "cli:1:a"}))
+    done = await store.create_run(_run(offset=-2))
+    await store.update_run(done.run_id, RunUpdate(status=RunStatus.cancelled))
+    first = await store.claim_runs("w:1:a", 2)
+    assert [r.run_id for r in first] == [r.run_id for r in runs[:2]]
+    assert all(r.status is RunStatus.running and r.owner == "w:1:a" and r.started_at
+               for r in first)
+    rest = await store.claim_runs("w:2:b", 10)
+    assert [r.run_id for r in rest] == [r.run_id for r in runs[2:]]
+    assert await store.claim_runs("w:1:a", 10) == []
+    assert (await store.get_run(mine.run_id)).status is RunStatus.queued  # `pyflue run`'s own
+
+
+async def test_postgres_workers_claiming_together_never_take_the_same_run(
+    postgres_url: str,
+) -> None:
+    stores = [SqlStore(postgres_url) for _ in range(4)]
+    for s in stores:
+        await s.open()
+    try:
+        queued = {(await stores[0].create_run(_run(offset=i))).run_id for i in range(40)}
+
+        async def worker(i: int) -> list[str]:
+            taken: list[str] = []
+            while batch := await stores[i].claim_runs(f"w:{i}:x", 3):
+                taken += [r.run_id for r in batch]
+            return taken
+
+        takes = await asyncio.gather(*(worker(i) for i in range(4)))
+        every = [run_id for taken in takes for run_id in taken]
+        assert sorted(every) == sorted(queued)  # each run once: no run taken twice
+    finally:
+        for s in stores:
+            await s.close()
+
+
 async def test_workers_heartbeat_and_sign_off(store: RunStore) -> None:
     assert await store.worker_age("h:1:a") is None
     await store.heartbeat("h:1:a")
