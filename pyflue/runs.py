@@ -146,22 +146,26 @@ class Runner:
         source: str = "cli",
         owner: str | None = "",
         idempotency_key: str | None = None,
+        taken: bool = False,
     ) -> Run:
         """Validates the invocation and records the run as ``queued``. Nothing runs yet.
 
         ``owner`` defaults to this process (it will run it); ``None`` leaves the run for a
-        scheduler to claim.
+        scheduler to claim. ``taken``: record it as already claimed by ``owner``
+        (``running``), for :meth:`execute` with ``claimed=``; no other worker sees it queued.
         """
         self.registry.get(workflow)  # WorkflowNotFound / WorkflowLoadError before any record
+        now = utcnow()
         run = Run(
             run_id=new_run_id(workflow),
             workflow=workflow,
-            status=RunStatus.queued,
+            status=RunStatus.running if taken else RunStatus.queued,
             payload=check_payload(payload),
             image=image,
             source=source,
             owner=local_owner() if owner == "" else owner,
-            created_at=utcnow(),
+            created_at=now,
+            started_at=now if taken else None,
             idempotency_key=idempotency_key,
         )
         return await self.store.create_run(run)

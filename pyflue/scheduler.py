@@ -62,6 +62,8 @@ class Scheduler:
     async def start(self) -> None:
         """Recovers from a previous crash, then starts admitting queued runs."""
         await self.store.heartbeat(self.worker)  # before any run of ours can be judged
+        # Admission looks at once when a run is queued, by this or (PostgreSQL) any worker.
+        self.store.on_queue_change(self._wake.set)
         await self._reap()
         self._loop_task = asyncio.create_task(self._admit_loop(), name="pyflue-scheduler")
         self._beat_task = asyncio.create_task(self._beat_loop(), name="pyflue-heartbeat")
@@ -131,36 +133,30 @@ class Scheduler:
             existing = await self.store.find_run(workflow, idempotency_key)
             if existing is not None:
                 return existing, False
+        # A free slot and nothing older waiting: the run is recorded as taken by this worker
+        # and starts here at once (where its request is); else it is queued for any worker.
+        take = self._backlog_empty and len(self._tasks) + self._reserved < self.max_concurrency
+        self._reserved += int(take)
         try:
             run = await self.runner.submit(
-                workflow, payload, image=image, source=source, owner=None,
-                idempotency_key=idempotency_key,
+                workflow, payload, image=image, source=source, idempotency_key=idempotency_key,
+                owner=self.worker if take else None, taken=take,
             )
         except RunStateConflict:  # the same key raced in from another request
             assert idempotency_key is not None
             found = await self.store.find_run(workflow, idempotency_key)
             assert found is not None
             return found, False
+        finally:
+            self._reserved -= int(take)
         if req is not None:
             self._requests[run.run_id] = req
         self._finished[run.run_id] = asyncio.Event()
-        if self._backlog_empty and len(self._tasks) + self._reserved < self.max_concurrency:
-            # A free slot and nothing older waiting: the run starts here at once (where its
-            # request is), unless another worker took it in the meantime.
-            self._reserved += 1
-            try:
-                claimed: Run | None = await self.store.update_run(run.run_id, RunUpdate(
-                    status=RunStatus.running, started_at=utcnow(),
-                    expect_status=RunStatus.queued, extra={"owner": self.worker}))
-            except RunStateConflict:
-                claimed = None
-            finally:
-                self._reserved -= 1
-            if claimed is not None:
-                self._start(claimed)
-                return run, True
-        self._backlog_empty = False
-        self._wake.set()
+        if take:
+            self._start(run)
+        else:
+            self._backlog_empty = False
+            self._wake.set()
         return run, True
 
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> Run:

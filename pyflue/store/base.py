@@ -122,6 +122,26 @@ class RunStore(Protocol):
         """Replays events after ``after``, then follows live; ends after ``run_end``."""
         ...
 
+    def on_queue_change(self, callback: Callable[[], None]) -> None:
+        """Calls ``callback`` (on the store's loop) when a run any process can take was
+        queued: submitted to a server, or put back in the queue. PostgreSQL tells every
+        process sharing the store (NOTIFY); the other adapters tell this process only."""
+        ...
+
+
+class QueueSignal:
+    """The callbacks of :meth:`RunStore.on_queue_change` in this process."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[], None]] = []
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def fire(self) -> None:
+        for callback in self._callbacks:
+            callback()
+
 
 class Notifier:
     """Wakes in-process subscribers of a run after new events were stored.

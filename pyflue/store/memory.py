@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 
 from pyflue.errors import RunNotFound, RunStateConflict
 from pyflue.models import Event, EventType, Run, RunStatus, utcnow
-from pyflue.store.base import NewEvent, Notifier, RunUpdate, follow
+from pyflue.store.base import NewEvent, Notifier, QueueSignal, RunUpdate, follow
 from pyflue.store.updates import apply_update, conflict
 
 
@@ -17,6 +17,7 @@ class MemoryStore:
         self._events: dict[str, list[Event]] = {}
         self._notifier = Notifier()
         self._workers: dict[str, datetime] = {}
+        self._queue = QueueSignal()
 
     async def open(self) -> None:
         return None
@@ -31,7 +32,12 @@ class MemoryStore:
             raise RunStateConflict(f"a run with Idempotency-Key {run.idempotency_key!r} exists")
         self._runs[run.run_id] = run.model_copy()
         self._events[run.run_id] = []
+        if run.status is RunStatus.queued and run.owner is None:
+            self._queue.fire()
         return run
+
+    def on_queue_change(self, callback: Callable[[], None]) -> None:
+        self._queue.listen(callback)
 
     async def get_run(self, run_id: str) -> Run:
         try:
@@ -87,6 +93,8 @@ class MemoryStore:
         self._runs[run_id] = apply_update(run, update)
         if update.events:
             await self.append_events(run_id, update.events)
+        if update.status is RunStatus.queued:
+            self._queue.fire()
         return self._runs[run_id].model_copy()
 
     async def delete_run(self, run_id: str) -> None:

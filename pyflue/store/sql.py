@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from pyflue.errors import RunNotFound, RunStateConflict, StoreError
 from pyflue.models import ErrorInfo, Event, EventType, Run, RunStatus, utcnow
-from pyflue.store.base import NewEvent, Notifier, RunUpdate, follow
+from pyflue.store.base import NewEvent, Notifier, QueueSignal, RunUpdate, follow
 from pyflue.store.schema import events, runs, workers
 from pyflue.store.updates import conflict, update_fields
 
@@ -47,6 +47,7 @@ POLL_SECONDS = 0.5
 # With PostgreSQL, other processes' writes arrive by LISTEN/NOTIFY; polling is a safety net.
 LISTENING_POLL_SECONDS = 5.0
 EVENTS_CHANNEL = "pyflue_events"
+QUEUE_CHANNEL = "pyflue_queue"  # a run any worker can take was queued
 
 
 def _aware(value: datetime) -> datetime:
@@ -128,6 +129,7 @@ class SqlStore:
         self._notifier = Notifier()
         self._listener: Any = None  # PostgreSQL: a connection of its own, LISTENing
         self._relisten_task: asyncio.Task[None] | None = None
+        self._queue = QueueSignal()
         # SQLite has one writer at a time; queueing writers here avoids busy-waiting on its lock.
         self._write_lock = asyncio.Lock() if self._is_sqlite else None
 
@@ -185,6 +187,7 @@ class SqlStore:
         try:
             conn = await asyncpg.connect(**params)
             await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
+            await conn.add_listener(QUEUE_CHANNEL, self._on_queue_notify)
         except (OSError, TypeError, asyncpg.PostgresError) as exc:
             log.warning("run store: LISTEN failed (%s); followers will poll", exc)
             return
@@ -193,6 +196,21 @@ class SqlStore:
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, run_id: str) -> None:
         self._notifier.publish(run_id)
+
+    def _on_queue_notify(self, _conn: Any, _pid: int, _channel: str, _run_id: str) -> None:
+        self._queue.fire()
+
+    def on_queue_change(self, callback: Callable[[], None]) -> None:
+        self._queue.listen(callback)
+
+    def _queued_here(self) -> None:
+        if self._listener is None:  # else this process's own NOTIFY comes back to it
+            self._queue.fire()
+
+    async def _tell_queue(self, conn: AsyncConnection, run_id: str) -> None:
+        """Within a write that queued a run: every worker is told when it commits."""
+        if self._is_postgres:
+            await conn.execute(select(func.pg_notify(QUEUE_CHANNEL, run_id)))
 
     def _on_listener_lost(self, conn: Any) -> None:
         if conn is self._listener:  # not a close of ours
@@ -257,15 +275,20 @@ class SqlStore:
             started_at=run.started_at,
             finished_at=run.finished_at,
         )
+        takeable = run.status is RunStatus.queued and run.owner is None
         try:
             async with self._write() as conn:
                 await conn.execute(insert(runs).values(**values))
+                if takeable:
+                    await self._tell_queue(conn, run.run_id)
         except StoreError as exc:
             if isinstance(exc.__cause__, IntegrityError) and run.idempotency_key is not None:
                 raise RunStateConflict(
                     f"a run with Idempotency-Key {run.idempotency_key!r} exists"
                 ) from exc
             raise
+        if takeable:
+            self._queued_here()
         return run
 
     async def get_run(self, run_id: str) -> Run:
@@ -360,6 +383,8 @@ class SqlStore:
                 applied = (await conn.execute(query)).rowcount > 0
                 if applied and update_.events:
                     await self._append(conn, run_id, update_.events)
+                if applied and update_.status is RunStatus.queued:
+                    await self._tell_queue(conn, run_id)
             if not applied:
                 run = await self.get_run(run_id)  # RunNotFound when it does not exist
                 refused = conflict(run, update_)
@@ -368,6 +393,8 @@ class SqlStore:
                 raise refused
             if update_.events:
                 self._notifier.publish(run_id)
+            if update_.status is RunStatus.queued:
+                self._queued_here()
         return await self.get_run(run_id)
 
     async def delete_run(self, run_id: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from pathlib import Path
 
@@ -336,6 +336,33 @@ async def test_postgres_workers_claiming_together_never_take_the_same_run(
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_the_queue_signal_fires_for_runs_any_worker_can_take(store: RunStore) -> None:
+    fired: list[int] = []
+    store.on_queue_change(lambda: fired.append(1))
+
+    async def fires(change: Awaitable[object]) -> bool:
+        fired.clear()
+        await change
+        await asyncio.sleep(0.3)  # PostgreSQL's signal is its NOTIFY, coming back
+        return bool(fired)
+
+    assert not await fires(store.create_run(_run().model_copy(update={"owner": "cli:1:a"})))
+    run = _run()
+    assert await fires(store.create_run(run))
+    assert not await fires(store.update_run(run.run_id, RunUpdate(status=RunStatus.running)))
+    assert await fires(store.update_run(run.run_id, RunUpdate(status=RunStatus.queued)))
+
+
+async def test_postgres_tells_other_processes_when_a_run_is_queued(
+    pg_pair: tuple[SqlStore, SqlStore],
+) -> None:
+    reader, writer = pg_pair
+    queued = asyncio.Event()
+    reader.on_queue_change(queued.set)  # only NOTIFY can reach it: the write is the writer's
+    await writer.create_run(_run())
+    await asyncio.wait_for(queued.wait(), 10)
 
 
 async def test_workers_heartbeat_and_sign_off(store: RunStore) -> None:
