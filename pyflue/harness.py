@@ -19,7 +19,7 @@ from pyflue.errors import ConfigError, FileNotFoundInSandbox, SandboxGone, Works
 from pyflue.models import EventType
 from pyflue.output import StreamCapture
 from pyflue.paths import confine, is_inside, relative_parts
-from pyflue.sandbox.base import CopyReport, FileStat, PutEntry, Sandbox
+from pyflue.sandbox.base import CopyLimits, CopyReport, FileStat, PutEntry, Sandbox
 from pyflue.sandbox.tario import CopyTooLarge, local_entries
 from pyflue.secrets import StreamRedactor, grant
 
@@ -47,10 +47,11 @@ class WorkspaceFS:
     :class:`pyflue.errors.WorkspacePathError`."""
 
     def __init__(self, box: Sandbox, recorder: RunRecorder, cwd: str, *,
-                 copy_max_bytes: int = MAX_READ_BYTES) -> None:
+                 copy_limits: CopyLimits | None = None) -> None:
         self._box = box
         self._recorder = recorder
-        self._copy_max = copy_max_bytes
+        self._copy_limits = copy_limits or CopyLimits(
+            file_bytes=MAX_READ_BYTES, total_bytes=MAX_READ_BYTES, entries=100_000)
         self.root = box.workdir
         self.cwd = confine(cwd, root=self.root)
 
@@ -186,7 +187,7 @@ class WorkspaceFS:
             raise WorkspacePathError("give a path inside the workspace to copy to, not its root")
         try:
             entries, report = await asyncio.to_thread(
-                local_entries, local, max_total_bytes=self._copy_max)
+                local_entries, local, limits=self._copy_limits)
         except FileNotFoundError:
             raise ConfigError(f"upload source {local} is not a file or folder on this host: "
                               "give an existing local path") from None
@@ -228,8 +229,7 @@ class WorkspaceFS:
         with tempfile.TemporaryDirectory(prefix=".pyflue-download-", dir=local.parent) as tmp:
             staged = Path(tmp) / "copy"
             try:
-                report = await self._box.copy_out(real, staged, max_file_bytes=self._copy_max,
-                                                  max_total_bytes=self._copy_max)
+                report = await self._box.copy_out(real, staged, limits=self._copy_limits)
             except CopyTooLarge as exc:
                 raise _too_large(path, exc) from None
             await asyncio.to_thread(_put_in_place, staged, local, Path(tmp) / "old")
@@ -252,9 +252,13 @@ def _put_in_place(staged: Path, local: Path, aside: Path) -> None:
 
 
 def _too_large(what: str, exc: CopyTooLarge) -> WorkspacePathError:
-    name, size, cap = exc.args
+    name, amount, cap, unit = exc.args
+    if unit == "entries":
+        return WorkspacePathError(
+            f"copying {what}: {name} holds more than {cap} files and folders; copy less, or "
+            "raise PYFLUE_SANDBOX_COPY_MAX_ENTRIES")
     return WorkspacePathError(
-        f"copying {what}: {name} comes to {size} bytes, over the cap of {cap} bytes; copy "
+        f"copying {what}: {name} comes to {amount} bytes, over the cap of {cap} bytes; copy "
         "less, or raise PYFLUE_SANDBOX_COPY_MAX_BYTES"
     )
 
@@ -290,8 +294,10 @@ class Harness:
         self._env = env
         self._secret_env = grant(config.secrets, env, recorder.redactor,
                                  "agent config \"secrets\"")
-        self.fs = WorkspaceFS(box, recorder, config.cwd or box.workdir,
-                              copy_max_bytes=settings.sandbox.copy_max_bytes)
+        limits = settings.sandbox
+        self.fs = WorkspaceFS(box, recorder, config.cwd or box.workdir, copy_limits=CopyLimits(
+            file_bytes=limits.copy_max_bytes, total_bytes=limits.copy_max_bytes,
+            entries=limits.copy_max_entries))
 
     async def session(self, name: str = "default", *, tools: Sequence[Any] = ()) -> Session:
         """The session called ``name`` (created on first use): a conversation with the agent's

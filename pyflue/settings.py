@@ -50,6 +50,9 @@ class SandboxDefaults(BaseSettings):
     copy_max_bytes: int = Field(
         1 << 30, ge=1, description="most bytes one fs.upload or fs.download may move"
     )
+    copy_max_entries: int = Field(
+        100_000, ge=1, description="most files and folders one fs.upload or fs.download may move"
+    )
     # The most an agent may ask for (see docs/security.md).
     max_memory: str = Field("4g", description="largest memory an agent may ask for")
     max_cpus: float = Field(2.0, gt=0, description="most CPUs an agent may ask for")

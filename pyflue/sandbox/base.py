@@ -88,6 +88,17 @@ class PutEntry:
         return self.data if self.data is not None else (self.source or Path()).read_bytes()
 
 
+@dataclass(frozen=True)
+class CopyLimits:
+    """Caps on one copy in or out: bytes of any one file, bytes in all, and entries (files and
+    folders, skipped ones included) in all, so that neither a huge file nor a flood of tiny
+    ones can fill the host."""
+
+    file_bytes: int
+    total_bytes: int
+    entries: int
+
+
 @dataclass
 class CopyReport:
     """What a folder copy moved: files, folders, bytes, and the names it skipped (links,
@@ -160,8 +171,7 @@ class Sandbox(Protocol):
         """Copies files and directories into ``dest_dir`` (one transfer)."""
         ...
 
-    async def copy_out(self, path: str, dest: Path, *, max_file_bytes: int,
-                       max_total_bytes: int) -> CopyReport:
+    async def copy_out(self, path: str, dest: Path, *, limits: CopyLimits) -> CopyReport:
         """Copies a file or folder out to the new local path ``dest``, streamed and filtered
         (see :func:`pyflue.sandbox.tario.extract_tree`)."""
         ...

@@ -20,6 +20,7 @@ from pathlib import Path
 from pyflue.errors import FileNotFoundInSandbox, SandboxError, WorkspacePathError
 from pyflue.models import EventType
 from pyflue.sandbox.base import (
+    CopyLimits,
     CopyReport,
     Emit,
     ExecStatus,
@@ -156,8 +157,7 @@ class FakeSandbox:
             else:
                 self.nodes[path] = _Node("file", data=entry.content(), mode=entry.mode)
 
-    async def copy_out(self, path: str, dest: Path, *, max_file_bytes: int,
-                       max_total_bytes: int) -> CopyReport:
+    async def copy_out(self, path: str, dest: Path, *, limits: CopyLimits) -> CopyReport:
         """As the engine does: a tar named after ``path``'s base name, links included."""
         if path not in self.nodes:
             raise FileNotFoundInSandbox(f"{path} does not exist")
@@ -177,8 +177,7 @@ class FakeSandbox:
                 else:
                     info.type = tarfile.CHRTYPE
                 tar.addfile(info, io.BytesIO(node.data) if node.kind == "file" else None)
-        return extract_tree([buf.getvalue()], dest, max_file_bytes=max_file_bytes,
-                            max_total_bytes=max_total_bytes)
+        return extract_tree([buf.getvalue()], dest, limits=limits)
 
     async def listdir(self, path: str) -> list[FileStat]:
         out = []

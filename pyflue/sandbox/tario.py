@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from pyflue.sandbox.base import CopyReport, PutEntry
+from pyflue.sandbox.base import CopyLimits, CopyReport, PutEntry
 
 
 def build_tar(entries: Sequence[PutEntry], *, uid: int, gid: int) -> bytes:
@@ -93,11 +93,17 @@ def list_members(chunks: Iterable[bytes]) -> list[tarfile.TarInfo]:
 
 
 class CopyTooLarge(Exception):
-    """A copy went past a size cap; ``args`` = (what, size, cap)."""
+    """A copy went past a cap; ``args`` = (what, amount, cap, unit), unit ``bytes`` or
+    ``entries``."""
 
 
-def extract_tree(chunks: Iterable[bytes], dest: Path, *, max_file_bytes: int,
-                 max_total_bytes: int) -> CopyReport:
+def _count_entry(report: CopyReport, limits: CopyLimits) -> None:
+    seen = report.files + report.folders + report.skipped_count + 1
+    if seen > limits.entries:
+        raise CopyTooLarge("the copy", seen, limits.entries, "entries")
+
+
+def extract_tree(chunks: Iterable[bytes], dest: Path, *, limits: CopyLimits) -> CopyReport:
     """Unpacks a streamed tar of one file or folder (as the archive API sends it) to ``dest``.
 
     Only regular files and folders are written, under ``dest`` and nowhere else: members with
@@ -115,6 +121,7 @@ def extract_tree(chunks: Iterable[bytes], dest: Path, *, max_file_bytes: int,
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             top: str | None = None
             for member in tar:
+                _count_entry(report, limits)
                 parts = PurePosixPath(member.name).parts
                 if top is None and parts:
                     top = parts[0]
@@ -130,8 +137,9 @@ def extract_tree(chunks: Iterable[bytes], dest: Path, *, max_file_bytes: int,
                 try:
                     if linked is not None:
                         size = linked.stat().st_size
-                        if report.bytes + size > max_total_bytes:
-                            raise CopyTooLarge("the copy", report.bytes + size, max_total_bytes)
+                        if report.bytes + size > limits.total_bytes:
+                            raise CopyTooLarge("the copy", report.bytes + size,
+                                               limits.total_bytes, "bytes")
                         target.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(linked, target)
                         os.chmod(target, linked.stat().st_mode & 0o777)
@@ -142,10 +150,11 @@ def extract_tree(chunks: Iterable[bytes], dest: Path, *, max_file_bytes: int,
                         target.mkdir(parents=True, exist_ok=True)
                         report.folders += 1
                         continue
-                    if member.size > max_file_bytes:
-                        raise CopyTooLarge(member.name, member.size, max_file_bytes)
-                    if report.bytes + member.size > max_total_bytes:
-                        raise CopyTooLarge("the copy", report.bytes + member.size, max_total_bytes)
+                    if member.size > limits.file_bytes:
+                        raise CopyTooLarge(member.name, member.size, limits.file_bytes, "bytes")
+                    if report.bytes + member.size > limits.total_bytes:
+                        raise CopyTooLarge("the copy", report.bytes + member.size,
+                                           limits.total_bytes, "bytes")
                     target.parent.mkdir(parents=True, exist_ok=True)
                     source = tar.extractfile(member)
                     assert source is not None
@@ -166,7 +175,7 @@ def extract_tree(chunks: Iterable[bytes], dest: Path, *, max_file_bytes: int,
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def local_entries(src: Path, *, max_total_bytes: int) -> tuple[list[PutEntry], CopyReport]:
+def local_entries(src: Path, *, limits: CopyLimits) -> tuple[list[PutEntry], CopyReport]:
     """A local file or folder as entries to copy in: regular files and folders only, their
     data read when the archive is built (see :func:`write_tar`).
 
@@ -177,9 +186,13 @@ def local_entries(src: Path, *, max_total_bytes: int) -> tuple[list[PutEntry], C
     entries: list[PutEntry] = []
 
     def add_file(path: Path, name: str) -> None:
+        _count_entry(report, limits)
         st = path.stat()
-        if report.bytes + st.st_size > max_total_bytes:
-            raise CopyTooLarge("the copy", report.bytes + st.st_size, max_total_bytes)
+        if st.st_size > limits.file_bytes:
+            raise CopyTooLarge(name, st.st_size, limits.file_bytes, "bytes")
+        if report.bytes + st.st_size > limits.total_bytes:
+            raise CopyTooLarge("the copy", report.bytes + st.st_size, limits.total_bytes,
+                               "bytes")
         entries.append(PutEntry(name, None, st.st_mode & 0o777, source=path))
         report.files += 1
         report.bytes += st.st_size
@@ -192,6 +205,7 @@ def local_entries(src: Path, *, max_total_bytes: int) -> tuple[list[PutEntry], C
     for folder, dirs, files in os.walk(src):
         base = Path(folder)
         rel = PurePosixPath(src.name, *base.relative_to(src).parts)
+        _count_entry(report, limits)
         entries.append(PutEntry(str(rel), None))
         report.folders += 1
         for name in sorted(dirs):

@@ -8,6 +8,7 @@ import pytest
 
 from pyflue.models import EventType, RunStatus
 from pyflue.runs import Runner
+from pyflue.settings import Settings
 from tests.conftest import WriteWorkflow
 
 pytestmark = pytest.mark.docker
@@ -105,3 +106,45 @@ async def run(ctx):
     assert (dest / "t").stat().st_mode & 0o7777 == 0o755  # the setuid bit stays behind
     assert (dest / "sub" / "b.txt").read_text() == "b\n"
     assert run.result["skipped"] == ["out/passwd"]
+
+
+FLOOD = """
+from pyflue import create_agent
+from pyflue.errors import PyflueError
+agent = create_agent(lambda ctx: {})
+
+async def run(ctx):
+    h = await ctx.init(agent)
+    await h.shell("mkdir many && cd many && for i in $(seq 1 100); do : > f$i; done")
+    out = {}
+    for name, copy in (("down", h.fs.download("many", ctx.payload["dest"])),
+                       ("up", h.fs.upload(ctx.payload["src"], "up"))):
+        try:
+            await copy
+            out[name] = "copied"
+        except PyflueError as exc:
+            out[name] = exc.message
+    return out
+"""
+
+
+async def test_a_flood_of_tiny_files_is_stopped_by_the_entries_cap(
+    settings: Settings, write_workflow: WriteWorkflow, tmp_path: Path
+) -> None:
+    from pyflue.local import open_runner
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(100):
+        (src / f"f{i}").touch()
+    capped = settings.model_copy(update={
+        "sandbox": settings.sandbox.model_copy(update={"copy_max_entries": 20})})
+    write_workflow("flood", FLOOD)
+    async with open_runner(capped) as runner:
+        run = await runner.run("flood", {"dest": str(tmp_path / "dest"), "src": str(src)})
+    assert run.status is RunStatus.completed, run.error
+    for way in ("down", "up"):
+        assert "more than 20 files and folders" in run.result[way]
+        assert "PYFLUE_SANDBOX_COPY_MAX_ENTRIES" in run.result[way]
+    assert not (tmp_path / "dest").exists()  # nothing left behind
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

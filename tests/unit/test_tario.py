@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pyflue.sandbox.base import PutEntry
+from pyflue.sandbox.base import CopyLimits, PutEntry
 from pyflue.sandbox.tario import (
     CopyTooLarge,
     build_tar,
@@ -94,7 +94,7 @@ def _hostile_tar() -> list[bytes]:
 def test_a_hostile_folder_archive_is_neutralised(tmp_path: Path) -> None:
     dest = tmp_path / "into" / "artifacts"
     dest.parent.mkdir()
-    report = extract_tree(_hostile_tar(), dest, max_file_bytes=1 << 20, max_total_bytes=1 << 20)
+    report = extract_tree(_hostile_tar(), dest, limits=_caps(1 << 20, 1 << 20))
     written = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
     assert written == ["hard", "ok.txt", "sub", "sub/tool"]
     assert (dest / "ok.txt").read_bytes() == (dest / "hard").read_bytes() == b"fine"
@@ -107,12 +107,39 @@ def test_a_hostile_folder_archive_is_neutralised(tmp_path: Path) -> None:
                                                            "sub", "tool"]
 
 
-@pytest.mark.parametrize("caps", [(5, 1 << 20), (1 << 20, 8)])
-def test_a_copy_past_a_cap_stops_and_leaves_nothing(tmp_path: Path, caps: tuple[int, int]) -> None:
-    with pytest.raises(CopyTooLarge):
-        extract_tree(_hostile_tar(), tmp_path / "artifacts", max_file_bytes=caps[0],
-                     max_total_bytes=caps[1])
+def _caps(file_bytes: int, total_bytes: int, entries: int = 1000) -> CopyLimits:
+    return CopyLimits(file_bytes=file_bytes, total_bytes=total_bytes, entries=entries)
+
+
+@pytest.mark.parametrize(("caps", "unit"), [
+    ((5, 1 << 20, 1000), "bytes"), ((1 << 20, 8, 1000), "bytes"), ((1 << 20, 1 << 20, 4), "entries"),
+])
+def test_a_copy_past_a_cap_stops_and_leaves_nothing(
+    tmp_path: Path, caps: tuple[int, int, int], unit: str,
+) -> None:
+    with pytest.raises(CopyTooLarge) as raised:
+        extract_tree(_hostile_tar(), tmp_path / "artifacts", limits=_caps(*caps))
+    assert raised.value.args[3] == unit
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_flood_of_empty_files_is_capped_by_entries_both_ways(tmp_path: Path) -> None:
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(50):
+        (src / f"f{i}").touch()
+    local_entries(src, limits=_caps(1 << 20, 1 << 20, entries=51))  # 50 files and the folder
+    with pytest.raises(CopyTooLarge) as raised:
+        local_entries(src, limits=_caps(1 << 20, 1 << 20, entries=50))
+    assert raised.value.args[1:] == (51, 50, "entries")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(_member("out", tarfile.DIRTYPE))
+        for i in range(60):  # links count too: skipped, but each one is work
+            tar.addfile(_member(f"out/l{i}", tarfile.SYMTYPE, link="/etc/passwd"))
+    with pytest.raises(CopyTooLarge):
+        extract_tree([buf.getvalue()], tmp_path / "o", limits=_caps(1 << 20, 1 << 20, 50))
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_local_folder_goes_in_without_its_links(tmp_path: Path) -> None:
@@ -123,13 +150,13 @@ def test_a_local_folder_goes_in_without_its_links(tmp_path: Path) -> None:
     (src / "run.sh").chmod(0o755)
     (src / "secrets").symlink_to("/etc/passwd")
     (src / "linked").symlink_to(src / "pkg")
-    entries, report = local_entries(src, max_total_bytes=1 << 20)
+    entries, report = local_entries(src, limits=_caps(1 << 20, 1 << 20))
     assert [(e.path, None if e.is_dir else e.content(), e.mode) for e in entries] == [
         ("repo", None, 0o644), ("repo/run.sh", b"echo hi\n", 0o755),
         ("repo/pkg", None, 0o644), ("repo/pkg/mod.py", b"x = 1\n", 0o644)]
     assert sorted(report.skipped) == ["repo/linked", "repo/secrets"]
     with pytest.raises(CopyTooLarge):
-        local_entries(src, max_total_bytes=10)
+        local_entries(src, limits=_caps(1 << 20, 10))
 
 
 def test_names_the_host_cannot_hold_are_skipped_and_long_skip_lists_are_cut(
@@ -142,8 +169,7 @@ def test_names_the_host_cannot_hold_are_skipped_and_long_skip_lists_are_cut(
         for i in range(150):
             tar.addfile(_member(f"out/link{i}", tarfile.SYMTYPE, link="/etc/passwd"))
         tar.addfile(_member("out/kept", size=2), io.BytesIO(b"ok"))
-    report = extract_tree([buf.getvalue()], tmp_path / "o", max_file_bytes=10,
-                          max_total_bytes=10)
+    report = extract_tree([buf.getvalue()], tmp_path / "o", limits=_caps(10, 10))
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["kept"]
     assert report.skipped_count == 151 and len(report.skipped) == 100
     assert report.skipped[0] == "out/" + "x" * 300

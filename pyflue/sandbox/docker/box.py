@@ -25,6 +25,7 @@ from docker.utils.socket import frames_iter
 from pyflue._bridge import ThreadBridge
 from pyflue.errors import FileNotFoundInSandbox, SandboxError, SandboxGone, WorkspacePathError
 from pyflue.sandbox.base import (
+    CopyLimits,
     CopyReport,
     ExecStatus,
     FileKind,
@@ -389,18 +390,14 @@ class DockerSandbox:
             except FileNotFoundError:
                 raise FileNotFoundInSandbox(f"{path} does not exist") from None
 
-    async def copy_out(self, path: str, dest: Path, *, max_file_bytes: int,
-                       max_total_bytes: int) -> CopyReport:
-        return await self._bridge.call(self._copy_out, path, dest, max_file_bytes,
-                                       max_total_bytes)
+    async def copy_out(self, path: str, dest: Path, *, limits: CopyLimits) -> CopyReport:
+        return await self._bridge.call(self._copy_out, path, dest, limits)
 
-    def _copy_out(self, path: str, dest: Path, max_file_bytes: int,
-                  max_total_bytes: int) -> CopyReport:
+    def _copy_out(self, path: str, dest: Path, limits: CopyLimits) -> CopyReport:
         with translated(f"copying {path} out of the sandbox", container=self._cid):
             chunks, _stat = self._api.get_archive(self._cid, path, chunk_size=1 << 20)
             try:
-                return extract_tree(chunks, dest, max_file_bytes=max_file_bytes,
-                                    max_total_bytes=max_total_bytes)
+                return extract_tree(chunks, dest, limits=limits)
             except FileNotFoundError:  # every member skipped (translated would blame the engine)
                 raise WorkspacePathError(
                     f"{path} holds nothing to copy out (only links or special files)"
