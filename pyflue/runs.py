@@ -381,7 +381,7 @@ class Runner:
         if run.status is not RunStatus.running:
             return False
         if run.status is RunStatus.running and await self.owner_is_dead(run.owner):
-            await self._take_back(run)  # requeued or not, that container's attempt is over
+            await self.take_back(run)  # requeued or not, that container's attempt is over
             return False
         return True
 
@@ -401,21 +401,22 @@ class Runner:
         age = await self.store.worker_age(owner)  # by the store's clock: no skew between hosts
         return age is not None and age > self.worker_lease
 
-    async def _take_back(self, run: Run) -> RunStatus | None:
-        """Deals with a run whose process is gone: a running one goes back to the queue when
-        its workflow is safe to retry, any other ends ``interrupted``. Returns the status it
-        was given, or None when the run changed meanwhile (another worker took it back)."""
+    async def take_back(self, run: Run, reason: str | None = None) -> RunStatus | None:
+        """Deals with a run nothing runs any more (by default: its process is gone): a running
+        one goes back to the queue when its workflow is safe to retry, any other ends
+        ``interrupted``. Returns the status it was given, or None when the run changed
+        meanwhile (another worker took it back, or it finished)."""
+        reason = reason or f"the process that ran it ({run.owner}) is gone"
         if run.status is RunStatus.running and self._may_requeue(run):
-            if await self._requeue(run, f"the process that ran it ({run.owner}) is gone"):
+            if await self._requeue(run, reason):
                 return RunStatus.queued
-        elif await self._interrupt(run):
+        elif await self._interrupt(run, reason):
             return RunStatus.interrupted
         return None
 
-    async def _interrupt(self, run: Run) -> bool:
-        """Ends a run whose process is gone; False if it changed meanwhile (another worker
+    async def _interrupt(self, run: Run, reason: str) -> bool:
+        """Ends a run nothing runs any more; False if it changed meanwhile (another worker
         ended it first, or it finished): then nothing is written, so run_end stays single."""
-        reason = f"the process that ran it ({run.owner}) is gone"
         end = run_end_data(RunStatus.interrupted, reason=reason)
         try:
             await self.store.update_run(run.run_id, RunUpdate(
@@ -442,7 +443,7 @@ class Runner:
                     verdicts[run.owner] = await self.owner_is_dead(run.owner)
                 if verdicts[run.owner]:
                     stale.append(run)
-        return [run.run_id for run in stale if await self._take_back(run) is not None]
+        return [run.run_id for run in stale if await self.take_back(run) is not None]
 
     async def reap(self) -> list[str]:
         """Marks dead runs interrupted, then removes containers of runs no longer running."""

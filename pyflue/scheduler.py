@@ -1,12 +1,13 @@
 """The scheduler: a queue kept in the run store, at most N runs at once, cancel.
 
-Runs are submitted ``queued`` (the record is written before anything is acknowledged); the
-scheduler admits them oldest first while fewer than ``max_concurrency`` run (the runner keeps
-each to its deadline). Cancel stops a queued run at once, and a running one by cancelling its
-task: the command in flight is killed, the container removed, and only then is the run
-``cancelled``.
-On start-up, runs a dead server left ``running`` are marked ``interrupted`` and their
-containers reaped; queued runs stay queued and run.
+Every run is recorded before anything is acknowledged: ``queued``, or, when this scheduler has
+a free slot and nothing older waits, already taken by it (``running``, its task started at
+once). Queued runs are admitted oldest first while fewer than ``max_concurrency`` run, claimed
+in one store write (the runner keeps each to its deadline). Cancel stops a queued run at once,
+and a running one by cancelling its task: the command in flight is killed, the container
+removed, and only then is the run ``cancelled``. On start-up and every lease, runs whose
+process is gone are taken back (ended ``interrupted``, or requeued if safe to retry) and
+containers of runs that are over reaped; queued runs stay queued and run.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class Scheduler:
         self._requests: dict[str, Any] = {}
         # Set when a run this scheduler knows of has finished (its record is final).
         self._finished: dict[str, asyncio.Event] = {}
-        self._final: dict[str, Run] = {}
+        self._final: dict[str, Run] = {}  # handed to waiters (wait()) of runs run here
+        self._waiters: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
@@ -63,10 +65,29 @@ class Scheduler:
         """Recovers from a previous crash, then starts admitting queued runs."""
         await self.store.heartbeat(self.worker)  # before any run of ours can be judged
         # Admission looks at once when a run is queued, by this or (PostgreSQL) any worker.
-        self.store.on_queue_change(self._wake.set)
+        self.store.on_queue_change(self._queue_changed)
         await self._reap()
         self._loop_task = asyncio.create_task(self._admit_loop(), name="pyflue-scheduler")
         self._beat_task = asyncio.create_task(self._beat_loop(), name="pyflue-heartbeat")
+
+    async def _take_back_orphans(self) -> None:
+        """Runs this worker holds in the store but has no task for (their end could not be
+        written): ended or requeued like a lost worker's, rather than left `running`."""
+        if self._reserved:  # a claim in flight: its runs get their tasks when it returns
+            return
+        mine = await self.store.list_runs(status=RunStatus.running, owner=self.worker,
+                                          limit=self.max_concurrency + 100)
+        if self._reserved:
+            return
+        for run in mine:
+            orphan = "the worker running it could not record its end"
+            if run.run_id not in self._tasks and await self.runner.take_back(run, orphan):
+                log.warning("run %s was left running by this worker with nothing behind it; "
+                            "taken back", run.run_id)
+
+    def _queue_changed(self) -> None:
+        self._backlog_empty = False  # maybe older than what is submitted next: admission sees
+        self._wake.set()
 
     async def stop(self, reason: str = "the server stopped") -> None:
         """Stops admitting; running runs end ``interrupted`` with their containers removed, or
@@ -81,7 +102,15 @@ class Scheduler:
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         try:
-            await self.store.remove_worker(self.worker)
+            # Signing off with a run of ours still `running` (its end could not be written)
+            # would leave it to look alive to every other host: let the lease run out instead.
+            left = await self.store.list_runs(status=RunStatus.running, owner=self.worker,
+                                              limit=1)
+            if left:
+                log.warning("run %s could not be ended; this worker's lease is left to run "
+                            "out, so another worker takes it back", left[0].run_id)
+            else:
+                await self.store.remove_worker(self.worker)
         except Exception as exc:  # the store may be gone; the lease runs out by itself
             log.warning("could not sign this worker off: %s", exc)
 
@@ -106,6 +135,7 @@ class Scheduler:
 
     async def _reap(self) -> None:
         try:
+            await self._take_back_orphans()
             lost = await self.runner.recover()
             if lost:
                 log.warning("marked %d run(s) interrupted: the process that ran them is gone",
@@ -137,11 +167,19 @@ class Scheduler:
         # and starts here at once (where its request is); else it is queued for any worker.
         take = self._backlog_empty and len(self._tasks) + self._reserved < self.max_concurrency
         self._reserved += int(take)
+        # Shielded: once the record exists, a cancelled request must not leave a run taken
+        # here with no task to run it.
+        recording = asyncio.ensure_future(self.runner.submit(
+            workflow, payload, image=image, source=source, idempotency_key=idempotency_key,
+            owner=self.worker if take else None, taken=take,
+        ))
+        cancelled: asyncio.CancelledError | None = None
         try:
-            run = await self.runner.submit(
-                workflow, payload, image=image, source=source, idempotency_key=idempotency_key,
-                owner=self.worker if take else None, taken=take,
-            )
+            try:
+                run = await asyncio.shield(recording)
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+                run = await recording
         except RunStateConflict:  # the same key raced in from another request
             assert idempotency_key is not None
             found = await self.store.find_run(workflow, idempotency_key)
@@ -149,7 +187,7 @@ class Scheduler:
             return found, False
         finally:
             self._reserved -= int(take)
-        if req is not None:
+        if req is not None and cancelled is None:
             self._requests[run.run_id] = req
         self._finished[run.run_id] = asyncio.Event()
         if take:
@@ -157,6 +195,8 @@ class Scheduler:
         else:
             self._backlog_empty = False
             self._wake.set()
+        if cancelled is not None:
+            raise cancelled
         return run, True
 
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> Run:
@@ -256,8 +296,16 @@ class Scheduler:
         """
         finished = self._finished.get(run_id)
         if finished is not None:
-            await finished.wait()
-            if (final := self._final.pop(run_id, None)) is not None:
+            self._waiters[run_id] = self._waiters.get(run_id, 0) + 1
+            try:
+                await finished.wait()
+                final = self._final.get(run_id)
+            finally:
+                self._waiters[run_id] -= 1
+                if not self._waiters[run_id]:
+                    del self._waiters[run_id]
+                    self._final.pop(run_id, None)
+            if final is not None:
                 return final
         run = await self.store.get_run(run_id)
         if not run.status.finished:  # run (or being run) by another worker
@@ -299,7 +347,21 @@ class Scheduler:
                 if run_id not in still:
                     self._mark_finished(run_id)
         free = self.max_concurrency - len(self._tasks) - self._reserved
-        claimed = await self.store.claim_runs(self.worker, free)
+        if free <= 0:
+            return
+        # The slots are held while the claim is in flight (a submit meanwhile sees them
+        # taken), and what was claimed is started even if this is cancelled (a stop).
+        self._reserved += free
+        claim = asyncio.ensure_future(self.store.claim_runs(self.worker, free))
+        try:
+            claimed = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                for run in await claim:
+                    self._start(run)
+            raise
+        finally:
+            self._reserved -= free
         for run in claimed:
             self._start(run)
         self._backlog_empty = len(claimed) < free
@@ -315,7 +377,7 @@ class Scheduler:
             final = await self.runner.execute(
                 run.run_id, req=self._requests.get(run.run_id), stop=stop, claimed=run
             )
-            if run.run_id in self._finished and final.status.finished:
+            if run.run_id in self._waiters and final.status.finished:
                 self._final[run.run_id] = final  # (not a run put back in the queue)
         except asyncio.CancelledError:
             pass  # the run is recorded with the status in `stop`

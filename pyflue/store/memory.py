@@ -70,6 +70,8 @@ class MemoryStore:
         return [r.model_copy() for r in runs[:limit]]
 
     async def claim_runs(self, owner: str, limit: int) -> list[Run]:
+        if limit <= 0:
+            return []
         free = sorted((r for r in self._runs.values()
                        if r.status is RunStatus.queued and r.owner is None),
                       key=lambda r: (r.created_at, r.run_id))

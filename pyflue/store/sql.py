@@ -371,30 +371,31 @@ class SqlStore:
             fields["status"] = RunStatus(fields["status"]).value
         if fields.get("error") is not None:
             fields["error"] = fields["error"].model_dump()
-        if fields:
-            query = update(runs).where(runs.c.run_id == run_id).values(**fields)
-            if update_.expect_status is not None:
-                query = query.where(runs.c.status == update_.expect_status.value)
-            if update_.expect_attempt is not None:
-                query = query.where(runs.c.attempt == update_.expect_attempt)
-            if update_.expect_no_cancel:
-                query = query.where(runs.c.cancel_requested.is_(None))
-            async with self._write() as conn:
-                applied = (await conn.execute(query)).rowcount > 0
-                if applied and update_.events:
-                    await self._append(conn, run_id, update_.events)
-                if applied and update_.status is RunStatus.queued:
-                    await self._tell_queue(conn, run_id)
-            if not applied:
-                run = await self.get_run(run_id)  # RunNotFound when it does not exist
-                refused = conflict(run, update_)
-                if refused is None:  # it changed back meanwhile: still not applied
-                    refused = RunStateConflict(f"run {run_id} changed while it was updated")
-                raise refused
-            if update_.events:
-                self._notifier.publish(run_id)
-            if update_.status is RunStatus.queued:
-                self._queued_here()
+        if not fields:  # still checked and applied as one write: its expectations, its events
+            fields = {"event_count": runs.c.event_count}
+        query = update(runs).where(runs.c.run_id == run_id).values(**fields)
+        if update_.expect_status is not None:
+            query = query.where(runs.c.status == update_.expect_status.value)
+        if update_.expect_attempt is not None:
+            query = query.where(runs.c.attempt == update_.expect_attempt)
+        if update_.expect_no_cancel:
+            query = query.where(runs.c.cancel_requested.is_(None))
+        async with self._write() as conn:
+            applied = (await conn.execute(query)).rowcount > 0
+            if applied and update_.events:
+                await self._append(conn, run_id, update_.events)
+            if applied and update_.status is RunStatus.queued:
+                await self._tell_queue(conn, run_id)
+        if not applied:
+            run = await self.get_run(run_id)  # RunNotFound when it does not exist
+            refused = conflict(run, update_)
+            if refused is None:  # it changed back meanwhile: still not applied
+                refused = RunStateConflict(f"run {run_id} changed while it was updated")
+            raise refused
+        if update_.events:
+            self._notifier.publish(run_id)
+        if update_.status is RunStatus.queued:
+            self._queued_here()
         return await self.get_run(run_id)
 
     async def delete_run(self, run_id: str) -> None:
