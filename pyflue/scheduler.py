@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Any
 
-from pyflue.errors import RunStateConflict
+from pyflue.errors import PyflueError, RunStateConflict
 from pyflue.models import EventType, Run, RunStatus, run_end_data, utcnow
 from pyflue.runs import Runner, StopRequest, local_owner
 from pyflue.store.base import NewEvent, RunUpdate
@@ -70,6 +70,24 @@ class Scheduler:
         self._loop_task = asyncio.create_task(self._admit_loop(), name="pyflue-scheduler")
         self._beat_task = asyncio.create_task(self._beat_loop(), name="pyflue-heartbeat")
 
+    async def _drop_runs_taken_back(self) -> None:
+        """After a silence longer than the lease: stops the runs another worker has taken back
+        from this one meanwhile (ended, or requeued and maybe running elsewhere), so their
+        commands and containers stop here too; their outcome here is dropped (see
+        Runner._finish)."""
+        for run_id, task in list(self._tasks.items()):
+            if run_id in self._unstarted or task.cancelling():
+                continue
+            try:
+                record = await self.store.get_run(run_id)
+            except PyflueError:
+                continue
+            if record.status is not RunStatus.running or record.owner != self.worker:
+                log.warning("run %s was taken back by another worker while this one was cut "
+                            "off from the store; stopping it here", run_id)
+                self._stop_task(run_id, RunStatus.interrupted,
+                                "this worker was taken for lost while it ran")
+
     async def _take_back_orphans(self) -> None:
         """Runs this worker holds in the store but has no task for (their end could not be
         written): ended or requeued like a lost worker's, rather than left `running`."""
@@ -120,6 +138,7 @@ class Scheduler:
         runs that are over (a removal that failed, a crashed `pyflue run`) are removed."""
         lease = self.runner.worker_lease
         beats = 0
+        last_beat = time.monotonic()
         while True:
             await asyncio.sleep(lease / 3)
             beats += 1
@@ -128,6 +147,9 @@ class Scheduler:
             except Exception:  # a store hiccup must not stop the heartbeat for good
                 log.exception("heartbeat failed; retrying")
                 continue
+            silent, last_beat = time.monotonic() - last_beat, time.monotonic()
+            if silent > lease:  # other workers may have taken this one for lost meanwhile
+                await self._drop_runs_taken_back()
             # Apart from the heartbeat, which a slow engine must never hold up (a worker that
             # misses its beats is taken for lost); one pass at a time.
             if beats % 3 == 0 and (self._reap_task is None or self._reap_task.done()):
@@ -352,7 +374,10 @@ class Scheduler:
         # The slots are held while the claim is in flight (a submit meanwhile sees them
         # taken), and what was claimed is started even if this is cancelled (a stop).
         self._reserved += free
-        claim = asyncio.ensure_future(self.store.claim_runs(self.worker, free))
+        # Not a run that still has a task here: one taken back from this worker while it was
+        # cut off from the store (see _drop_runs_taken_back) runs elsewhere, or here later.
+        claim = asyncio.ensure_future(self.store.claim_runs(self.worker, free,
+                                                            exclude=set(self._tasks)))
         try:
             claimed = await asyncio.shield(claim)
         except asyncio.CancelledError:

@@ -8,7 +8,7 @@ inside the same write that stores the event, and wake subscribers only after tha
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -76,10 +76,12 @@ class RunStore(Protocol):
         other arguments filter."""
         ...
 
-    async def claim_runs(self, owner: str, limit: int) -> list[Run]:
+    async def claim_runs(self, owner: str, limit: int,
+                         exclude: Collection[str] = ()) -> list[Run]:
         """Takes up to ``limit`` of the oldest queued runs that no process owns yet (a
         server's), as ``running`` under ``owner``, in one write: two workers never take the
-        same run, and neither waits for the other (PostgreSQL: ``FOR UPDATE SKIP LOCKED``)."""
+        same run, and neither waits for the other (PostgreSQL: ``FOR UPDATE SKIP LOCKED``).
+        Runs in ``exclude`` are left alone."""
         ...
 
     async def find_run(self, workflow: str, idempotency_key: str) -> Run | None:

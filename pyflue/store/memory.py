@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from datetime import datetime
 
 from pyflue.errors import RunNotFound, RunStateConflict
@@ -69,11 +69,13 @@ class MemoryStore:
         runs = [r for r in runs if owner is None or r.owner == owner]
         return [r.model_copy() for r in runs[:limit]]
 
-    async def claim_runs(self, owner: str, limit: int) -> list[Run]:
+    async def claim_runs(self, owner: str, limit: int,
+                         exclude: Collection[str] = ()) -> list[Run]:
         if limit <= 0:
             return []
         free = sorted((r for r in self._runs.values()
-                       if r.status is RunStatus.queued and r.owner is None),
+                       if r.status is RunStatus.queued and r.owner is None
+                       and r.run_id not in exclude),
                       key=lambda r: (r.created_at, r.run_id))
         now = utcnow()
         for run in free[:limit]:

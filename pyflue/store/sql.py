@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -337,12 +337,15 @@ class SqlStore:
             rows = (await conn.execute(query)).all()
         return [_run_from_row(r) for r in rows]
 
-    async def claim_runs(self, owner: str, limit: int) -> list[Run]:
+    async def claim_runs(self, owner: str, limit: int,
+                         exclude: Collection[str] = ()) -> list[Run]:
         if limit <= 0:
             return []
         pick = (select(runs.c.run_id)
                 .where(runs.c.status == RunStatus.queued.value, runs.c.owner.is_(None))
                 .order_by(runs.c.created_at.asc(), runs.c.run_id.asc()).limit(limit))
+        if exclude:
+            pick = pick.where(runs.c.run_id.not_in(list(exclude)))
         if self._is_postgres:  # rows another worker is claiming are passed over, not waited on
             pick = pick.with_for_update(skip_locked=True)
         # A CTE, evaluated once: as an IN (subquery), PostgreSQL may run a SKIP LOCKED

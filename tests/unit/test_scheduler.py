@@ -6,9 +6,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from pyflue.errors import StoreError
 from pyflue.models import EventType, Run, RunStatus, new_run_id, utcnow
 from pyflue.scheduler import Scheduler
-from pyflue.store import MemoryStore
+from pyflue.settings import ServerSettings, Settings
+from pyflue.store import MemoryStore, RunUpdate
 from pyflue.testing import fake_runner
 from tests.conftest import WriteWorkflow
 
@@ -27,9 +29,9 @@ class SlowClaims(MemoryStore):
     """A store whose claims take a while, as a busy database's would, and that signals no
     queue change (as when another worker's NOTIFY has not arrived yet)."""
 
-    async def claim_runs(self, owner: str, limit: int) -> list[Run]:
+    async def claim_runs(self, owner: str, limit: int, exclude: Any = ()) -> list[Run]:
         await asyncio.sleep(0.05)
-        return await super().claim_runs(owner, limit)
+        return await super().claim_runs(owner, limit, exclude)
 
     def on_queue_change(self, callback: Any) -> None:
         return None
@@ -104,3 +106,53 @@ async def test_outcomes_are_kept_only_for_waiters(
     assert final.status is RunStatus.completed and final.result == "slept"
     held: dict[str, Any] = scheduler._final
     assert held == {} and scheduler._waiters == {}
+
+
+class CutOff(MemoryStore):
+    """A store this worker cannot reach for its heartbeats while ``down`` (a partition)."""
+
+    down = False
+
+    async def heartbeat(self, worker: str) -> None:
+        if self.down:
+            raise StoreError("the store is unreachable")
+        await super().heartbeat(worker)
+
+
+async def test_a_worker_cut_off_past_its_lease_stops_the_runs_taken_back_from_it(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("nap", NAP)
+    store = CutOff()
+    settings = Settings(project_dir=project, server=ServerSettings(worker_lease=3))
+    runner = fake_runner(project, store=store, settings=settings)
+    scheduler = Scheduler(runner, max_concurrency=2)
+    await scheduler.start()
+    try:
+        run, _ = await scheduler.submit("nap", {"sleep": 60})
+        await asyncio.sleep(0.2)
+        assert runner.provider.live  # type: ignore[attr-defined]
+        store.down = True
+        # Meanwhile another worker took this one for lost and put the run back in the queue.
+        await store.update_run(run.run_id, RunUpdate(
+            status=RunStatus.queued, extra={"owner": None, "attempt": 2}))
+        await asyncio.sleep(4)
+        assert scheduler.running == 1  # cut off: it cannot know yet
+        store.down = False
+        # Back in touch: the stale attempt is stopped (its container removed, its end here
+        # dropped); the run's next attempt may then be taken by any worker, this one too.
+        for _ in range(50):
+            types = [e.type for e in await store.list_events(run.run_id)]
+            if EventType.container_removed in types:
+                break
+            await asyncio.sleep(0.1)
+        assert EventType.container_removed in types and EventType.run_end not in types
+        assert (await store.get_run(run.run_id)).attempt == 2
+        for _ in range(50):
+            starts = await store.list_events(run.run_id, types=[EventType.run_start])
+            if len(starts) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert [e.data["attempt"] for e in starts] == [1, 2]  # attempt 2, once, here
+    finally:
+        await scheduler.stop()

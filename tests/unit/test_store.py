@@ -305,7 +305,8 @@ async def test_claiming_takes_the_oldest_unowned_queued_runs(store: RunStore) ->
     mine = await store.create_run(_run(offset=-1).model_copy(update={"owner": "cli:1:a"}))
     done = await store.create_run(_run(offset=-2))
     await store.update_run(done.run_id, RunUpdate(status=RunStatus.cancelled))
-    first = await store.claim_runs("w:1:a", 2)
+    assert await store.claim_runs("w:1:a", 10, exclude={r.run_id for r in runs}) == []
+    first = await store.claim_runs("w:1:a", 2, exclude={runs[3].run_id})
     assert [r.run_id for r in first] == [r.run_id for r in runs[:2]]
     assert all(r.status is RunStatus.running and r.owner == "w:1:a" and r.started_at
                for r in first)
