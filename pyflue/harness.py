@@ -47,11 +47,10 @@ class WorkspaceFS:
     :class:`pyflue.errors.WorkspacePathError`."""
 
     def __init__(self, box: Sandbox, recorder: RunRecorder, cwd: str, *,
-                 copy_limits: CopyLimits | None = None) -> None:
+                 copy_limits: CopyLimits) -> None:
         self._box = box
         self._recorder = recorder
-        self._copy_limits = copy_limits or CopyLimits(
-            file_bytes=MAX_READ_BYTES, total_bytes=MAX_READ_BYTES, entries=100_000)
+        self._copy_limits = copy_limits
         self.root = box.workdir
         self.cwd = confine(cwd, root=self.root)
 
@@ -294,10 +293,8 @@ class Harness:
         self._env = env
         self._secret_env = grant(config.secrets, env, recorder.redactor,
                                  "agent config \"secrets\"")
-        limits = settings.sandbox
-        self.fs = WorkspaceFS(box, recorder, config.cwd or box.workdir, copy_limits=CopyLimits(
-            file_bytes=limits.copy_max_bytes, total_bytes=limits.copy_max_bytes,
-            entries=limits.copy_max_entries))
+        self.fs = WorkspaceFS(box, recorder, config.cwd or box.workdir,
+                              copy_limits=settings.sandbox.copy_limits)
 
     async def session(self, name: str = "default", *, tools: Sequence[Any] = ()) -> Session:
         """The session called ``name`` (created on first use): a conversation with the agent's

@@ -256,13 +256,12 @@ class Runner:
         PYFLUE_DEFAULT_DEADLINE; at least 1 s and at most PYFLUE_MAX_DEADLINE."""
         limits = self.settings.server
         wanted = getattr(workflow.module, "deadline_seconds", None)
-        if wanted is None:
-            return limits.default_deadline
-        if (not isinstance(wanted, int | float) or isinstance(wanted, bool)
-                or not math.isfinite(wanted)):
+        if wanted is not None and (not isinstance(wanted, int | float) or isinstance(wanted, bool)
+                                   or not math.isfinite(wanted)):
             raise ConfigError(f"workflow {workflow.name!r}: deadline_seconds must be a number of "
                               f"seconds, not {wanted!r}")
-        return min(max(float(wanted), 1.0), limits.max_deadline)
+        seconds = limits.default_deadline if wanted is None else float(wanted)
+        return min(max(seconds, 1.0), limits.max_deadline)
 
     def retries_for(self, workflow: Workflow) -> int:
         """How often a run of ``workflow`` may go back to the queue when its worker is lost
@@ -354,7 +353,7 @@ class Runner:
         # owner_is_dead) has ended it already, run_end and all, or put it back in the queue for
         # a next attempt that may be running elsewhere by now; either stands.
         try:
-            await self.store.update_run(run_id, RunUpdate(
+            return await self.store.update_run(run_id, RunUpdate(
                 status=status, result=result, has_result=status is RunStatus.completed,
                 error=error, reason=reason, finished_at=utcnow(), duration_ms=duration_ms,
                 image=scope.image, expect_status=RunStatus.running, expect_attempt=run.attempt,
@@ -363,7 +362,7 @@ class Runner:
         except RunStateConflict:
             log.warning("run %s was taken back by another worker while it ran here (this "
                         "worker was taken for lost); its outcome here is dropped", run_id)
-        return await self.store.get_run(run_id)
+            return await self.store.get_run(run_id)
 
     async def run(self, workflow: str, payload: Any, **kwargs: Any) -> Run:
         """``submit`` then ``execute``."""
@@ -380,7 +379,7 @@ class Runner:
             return False
         if run.status is not RunStatus.running:
             return False
-        if run.status is RunStatus.running and await self.owner_is_dead(run.owner):
+        if await self.owner_is_dead(run.owner):
             await self.take_back(run)  # requeued or not, that container's attempt is over
             return False
         return True
@@ -410,23 +409,24 @@ class Runner:
         if run.status is RunStatus.running and self._may_requeue(run):
             if await self._requeue(run, reason):
                 return RunStatus.queued
-        elif await self._interrupt(run, reason):
+        elif await self.end_from_outside(run, RunStatus.interrupted, reason):
             return RunStatus.interrupted
         return None
 
-    async def _interrupt(self, run: Run, reason: str) -> bool:
-        """Ends a run nothing runs any more; False if it changed meanwhile (another worker
-        ended it first, or it finished): then nothing is written, so run_end stays single."""
-        end = run_end_data(RunStatus.interrupted, reason=reason)
+    async def end_from_outside(self, run: Run, status: RunStatus, reason: str) -> Run | None:
+        """Ends a run that nothing runs (interrupted, or cancelled while queued): its record
+        and its ``run_end`` in one write, only while it is as ``run`` says. None if it changed
+        meanwhile (another worker ended or took it first): then nothing is written, so
+        ``run_end`` stays single."""
+        end = run_end_data(status, reason=reason)
         try:
-            await self.store.update_run(run.run_id, RunUpdate(
-                status=RunStatus.interrupted, finished_at=utcnow(), reason=reason,
+            return await self.store.update_run(run.run_id, RunUpdate(
+                status=status, finished_at=utcnow(), reason=reason,
                 expect_status=run.status, expect_attempt=run.attempt,
                 events=[NewEvent(EventType.run_end, end, utcnow())],
             ))
         except RunStateConflict:
-            return False
-        return True
+            return None
 
     async def recover(self) -> list[str]:
         """Takes back the runs whose process died (see :meth:`owner_is_dead`): running ones
@@ -446,8 +446,12 @@ class Runner:
         return [run.run_id for run in stale if await self.take_back(run) is not None]
 
     async def reap(self) -> list[str]:
-        """Marks dead runs interrupted, then removes containers of runs no longer running."""
-        await self.recover()
+        """Takes back runs whose process is gone (:meth:`recover`), then removes the
+        containers of runs no longer running; returns the runs whose containers went."""
+        taken = await self.recover()
+        if taken:
+            log.warning("took back %d run(s) whose process is gone (interrupted, or requeued "
+                        "when safe to retry)", len(taken))
         return await self.provider.reap(self.is_live)
 
 

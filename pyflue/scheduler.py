@@ -18,12 +18,16 @@ import logging
 import time
 from typing import Any
 
-from pyflue.errors import PyflueError, RunStateConflict
-from pyflue.models import EventType, Run, RunStatus, run_end_data, utcnow
+from pyflue.errors import RunStateConflict
+from pyflue.models import EventType, Run, RunStatus
 from pyflue.runs import Runner, StopRequest, local_owner
-from pyflue.store.base import NewEvent, RunUpdate
+from pyflue.store.base import RunUpdate
 
 log = logging.getLogger(__name__)
+
+# An idle scheduler (nothing left to take at its last look) claims on a queue signal, and
+# otherwise only on every this many admission looks (polls come every second).
+IDLE_CLAIM_EVERY = 10
 
 
 class Scheduler:
@@ -55,6 +59,8 @@ class Scheduler:
         self._beat_task: asyncio.Task[None] | None = None
         self._reap_task: asyncio.Task[None] | None = None
         self._next_cancel_scan = 0.0
+        self._next_request_scan = 0.0
+        self._idle_looks = 0
         self.worker = local_owner()  # the owner id of the runs this scheduler executes
 
     @property
@@ -70,31 +76,29 @@ class Scheduler:
         self._loop_task = asyncio.create_task(self._admit_loop(), name="pyflue-scheduler")
         self._beat_task = asyncio.create_task(self._beat_loop(), name="pyflue-heartbeat")
 
+    async def _held(self) -> list[Run]:
+        """The runs the store says this worker is running."""
+        return await self.store.list_runs(status=RunStatus.running, owner=self.worker,
+                                          limit=self.max_concurrency + 100)
+
     async def _drop_runs_taken_back(self) -> None:
         """After a silence longer than the lease: stops the runs another worker has taken back
         from this one meanwhile (ended, or requeued and maybe running elsewhere), so their
         commands and containers stop here too; their outcome here is dropped (see
         Runner._finish)."""
-        for run_id, task in list(self._tasks.items()):
-            if run_id in self._unstarted or task.cancelling():
-                continue
-            try:
-                record = await self.store.get_run(run_id)
-            except PyflueError:
-                continue
-            if record.status is not RunStatus.running or record.owner != self.worker:
-                log.warning("run %s was taken back by another worker while this one was cut "
-                            "off from the store; stopping it here", run_id)
-                self._stop_task(run_id, RunStatus.interrupted,
-                                "this worker was taken for lost while it ran")
+        held = {run.run_id for run in await self._held()}
+        for run_id in [r for r in self._tasks if r not in held and r not in self._unstarted]:
+            log.warning("run %s was taken back by another worker while this one was cut off "
+                        "from the store; stopping it here", run_id)
+            self._stop_task(run_id, RunStatus.interrupted,
+                            "this worker was taken for lost while it ran")
 
     async def _take_back_orphans(self) -> None:
         """Runs this worker holds in the store but has no task for (their end could not be
         written): ended or requeued like a lost worker's, rather than left `running`."""
         if self._reserved:  # a claim in flight: its runs get their tasks when it returns
             return
-        mine = await self.store.list_runs(status=RunStatus.running, owner=self.worker,
-                                          limit=self.max_concurrency + 100)
+        mine = await self._held()
         if self._reserved:
             return
         for run in mine:
@@ -122,9 +126,7 @@ class Scheduler:
         try:
             # Signing off with a run of ours still `running` (its end could not be written)
             # would leave it to look alive to every other host: let the lease run out instead.
-            left = await self.store.list_runs(status=RunStatus.running, owner=self.worker,
-                                              limit=1)
-            if left:
+            if left := await self._held():
                 log.warning("run %s could not be ended; this worker's lease is left to run "
                             "out, so another worker takes it back", left[0].run_id)
             else:
@@ -134,8 +136,9 @@ class Scheduler:
 
     async def _beat_loop(self) -> None:
         """Heartbeats (lease/3) for the other workers sharing the store; every lease, a reaper
-        pass: runs whose worker stopped beating end ``interrupted``, and containers left by
-        runs that are over (a removal that failed, a crashed `pyflue run`) are removed."""
+        pass: runs whose worker stopped beating are taken back (``interrupted``, or requeued
+        when safe to retry), and containers left by runs that are over (a removal that failed,
+        a crashed `pyflue run`) are removed."""
         lease = self.runner.worker_lease
         beats = 0
         last_beat = time.monotonic()
@@ -158,11 +161,7 @@ class Scheduler:
     async def _reap(self) -> None:
         try:
             await self._take_back_orphans()
-            lost = await self.runner.recover()
-            if lost:
-                log.warning("marked %d run(s) interrupted: the process that ran them is gone",
-                            len(lost))
-            reaped = await self.runner.provider.reap(self.runner.is_live)
+            reaped = await self.runner.reap()
             if reaped:
                 log.warning("reaped the containers of %d finished run(s): %s", len(reaped),
                             ", ".join(reaped))
@@ -180,7 +179,8 @@ class Scheduler:
         idempotency_key: str | None = None,
         source: str = "http",
     ) -> tuple[Run, bool]:
-        """Records a queued run; returns it and whether it is new (False: same key seen)."""
+        """Records a run, queued or (a free slot, nothing older waiting) taken by this
+        scheduler and started; returns it and whether it is new (False: same key seen)."""
         if idempotency_key is not None:
             existing = await self.store.find_run(workflow, idempotency_key)
             if existing is not None:
@@ -211,7 +211,6 @@ class Scheduler:
             self._reserved -= int(take)
         if req is not None and cancelled is None:
             self._requests[run.run_id] = req
-        self._finished[run.run_id] = asyncio.Event()
         if take:
             self._start(run)
         else:
@@ -225,10 +224,10 @@ class Scheduler:
         """Cancels a queued or running run. RunStateConflict when it has already finished."""
         run = await self.store.get_run(run_id)
         if run.status is RunStatus.queued:
-            try:
-                return await self._cancel_queued(run, reason)
-            except RunStateConflict:
-                run = await self.store.get_run(run_id)  # admitted meanwhile: cancel it running
+            if ended := await self.runner.end_from_outside(run, RunStatus.cancelled, reason):
+                self._requests.pop(run_id, None)
+                return ended
+            run = await self.store.get_run(run_id)  # admitted meanwhile: cancel it running
         if run.status.finished:
             raise RunStateConflict(
                 f"run {run_id} has already finished ({run.status.value}); only queued or "
@@ -261,10 +260,12 @@ class Scheduler:
         within a second. A run whose process is gone ends ``interrupted`` here."""
         if await self.runner.owner_is_dead(run.owner):
             # Recorded first, so the run is not put back in the queue (retry_interrupted).
-            with contextlib.suppress(RunStateConflict):
-                await self.store.update_run(run.run_id, RunUpdate(
+            try:
+                asked = await self.store.update_run(run.run_id, RunUpdate(
                     extra={"cancel_requested": reason}, expect_status=RunStatus.running))
-            await self.runner.recover()
+            except RunStateConflict:
+                return await self.store.get_run(run.run_id)  # it ended meanwhile
+            await self.runner.take_back(asked)
             return await self.store.get_run(run.run_id)
         if run.owner is None or await self.store.worker_age(run.owner) is None:
             # Not a worker (a `pyflue run` process): nothing would act on a request.
@@ -287,9 +288,7 @@ class Scheduler:
         if not self._tasks or now < self._next_cancel_scan:
             return
         self._next_cancel_scan = now + self.poll_interval
-        mine = await self.store.list_runs(status=RunStatus.running, owner=self.worker,
-                                          limit=len(self._tasks) + 10)
-        for run in mine:
+        for run in await self._held():
             task = self._tasks.get(run.run_id)
             if not run.cancel_requested or task is None or task.cancelling():
                 continue  # none asked, not ours, or already stopping
@@ -298,23 +297,12 @@ class Scheduler:
             except RunStateConflict:
                 pass  # it finished meanwhile
 
-    async def _cancel_queued(self, run: Run, reason: str) -> Run:
-        end = run_end_data(RunStatus.cancelled, reason=reason)
-        done = await self.store.update_run(run.run_id, RunUpdate(
-            status=RunStatus.cancelled, reason=reason, finished_at=utcnow(),
-            expect_status=RunStatus.queued,
-            events=[NewEvent(EventType.run_end, end, utcnow())],  # one write, as for every run
-        ))
-        self._requests.pop(run.run_id, None)
-        self._mark_finished(run.run_id)
-        return await self.store.get_run(done.run_id)
-
     async def wait(self, run_id: str) -> Run:
         """Waits until the run has finished and returns its final record.
 
-        A run submitted here usually runs here too, and then its end is known without
-        reading the store. Another worker sharing the store may take it instead: its run_end
-        in the store is the answer then.
+        A run this scheduler has a task for hands its end over without a store read; any
+        other (queued, or run by another worker sharing the store) is followed in the store
+        up to its run_end.
         """
         finished = self._finished.get(run_id)
         if finished is not None:
@@ -358,18 +346,14 @@ class Scheduler:
         """Takes the oldest queued runs for the free slots (in one store write: workers sharing
         the store never take the same run) and starts them."""
         await self._cancel_requested()
-        elsewhere = [r for r in self._finished if r not in self._tasks]
-        if elsewhere:
-            # Runs submitted here that are neither queued nor ours any more were taken by
-            # another worker (or cancelled): their waiters go to the store for the outcome.
-            queued = await self.store.list_runs(
-                status=RunStatus.queued, limit=len(elsewhere) + 100, oldest_first=True)
-            still = {r.run_id for r in queued}
-            for run_id in elsewhere:
-                if run_id not in still:
-                    self._mark_finished(run_id)
+        await self._forget_requests()
         free = self.max_concurrency - len(self._tasks) - self._reserved
         if free <= 0:
+            return
+        # With nothing left to take at the last look, only a queue signal (or a slow safety
+        # poll, for a PostgreSQL LISTEN connection that is down) makes a claim worth a write.
+        self._idle_looks = self._idle_looks + 1 if self._backlog_empty else 0
+        if self._backlog_empty and self._idle_looks % IDLE_CLAIM_EVERY:
             return
         # The slots are held while the claim is in flight (a submit meanwhile sees them
         # taken), and what was claimed is started even if this is cancelled (a stop).
@@ -391,7 +375,23 @@ class Scheduler:
             self._start(run)
         self._backlog_empty = len(claimed) < free
 
+    async def _forget_requests(self) -> None:
+        """Drops the requests of runs submitted here that another worker took (or that were
+        cancelled): looked for once per poll interval, only while there are such runs."""
+        waiting = [r for r in self._requests if r not in self._tasks]
+        now = time.monotonic()
+        if not waiting or now < self._next_request_scan:
+            return
+        self._next_request_scan = now + self.poll_interval
+        queued = await self.store.list_runs(status=RunStatus.queued,
+                                            limit=len(waiting) + 100, oldest_first=True)
+        still = {r.run_id for r in queued}
+        for run_id in waiting:
+            if run_id not in still and run_id not in self._tasks:
+                self._requests.pop(run_id, None)
+
     def _start(self, run: Run) -> None:
+        self._finished.setdefault(run.run_id, asyncio.Event())
         self._unstarted.add(run.run_id)
         self._tasks[run.run_id] = asyncio.create_task(self._execute(run), name=f"run:{run.run_id}")
 
@@ -406,8 +406,6 @@ class Scheduler:
                 self._final[run.run_id] = final  # (not a run put back in the queue)
         except asyncio.CancelledError:
             pass  # the run is recorded with the status in `stop`
-        except RunStateConflict:
-            pass  # cancelled (or claimed elsewhere) before it could start
         except Exception:
             log.exception("run %s failed outside its workflow", run.run_id)
         finally:

@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from pyflue.sandbox.base import CopyLimits
+
 DEFAULT_IMAGE = "pyflue/sandbox:latest"
 
 
@@ -53,6 +55,12 @@ class SandboxDefaults(BaseSettings):
     copy_max_entries: int = Field(
         100_000, ge=1, description="most files and folders one fs.upload or fs.download may move"
     )
+
+    @property
+    def copy_limits(self) -> CopyLimits:
+        """The caps on one copy: the byte cap applies to one file and to the whole copy."""
+        return CopyLimits(file_bytes=self.copy_max_bytes, total_bytes=self.copy_max_bytes,
+                          entries=self.copy_max_entries)
     # The most an agent may ask for (see docs/security.md).
     max_memory: str = Field("4g", description="largest memory an agent may ask for")
     max_cpus: float = Field(2.0, gt=0, description="most CPUs an agent may ask for")
@@ -87,7 +95,8 @@ class ModelSettings(BaseSettings):
 
 
 class ServerSettings(BaseSettings):
-    """The control plane (``pyflue serve``), see docs/server.md."""
+    """The control plane (``pyflue serve``), see docs/server.md; the deadlines apply to
+    ``pyflue run`` too."""
 
     model_config = SettingsConfigDict(env_prefix="PYFLUE_", extra="forbid")
 
@@ -107,7 +116,8 @@ class ServerSettings(BaseSettings):
     worker_lease: float = Field(
         30.0, ge=3,
         description="seconds without a heartbeat after which a worker sharing the store is "
-                    "taken as gone (its runs end interrupted); heartbeats go every lease/3",
+                    "taken as gone (its runs end interrupted, or are requeued when safe to retry); "
+                    "heartbeats go every lease/3",
     )
     ws_queue_events: int = Field(100, ge=1, description="events queued per WebSocket")
     ws_send_timeout: float = Field(

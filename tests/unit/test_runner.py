@@ -341,6 +341,17 @@ async def test_the_deadline_is_the_workflows_own_within_the_servers_bounds(
     assert runner.deadline_for(runner.registry.get("bounded")) == expected
 
 
+def test_the_default_deadline_is_capped_by_the_maximum_too(project: Path) -> None:
+    from pyflue.settings import ServerSettings, Settings
+
+    (project / "workflows").mkdir(exist_ok=True)
+    (project / "workflows" / "plain.py").write_text("async def run(ctx):\n    return 1\n")
+    settings = Settings(project_dir=project, server=ServerSettings(
+        default_deadline=30000, max_deadline=21600))
+    runner = fake_runner(project, settings=settings)
+    assert runner.deadline_for(runner.registry.get("plain")) == 21600
+
+
 @pytest.mark.parametrize(("line", "message"), [
     ("deadline_seconds = '5'", "deadline_seconds must be a number of seconds, not '5'"),
     ("deadline_seconds = True", "deadline_seconds must be a number of seconds, not True"),

@@ -8,7 +8,7 @@ from typing import Any
 
 from pyflue.errors import StoreError
 from pyflue.models import EventType, Run, RunStatus, new_run_id, utcnow
-from pyflue.scheduler import Scheduler
+from pyflue.scheduler import IDLE_CLAIM_EVERY, Scheduler
 from pyflue.settings import ServerSettings, Settings
 from pyflue.store import MemoryStore, RunUpdate
 from pyflue.testing import fake_runner
@@ -51,7 +51,8 @@ async def test_submits_during_a_claim_never_go_past_the_concurrency_limit(
             await store.create_run(Run(run_id=new_run_id("nap"), workflow="nap",
                                        status=RunStatus.queued, payload={"sleep": 1},
                                        created_at=utcnow(), source="http"))
-        scheduler._wake.set()  # admission looks (as on a poll, or when a run ends) ...
+        scheduler._idle_looks = IDLE_CLAIM_EVERY - 1  # its next look is the safety poll ...
+        scheduler._wake.set()
         await asyncio.sleep(0.01)  # ... and while its claim is in flight, a submit arrives
         await scheduler.submit("nap", {"sleep": 1})
         await asyncio.sleep(0.1)

@@ -18,7 +18,7 @@ import docker.errors
 import docker.types
 
 from pyflue._bridge import ThreadBridge, run_to_completion
-from pyflue.errors import ImageNotFound, SandboxError, SandboxStartError
+from pyflue.errors import ImageNotFound, SandboxError
 from pyflue.models import EventType, utcnow
 from pyflue.sandbox.base import Emit, Sandbox, SandboxSpec
 from pyflue.sandbox.docker.box import DockerSandbox
@@ -115,6 +115,10 @@ def volume_options(spec: SandboxSpec) -> dict[str, str]:
     }
 
 
+class _NameTaken(Exception):
+    """The run's container name is in use (by an earlier attempt of the same run)."""
+
+
 class DockerProvider:
     """Sandboxes as Docker containers on one engine (local socket or ``DOCKER_HOST``)."""
 
@@ -182,12 +186,8 @@ class DockerProvider:
     def _create(self, spec: SandboxSpec, volume: str) -> Any:
         try:
             return self._create_once(spec, volume)
-        except SandboxStartError as exc:
-            cause = exc.__cause__.__cause__ if exc.__cause__ is not None else None
-            taken = (isinstance(cause, docker.errors.APIError) and cause.status_code == 409
-                     and "already in use" in str(cause))
-            if not taken:
-                raise
+        except _NameTaken:
+            pass
         # The name is taken: by a container of an earlier attempt of this very run (its
         # worker was lost, and the run went back to the queue). This attempt starts afresh.
         log.warning("removing the container of an earlier attempt of %s", spec.run_id)
@@ -202,9 +202,14 @@ class DockerProvider:
                     volume, driver="local", driver_opts=volume_options(spec), labels=labels
                 )
             with translated("creating the run's container", image=spec.image):
-                return self.client.containers.create(
-                    **container_config(spec, volume, self.scope)
-                )
+                try:
+                    return self.client.containers.create(
+                        **container_config(spec, volume, self.scope)
+                    )
+                except docker.errors.APIError as exc:
+                    if exc.status_code == 409 and "already in use" in str(exc):
+                        raise _NameTaken(spec.run_id) from exc
+                    raise
         except ImageNotFound:
             raise
         except SandboxError as exc:
