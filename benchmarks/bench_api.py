@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -51,6 +50,7 @@ from typing import Any
 import docker
 import docker.errors
 import httpx
+from _common import machine, run_benchmark, say
 
 from pyflue.local import open_runner, store_scope
 from pyflue.models import RunStatus
@@ -81,10 +81,6 @@ async def run(ctx):
     await harness.shell(f"sleep {int(ctx.payload.get('seconds', 20))}")
     return {"ok": True}
 '''
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- statistics ----------------------------------------------------------------------------
@@ -428,9 +424,7 @@ def sweep_scope(dclient: Any, scope: str) -> int:
 # -- the benchmark -------------------------------------------------------------------------
 
 
-def machine(dclient: Any) -> dict[str, Any]:
-    info = dclient.info()
-
+def api_machine(dclient: Any) -> dict[str, Any]:
     def has(mod: str) -> bool:
         try:
             __import__(mod)
@@ -441,22 +435,11 @@ def machine(dclient: Any) -> dict[str, Any]:
     import fastapi
     import uvicorn
 
-    return {
-        "nproc": os.cpu_count(),
-        "docker_server_version": info.get("ServerVersion"),
-        "storage_driver": info.get("Driver"),
-        "cgroup": f"{info.get('CgroupDriver')} v{info.get('CgroupVersion')}",
-        "kernel": info.get("KernelVersion"),
-        "memory_gib": round(info.get("MemTotal", 0) / (1 << 30), 1),
-        "containers_on_engine_before": info.get("ContainersRunning"),
-        "python": platform.python_version(),
-        "fastapi": fastapi.__version__,
-        "uvicorn": uvicorn.__version__,
-        "uvloop": has("uvloop"),
-        "httptools": has("httptools"),
-        "httpx": httpx.__version__,
-        "load_avg_before": [round(x, 2) for x in os.getloadavg()],
-    }
+    return machine(
+        dclient, containers_on_engine_before=dclient.info().get("ContainersRunning"),
+        fastapi=fastapi.__version__, uvicorn=uvicorn.__version__, uvloop=has("uvloop"),
+        httptools=has("httptools"), httpx=httpx.__version__,
+    )
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -472,7 +455,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         (tmp / "workflows").mkdir()
         (tmp / "workflows" / "trivial.py").write_text(TRIVIAL_WORKFLOW)
         (tmp / "workflows" / "sleeper.py").write_text(SLEEPER_WORKFLOW)
-        report["machine"] = machine(dclient)
+        report["machine"] = api_machine(dclient)
         say(f"machine: {json.dumps(report['machine'])}")
         dclient.images.get(Settings().sandbox.image)  # fails early when the image is missing
 
@@ -700,20 +683,9 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.n, args.active, args.requests, args.sleep) < 1 or args.warmup < 0:
         ap.error("counts must be positive")
 
-    t0 = time.monotonic()
-    try:
-        report = asyncio.run(main_async(args))
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
-    except Exception as exc:  # an error, not a missed target
-        import traceback
-
-        traceback.print_exc()
-        say(f"benchmark failed: {type(exc).__name__}: {exc}")
-        return 1
-    report["wall_s"] = round(time.monotonic() - t0, 1)
-    report["command"] = " ".join(["benchmarks/bench_api.py", *(argv or sys.argv[1:])])
+    report, code = run_benchmark(main_async, args, "benchmarks/bench_api.py", argv)
+    if report is None:
+        return code
     print_report(report, args)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")

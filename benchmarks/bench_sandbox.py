@@ -27,13 +27,11 @@ Exits 0 when every measurement ran (targets met or not), 1 on an error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import inspect
 import io
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -48,6 +46,7 @@ from typing import Any
 
 import docker
 import docker.errors
+from _common import machine, run_benchmark, say
 
 from pyflue.local import open_runner
 from pyflue.models import RunStatus
@@ -341,10 +340,6 @@ def interleaved(i: int, raw: Callable[[], Any], ours: Callable[[], Awaitable[Any
     return go()
 
 
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 async def bench_a(runner: Runner, client: Any, n: int, warmup: int, stats: dict[str, int]
                   ) -> tuple[Pair, dict[str, Any]]:
     pair = Pair("a", "trivial run end to end")
@@ -468,22 +463,6 @@ async def bench_bc(runner: Runner, client: Any, nb: int, nc: int, size: int, war
             "new run (the interrupted pair is discarded)")
 
 
-def machine(client: Any) -> dict[str, Any]:
-    info = client.info()
-    return {
-        "nproc": os.cpu_count(),
-        "docker_cpus": info.get("NCPU"),
-        "docker_server_version": info.get("ServerVersion"),
-        "storage_driver": info.get("Driver"),
-        "cgroup": f"{info.get('CgroupDriver')} v{info.get('CgroupVersion')}",
-        "kernel": info.get("KernelVersion"),
-        "memory_gib": round(info.get("MemTotal", 0) / (1 << 30), 1),
-        "python": platform.python_version(),
-        "docker_py": docker.__version__,
-        "load_avg_before": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def fmt_table(rows: list[dict[str, Any]]) -> str:
     head = ("bench", "n", "raw med", "raw p90", "pyflue med", "pyflue p90", "ratio",
             "paired", "target", "met")
@@ -520,7 +499,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         client = docker.from_env(timeout=120)
         stats = {"interference": 0}
         try:
-            env = machine(client)
+            env = machine(client, docker_py=docker.__version__)
             say(f"machine: {json.dumps(env)}")
             client.images.get(settings.sandbox.image)  # fails early when the image is missing
             async with open_runner(settings) as runner:
@@ -559,20 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.a, args.b, args.c, args.size_mb) < 1 or args.warmup < 0:
         ap.error("iteration counts and size must be positive")
 
-    t0 = time.monotonic()
-    try:
-        report = asyncio.run(main_async(args))
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
-    except Exception as exc:  # an error, not a missed target
-        import traceback
-
-        traceback.print_exc()
-        say(f"benchmark failed: {type(exc).__name__}: {exc}")
-        return 1
-    report["wall_s"] = round(time.monotonic() - t0, 1)
-    report["command"] = " ".join(["benchmarks/bench_sandbox.py", *(argv or sys.argv[1:])])
+    report, code = run_benchmark(main_async, args, "benchmarks/bench_sandbox.py", argv)
+    if report is None:
+        return code
 
     m = report["machine"]
     print(f"machine: nproc {m['nproc']}, Docker {m['docker_server_version']} "
