@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import WriteWorkflow
 from tests.integration.servers import Server, until_finished
 
 pytestmark = pytest.mark.docker
@@ -56,12 +56,10 @@ WORKFLOWS = {
 }
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    (tmp_path / "workflows").mkdir()
+@pytest.fixture(autouse=True)
+def _workflows(write_workflow: WriteWorkflow) -> None:
     for name, source in WORKFLOWS.items():
-        (tmp_path / "workflows" / f"{name}.py").write_text(textwrap.dedent(source))
-    return tmp_path
+        write_workflow(name, source)
 
 
 @pytest.fixture

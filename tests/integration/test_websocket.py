@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import socket
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from tests.conftest import WriteWorkflow
 from tests.integration.servers import Server
 
 pytestmark = pytest.mark.docker
@@ -48,12 +48,10 @@ WORKFLOWS = {
 }
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    (tmp_path / "workflows").mkdir()
+@pytest.fixture(autouse=True)
+def _workflows(write_workflow: WriteWorkflow) -> None:
     for name, source in WORKFLOWS.items():
-        (tmp_path / "workflows" / f"{name}.py").write_text(textwrap.dedent(source))
-    return tmp_path
+        write_workflow(name, source)
 
 
 @pytest.fixture
