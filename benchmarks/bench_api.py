@@ -7,7 +7,7 @@ serve`` on a free 127.0.0.1 port, its own SQLite store in a temporary folder, th
 (1) HTTP overhead: a trivial workflow with no container (``async def run(ctx): return {"ok":
     True}``) invoked with ``POST /workflows/trivial?wait=result`` over one keep-alive httpx
     client, interleaved (alternating which goes first) with ``await runner.run("trivial", {})``
-    on a Runner built in this process as ``pyflue/local.py`` builds it (``open_runner`` over a
+    on a Runner built in this process as ``pyflue/wiring.py`` builds it (``open_runner`` over a
     second SQLite store). Reported: p50/p90/p99 of each side and the difference of the p50s.
     Target: the HTTP path adds at most 15 ms at p50.
 (2) API latency under load: ``GET /runs/{id}``, sequential from one client, ids cycling, first
@@ -52,10 +52,10 @@ import docker.errors
 import httpx
 from _common import machine, run_benchmark, say
 
-from pyflue.local import open_runner, store_scope
 from pyflue.models import RunStatus
 from pyflue.sandbox.docker.lifecycle import LABEL_RUN, LABEL_SCOPE
 from pyflue.settings import Settings
+from pyflue.wiring import open_runner, store_scope
 
 HTTP_OVERHEAD_P50_MS = 15.0  # (1): HTTP p50 - in-process p50 <= this
 LOAD_P99_MS = 100.0  # (2): GET /runs/{id} p99 with the runs active < this
@@ -137,7 +137,7 @@ class Server:
 
     @property
     def scope(self) -> str:
-        """The scope label of every container this server creates (see pyflue.local)."""
+        """The scope label of every container this server creates (see pyflue.wiring)."""
         return store_scope(Settings(project_dir=self.project, store_url=self.store_url))  # type: ignore[call-arg,unused-ignore]
 
     def start(self, timeout: float = 60.0) -> None:

@@ -48,7 +48,6 @@ import docker
 import docker.errors
 from _common import machine, run_benchmark, say
 
-from pyflue.local import open_runner
 from pyflue.models import RunStatus
 from pyflue.runs import Runner
 from pyflue.sandbox.base import SandboxSpec
@@ -61,6 +60,7 @@ from pyflue.sandbox.docker.lifecycle import (
     volume_options,
 )
 from pyflue.settings import SandboxDefaults, Settings
+from pyflue.wiring import open_runner
 
 MiB = 1 << 20
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pyflue.errors import ConfigError, WorkspacePathError
-from pyflue.paths import confine
+from pyflue.sandbox.paths import confine
 
 if TYPE_CHECKING:
     from pyflue.context import FlueContext

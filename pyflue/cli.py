@@ -11,14 +11,14 @@ import dataclasses
 import json
 import signal
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from pyflue.errors import ConfigError, PyflueError, WorkflowError
-from pyflue.models import MAX_EVENT_INDEX, Run, RunStatus, end_error
+from pyflue.models import MAX_EVENT_INDEX, Event, Run, RunStatus, end_error, parse_payload
 from pyflue.render import (
     Format,
     StreamFormat,
@@ -27,7 +27,6 @@ from pyflue.render import (
     pretty_event,
     run_line,
 )
-from pyflue.runs import parse_payload
 from pyflue.settings import Settings
 
 if TYPE_CHECKING:
@@ -124,7 +123,11 @@ def run(
         body = parse_payload(raw)
     except PyflueError as exc:
         _die(exc.message, EXIT_USAGE)
-    final: Run = _run_async(_run_local(settings, name, body, image, quiet, events_format))
+    from pyflue.wiring import run_here
+
+    final: Run = _run_async(run_here(
+        settings, name, body, image=image, on_event=_print_live(quiet, events_format),
+        on_start=lambda run: typer.echo(f"run {run.run_id}", err=True)))
     if final.status is RunStatus.completed:
         typer.echo(json.dumps(final.result, indent=2, ensure_ascii=False))
         raise typer.Exit(EXIT_OK)
@@ -135,45 +138,13 @@ def run(
     raise typer.Exit(EXIT_INTERRUPTED if final.status is RunStatus.cancelled else EXIT_FAILED)
 
 
-async def _run_local(
-    settings: Settings, name: str, payload: dict[str, Any], image: str | None,
-    quiet: bool, events_format: StreamFormat,
-) -> Run:
-    from pyflue.local import open_runner
+def _print_live(quiet: bool, fmt: StreamFormat) -> Callable[[Event], None]:
+    def show(event: Event) -> None:
+        line = event_json(event) if fmt is StreamFormat.ndjson else pretty_event(event)
+        if not quiet and line is not None:
+            typer.echo(line, err=True)
 
-    async with open_runner(settings) as runner:
-        submitted = await runner.submit(name, payload, image=image)
-        typer.echo(f"run {submitted.run_id}", err=True)
-        tasks = {
-            asyncio.create_task(_reap_quietly(runner)),
-            asyncio.create_task(
-                _print_events(runner.store, submitted.run_id, quiet, events_format)
-            ),
-        }
-        try:
-            return await runner.execute(submitted.run_id)
-        finally:
-            # Let the printer show run_end and the reaper finish, briefly; then stop both
-            # before the store and the engine client close under them.
-            await asyncio.wait(tasks, timeout=5)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _reap_quietly(runner: Any) -> None:
-    try:
-        await runner.reap()
-    except PyflueError:
-        pass  # the run itself reports an unreachable engine
-
-
-async def _print_events(store: Any, run_id: str, quiet: bool, fmt: StreamFormat) -> None:
-    async for event in store.subscribe(run_id):
-        if not quiet:
-            line = event_json(event) if fmt is StreamFormat.ndjson else pretty_event(event)
-            if line is not None:
-                typer.echo(line, err=True)
+    return show
 
 
 @app.command()
@@ -206,29 +177,22 @@ async def _remote_or_local_logs(client: PyFlueClient, project: Path | None, serv
                                 run_id: str, fmt: Format, follow: bool, after: int,
                                 ws: bool) -> None:
     from pyflue.client import NotFoundError
-    from pyflue.local import open_store
+    from pyflue.wiring import has_run
 
     try:
         await _remote_logs(client, run_id, fmt, follow, after, ws)
         return
-    except NotFoundError as missing:
-        try:  # only a store that exists already: looking must not create one
-            settings = Settings()
-            if project is not None:
-                settings = settings.model_copy(update={"project_dir": project.resolve()})
-            if not settings.store_url and not settings.default_store_file.exists():
-                raise missing
-            async with open_store(settings) as store:
-                await store.get_run(run_id)
-        except Exception:  # not here either (or no usable local store): the server's answer
-            raise missing from None
+    except NotFoundError:
+        settings = _settings(project)
+        if not await has_run(settings, run_id):
+            raise  # not here either: the server's answer
     typer.echo(f"note: run {run_id} is not on {server}; shown from this machine's store",
                err=True)
     await _logs(settings, run_id, fmt, follow, after)
 
 
 async def _logs(settings: Settings, run_id: str, fmt: Format, follow: bool, after: int) -> None:
-    from pyflue.local import open_store
+    from pyflue.wiring import open_store
 
     async with open_store(settings) as store:
         await store.get_run(run_id)
@@ -432,7 +396,7 @@ def runs(
 
 async def _runs(settings: Settings, status: RunStatus | None, workflow: str | None,
                 limit: int) -> list[Run]:
-    from pyflue.local import open_store
+    from pyflue.wiring import open_store
 
     async with open_store(settings) as store:
         return await store.list_runs(status=status, workflow=workflow, limit=limit)
@@ -440,17 +404,8 @@ async def _runs(settings: Settings, status: RunStatus | None, workflow: str | No
 
 async def _remote_runs(client: PyFlueClient, status: RunStatus | None, workflow: str | None,
                        limit: int) -> list[Run]:
-    found: list[Run] = []
-    cursor: str | None = None
     async with client:
-        while len(found) < limit:
-            page = await client.runs.list(status=status, workflow=workflow, cursor=cursor,
-                                          limit=min(limit - len(found), 500))
-            found += page.runs
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-    return found
+        return await client.runs.recent(limit, status=status, workflow=workflow)
 
 
 @app.command()
@@ -571,13 +526,13 @@ def bind_problem(host: str, has_token: bool, forced: bool) -> str | None:
 @app.command()
 def reap(project: ProjectOpt = None) -> None:
     """Remove containers and volumes left by runs that are no longer running."""
-    from pyflue.local import open_runner
+    from pyflue.wiring import open_runner
 
     settings = _settings(project)
 
     async def _reap() -> list[str]:
         async with open_runner(settings) as runner:
-            return await runner.reap()
+            return await runner.workers.reap()
 
     reaped: list[str] = _run_async(_reap())
     typer.echo(f"reaped {len(reaped)} sandbox(es)" + "".join(f"\n  {r}" for r in reaped))
@@ -593,7 +548,7 @@ def images_build(
     project: ProjectOpt = None,
 ) -> None:
     """Build the images in images/ (bootstrapping a Debian base when no registry answers)."""
-    from pyflue.images import build_all
+    from pyflue.sandbox.docker.images import build_all
 
     settings = _settings(project)
     try:
@@ -608,7 +563,7 @@ def images_build(
 @images_app.command("list")
 def images_list(project: ProjectOpt = None) -> None:
     """List the images pyflue builds and whether each exists."""
-    from pyflue.images import ImageBuilder, discover
+    from pyflue.sandbox.docker.images import ImageBuilder, discover
 
     settings = _settings(project)
     try:

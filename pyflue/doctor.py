@@ -6,10 +6,10 @@ import uuid
 from dataclasses import dataclass
 
 from pyflue.errors import PyflueError
-from pyflue.local import docker_provider, open_store
 from pyflue.models import Run, RunStatus, utcnow
 from pyflue.settings import Settings
 from pyflue.store.base import RunUpdate
+from pyflue.wiring import docker_provider, open_store
 from pyflue.workflows import WorkflowRegistry
 
 

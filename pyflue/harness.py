@@ -10,7 +10,7 @@ import os
 import posixpath
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -18,17 +18,19 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from pyflue.errors import ConfigError, FileNotFoundInSandbox, SandboxGone, WorkspacePathError
 from pyflue.models import EventType
 from pyflue.output import StreamCapture
-from pyflue.paths import confine, is_inside, relative_parts
 from pyflue.sandbox.base import CopyLimits, CopyReport, FileStat, PutEntry, Sandbox
+from pyflue.sandbox.paths import confine, is_inside, relative_parts
 from pyflue.sandbox.tario import CopyTooLarge, local_entries
 from pyflue.secrets import StreamRedactor, grant
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: sessions and tools build on the harness, not the reverse
     from pyflue.agents import AgentConfig
-    from pyflue.llm import ModelResolver
     from pyflue.recorder import RunRecorder
     from pyflue.sessions import Session
     from pyflue.settings import Settings
+
+    # Opens a session over a harness: its name, and the tools it adds to the agent's own.
+    SessionOpener = Callable[["Harness", str, Sequence[Any]], Session]
 
 MAX_READ_BYTES = 1 << 30
 
@@ -279,16 +281,15 @@ class Harness:
         recorder: RunRecorder,
         config: AgentConfig,
         settings: Settings,
-        models: ModelResolver,
+        open_session: SessionOpener,
         env: Mapping[str, str] | None = None,
     ) -> None:
         env = env or {}
         self._box = box
         self._recorder = recorder
         self.config = config
-        self._settings = settings
         self._defaults = settings.sandbox
-        self._models = models
+        self._open_session = open_session
         self._sessions: dict[str, Session] = {}
         self._env = env
         self._secret_env = grant(config.secrets, env, recorder.redactor,
@@ -304,14 +305,7 @@ class Harness:
             if tools:
                 raise ConfigError(f"session {name!r} exists already; give tools when creating it")
             return self._sessions[name]
-        from pyflue.sessions import Session
-        from pyflue.tools import as_tool
-
-        created = Session(
-            name=name, harness=self, models=self._models, settings=self._settings.models,
-            recorder=self._recorder,
-            tools=[as_tool(t) for t in (*self.config.tools, *tools)],
-        )
+        created = self._open_session(self, name, (*self.config.tools, *tools))
         self._sessions[name] = created
         return created
 

@@ -6,12 +6,15 @@ the HTTP API, SSE frames and WebSocket frames (see ../shared/API.md).
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from ulid import ULID
+
+from pyflue.errors import InvalidPayload
 
 
 def utcnow() -> datetime:
@@ -138,3 +141,26 @@ def run_end_data(status: RunStatus, *, error: ErrorInfo | None = None, reason: s
 
 def new_run_id(workflow: str) -> str:
     return f"workflow:{workflow}:{ULID()}"
+
+
+def parse_payload(raw: str | bytes | None) -> dict[str, Any]:
+    """A payload from JSON text: must be a JSON object. Raises InvalidPayload."""
+    if raw is None or (isinstance(raw, str | bytes) and not raw.strip()):
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidPayload(
+            f"payload is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            """pass an object such as '{"key": "value"}'"""
+        ) from None
+    return check_payload(value)
+
+
+def check_payload(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidPayload(
+            f"payload must be a JSON object, not {type(value).__name__}; "
+            """wrap it, e.g. '{"items": [...]}'"""
+        )
+    return value

@@ -2,8 +2,9 @@
 
 ``submit`` writes the run record (``queued``) before anything else happens; ``execute`` runs
 it: ``running``, ``run_start``, the workflow with its ``FlueContext``, the container removed,
-``run_end``, and the final status (``completed``, ``failed``, ``cancelled``). The core imports
-neither docker nor FastAPI: it talks to the ports in :mod:`pyflue.sandbox.base` and
+``run_end``, and the final status (``completed``, ``failed``, ``cancelled``). What becomes of a
+run whose worker is lost (requeue, ``interrupted``) is :mod:`pyflue.workers`' business. The core
+imports neither docker nor FastAPI: it talks to the ports in :mod:`pyflue.sandbox.base` and
 :mod:`pyflue.store.base`.
 """
 
@@ -15,25 +16,20 @@ import inspect
 import json
 import logging
 import math
-import os
-import socket
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic_core import to_jsonable_python
-from ulid import ULID
 
 from pyflue._bridge import in_daemon_thread, run_to_completion
 from pyflue.agents import Agent, AgentConfig
 from pyflue.context import FlueContext, RunLog
 from pyflue.errors import (
     ConfigError,
-    InvalidPayload,
     PyflueError,
-    RunNotFound,
     RunStateConflict,
 )
 from pyflue.harness import Harness
@@ -43,34 +39,27 @@ from pyflue.models import (
     EventType,
     Run,
     RunStatus,
+    check_payload,
     new_run_id,
     run_end_data,
     utcnow,
 )
-from pyflue.policy import spec_for
 from pyflue.recorder import RunRecorder
 from pyflue.sandbox.base import Sandbox, SandboxProvider, SandboxSpec
+from pyflue.sandbox.policy import spec_for
+from pyflue.sessions import Session
 from pyflue.settings import Settings
 from pyflue.store.base import NewEvent, RunStore, RunUpdate
+from pyflue.tools import as_tool
+from pyflue.workers import Workers, local_owner, retries_for
 from pyflue.workflows import Workflow, WorkflowRegistry
 
 log = logging.getLogger(__name__)
-
-# Tells this process from an earlier one that had the same pid (a restarted container).
-INSTANCE = str(ULID())
-
-
-def local_owner() -> str:
-    """``host:pid:instance`` of this process, stored on the runs it executes."""
-    return f"{socket.gethostname()}:{os.getpid()}:{INSTANCE}"
 
 
 class DeadlinePassed(Exception):
     """The run's deadline passed while its workflow ran (internal: the run ends timed_out)."""
 
-
-# The most times one run may go back to the queue, whatever its workflow asks.
-MAX_RETRIES = 10
 
 
 @dataclass
@@ -84,29 +73,6 @@ class StopRequest:
     # Set instead of cancelling the task when it has not begun (a task cancelled before its
     # first step never runs its body, so the run it claimed would be left `running`).
     asked: bool = False
-
-
-def parse_payload(raw: str | bytes | None) -> dict[str, Any]:
-    """A payload from JSON text: must be a JSON object. Raises InvalidPayload."""
-    if raw is None or (isinstance(raw, str | bytes) and not raw.strip()):
-        return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidPayload(
-            f"payload is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-            """pass an object such as '{"key": "value"}'"""
-        ) from None
-    return check_payload(value)
-
-
-def check_payload(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidPayload(
-            f"payload must be a JSON object, not {type(value).__name__}; "
-            """wrap it, e.g. '{"items": [...]}'"""
-        )
-    return value
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
@@ -130,12 +96,13 @@ class Runner:
         models: ModelResolver | None = None,
     ) -> None:
         self.settings = settings
-        self.worker_lease = settings.server.worker_lease
         self.models: ModelResolver = models or ModelRegistry(settings.models)
         self.store = store
         self.provider = provider
         self.registry = registry
         self.env = dict(env if env is not None else {})
+        self.workers = Workers(store=store, registry=registry, provider=provider,
+                               lease=settings.server.worker_lease)
 
     async def submit(
         self,
@@ -219,7 +186,7 @@ class Runner:
             )
             workflow = self.registry.get(run.workflow)
             deadline = self.deadline_for(workflow)
-            self.retries_for(workflow)  # a bad value fails the run now, not when it is lost
+            retries_for(workflow)  # a bad value fails the run now, not when it is lost
             window = asyncio.timeout(deadline)
             try:
                 async with window:
@@ -232,7 +199,7 @@ class Runner:
         except DeadlinePassed as exc:
             status, reason = RunStatus.timed_out, str(exc)
         except asyncio.CancelledError as exc:
-            if stop is not None and stop.requeue and self._may_requeue(run):
+            if stop is not None and stop.requeue and self.workers.may_requeue(run):
                 status, reason = RunStatus.queued, stop.reason  # see _finish
             elif stop is not None:
                 status, reason = stop.status, stop.reason
@@ -263,45 +230,6 @@ class Runner:
         seconds = limits.default_deadline if wanted is None else float(wanted)
         return min(max(seconds, 1.0), limits.max_deadline)
 
-    def retries_for(self, workflow: Workflow) -> int:
-        """How often a run of ``workflow`` may go back to the queue when its worker is lost
-        or stops: its module's ``retry_interrupted`` (``True`` for once, or a count up to
-        MAX_RETRIES); 0 by default, as re-running a workflow is only safe if it says so."""
-        wanted = getattr(workflow.module, "retry_interrupted", False)
-        if wanted is True or wanted is False:
-            return int(wanted)
-        if not isinstance(wanted, int) or not 0 <= wanted <= MAX_RETRIES:
-            raise ConfigError(f"workflow {workflow.name!r}: retry_interrupted must be True, "
-                              f"False or a count from 0 to {MAX_RETRIES}, not {wanted!r}")
-        return wanted
-
-    def _may_requeue(self, run: Run) -> bool:
-        """Whether a run whose worker is lost or stopping goes back to the queue: a server's
-        run (a `pyflue run` has nobody to pick it up), not asked to cancel, with retries left."""
-        if run.source == "cli" or run.cancel_requested:
-            return False
-        try:
-            retries = self.retries_for(self.registry.get(run.workflow))
-        except PyflueError:  # the module no longer loads: it would only fail again
-            return False
-        return run.attempt <= retries
-
-    async def _requeue(self, run: Run, reason: str) -> bool:
-        """Puts a running run back in the queue as its next attempt (any worker may take it);
-        False if it changed meanwhile. A ``run_requeued`` event says why."""
-        attempt = run.attempt + 1
-        told = NewEvent(EventType.run_requeued, {"reason": reason, "attempt": attempt}, utcnow())
-        try:
-            await self.store.update_run(run.run_id, RunUpdate(
-                status=RunStatus.queued, expect_status=RunStatus.running,
-                expect_attempt=run.attempt, expect_no_cancel=True, events=[told],
-                extra={"owner": None, "started_at": None, "reason": None, "attempt": attempt},
-            ))
-        except RunStateConflict:  # ended or requeued elsewhere, or a cancel was asked meanwhile
-            return False
-        log.warning("run %s went back to the queue (attempt %d): %s", run.run_id, attempt,
-                    reason)
-        return True
 
     async def _finish(
         self,
@@ -335,7 +263,7 @@ class Runner:
         with contextlib.suppress(Exception):  # a store failure was met by flush() above
             await recorder.close()
         if status is RunStatus.queued:  # back to the queue: a retry-safe run, its worker stopping
-            if await self._requeue(run, reason or "its worker stopped"):
+            if await self.workers.requeue(run, reason or "its worker stopped"):
                 return await self.store.get_run(run_id)
             # It may not go back: a cancel was asked meanwhile (or another worker took it).
             asked = (await self.store.get_run(run_id)).cancel_requested
@@ -368,107 +296,6 @@ class Runner:
         """``submit`` then ``execute``."""
         run = await self.submit(workflow, payload, **kwargs)
         return await self.execute(run.run_id)
-
-    async def is_live(self, run_id: str) -> bool:
-        """Whether a run may still be using its container (for the reaper). Only a running run
-        can: a queued one has none yet (containers are made after the claim), so a container
-        of a queued run is left from an attempt whose worker was lost."""
-        try:
-            run = await self.store.get_run(run_id)
-        except RunNotFound:
-            return False
-        if run.status is not RunStatus.running:
-            return False
-        if await self.owner_is_dead(run.owner):
-            await self.take_back(run)  # requeued or not, that container's attempt is over
-            return False
-        return True
-
-    async def owner_is_dead(self, owner: str | None) -> bool:
-        """Whether the process that owns a run is gone.
-
-        On this host its pid says so. A worker on another host sharing the store (PostgreSQL)
-        is gone once its heartbeat is older than ``worker_lease`` seconds; an owner that never
-        sent one (a `pyflue run` elsewhere) cannot be judged from here and counts as alive.
-        """
-        if not owner:
-            return False
-        if _owner_is_dead(owner):  # this host's process table is the surest answer
-            return True
-        if owner.split(":", 1)[0] == socket.gethostname():
-            return False
-        age = await self.store.worker_age(owner)  # by the store's clock: no skew between hosts
-        return age is not None and age > self.worker_lease
-
-    async def take_back(self, run: Run, reason: str | None = None) -> RunStatus | None:
-        """Deals with a run nothing runs any more (by default: its process is gone): a running
-        one goes back to the queue when its workflow is safe to retry, any other ends
-        ``interrupted``. Returns the status it was given, or None when the run changed
-        meanwhile (another worker took it back, or it finished)."""
-        reason = reason or f"the process that ran it ({run.owner}) is gone"
-        if run.status is RunStatus.running and self._may_requeue(run):
-            if await self._requeue(run, reason):
-                return RunStatus.queued
-        elif await self.end_from_outside(run, RunStatus.interrupted, reason):
-            return RunStatus.interrupted
-        return None
-
-    async def end_from_outside(self, run: Run, status: RunStatus, reason: str) -> Run | None:
-        """Ends a run that nothing runs (interrupted, or cancelled while queued): its record
-        and its ``run_end`` in one write, only while it is as ``run`` says. None if it changed
-        meanwhile (another worker ended or took it first): then nothing is written, so
-        ``run_end`` stays single."""
-        end = run_end_data(status, reason=reason)
-        try:
-            return await self.store.update_run(run.run_id, RunUpdate(
-                status=status, finished_at=utcnow(), reason=reason,
-                expect_status=run.status, expect_attempt=run.attempt,
-                events=[NewEvent(EventType.run_end, end, utcnow())],
-            ))
-        except RunStateConflict:
-            return None
-
-    async def recover(self) -> list[str]:
-        """Takes back the runs whose process died (see :meth:`owner_is_dead`): running ones
-        go back to the queue if their workflow is safe to retry, and end ``interrupted`` (with
-        a ``run_end``) otherwise, as do queued ones that process would have started. Returns
-        the ids of the runs it ended or requeued."""
-        # Queued runs with an owner were submitted by a process that runs them itself (the
-        # CLI); a server's queued runs have none until claimed, and stay queued.
-        verdicts: dict[str | None, bool] = {}  # one look per owner
-        stale = []
-        for status in (RunStatus.running, RunStatus.queued):
-            for run in await self.store.list_runs(status=status, limit=1000):
-                if run.owner not in verdicts:
-                    verdicts[run.owner] = await self.owner_is_dead(run.owner)
-                if verdicts[run.owner]:
-                    stale.append(run)
-        return [run.run_id for run in stale if await self.take_back(run) is not None]
-
-    async def reap(self) -> list[str]:
-        """Takes back runs whose process is gone (:meth:`recover`), then removes the
-        containers of runs no longer running; returns the runs whose containers went."""
-        taken = await self.recover()
-        if taken:
-            log.warning("took back %d run(s) whose process is gone (interrupted, or requeued "
-                        "when safe to retry)", len(taken))
-        return await self.provider.reap(self.is_live)
-
-
-def _owner_is_dead(owner: str | None) -> bool:
-    """Whether the process that owns a run is gone (only knowable for this host's runs)."""
-    host, pid, instance = [*(owner or "").split(":"), "", ""][:3]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    if int(pid) == os.getpid():
-        return bool(instance) and instance != INSTANCE
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 async def _call_workflow(fn: Any, ctx: FlueContext) -> Any:
@@ -522,10 +349,15 @@ class _SandboxScope:
                     f"({spec.image}, network {spec.network}) than the first one initialized"
                 )
         harness = Harness(self._box, self._recorder, config, self._runner.settings,
-                          self._runner.models, env=self._runner.env)
+                          self._open_session, env=self._runner.env)
         if harness.fs.cwd != self._box.workdir:
             await harness.fs.mkdir(harness.fs.cwd)  # an agent's cwd exists when it starts
         return harness
+
+    def _open_session(self, harness: Harness, name: str, tools: Sequence[Any]) -> Session:
+        return Session(name=name, harness=harness, models=self._runner.models,
+                       settings=self._runner.settings.models, recorder=self._recorder,
+                       tools=[as_tool(t) for t in tools])
 
     def _spec_for(self, config: AgentConfig) -> SandboxSpec:
         return spec_for(config, self._runner.settings.sandbox, run_id=self._run.run_id,

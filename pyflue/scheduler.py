@@ -20,8 +20,9 @@ from typing import Any
 
 from pyflue.errors import RunStateConflict
 from pyflue.models import EventType, Run, RunStatus
-from pyflue.runs import Runner, StopRequest, local_owner
+from pyflue.runs import Runner, StopRequest
 from pyflue.store.base import RunUpdate
+from pyflue.workers import local_owner
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Scheduler:
     ) -> None:
         self.runner = runner
         self.store = runner.store
+        self.workers = runner.workers
         self.max_concurrency = max_concurrency
         self.poll_interval = poll_interval
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -103,7 +105,7 @@ class Scheduler:
             return
         for run in mine:
             orphan = "the worker running it could not record its end"
-            if run.run_id not in self._tasks and await self.runner.take_back(run, orphan):
+            if run.run_id not in self._tasks and await self.workers.take_back(run, orphan):
                 log.warning("run %s was left running by this worker with nothing behind it; "
                             "taken back", run.run_id)
 
@@ -139,7 +141,7 @@ class Scheduler:
         pass: runs whose worker stopped beating are taken back (``interrupted``, or requeued
         when safe to retry), and containers left by runs that are over (a removal that failed,
         a crashed `pyflue run`) are removed."""
-        lease = self.runner.worker_lease
+        lease = self.workers.lease
         beats = 0
         last_beat = time.monotonic()
         while True:
@@ -161,12 +163,12 @@ class Scheduler:
     async def _reap(self) -> None:
         try:
             await self._take_back_orphans()
-            reaped = await self.runner.reap()
+            reaped = await self.workers.reap()
             if reaped:
                 log.warning("reaped the containers of %d finished run(s): %s", len(reaped),
                             ", ".join(reaped))
         except Exception as exc:  # the engine or the store may be down (runs will say so)
-            log.warning("reaper pass failed, next one in %g s: %s", self.runner.worker_lease,
+            log.warning("reaper pass failed, next one in %g s: %s", self.workers.lease,
                         exc)
 
     async def submit(
@@ -224,7 +226,7 @@ class Scheduler:
         """Cancels a queued or running run. RunStateConflict when it has already finished."""
         run = await self.store.get_run(run_id)
         if run.status is RunStatus.queued:
-            if ended := await self.runner.end_from_outside(run, RunStatus.cancelled, reason):
+            if ended := await self.workers.end_from_outside(run, RunStatus.cancelled, reason):
                 self._requests.pop(run_id, None)
                 return ended
             run = await self.store.get_run(run_id)  # admitted meanwhile: cancel it running
@@ -258,14 +260,14 @@ class Scheduler:
     async def _cancel_elsewhere(self, run: Run, reason: str) -> Run:
         """A run another process runs: asked through the store; its worker acts on it
         within a second. A run whose process is gone ends ``interrupted`` here."""
-        if await self.runner.owner_is_dead(run.owner):
+        if await self.workers.owner_is_dead(run.owner):
             # Recorded first, so the run is not put back in the queue (retry_interrupted).
             try:
                 asked = await self.store.update_run(run.run_id, RunUpdate(
                     extra={"cancel_requested": reason}, expect_status=RunStatus.running))
             except RunStateConflict:
                 return await self.store.get_run(run.run_id)  # it ended meanwhile
-            await self.runner.take_back(asked)
+            await self.workers.take_back(asked)
             return await self.store.get_run(run.run_id)
         if run.owner is None or await self.store.worker_age(run.owner) is None:
             # Not a worker (a `pyflue run` process): nothing would act on a request.

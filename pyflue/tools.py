@@ -16,7 +16,7 @@ import re
 import shlex
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, get_type_hints
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError, create_model
 
@@ -93,9 +93,7 @@ def function_tool(fn: ToolFn, *, name: str | None = None, description: str | Non
     tool_name = name or fn.__name__
     if not _NAME.match(tool_name):
         raise ConfigError(f"tool name {tool_name!r} must match [a-zA-Z0-9_-], 1-64 characters")
-    from pyflue.harness import Harness  # for a `harness: Harness` annotation
-
-    hints = get_type_hints(fn, localns={"Harness": Harness})
+    hints = _annotations(fn)
     fields: dict[str, Any] = {}
     for pname, param in _parameters(fn).items():
         if pname == "harness":
@@ -119,6 +117,15 @@ def as_tool(value: Any) -> Tool:
     if callable(value):
         return function_tool(value)
     raise ConfigError(f"a tool must be a function or a pyflue Tool, not {type(value).__name__}")
+
+
+def _annotations(fn: ToolFn) -> dict[str, Any]:
+    """The evaluated annotations of ``fn``'s parameters but ``harness`` (which the model never
+    sees, and whose annotation may name a type the tool's module did not import)."""
+    raw = inspect.get_annotations(fn)
+    scope = getattr(inspect.unwrap(fn), "__globals__", {})
+    return {name: eval(value, scope) if isinstance(value, str) else value
+            for name, value in raw.items() if name not in ("harness", "return")}
 
 
 def _parameters(fn: ToolFn) -> dict[str, inspect.Parameter]:

@@ -8,7 +8,6 @@ call the scheduler or the store, and serialize.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,16 +15,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from pyflue import __version__
+from pyflue import __version__, wiring
 from pyflue.api import deps, errors, runs, workflows, ws
 from pyflue.llm import ModelResolver
-from pyflue.local import docker_provider
-from pyflue.runs import Runner
 from pyflue.sandbox.base import SandboxProvider
 from pyflue.scheduler import Scheduler
 from pyflue.settings import Settings
-from pyflue.store import RunStore, open_store_from_url
-from pyflue.workflows import WorkflowRegistry
+from pyflue.store import RunStore
 
 
 def create_app(
@@ -37,27 +33,15 @@ def create_app(
 ) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            run_store = store
-            if run_store is None:
-                run_store = open_store_from_url(settings.resolved_store_url())
-                await run_store.open()
-                stack.push_async_callback(run_store.close)
-            sandbox = provider
-            if sandbox is None:
-                sandbox = docker_provider(settings)
-                stack.push_async_callback(sandbox.close)
-            runner = Runner(settings=settings, store=run_store, provider=sandbox,
-                            registry=WorkflowRegistry(settings.project_dir),
-                            env=os.environ, models=models)
-            if models is None:
-                stack.push_async_callback(runner.models.close)
-            server = settings.server
-            scheduler = Scheduler(runner, max_concurrency=server.max_concurrency)
+        async with wiring.open_runner(settings, store=store, provider=provider,
+                                      models=models) as runner:
+            scheduler = Scheduler(runner, max_concurrency=settings.server.max_concurrency)
             await scheduler.start()
-            stack.push_async_callback(scheduler.stop)
             app.state.scheduler = scheduler
-            yield
+            try:
+                yield
+            finally:
+                await scheduler.stop()
 
     app = FastAPI(
         title="pyflue",

@@ -12,8 +12,7 @@ from pyflue.api import deps
 from pyflue.api.errors import HttpProblem, error_body
 from pyflue.api.sse import event_stream
 from pyflue.errors import PyflueError
-from pyflue.models import Run, RunStatus, end_error
-from pyflue.runs import check_payload
+from pyflue.models import Run, RunStatus, check_payload, end_error
 
 router = APIRouter(dependencies=[Depends(deps.require_token)])
 

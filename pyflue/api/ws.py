@@ -28,10 +28,10 @@ from pyflue.models import (
     EventType,
     Run,
     RunStatus,
+    check_payload,
     end_error,
     parse_event_index,
 )
-from pyflue.runs import check_payload
 from pyflue.scheduler import Scheduler
 from pyflue.settings import Settings
 

@@ -3,7 +3,7 @@
 A :class:`SandboxProvider` owns the box's lifecycle (create, harden, remove, reap); a
 :class:`Sandbox` is the work inside it (exec, file copies). The Docker adapter is the product;
 :mod:`pyflue.sandbox.fake` serves pure-logic tests. Paths handed to a ``Sandbox`` are absolute
-and already confined to the workspace by :mod:`pyflue.paths`.
+and already confined to the workspace by :mod:`pyflue.sandbox.paths`.
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ from typing import Any
 import docker
 import pytest
 
-from pyflue.local import open_runner
 from pyflue.runs import Runner
 from pyflue.sandbox.docker.lifecycle import LABEL_RUN
 from pyflue.settings import DEFAULT_IMAGE, SandboxDefaults, Settings
+from pyflue.wiring import open_runner
 
 REPO = Path(__file__).resolve().parents[2]
 

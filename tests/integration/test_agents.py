@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from pyflue.llm import StaticModels
-from pyflue.local import open_runner
 from pyflue.models import EventType, RunStatus
 from pyflue.runs import Runner
 from pyflue.settings import Settings
 from pyflue.testing import FakeAnthropic, ScriptedModel, call, say, serve_fake_anthropic
+from pyflue.wiring import open_runner
 from pyflue.workflows import WorkflowRegistry
 from tests.conftest import WriteWorkflow
 from tests.integration.conftest import REPO

@@ -179,7 +179,7 @@ async def test_the_reaper_removes_containers_of_runs_that_are_not_running(
     scope = runner.provider.scope  # type: ignore[attr-defined]
     docker_client.containers.create(**container_config(spec, name, scope)).start()
     assert len(containers_of(spec.run_id)) == 1
-    reaped = await runner.reap()
+    reaped = await runner.workers.reap()
     assert spec.run_id in reaped
     assert containers_of(spec.run_id) == [] and volumes_of(spec.run_id) == []
 
@@ -204,7 +204,7 @@ async def test_the_reaper_marks_runs_of_dead_processes_interrupted(
                                          "dev.pyflue.scope": runner.provider.scope})  # type: ignore[attr-defined]
     scope = runner.provider.scope  # type: ignore[attr-defined]
     docker_client.containers.create(**container_config(spec, name, scope)).start()
-    assert await runner.reap() == [run.run_id]
+    assert await runner.workers.reap() == [run.run_id]
     assert containers_of(run.run_id) == []
     after = await runner.store.get_run(run.run_id)
     assert after.status is RunStatus.interrupted and str(dead) in (after.reason or "")
@@ -229,7 +229,7 @@ async def test_the_reaper_leaves_other_stores_containers_alone(
     config["mounts"] = []
     container = docker_client.containers.create(**config)
     try:
-        assert spec.run_id not in await runner.reap()
+        assert spec.run_id not in await runner.workers.reap()
         assert len(containers_of(spec.run_id)) == 1
     finally:
         container.remove(force=True)

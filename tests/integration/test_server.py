@@ -220,10 +220,10 @@ async def test_a_running_server_reaps_containers_its_runs_left_behind(
     # As a container whose removal failed, or one a `pyflue run` left when it was killed: it
     # belongs to this store (its scope label) but to no running run. The server removes it
     # within a reaper pass (every PYFLUE_WORKER_LEASE seconds) without being restarted.
-    from pyflue.local import store_scope
     from pyflue.sandbox.base import SandboxSpec
     from pyflue.sandbox.docker.lifecycle import container_config, resource_name
     from pyflue.settings import Settings
+    from pyflue.wiring import store_scope
 
     store = tmp_path / "reaped.db"
     spec = SandboxSpec(run_id="workflow:ghost:01TESTLIVEREAPER", workflow="ghost",

@@ -96,7 +96,7 @@ async def test_a_command_that_never_ends_is_killed_with_its_background_children(
 async def test_output_past_the_cap_is_truncated_with_a_marker(
     settings: Settings, write_workflow: WriteWorkflow, docker_client: object
 ) -> None:
-    from pyflue.local import open_runner
+    from pyflue.wiring import open_runner
 
     write_workflow("sh", SHELL)
     capped = settings.model_copy(update={"sandbox": SandboxDefaults(output_cap=64 * 1024)})

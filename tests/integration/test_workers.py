@@ -12,10 +12,10 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from pyflue.local import open_runner
 from pyflue.models import Run, RunStatus, new_run_id, utcnow
 from pyflue.settings import Settings
 from pyflue.store import SqlStore
+from pyflue.wiring import open_runner
 from tests.conftest import WriteWorkflow
 from tests.integration.servers import Server, until_finished
 
@@ -136,10 +136,10 @@ async def test_runs_of_a_worker_that_stopped_beating_end_interrupted(
                                       created_at=utcnow()))
     await store.close()
     async with open_runner(Settings(project_dir=project, store_url=postgres_url)) as runner:
-        runner.worker_lease = 30
+        runner.workers.lease = 30
         await runner.store.heartbeat(alive)
-        assert await runner.recover() == [run.run_id]
-        assert await runner.recover() == []  # ended once: a second look changes nothing
+        assert await runner.workers.recover() == [run.run_id]
+        assert await runner.workers.recover() == []  # ended once: a second look changes nothing
         final = await runner.store.get_run(run.run_id)
         assert final.status is RunStatus.interrupted
         assert final.reason == f"the process that ran it ({lost}) is gone"

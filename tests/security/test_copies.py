@@ -131,7 +131,7 @@ async def run(ctx):
 async def test_a_flood_of_tiny_files_is_stopped_by_the_entries_cap(
     settings: Settings, write_workflow: WriteWorkflow, tmp_path: Path
 ) -> None:
-    from pyflue.local import open_runner
+    from pyflue.wiring import open_runner
 
     src = tmp_path / "src"
     src.mkdir()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pyflue.errors import WorkspacePathError
-from pyflue.paths import confine, relative_parts
+from pyflue.sandbox.paths import confine, relative_parts
 
 
 @pytest.mark.parametrize(

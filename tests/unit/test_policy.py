@@ -6,7 +6,7 @@ import pytest
 
 from pyflue.agents import AgentConfig
 from pyflue.errors import ConfigError
-from pyflue.policy import parse_size, spec_for
+from pyflue.sandbox.policy import parse_size, spec_for
 from pyflue.settings import SandboxDefaults
 
 

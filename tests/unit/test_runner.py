@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from pyflue.errors import InvalidPayload, WorkflowNotFound
-from pyflue.models import EventType, RunStatus
-from pyflue.runs import parse_payload
+from pyflue.models import EventType, RunStatus, parse_payload
 from pyflue.store import RunUpdate
 from pyflue.testing import FakeSandboxProvider, fake_runner
 from tests.conftest import WriteWorkflow
@@ -243,7 +242,7 @@ async def test_runs_of_dead_processes_are_recovered_as_interrupted(project: Path
     alive = Run(run_id=new_run_id("here"), workflow="here", status=RunStatus.running,
                 owner=f"{socket.gethostname()}:{os.getpid()}", created_at=utcnow())
     await runner.store.create_run(alive)
-    assert await runner.recover() == [run.run_id]
+    assert await runner.workers.recover() == [run.run_id]
     assert (await runner.store.get_run(run.run_id)).status is RunStatus.interrupted
     assert (await runner.store.get_run(alive.run_id)).status is RunStatus.running
     followed = [e.type async for e in runner.store.subscribe(run.run_id)]
@@ -416,7 +415,7 @@ async def test_a_lost_run_of_a_retry_safe_workflow_goes_back_to_the_queue_and_ru
     again, once = await _lost(runner, "again"), await _lost(runner, "once")
     last, cli = await _lost(runner, "again", attempt=3), await _lost(runner, "again", source="cli")
     cancelled = await _lost(runner, "again", cancel_requested="cancelled by request")
-    assert sorted(await runner.recover()) == sorted([again, once, last, cli, cancelled])
+    assert sorted(await runner.workers.recover()) == sorted([again, once, last, cli, cancelled])
     back = await runner.store.get_run(again)
     assert back.status is RunStatus.queued and back.attempt == 2 and back.owner is None
     assert back.started_at is None and back.reason is None
@@ -480,7 +479,7 @@ async def test_a_worker_taken_for_lost_cannot_end_the_next_attempt_of_its_run(
             break
         await asyncio.sleep(0.01)
     # Meanwhile another worker took this one for lost, requeued the run and started it again.
-    assert await runner._requeue(run, "the process that ran it (here) is gone")
+    assert await runner.workers.requeue(run, "the process that ran it (here) is gone")
     await runner.store.update_run(submitted.run_id, RunUpdate(
         status=RunStatus.running, expect_status=RunStatus.queued,
         extra={"owner": "elsewhere:1:beef"}))

@@ -38,10 +38,11 @@ class ImageSpec:
 
 def images_dir(project_dir: Path) -> Path:
     """The project's ``images/``, else the copy shipped with pyflue."""
+    package = Path(__file__).parents[2]  # pyflue/
     for candidate in (
         project_dir / "images",
-        Path(__file__).parent / "_images",
-        Path(__file__).parent.parent / "images",
+        package / "_images",  # in a wheel (see pyproject.toml)
+        package.parent / "images",  # in a source checkout
     ):
         if candidate.is_dir() and any(candidate.glob("*/Dockerfile")):
             return candidate

@@ -7,16 +7,7 @@
         async for event in client.runs.stream(body["run_id"]):          # replays the events
             print(event.event_index, event.type)
 
-Errors, all :class:`~pyflue.errors.PyflueError`::
-
-    PyflueError
-    ├── ServerUnreachable     no connection to the server, or a stream that could not resume
-    └── ApiError              the server answered with an error body (status_code, type, ...)
-        ├── BadRequestError   400, 413, 415, 422: bad payload, parameter, size or media type
-        ├── AuthError         401, 403: missing or wrong API token
-        ├── NotFoundError     404: unknown workflow or run
-        ├── ConflictError     409: a cancelled run (wait=True); cancelling a finished run
-        └── ServerError       5xx: a failed, timed-out or interrupted run (wait=True), ...
+Errors: :mod:`pyflue.client.errors`. WebSockets: :mod:`pyflue.client.ws`.
 """
 
 from __future__ import annotations
@@ -28,93 +19,19 @@ import functools
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
 
-from pyflue.errors import PyflueError
+from pyflue.client.errors import ApiError, ServerError, ServerUnreachable, error_from
+from pyflue.client.ws import WorkflowConnection, follow
 from pyflue.models import Event, EventType, Run, RunStatus
-
-if TYPE_CHECKING:
-    from pyflue.wsclient import WorkflowConnection
 
 DEFAULT_URL = "http://127.0.0.1:2024"
 SSE = "text/event-stream"
 EVENTS_PAGE = 1000
-
-
-class ServerUnreachable(PyflueError):
-    """The server could not be reached, or a dropped stream could not be resumed."""
-
-    type = "server_unreachable"
-
-
-class ApiError(PyflueError):
-    """The server answered with an error body ``{"error": {"type", "message", "details"}}``.
-
-    ``run_id`` and ``run_status`` are set when the error is about a run that exists (a run that
-    did not complete, answering ``?wait=result``); ``body`` is the whole decoded body.
-    """
-
-    details: Any
-
-    def __init__(self, status_code: int, body: dict[str, Any]) -> None:
-        error: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else {}
-        message = str(error.get("message") or f"HTTP {status_code}")
-        super().__init__(message)
-        self.status_code = status_code
-        self.type = str(error.get("type") or "http_error")
-        self.details = error.get("details")
-        self.run_id: str | None = body.get("run_id")
-        self.run_status: str | None = body.get("status")
-        self.body = body
-
-
-class BadRequestError(ApiError):
-    """400, 413 or 415 (and 422): the request itself was refused."""
-
-
-class AuthError(ApiError):
-    """401 or 403: send the server's token (``PyFlueClient(token=...)``)."""
-
-
-class NotFoundError(ApiError):
-    """404: no workflow or run of that name."""
-
-
-class ConflictError(ApiError):
-    """409: the run is not in a state that allows it (or was cancelled, with wait=True)."""
-
-
-class ServerError(ApiError):
-    """5xx: the run failed, timed out or was interrupted (wait=True), or the server failed."""
-
-
-def _error_class(status: int) -> type[ApiError]:
-    if status in (400, 413, 415, 422):
-        return BadRequestError
-    if status in (401, 403):
-        return AuthError
-    if status == 404:
-        return NotFoundError
-    if status == 409:
-        return ConflictError
-    return ServerError if status >= 500 else ApiError
-
-
-def error_from(response: httpx.Response) -> ApiError:
-    """The typed error for an error response whose body has been read."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict) or not isinstance(body.get("error"), dict):
-        text = response.text.strip().replace("\n", " ")[:200]
-        body = {"error": {"type": "http_error", "details": text or None, "message":
-                          f"HTTP {response.status_code} from {response.request.url}"}}
-    return _error_class(response.status_code)(response.status_code, body)
 
 
 class WorkflowInfo(BaseModel):
@@ -176,9 +93,9 @@ class PyFlueClient:
 
         self.base_url = base_url.rstrip("/")
         self.max_reconnects = max_reconnects
-        headers = {"User-Agent": f"pyflue-client/{__version__}"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        # Sent with every request and WebSocket handshake.
+        self.auth_headers: dict[str, str] = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"User-Agent": f"pyflue-client/{__version__}", **self.auth_headers}
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers,
                                       timeout=self.timeout, transport=transport)
@@ -359,8 +276,6 @@ class Workflows:
             async with client.workflows.connect("summarize") as conn:
                 messages = await conn.run({"text": "..."})   # events, then the outcome
         """
-        from pyflue.wsclient import WorkflowConnection
-
         return WorkflowConnection(self._client, name)
 
 
@@ -381,6 +296,22 @@ class Runs:
         """``GET /runs``: one page of runs, newest first (``limit`` 1 to 500)."""
         params = {"status": status, "workflow": workflow, "limit": limit, "cursor": cursor}
         return RunPage.model_validate(await self._client._request("GET", "/runs", params=params))
+
+    async def recent(
+        self, limit: int = 50, *, status: RunStatus | str | None = None,
+        workflow: str | None = None,
+    ) -> builtins.list[Run]:
+        """Up to ``limit`` runs, newest first, paging through ``GET /runs`` as needed."""
+        found: builtins.list[Run] = []
+        cursor: str | None = None
+        while len(found) < limit:
+            page = await self.list(status=status, workflow=workflow, cursor=cursor,
+                                   limit=min(limit - len(found), 500))
+            found += page.runs
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        return found
 
     async def events(
         self, run_id: str, after: int = 0, limit: int | None = None,
@@ -425,8 +356,6 @@ class Runs:
     def follow(self, run_id: str, after: int = 0) -> AsyncGenerator[Event, None]:
         """``WS /runs/{id}/stream``: like :meth:`stream`, over a WebSocket. A dropped socket
         (or one closed for reading too slowly) is reopened with ``?after=`` the last index."""
-        from pyflue.wsclient import follow
-
         return follow(self._client, run_id, after)
 
     async def wait(self, run_id: str) -> Run:
@@ -435,17 +364,3 @@ class Runs:
             async for _ in events:
                 pass
         return await self.get(run_id)
-
-
-__all__ = [
-    "ApiError",
-    "AuthError",
-    "BadRequestError",
-    "ConflictError",
-    "NotFoundError",
-    "PyFlueClient",
-    "RunPage",
-    "ServerError",
-    "ServerUnreachable",
-    "WorkflowInfo",
-]

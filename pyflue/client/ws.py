@@ -1,4 +1,5 @@
-"""The WebSocket side of :class:`pyflue.client.PyFlueClient` (see docs/websocket.md)."""
+"""The WebSocket side of :class:`pyflue.client.PyFlueClient` (see docs/websocket.md):
+``client.workflows.connect(name)`` and ``client.runs.follow(run_id)``."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from pyflue.client import (
+from pyflue.client.errors import (
     ApiError,
     AuthError,
     BadRequestError,
@@ -25,8 +26,13 @@ from pyflue.client import (
 from pyflue.errors import ConfigError
 from pyflue.models import Event, EventType
 
-if TYPE_CHECKING:
-    from pyflue.client import PyFlueClient
+
+class PyFlueClient(Protocol):
+    """What a socket needs of :class:`pyflue.client.PyFlueClient` (which imports this module)."""
+
+    base_url: str
+    auth_headers: dict[str, str]
+    max_reconnects: int
 
 # Close codes that mean "do not retry" (see pyflue.api.ws).
 _FINAL = {4400: BadRequestError, 4401: AuthError, 4404: NotFoundError}
@@ -54,8 +60,7 @@ def ws_url(client: PyFlueClient, path: str) -> str:
 
 
 def _headers(client: PyFlueClient) -> dict[str, str]:
-    token = client._http.headers.get("authorization")
-    return {"Authorization": token} if token else {}
+    return dict(client.auth_headers)
 
 
 async def _open(client: PyFlueClient, path: str) -> ClientConnection:

@@ -9,8 +9,8 @@ limit and the setting that raises it. See docs/security.md.
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
-from pyflue.agents import AgentConfig
 from pyflue.errors import ConfigError
 from pyflue.sandbox.base import SandboxSpec
 from pyflue.settings import SandboxDefaults
@@ -27,7 +27,24 @@ def parse_size(text: str, *, what: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
-def spec_for(config: AgentConfig, defaults: SandboxDefaults, *, run_id: str, workflow: str,
+class SandboxAsks(Protocol):
+    """What an agent asks of its sandbox (:class:`pyflue.agents.AgentConfig` has these)."""
+
+    @property
+    def image(self) -> str | None: ...
+    @property
+    def network(self) -> str | None: ...
+    @property
+    def memory(self) -> str | None: ...
+    @property
+    def cpus(self) -> float | None: ...
+    @property
+    def pids(self) -> int | None: ...
+    @property
+    def runtime(self) -> str | None: ...
+
+
+def spec_for(config: SandboxAsks, defaults: SandboxDefaults, *, run_id: str, workflow: str,
              image_override: str | None) -> SandboxSpec:
     """The container a run gets for this agent: its asks within the policy's maxima."""
     memory = config.memory or defaults.memory

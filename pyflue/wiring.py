@@ -1,0 +1,133 @@
+"""The composition root: settings in, a worker's parts out, built and closed in one place.
+
+The CLI (``pyflue run``, ``reap``, ``logs``, ``doctor``) and the server (:func:`pyflue.api.app.
+create_app`) both build their run store, Docker sandbox provider, model clients and
+:class:`~pyflue.runs.Runner` here; whatever a caller passes in (a test's fakes) is used as it is
+and left for the caller to close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+from pyflue.errors import PyflueError
+from pyflue.settings import Settings
+
+if TYPE_CHECKING:
+    from pyflue.llm import ModelResolver
+    from pyflue.models import Event, Run
+    from pyflue.runs import Runner
+    from pyflue.sandbox.base import SandboxProvider
+    from pyflue.sandbox.docker import DockerProvider
+    from pyflue.store import RunStore
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[RunStore]:
+    """The settings' run store, opened (schema migrated), closed on exit."""
+    from pyflue.store import open_store_from_url
+
+    store = open_store_from_url(settings.resolved_store_url())
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def has_store(settings: Settings) -> bool:
+    """Whether the settings name a store that may hold runs: a URL, or the default SQLite
+    file already made. Looking must not create one."""
+    return bool(settings.store_url) or settings.default_store_file.exists()
+
+
+async def has_run(settings: Settings, run_id: str) -> bool:
+    """Whether this machine's store (if it has one) knows the run."""
+    if not has_store(settings):
+        return False
+    try:
+        async with open_store(settings) as store:
+            await store.get_run(run_id)
+    except PyflueError:
+        return False
+    return True
+
+
+def store_scope(settings: Settings) -> str:
+    """A short, stable id of the run store, labelled on every container it owns."""
+    return hashlib.sha256(settings.resolved_store_url().encode()).hexdigest()[:16]
+
+
+def docker_provider(settings: Settings) -> DockerProvider:
+    from pyflue.sandbox.docker import DockerProvider
+
+    return DockerProvider(
+        settings.docker_host, scope=store_scope(settings), kill_grace=settings.sandbox.kill_grace
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_runner(
+    settings: Settings,
+    *,
+    store: RunStore | None = None,
+    provider: SandboxProvider | None = None,
+    models: ModelResolver | None = None,
+) -> AsyncIterator[Runner]:
+    """A Runner over the settings' store, the Docker engine and the model clients (or those
+    given); on exit, closes what it built here."""
+    from pyflue.runs import Runner
+    from pyflue.workflows import WorkflowRegistry
+
+    async with contextlib.AsyncExitStack() as stack:
+        if store is None:
+            store = await stack.enter_async_context(open_store(settings))
+        if provider is None:
+            provider = docker_provider(settings)
+            stack.push_async_callback(provider.close)
+        runner = Runner(settings=settings, store=store, provider=provider,
+                        registry=WorkflowRegistry(settings.project_dir), env=os.environ,
+                        models=models)
+        if models is None:
+            stack.push_async_callback(runner.models.close)
+        yield runner
+
+
+async def run_here(
+    settings: Settings, workflow: str, payload: dict[str, Any], *, image: str | None = None,
+    on_start: Callable[[Run], None] = lambda _run: None,
+    on_event: Callable[[Event], None] = lambda _event: None,
+) -> Run:
+    """Runs one workflow in this process (``pyflue run``) and returns its final record.
+
+    ``on_start`` gets the recorded run before it starts, ``on_event`` each event as it is
+    stored (``run_end`` included). A reaper pass runs alongside, for containers a crashed
+    earlier run left behind. Cancelling ends the run ``cancelled``, its container removed.
+    """
+    async with open_runner(settings) as runner:
+        submitted = await runner.submit(workflow, payload, image=image)
+        on_start(submitted)
+
+        async def follow() -> None:
+            async for event in runner.store.subscribe(submitted.run_id):
+                on_event(event)
+
+        async def reap() -> None:
+            with contextlib.suppress(PyflueError):  # the run itself reports a dead engine
+                await runner.workers.reap()
+
+        helpers = {asyncio.create_task(follow()), asyncio.create_task(reap())}
+        try:
+            return await runner.execute(submitted.run_id)
+        finally:
+            # Let the follower show run_end and the reaper finish, briefly; then stop both
+            # before the store and the engine client close under them.
+            await asyncio.wait(helpers, timeout=5)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)

@@ -1,0 +1,194 @@
+"""The workers sharing a run store: who runs what, who is gone, and what becomes of their runs.
+
+A worker is one process executing runs (``pyflue serve``, or a ``pyflue run``), known by its
+owner id ``host:pid:instance`` (:func:`local_owner`), stored on every run it takes. Workers
+sharing a store send heartbeats; one whose process is gone (this host's process table) or whose
+heartbeat is older than the lease is taken for lost, and its runs are *taken back*: put back in
+the queue as their next attempt when their workflow says it is safe to retry
+(``retry_interrupted``), ended ``interrupted`` otherwise. The runner and the scheduler both
+build on this module; it knows neither of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING
+
+from ulid import ULID
+
+from pyflue.errors import ConfigError, PyflueError, RunNotFound, RunStateConflict
+from pyflue.models import EventType, Run, RunStatus, run_end_data, utcnow
+from pyflue.store.base import NewEvent, RunStore, RunUpdate
+
+if TYPE_CHECKING:
+    from pyflue.sandbox.base import SandboxProvider
+    from pyflue.workflows import Workflow, WorkflowRegistry
+
+log = logging.getLogger(__name__)
+
+# Tells this process from an earlier one that had the same pid (a restarted container).
+INSTANCE = str(ULID())
+
+# The most times one run may go back to the queue, whatever its workflow asks.
+MAX_RETRIES = 10
+
+
+def local_owner() -> str:
+    """``host:pid:instance`` of this process, stored on the runs it executes."""
+    return f"{socket.gethostname()}:{os.getpid()}:{INSTANCE}"
+
+
+def retries_for(workflow: Workflow) -> int:
+    """How often a run of ``workflow`` may go back to the queue when its worker is lost
+    or stops: its module's ``retry_interrupted`` (``True`` for once, or a count up to
+    MAX_RETRIES); 0 by default, as re-running a workflow is only safe if it says so."""
+    wanted = getattr(workflow.module, "retry_interrupted", False)
+    if wanted is True or wanted is False:
+        return int(wanted)
+    if not isinstance(wanted, int) or not 0 <= wanted <= MAX_RETRIES:
+        raise ConfigError(f"workflow {workflow.name!r}: retry_interrupted must be True, "
+                          f"False or a count from 0 to {MAX_RETRIES}, not {wanted!r}")
+    return wanted
+
+
+class Workers:
+    """Liveness, take-back and requeue over one store (and the containers of its runs)."""
+
+    def __init__(self, *, store: RunStore, registry: WorkflowRegistry,
+                 provider: SandboxProvider, lease: float) -> None:
+        self.store = store
+        self.registry = registry
+        self.provider = provider
+        self.lease = lease
+
+    def may_requeue(self, run: Run) -> bool:
+        """Whether a run whose worker is lost or stopping goes back to the queue: a server's
+        run (a `pyflue run` has nobody to pick it up), not asked to cancel, with retries left."""
+        if run.source == "cli" or run.cancel_requested:
+            return False
+        try:
+            retries = retries_for(self.registry.get(run.workflow))
+        except PyflueError:  # the module no longer loads: it would only fail again
+            return False
+        return run.attempt <= retries
+
+    async def requeue(self, run: Run, reason: str) -> bool:
+        """Puts a running run back in the queue as its next attempt (any worker may take it);
+        False if it changed meanwhile. A ``run_requeued`` event says why."""
+        attempt = run.attempt + 1
+        told = NewEvent(EventType.run_requeued, {"reason": reason, "attempt": attempt}, utcnow())
+        try:
+            await self.store.update_run(run.run_id, RunUpdate(
+                status=RunStatus.queued, expect_status=RunStatus.running,
+                expect_attempt=run.attempt, expect_no_cancel=True, events=[told],
+                extra={"owner": None, "started_at": None, "reason": None, "attempt": attempt},
+            ))
+        except RunStateConflict:  # ended or requeued elsewhere, or a cancel was asked meanwhile
+            return False
+        log.warning("run %s went back to the queue (attempt %d): %s", run.run_id, attempt,
+                    reason)
+        return True
+
+    async def is_live(self, run_id: str) -> bool:
+        """Whether a run may still be using its container (for the reaper). Only a running run
+        can: a queued one has none yet (containers are made after the claim), so a container
+        of a queued run is left from an attempt whose worker was lost."""
+        try:
+            run = await self.store.get_run(run_id)
+        except RunNotFound:
+            return False
+        if run.status is not RunStatus.running:
+            return False
+        if await self.owner_is_dead(run.owner):
+            await self.take_back(run)  # requeued or not, that container's attempt is over
+            return False
+        return True
+
+    async def owner_is_dead(self, owner: str | None) -> bool:
+        """Whether the process that owns a run is gone.
+
+        On this host its pid says so. A worker on another host sharing the store (PostgreSQL)
+        is gone once its heartbeat is older than ``worker_lease`` seconds; an owner that never
+        sent one (a `pyflue run` elsewhere) cannot be judged from here and counts as alive.
+        """
+        if not owner:
+            return False
+        if _owner_is_dead(owner):  # this host's process table is the surest answer
+            return True
+        if owner.split(":", 1)[0] == socket.gethostname():
+            return False
+        age = await self.store.worker_age(owner)  # by the store's clock: no skew between hosts
+        return age is not None and age > self.lease
+
+    async def take_back(self, run: Run, reason: str | None = None) -> RunStatus | None:
+        """Deals with a run nothing runs any more (by default: its process is gone): a running
+        one goes back to the queue when its workflow is safe to retry, any other ends
+        ``interrupted``. Returns the status it was given, or None when the run changed
+        meanwhile (another worker took it back, or it finished)."""
+        reason = reason or f"the process that ran it ({run.owner}) is gone"
+        if run.status is RunStatus.running and self.may_requeue(run):
+            if await self.requeue(run, reason):
+                return RunStatus.queued
+        elif await self.end_from_outside(run, RunStatus.interrupted, reason):
+            return RunStatus.interrupted
+        return None
+
+    async def end_from_outside(self, run: Run, status: RunStatus, reason: str) -> Run | None:
+        """Ends a run that nothing runs (interrupted, or cancelled while queued): its record
+        and its ``run_end`` in one write, only while it is as ``run`` says. None if it changed
+        meanwhile (another worker ended or took it first): then nothing is written, so
+        ``run_end`` stays single."""
+        end = run_end_data(status, reason=reason)
+        try:
+            return await self.store.update_run(run.run_id, RunUpdate(
+                status=status, finished_at=utcnow(), reason=reason,
+                expect_status=run.status, expect_attempt=run.attempt,
+                events=[NewEvent(EventType.run_end, end, utcnow())],
+            ))
+        except RunStateConflict:
+            return None
+
+    async def recover(self) -> list[str]:
+        """Takes back the runs whose process died (see :meth:`owner_is_dead`): running ones
+        go back to the queue if their workflow is safe to retry, and end ``interrupted`` (with
+        a ``run_end``) otherwise, as do queued ones that process would have started. Returns
+        the ids of the runs it ended or requeued."""
+        # Queued runs with an owner were submitted by a process that runs them itself (the
+        # CLI); a server's queued runs have none until claimed, and stay queued.
+        verdicts: dict[str | None, bool] = {}  # one look per owner
+        stale = []
+        for status in (RunStatus.running, RunStatus.queued):
+            for run in await self.store.list_runs(status=status, limit=1000):
+                if run.owner not in verdicts:
+                    verdicts[run.owner] = await self.owner_is_dead(run.owner)
+                if verdicts[run.owner]:
+                    stale.append(run)
+        return [run.run_id for run in stale if await self.take_back(run) is not None]
+
+    async def reap(self) -> list[str]:
+        """Takes back runs whose process is gone (:meth:`recover`), then removes the
+        containers of runs no longer running; returns the runs whose containers went."""
+        taken = await self.recover()
+        if taken:
+            log.warning("took back %d run(s) whose process is gone (interrupted, or requeued "
+                        "when safe to retry)", len(taken))
+        return await self.provider.reap(self.is_live)
+
+
+def _owner_is_dead(owner: str | None) -> bool:
+    """Whether the process that owns a run is gone (only knowable for this host's runs)."""
+    host, pid, instance = [*(owner or "").split(":"), "", ""][:3]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return bool(instance) and instance != INSTANCE
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
