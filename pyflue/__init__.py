@@ -9,8 +9,9 @@ from pyflue.agents import Agent, AgentConfig, create_agent
 from pyflue.client import PyFlueClient
 from pyflue.context import FlueContext
 from pyflue.errors import PyflueError
+from pyflue.events import Event, EventType
 from pyflue.harness import Harness, ShellResult
-from pyflue.models import Event, EventType, Run, RunStatus
+from pyflue.models import Run, RunStatus
 from pyflue.settings import Settings
 
 __version__ = "0.1.0"

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from pyflue.errors import ConfigError, PyflueError, WorkflowError
-from pyflue.models import MAX_EVENT_INDEX, Event, Run, RunStatus, end_error, parse_payload
+from pyflue.events import Event
+from pyflue.models import MAX_EVENT_INDEX, Run, RunStatus, end_error, parse_payload
 from pyflue.render import (
     Format,
     StreamFormat,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_jsonable_python
 
-from pyflue.models import EventType
+from pyflue.events import Log
 
 if TYPE_CHECKING:
     from pyflue.agents import Agent
@@ -29,15 +29,12 @@ class RunLog:
         self._thread = threading.get_ident()
 
     def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
-        data = {
-            "level": level,
-            "message": str(message),
-            "fields": to_jsonable_python(fields, fallback=repr),
-        }
+        line = Log(level=level, message=str(message),
+                   fields=to_jsonable_python(fields, fallback=repr))
         if threading.get_ident() == self._thread:
-            self._recorder.emit(EventType.log, data)
+            self._recorder.emit(line)
         else:
-            self._loop.call_soon_threadsafe(self._recorder.emit, EventType.log, data)
+            self._loop.call_soon_threadsafe(self._recorder.emit, line)
 
     def info(self, message: str, **fields: Any) -> None:
         self._emit("info", message, fields)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from pyflue.errors import ConfigError, FileNotFoundInSandbox, SandboxGone, WorkspacePathError
-from pyflue.models import EventType
+from pyflue.events import FileOp, FileRead, FileWrite, ShellEnd, ShellOutput, ShellStart
 from pyflue.output import StreamCapture
 from pyflue.sandbox.base import CopyLimits, CopyReport, FileStat, PutEntry, Sandbox
 from pyflue.sandbox.paths import confine, is_inside, relative_parts
@@ -105,7 +105,7 @@ class WorkspaceFS:
         if st.kind != "file":
             raise WorkspacePathError(f"{path} is a {st.kind}, not a file")
         data = await self._box.read_file(real, max_bytes=MAX_READ_BYTES)
-        self._recorder.emit(EventType.file_read, {"path": real, "bytes": len(data)})
+        self._recorder.emit(FileRead(path=real, bytes=len(data)))
         return data
 
     async def read_file(self, path: str, encoding: str = "utf-8") -> str:
@@ -125,7 +125,7 @@ class WorkspaceFS:
         if real == self.root:
             raise WorkspacePathError("cannot write a file over the workspace folder itself")
         await self._box.put(self.root, _with_parents(real, self.root, data, mode))
-        self._recorder.emit(EventType.file_write, {"path": real, "bytes": len(data)})
+        self._recorder.emit(FileWrite(path=real, bytes=len(data)))
 
     async def exists(self, path: str) -> bool:
         """Whether something is there. Paths outside the workspace still raise."""
@@ -156,7 +156,7 @@ class WorkspaceFS:
                 raise WorkspacePathError(f"{path} exists and is a {st.kind}, not a folder")
             return
         await self._box.put(self.root, _with_parents(real, self.root, None, 0o755))
-        self._recorder.emit(EventType.file_op, {"op": "mkdir", "path": real})
+        self._recorder.emit(FileOp(op="mkdir", path=real))
 
     async def rm(self, path: str, *, recursive: bool = False, force: bool = False) -> None:
         """Removes a file, or a folder with ``recursive=True``. ``force`` ignores a missing path."""
@@ -171,7 +171,7 @@ class WorkspaceFS:
         if st.kind == "dir" and not recursive:
             raise WorkspacePathError(f"{path} is a folder: pass recursive=True to remove it")
         await self._box.remove(real, recursive=st.kind == "dir")
-        self._recorder.emit(EventType.file_op, {"op": "rm", "path": real})
+        self._recorder.emit(FileOp(op="rm", path=real))
 
 
     async def upload(self, src: str | os.PathLike[str], dest: str) -> CopyReport:
@@ -201,7 +201,7 @@ class WorkspaceFS:
         await self._box.put(self.root, [
             *parents, *[replace(e, path=target + e.path[len(top):]) for e in entries]
         ])
-        self._recorder.emit(EventType.file_op, {"op": "upload", "path": real, **report.to_dict()})
+        self._recorder.emit(FileOp(op="upload", path=real, **report.to_dict()))
         return report
 
     async def download(self, path: str, dest: str | os.PathLike[str], *,
@@ -234,8 +234,8 @@ class WorkspaceFS:
             except CopyTooLarge as exc:
                 raise _too_large(path, exc) from None
             await asyncio.to_thread(_put_in_place, staged, local, Path(tmp) / "old")
-        self._recorder.emit(EventType.file_op, {"op": "download", "path": real,
-                                                "dest": str(local), **report.to_dict()})
+        self._recorder.emit(FileOp(op="download", path=real, dest=str(local),
+                                   **report.to_dict()))
         return report
 
 
@@ -360,10 +360,8 @@ class Harness:
         shell_id = self._recorder.next_id("sh")
         captures = {s: StreamCapture(self._defaults.output_cap) for s in ("stdout", "stderr")}
         redactors = {s: StreamRedactor(self._recorder.redactor) for s in captures}
-        self._recorder.emit(
-            EventType.shell_start,
-            {"shell_id": shell_id, "command": command, "cwd": workdir, "timeout": limit},
-        )
+        self._recorder.emit(ShellStart(shell_id=shell_id, command=command, cwd=workdir,
+                                       timeout=limit))
 
         done = False  # output that arrives after the call has ended belongs to no event
 
@@ -372,9 +370,7 @@ class Harness:
                 return
             text = redactors[stream].feed(captures[stream].feed(chunk))
             if text:
-                self._recorder.emit(
-                    EventType.shell_output, {"shell_id": shell_id, "stream": stream, "text": text}
-                )
+                self._recorder.emit(ShellOutput(shell_id=shell_id, stream=stream, text=text))
 
         started = time.monotonic()
         try:
@@ -386,37 +382,27 @@ class Harness:
             if isinstance(exc, SandboxGone):
                 for hit in exc.limits:
                     self._recorder.note_limit(hit, shell_id, exc.reason)
-            self._recorder.emit(EventType.shell_end, {
-                "shell_id": shell_id, "exit_code": None, "timed_out": False,
-                "duration_ms": int((time.monotonic() - started) * 1000),
-                "error": "cancelled" if isinstance(exc, asyncio.CancelledError) else str(exc),
-            })
+            self._recorder.emit(ShellEnd(
+                shell_id=shell_id, exit_code=None, timed_out=False,
+                duration_ms=int((time.monotonic() - started) * 1000),
+                error="cancelled" if isinstance(exc, asyncio.CancelledError) else str(exc),
+            ))
             raise
         done = True
         duration_ms = int((time.monotonic() - started) * 1000)
         for stream, redactor in redactors.items():
             if rest := redactor.flush():
-                self._recorder.emit(
-                    EventType.shell_output, {"shell_id": shell_id, "stream": stream, "text": rest}
-                )
-        end: dict[str, Any] = {
-            "shell_id": shell_id,
-            "exit_code": status.exit_code,
-            "timed_out": status.timed_out,
-            "duration_ms": duration_ms,
-            "stdout_bytes": captures["stdout"].total,
-            "stderr_bytes": captures["stderr"].total,
-            "truncated": any(c.truncated for c in captures.values()),
-        }
-        if status.killed:
-            end["killed"] = status.killed
-        if status.limits:
-            end["limits"] = list(status.limits)
-        if status.stopped:
-            end["sandbox_stopped"] = status.stopped
+                self._recorder.emit(ShellOutput(shell_id=shell_id, stream=stream, text=rest))
         for hit in status.limits:
             self._recorder.note_limit(hit, shell_id, status.stopped or self._limit_text(hit))
-        self._recorder.emit(EventType.shell_end, end)
+        self._recorder.emit(ShellEnd(
+            shell_id=shell_id, exit_code=status.exit_code, timed_out=status.timed_out,
+            duration_ms=duration_ms, stdout_bytes=captures["stdout"].total,
+            stderr_bytes=captures["stderr"].total,
+            truncated=any(c.truncated for c in captures.values()),
+            killed=status.killed, limits=list(status.limits) or None,
+            sandbox_stopped=status.stopped,
+        ))
         redact = self._recorder.redactor.text
         return ShellResult(
             stdout=redact(captures["stdout"].text()),

@@ -1,7 +1,7 @@
-"""Wire models shared by the store, the runtime and every transport.
+"""The run record, shared by the store, the runtime and every transport; the payload rule.
 
-A run record and its events serialize the same way everywhere: the CLI's ``--format json``,
-the HTTP API, SSE frames and WebSocket frames (see ../shared/API.md).
+A run record serializes the same way everywhere: the CLI's ``--format json`` and the HTTP API.
+Its events are :mod:`pyflue.events`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from ulid import ULID
 
 from pyflue.errors import InvalidPayload
@@ -35,31 +35,6 @@ class RunStatus(StrEnum):
         return self not in (RunStatus.queued, RunStatus.running)
 
 
-class EventType(StrEnum):
-    """Every event type a run can record. ``data`` keys are documented in docs/events.md."""
-
-    run_start = "run_start"
-    run_end = "run_end"
-    log = "log"
-    container_created = "container_created"
-    container_started = "container_started"
-    container_exited = "container_exited"
-    container_removed = "container_removed"
-    shell_start = "shell_start"
-    shell_output = "shell_output"
-    shell_end = "shell_end"
-    file_read = "file_read"
-    file_write = "file_write"
-    file_op = "file_op"
-    model_turn_start = "model_turn_start"
-    model_text_delta = "model_text_delta"
-    model_turn_end = "model_turn_end"
-    tool_start = "tool_start"
-    tool_end = "tool_end"
-    sandbox_limit = "sandbox_limit"
-    run_requeued = "run_requeued"
-
-
 class ErrorInfo(BaseModel):
     """A failure as recorded on a run and sent to clients."""
 
@@ -78,18 +53,6 @@ def parse_event_index(raw: str) -> int | None:
     if raw.isascii() and raw.isdigit() and int(raw) <= MAX_EVENT_INDEX:
         return int(raw)
     return None
-
-
-class Event(BaseModel):
-    """One stored run event. ``event_index`` is 1-based and gap-free per run."""
-
-    model_config = ConfigDict(frozen=True)
-
-    run_id: str
-    event_index: int
-    type: EventType
-    timestamp: datetime
-    data: dict[str, Any] = Field(default_factory=dict)
 
 
 class Run(BaseModel):
@@ -125,18 +88,6 @@ def end_error(status: RunStatus, error: ErrorInfo | None, reason: str | None) ->
         return error
     return ErrorInfo(type=status.value,
                      message=f"run {status.value}: {reason or 'no reason was recorded'}")
-
-
-def run_end_data(status: RunStatus, *, error: ErrorInfo | None = None, reason: str | None = None,
-                 **extra: Any) -> dict[str, Any]:
-    """The ``data`` of a ``run_end`` event: ``status``, ``is_error`` and ``error`` always
-    (``error`` is null only for a completed run), ``reason`` when there is one, then extras."""
-    shown = end_error(status, error, reason)
-    data: dict[str, Any] = {"status": status.value, "is_error": status is not RunStatus.completed,
-                            "error": shown.model_dump() if shown is not None else None}
-    if reason is not None:
-        data["reason"] = reason
-    return {**data, **extra}
 
 
 def new_run_id(workflow: str) -> str:

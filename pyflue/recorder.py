@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
-from pyflue.models import Event, EventType, utcnow
+from pyflue.events import Event, EventData, SandboxLimit
+from pyflue.models import utcnow
 from pyflue.secrets import Redactor
 from pyflue.store.base import NewEvent, RunStore
 
@@ -39,19 +39,18 @@ class RunRecorder:
         self._error: BaseException | None = None
         self._writer = asyncio.create_task(self._write_loop(), name=f"recorder:{run_id}")
 
-    def emit(self, type: EventType, data: dict[str, Any] | None = None) -> None:
-        """Queues one event; it is stored in emission order."""
+    def emit(self, data: EventData) -> None:
+        """Queues one event (its payload model says its type); stored in emission order."""
         if self._closed:
             raise RuntimeError(f"recorder for {self.run_id} is closed")
-        clean = self.redactor.data(data or {})
-        self._pending.append(NewEvent(type=type, data=clean, timestamp=utcnow()))
+        clean = self.redactor.data(data.wire)
+        self._pending.append(NewEvent(type=data.type, data=clean, timestamp=utcnow()))
         self._idle.clear()
         self._wake.set()
 
     def note_limit(self, kind: str, shell_id: str, message: str) -> None:
         """Records that the sandbox hit a limit (memory, pids): an event, and the run's reason."""
-        self.emit(EventType.sandbox_limit, {"kind": kind, "shell_id": shell_id,
-                                            "message": message})
+        self.emit(SandboxLimit(kind=kind, shell_id=shell_id, message=message))
         self.limit_reasons.append(message)
 
     def next_id(self, prefix: str) -> str:

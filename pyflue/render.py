@@ -7,7 +7,29 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
-from pyflue.models import Event, EventType, Run
+from pyflue.events import (
+    ContainerCreatedEvent,
+    ContainerExitedEvent,
+    ContainerRemovedEvent,
+    ContainerStartedEvent,
+    Event,
+    LogEvent,
+    ModelTextDeltaEvent,
+    ModelTurnEnd,
+    ModelTurnEndEvent,
+    ModelTurnStartEvent,
+    RunEnd,
+    RunEndEvent,
+    RunRequeuedEvent,
+    RunStartEvent,
+    ShellEndEvent,
+    ShellOutputEvent,
+    ShellStartEvent,
+    TokenUsage,
+    ToolEndEvent,
+    ToolStartEvent,
+)
+from pyflue.models import Run
 
 
 class Format(StrEnum):
@@ -24,7 +46,7 @@ class StreamFormat(StrEnum):
 
 
 def event_json(event: Event) -> str:
-    return event.model_dump_json()
+    return str(event.model_dump_json())
 
 
 def events_document(run_id: str, events: Iterable[Event]) -> str:
@@ -41,62 +63,70 @@ def _short(value: Any, limit: int = 120) -> str:
 def pretty_event(event: Event) -> str | None:
     """One terminal line (or a few, for output chunks) for an event; None to show nothing
     (text deltas: the turn's end shows its whole text)."""
-    d = event.data
     head = f"{event.timestamp.strftime('%H:%M:%S.%f')[:-3]} #{event.event_index:<4}"
-    t = event.type
-    if t is EventType.shell_output:
-        marker = "│" if d.get("stream") == "stdout" else "┆"
-        lines = str(d.get("text", "")).rstrip("\n").split("\n")
-        return "\n".join(f"{head} {marker} {line}" for line in lines)
-    if t is EventType.shell_start:
-        return f"{head} $ {d.get('command')}  (cwd {d.get('cwd')})"
-    if t is EventType.shell_end:
-        note = " TIMED OUT" if d.get("timed_out") else ""
-        note += " (output truncated)" if d.get("truncated") else ""
-        return f"{head} ⏎ exit {d.get('exit_code')} in {d.get('duration_ms')} ms{note}"
-    if t is EventType.model_text_delta:
-        return None
-    if t is EventType.model_turn_start:
-        return f"{head} ◇ {d.get('session')} turn {d.get('turn')} ({d.get('model')})"
-    if t is EventType.model_turn_end:
-        if d.get("error"):
-            return f"{head} ◆ turn failed: {d['error'].get('message')}"
-        usage = d.get("usage") or {}
-        text = _short(str(d.get("text") or "").replace("\n", " ⏎ "), 200)
-        return (f"{head} ◆ {text} [{d.get('stop_reason')}, {usage.get('input_tokens')} in / "
-                f"{usage.get('output_tokens')} out, {d.get('duration_ms')} ms]")
-    if t is EventType.tool_start:
-        return f"{head} ⚙ {d.get('name')} {_short(d.get('input'), 160)}"
-    if t is EventType.tool_end:
-        mark = "✗" if d.get("is_error") else "→"
-        output = _short(str(d.get("output") or "").replace("\n", " ⏎ "), 160)
-        return f"{head}   {mark} {output} ({d.get('duration_ms')} ms)"
-    if t is EventType.log:
-        fields = " ".join(f"{k}={_short(v, 60)}" for k, v in (d.get("fields") or {}).items())
-        return f"{head} [{d.get('level', 'info')}] {d.get('message')} {fields}".rstrip()
-    if t is EventType.run_start:
-        again = f", attempt {d['attempt']}" if (d.get("attempt") or 1) > 1 else ""
-        return f"{head} ▶ run {event.run_id} ({d.get('workflow')}{again})"
-    if t is EventType.run_requeued:
-        return f"{head} ↺ back in the queue for attempt {d.get('attempt')}: {d.get('reason')}"
-    if t is EventType.run_end:
-        took = f" in {d['duration_ms']} ms" if d.get("duration_ms") is not None else ""
-        line = f"{head} ■ {d.get('status')}{took}"
-        err = d.get("error")
-        if err and err.get("type") != d.get("status"):  # else it only restates the reason
-            line += f": {err.get('type')}: {err.get('message')}"
-        elif d.get("reason"):
-            line += f": {d['reason']}"
-        return line
-    if t is EventType.container_created:
-        return f"{head} container {str(d.get('container_id'))[:12]} created from {d.get('image')}"
-    if t is EventType.container_exited:
-        oom = " (OOM-killed)" if d.get("oom_killed") else ""
-        return f"{head} container exited {d.get('exit_code')}{oom}"
-    if t in (EventType.container_started, EventType.container_removed):
-        return f"{head} container {str(d.get('container_id'))[:12]} {t.value.split('_')[1]}"
-    rest = " ".join(f"{k}={_short(v, 60)}" for k, v in d.items())
-    return f"{head} {t.value} {rest}"
+    match event:
+        case ShellOutputEvent(data=d):
+            marker = "│" if d.stream == "stdout" else "┆"
+            return "\n".join(f"{head} {marker} {line}"
+                             for line in d.text.rstrip("\n").split("\n"))
+        case ShellStartEvent(data=d):
+            return f"{head} $ {d.command}  (cwd {d.cwd})"
+        case ShellEndEvent(data=d):
+            note = " TIMED OUT" if d.timed_out else ""
+            note += " (output truncated)" if d.truncated else ""
+            return f"{head} ⏎ exit {d.exit_code} in {d.duration_ms} ms{note}"
+        case ModelTextDeltaEvent():
+            return None
+        case ModelTurnStartEvent(data=d):
+            return f"{head} ◇ {d.session} turn {d.turn} ({d.model})"
+        case ModelTurnEndEvent(data=d):
+            return f"{head} {_turn_end(d)}"
+        case ToolStartEvent(data=d):
+            return f"{head} ⚙ {d.name} {_short(d.input, 160)}"
+        case ToolEndEvent(data=d):
+            mark = "✗" if d.is_error else "→"
+            output = _short(d.output.replace("\n", " ⏎ "), 160)
+            return f"{head}   {mark} {output} ({d.duration_ms} ms)"
+        case LogEvent(data=d):
+            fields = " ".join(f"{k}={_short(v, 60)}" for k, v in d.fields.items())
+            return f"{head} [{d.level}] {d.message} {fields}".rstrip()
+        case RunStartEvent(data=d):
+            again = f", attempt {d.attempt}" if d.attempt > 1 else ""
+            return f"{head} ▶ run {event.run_id} ({d.workflow}{again})"
+        case RunRequeuedEvent(data=d):
+            return f"{head} ↺ back in the queue for attempt {d.attempt}: {d.reason}"
+        case RunEndEvent(data=d):
+            return f"{head} {_run_end(d)}"
+        case ContainerCreatedEvent(data=d):
+            return f"{head} container {d.container_id[:12]} created from {d.image}"
+        case ContainerExitedEvent(data=d):
+            oom = " (OOM-killed)" if d.oom_killed else ""
+            return f"{head} container exited {d.exit_code}{oom}"
+        case ContainerStartedEvent(data=d):
+            return f"{head} container {d.container_id[:12]} started"
+        case ContainerRemovedEvent(data=d):
+            return f"{head} container {d.container_id[:12]} removed"
+    rest = " ".join(f"{k}={_short(v, 60)}" for k, v in event.data.wire.items())
+    return f"{head} {event.type} {rest}"
+
+
+def _turn_end(d: ModelTurnEnd) -> str:
+    if d.error is not None:
+        return f"◆ turn failed: {d.error.message}"
+    usage = d.usage or TokenUsage()
+    text = _short((d.text or "").replace("\n", " ⏎ "), 200)
+    return (f"◆ {text} [{d.stop_reason}, {usage.input_tokens} in / {usage.output_tokens} out, "
+            f"{d.duration_ms} ms]")
+
+
+def _run_end(d: RunEnd) -> str:
+    took = f" in {d.duration_ms} ms" if d.duration_ms is not None else ""
+    line = f"■ {d.status.value}{took}"
+    if d.error is not None and d.error.type != d.status.value:  # else it restates the reason
+        line += f": {d.error.type}: {d.error.message}"
+    elif d.reason:
+        line += f": {d.reason}"
+    return line
 
 
 def run_line(run: Run) -> str:

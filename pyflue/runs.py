@@ -32,16 +32,15 @@ from pyflue.errors import (
     PyflueError,
     RunStateConflict,
 )
+from pyflue.events import Log, RunEnd, RunStart
 from pyflue.harness import Harness
 from pyflue.llm import ModelRegistry, ModelResolver
 from pyflue.models import (
     ErrorInfo,
-    EventType,
     Run,
     RunStatus,
     check_payload,
     new_run_id,
-    run_end_data,
     utcnow,
 )
 from pyflue.recorder import RunRecorder
@@ -167,10 +166,8 @@ class Runner:
             except asyncio.CancelledError as exc:
                 run, early_cancel = await claim, exc
         recorder = RunRecorder(self.store, run_id)
-        recorder.emit(EventType.run_start, {
-            "workflow": run.workflow, "payload": run.payload, "image": run.image,
-            "source": run.source, "attempt": run.attempt,
-        })
+        recorder.emit(RunStart(workflow=run.workflow, payload=run.payload, image=run.image,
+                               source=run.source, attempt=run.attempt))
         scope = _SandboxScope(self, run, recorder)
         t0 = time.monotonic()
         result: Any = None
@@ -246,10 +243,8 @@ class Runner:
         try:
             await scope.close()
         except Exception as exc:  # the container could not be removed: the reaper will
-            recorder.emit(EventType.log, {
-                "level": "error", "message": f"removing the run's container failed: {exc}",
-                "fields": {},
-            })
+            recorder.emit(Log(level="error",
+                              message=f"removing the run's container failed: {exc}"))
         duration_ms = int((time.monotonic() - t0) * 1000)
         try:
             await recorder.flush()
@@ -275,7 +270,7 @@ class Runner:
         result = recorder.redactor.data(result)
         if error is not None:
             error = ErrorInfo.model_validate(recorder.redactor.data(error.model_dump()))
-        end = run_end_data(status, error=error, reason=reason, duration_ms=duration_ms)
+        end = RunEnd.of(status, error=error, reason=reason, duration_ms=duration_ms)
         # The record is final when run_end is stored (one write): whoever sees run_end reads the
         # outcome. Only from `running` at this attempt: a worker that took this run as lost (see
         # owner_is_dead) has ended it already, run_end and all, or put it back in the queue for
@@ -285,7 +280,7 @@ class Runner:
                 status=status, result=result, has_result=status is RunStatus.completed,
                 error=error, reason=reason, finished_at=utcnow(), duration_ms=duration_ms,
                 image=scope.image, expect_status=RunStatus.running, expect_attempt=run.attempt,
-                events=[NewEvent(EventType.run_end, recorder.redactor.data(end), utcnow())],
+                events=[NewEvent(end.type, recorder.redactor.data(end.wire), utcnow())],
             ))
         except RunStateConflict:
             log.warning("run %s was taken back by another worker while it ran here (this "

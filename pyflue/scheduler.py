@@ -19,7 +19,8 @@ import time
 from typing import Any
 
 from pyflue.errors import RunStateConflict
-from pyflue.models import EventType, Run, RunStatus
+from pyflue.events import EventType
+from pyflue.models import Run, RunStatus
 from pyflue.runs import Runner, StopRequest
 from pyflue.store.base import RunUpdate
 from pyflue.workers import local_owner

@@ -18,6 +18,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from pydantic import BaseModel, ValidationError
 
 from pyflue.errors import ConfigError, ModelError, ResultValidationError
+from pyflue.events import (
+    ModelTextDelta,
+    ModelTurnEnd,
+    ModelTurnStart,
+    TokenUsage,
+    ToolEnd,
+    ToolStart,
+)
 from pyflue.llm.base import (
     Message,
     ModelClient,
@@ -28,7 +36,7 @@ from pyflue.llm.base import (
     TurnResponse,
     Usage,
 )
-from pyflue.models import EventType
+from pyflue.models import ErrorInfo
 from pyflue.tools import Tool, ToolError, builtin_tools, check_unique, clip, tool_failure
 
 if TYPE_CHECKING:
@@ -160,12 +168,11 @@ class Session:
 
     async def _turn(self, client: ModelClient, model_id: str, model_string: str, system: str | None,
                     tools: list[Tool], turn: int) -> TurnResponse:
-        base = {"session": self.name, "turn": turn}
-        self._recorder.emit(EventType.model_turn_start, {**base, "model": model_string})
+        self._recorder.emit(ModelTurnStart(session=self.name, turn=turn, model=model_string))
         started = time.monotonic()
 
         def on_text(delta: str) -> None:
-            self._recorder.emit(EventType.model_text_delta, {**base, "text": delta})
+            self._recorder.emit(ModelTextDelta(session=self.name, turn=turn, text=delta))
 
         request = TurnRequest(
             model=model_id, messages=tuple(self.messages), system=system,
@@ -174,18 +181,19 @@ class Session:
         try:
             response = await client.turn(request, on_text)
         except ModelError as exc:
-            self._recorder.emit(EventType.model_turn_end, {
-                **base, "model": model_string, "error": exc.to_dict(),
-                "duration_ms": int((time.monotonic() - started) * 1000),
-            })
+            self._recorder.emit(ModelTurnEnd(
+                session=self.name, turn=turn, model=model_string,
+                error=ErrorInfo(type=exc.type, message=exc.message, details=exc.details),
+                duration_ms=int((time.monotonic() - started) * 1000),
+            ))
             raise
-        self._recorder.emit(EventType.model_turn_end, {
-            **base, "model": model_string, "api_model": response.model,
-            "stop_reason": response.stop_reason,
-            "usage": response.usage.to_dict(),
-            "text": clip(response.message.text, EVENT_OUTPUT_CAP, "see the text deltas"),
-            "duration_ms": int((time.monotonic() - started) * 1000),
-        })
+        self._recorder.emit(ModelTurnEnd(
+            session=self.name, turn=turn, model=model_string, api_model=response.model,
+            stop_reason=response.stop_reason,
+            usage=TokenUsage(**response.usage.to_dict()),
+            text=clip(response.message.text, EVENT_OUTPUT_CAP, "see the text deltas"),
+            duration_ms=int((time.monotonic() - started) * 1000),
+        ))
         return response
 
     async def _run_tools(self, uses: list[ToolUseBlock], result: type[R] | None, invalid: int
@@ -196,7 +204,7 @@ class Session:
         by_name = {t.name: t for t in self._tools}
         for use in uses:
             if use.name == RESULT_TOOL and result is not None:
-                self._tool_event(EventType.tool_start, use, input=use.input)
+                self._recorder.emit(self._tool_start(use))
                 try:
                     accepted = result.model_validate(use.input)
                     results.append(ToolResultBlock(use.id, "Result accepted."))
@@ -207,9 +215,8 @@ class Session:
                         f"again.\n{exc}", is_error=True))
                 last = results[-1]
                 assert isinstance(last, ToolResultBlock)
-                self._tool_event(EventType.tool_end, use, is_error=last.is_error,
-                                 output=clip(last.content, EVENT_OUTPUT_CAP, "see the run"),
-                                 duration_ms=0)
+                self._recorder.emit(self._tool_end(
+                    use, last.is_error, clip(last.content, EVENT_OUTPUT_CAP, "see the run"), 0))
                 continue
             try:
                 results.append(await self._call(by_name.get(use.name), use))
@@ -226,10 +233,12 @@ class Session:
             invalid = self._count_invalid(invalid, *problem)
         return accepted, invalid
 
-    def _tool_event(self, type: EventType, use: ToolUseBlock, **data: Any) -> None:
-        self._recorder.emit(type, {
-            "session": self.name, "tool_use_id": use.id, "name": use.name, **data,
-        })
+    def _tool_start(self, use: ToolUseBlock) -> ToolStart:
+        return ToolStart(session=self.name, tool_use_id=use.id, name=use.name, input=use.input)
+
+    def _tool_end(self, use: ToolUseBlock, is_error: bool, output: str, ms: int) -> ToolEnd:
+        return ToolEnd(session=self.name, tool_use_id=use.id, name=use.name,
+                       is_error=is_error, output=output, duration_ms=ms)
 
     def _count_invalid(self, invalid: int, problem: str, given: str) -> int:
         invalid += 1
@@ -242,7 +251,7 @@ class Session:
         return invalid
 
     async def _call(self, found: Tool | None, use: ToolUseBlock) -> ToolResultBlock:
-        self._tool_event(EventType.tool_start, use, input=use.input)
+        self._recorder.emit(self._tool_start(use))
         started = time.monotonic()
         is_error = False
         try:
@@ -257,9 +266,9 @@ class Session:
         output = clip(self._harness.redact(output), self._settings.tool_output_cap,
                       "redirect it to a file and read it with `read` (offset, limit), or narrow "
                       "the request")
-        self._tool_event(EventType.tool_end, use, is_error=is_error,
-                         output=clip(output, EVENT_OUTPUT_CAP, "see the tool"),
-                         duration_ms=int((time.monotonic() - started) * 1000))
+        self._recorder.emit(self._tool_end(use, is_error,
+                                           clip(output, EVENT_OUTPUT_CAP, "see the tool"),
+                                           int((time.monotonic() - started) * 1000)))
         return ToolResultBlock(use.id, output, is_error)
 
 

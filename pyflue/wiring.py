@@ -19,8 +19,9 @@ from pyflue.errors import PyflueError
 from pyflue.settings import Settings
 
 if TYPE_CHECKING:
+    from pyflue.events import Event
     from pyflue.llm import ModelResolver
-    from pyflue.models import Event, Run
+    from pyflue.models import Run
     from pyflue.runs import Runner
     from pyflue.sandbox.base import SandboxProvider
     from pyflue.sandbox.docker import DockerProvider

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from ulid import ULID
 
 from pyflue.errors import ConfigError, PyflueError, RunNotFound, RunStateConflict
-from pyflue.models import EventType, Run, RunStatus, run_end_data, utcnow
+from pyflue.events import RunEnd, RunRequeued
+from pyflue.models import Run, RunStatus, utcnow
 from pyflue.store.base import NewEvent, RunStore, RunUpdate
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class Workers:
         """Puts a running run back in the queue as its next attempt (any worker may take it);
         False if it changed meanwhile. A ``run_requeued`` event says why."""
         attempt = run.attempt + 1
-        told = NewEvent(EventType.run_requeued, {"reason": reason, "attempt": attempt}, utcnow())
+        told = NewEvent.of(RunRequeued(reason=reason, attempt=attempt))
         try:
             await self.store.update_run(run.run_id, RunUpdate(
                 status=RunStatus.queued, expect_status=RunStatus.running,
@@ -140,12 +141,11 @@ class Workers:
         and its ``run_end`` in one write, only while it is as ``run`` says. None if it changed
         meanwhile (another worker ended or took it first): then nothing is written, so
         ``run_end`` stays single."""
-        end = run_end_data(status, reason=reason)
         try:
             return await self.store.update_run(run.run_id, RunUpdate(
                 status=status, finished_at=utcnow(), reason=reason,
                 expect_status=run.status, expect_attempt=run.attempt,
-                events=[NewEvent(EventType.run_end, end, utcnow())],
+                events=[NewEvent.of(RunEnd.of(status, reason=reason))],
             ))
         except RunStateConflict:
             return None

@@ -11,7 +11,8 @@ from pyflue.api import deps
 from pyflue.api.errors import HttpProblem
 from pyflue.api.sse import event_stream
 from pyflue.errors import RunNotFound
-from pyflue.models import MAX_EVENT_INDEX, EventType, RunStatus, parse_event_index
+from pyflue.events import EventType
+from pyflue.models import MAX_EVENT_INDEX, RunStatus, parse_event_index
 
 router = APIRouter(dependencies=[Depends(deps.require_token)])
 

@@ -6,14 +6,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from pyflue.models import Event
+from pyflue.events import Event
 from pyflue.store.base import RunStore
 
 _END = object()
 
 
 def frame(event: Event) -> bytes:
-    return (f"id: {event.event_index}\nevent: {event.type.value}\n"
+    return (f"id: {event.event_index}\nevent: {event.type}\n"
             f"data: {event.model_dump_json()}\n\n").encode()
 
 

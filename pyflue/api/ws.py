@@ -22,10 +22,9 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from pyflue.errors import ConfigError, InvalidPayload, PyflueError, RunNotFound, WorkflowNotFound
+from pyflue.events import Event, EventType
 from pyflue.models import (
     MAX_EVENT_INDEX,
-    Event,
-    EventType,
     Run,
     RunStatus,
     check_payload,

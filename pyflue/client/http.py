@@ -27,7 +27,8 @@ from pydantic import BaseModel
 
 from pyflue.client.errors import ApiError, ServerError, ServerUnreachable, error_from
 from pyflue.client.ws import WorkflowConnection, follow
-from pyflue.models import Event, EventType, Run, RunStatus
+from pyflue.events import Event, EventType, parse_event, parse_event_json
+from pyflue.models import Run, RunStatus
 
 DEFAULT_URL = "http://127.0.0.1:2024"
 SSE = "text/event-stream"
@@ -62,7 +63,7 @@ async def _sse_events(response: httpx.Response) -> AsyncGenerator[Event, None]:
     async for line in response.aiter_lines():
         if not line:
             if data:
-                yield Event.model_validate_json("\n".join(data))
+                yield parse_event_json("\n".join(data))
             data = []
         elif not line.startswith(":"):
             name, _, value = line.partition(":")
@@ -325,7 +326,7 @@ class Runs:
             size = EVENTS_PAGE if limit is None else min(limit - len(out), 5000)
             body = await self._client._request("GET", _run_path(run_id, "/events"), params={
                 "after": after, "limit": size, "types": wanted})
-            page = [Event.model_validate(e) for e in body["events"]]
+            page = [parse_event(e) for e in body["events"]]
             out += page
             after = body["next_after"]
             if len(page) < size:

@@ -15,13 +15,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pyflue.models import EventType
+from pyflue.events import EventData
 
 FileKind = Literal["file", "dir", "symlink", "other"]
 
 # (stream, chunk): stream is "stdout" or "stderr".
 OutputHandler = Callable[[str, bytes], None]
-Emit = Callable[[EventType, dict[str, Any]], None]
+Emit = Callable[[EventData], None]  # records one run event
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyflue.errors import FileNotFoundInSandbox, SandboxError, WorkspacePathError
-from pyflue.models import EventType
+from pyflue.events import (
+    ContainerCreated,
+    ContainerExited,
+    ContainerRemoved,
+    ContainerStarted,
+)
 from pyflue.sandbox.base import (
     CopyLimits,
     CopyReport,
@@ -206,15 +211,16 @@ class FakeSandboxProvider:
         box = FakeSandbox(spec, self.handler)
         self.opened.append(box)
         self.live[spec.run_id] = box
-        emit(EventType.container_created, {"container_id": box.id, "image": spec.image})
-        emit(EventType.container_started, {"container_id": box.id})
+        emit(ContainerCreated(container_id=box.id, name=f"fake-{box.id}", image=spec.image,
+                              network=spec.network, runtime=spec.runtime or "fake"))
+        emit(ContainerStarted(container_id=box.id))
         try:
             yield box
         finally:
             del self.live[spec.run_id]
-            emit(EventType.container_exited, {"container_id": box.id, "exit_code": 137,
-                                              "oom_killed": False})
-            emit(EventType.container_removed, {"container_id": box.id, "removed": True})
+            emit(ContainerExited(container_id=box.id, exit_code=137, oom_killed=False,
+                                 stopped_by="pyflue"))
+            emit(ContainerRemoved(container_id=box.id, removed=True))
 
     async def reap(self, is_live: Callable[[str], Awaitable[bool]]) -> list[str]:
         reaped = [run_id for run_id in list(self.live) if not await is_live(run_id)]

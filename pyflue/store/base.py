@@ -13,16 +13,27 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from pyflue.models import ErrorInfo, Event, EventType, Run, RunStatus
+from pyflue.events import Event, EventData, EventType, parse_event
+from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
 
 
 @dataclass(frozen=True)
 class NewEvent:
-    """An event before the store gives it an index."""
+    """An event before the store gives it an index: its type and its payload as stored."""
 
     type: EventType
     data: dict[str, Any]
     timestamp: datetime
+
+    @classmethod
+    def of(cls, data: EventData) -> NewEvent:
+        """The event of a payload model, timestamped now."""
+        return cls(data.type, data.wire, utcnow())
+
+    def stored(self, run_id: str, index: int) -> Event:
+        """The typed event this becomes once stored at ``index``."""
+        return parse_event({"run_id": run_id, "event_index": index, "type": self.type,
+                            "timestamp": self.timestamp, "data": self.data})
 
 
 @dataclass

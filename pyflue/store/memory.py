@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from datetime import datetime
 
 from pyflue.errors import RunNotFound, RunStateConflict
-from pyflue.models import Event, EventType, Run, RunStatus, utcnow
+from pyflue.events import Event, EventType
+from pyflue.models import Run, RunStatus, utcnow
 from pyflue.store.base import NewEvent, Notifier, QueueSignal, RunUpdate, follow
 from pyflue.store.updates import apply_update, conflict
 
@@ -108,16 +109,7 @@ class MemoryStore:
     async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> list[Event]:
         run = await self.get_run(run_id)
         stored = self._events[run_id]
-        out = [
-            Event(
-                run_id=run_id,
-                event_index=len(stored) + i + 1,
-                type=e.type,
-                timestamp=e.timestamp,
-                data=e.data,
-            )
-            for i, e in enumerate(events)
-        ]
+        out = [e.stored(run_id, len(stored) + i + 1) for i, e in enumerate(events)]
         stored.extend(out)
         self._runs[run_id] = run.model_copy(update={"event_count": len(stored)})
         self._notifier.publish(run_id)

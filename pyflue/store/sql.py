@@ -35,7 +35,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from pyflue.errors import RunNotFound, RunStateConflict, StoreError
-from pyflue.models import ErrorInfo, Event, EventType, Run, RunStatus, utcnow
+from pyflue.events import Event, EventType, parse_event
+from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
 from pyflue.store.base import NewEvent, Notifier, QueueSignal, RunUpdate, follow
 from pyflue.store.schema import events, runs, workers
 from pyflue.store.updates import conflict, update_fields
@@ -84,13 +85,9 @@ def _run_from_row(row: Any) -> Run:
 
 def _event_from_row(row: Any) -> Event:
     m = row._mapping
-    return Event(
-        run_id=m["run_id"],
-        event_index=m["event_index"],
-        type=EventType(m["type"]),
-        timestamp=_aware(m["timestamp"]),
-        data=m["data"],
-    )
+    return parse_event({"run_id": m["run_id"], "event_index": m["event_index"],
+                        "type": m["type"], "timestamp": _aware(m["timestamp"]),
+                        "data": m["data"]})
 
 
 def _run_migrations(connection: Connection) -> None:
@@ -428,29 +425,20 @@ class SqlStore:
         if last is None:
             raise RunNotFound(f"no run {run_id!r}: cannot record events for it")
         first = last - len(new) + 1
-        stored = [
-            Event(
-                run_id=run_id,
-                event_index=first + i,
-                type=e.type,
-                timestamp=e.timestamp,
-                data=e.data,
-            )
-            for i, e in enumerate(new)
-        ]
         await conn.execute(
             insert(events),
             [
                 {
                     "run_id": run_id,
-                    "event_index": e.event_index,
+                    "event_index": first + i,
                     "type": e.type.value,
                     "timestamp": e.timestamp,
                     "data": e.data,
                 }
-                for e in stored
+                for i, e in enumerate(new)
             ],
         )
+        stored = [e.stored(run_id, first + i) for i, e in enumerate(new)]
         if self._is_postgres:  # delivered to every listener when this commits
             await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, run_id)))
         return stored
@@ -474,6 +462,8 @@ class SqlStore:
             query = query.limit(limit)
         async with self._read() as conn:
             rows = (await conn.execute(query)).all()
+        if not rows:
+            await self.get_run(run_id)  # an unknown run is RunNotFound, as in every store
         return [_event_from_row(r) for r in rows]
 
     async def heartbeat(self, worker: str) -> None:

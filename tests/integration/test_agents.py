@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from pyflue.events import EventType
 from pyflue.llm import StaticModels
-from pyflue.models import EventType, RunStatus
+from pyflue.models import RunStatus
 from pyflue.runs import Runner
 from pyflue.settings import Settings
 from pyflue.testing import FakeAnthropic, ScriptedModel, call, say, serve_fake_anthropic

@@ -28,7 +28,8 @@ from pyflue.client import (
     ServerError,
     ServerUnreachable,
 )
-from pyflue.models import EventType, RunStatus
+from pyflue.events import EventType
+from pyflue.models import RunStatus
 from pyflue.settings import ServerSettings, Settings
 from tests.integration.conftest import REPO
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from pyflue.models import EventType, RunStatus
+from pyflue.events import EventType
+from pyflue.models import RunStatus
 from pyflue.runs import Runner
 from tests.conftest import WriteWorkflow
 

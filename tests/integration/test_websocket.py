@@ -255,7 +255,7 @@ async def test_tokens_apply_to_sockets(project: Path, tmp_path: Path) -> None:
 
 async def test_the_client_invokes_and_follows_over_websockets(server: Server) -> None:
     from pyflue.client import NotFoundError, Outcome, PyFlueClient
-    from pyflue.models import Event
+    from pyflue.events import Event
 
     async with PyFlueClient(server.url) as client:
         async with client.workflows.connect("nap") as conn:

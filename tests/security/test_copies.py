@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pyflue.models import EventType, RunStatus
+from pyflue.events import EventType
+from pyflue.models import RunStatus
 from pyflue.runs import Runner
 from pyflue.settings import Settings
 from tests.conftest import WriteWorkflow

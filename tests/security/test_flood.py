@@ -6,7 +6,8 @@ import resource
 
 import pytest
 
-from pyflue.models import EventType, RunStatus
+from pyflue.events import EventType
+from pyflue.models import RunStatus
 from pyflue.runs import Runner
 from tests.conftest import WriteWorkflow
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from pyflue.errors import InvalidPayload, WorkflowNotFound
-from pyflue.models import EventType, RunStatus, parse_payload
+from pyflue.events import EventType
+from pyflue.models import RunStatus, parse_payload
 from pyflue.store import RunUpdate
 from pyflue.testing import FakeSandboxProvider, fake_runner
 from tests.conftest import WriteWorkflow

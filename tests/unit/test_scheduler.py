@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from pyflue.errors import StoreError
-from pyflue.models import EventType, Run, RunStatus, new_run_id, utcnow
+from pyflue.events import EventType
+from pyflue.models import Run, RunStatus, new_run_id, utcnow
 from pyflue.scheduler import IDLE_CLAIM_EVERY, Scheduler
 from pyflue.settings import ServerSettings, Settings
 from pyflue.store import MemoryStore, RunUpdate

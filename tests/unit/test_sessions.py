@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pyflue.events import EventType
 from pyflue.llm.base import ToolResultBlock
-from pyflue.models import EventType, RunStatus
+from pyflue.models import RunStatus
 from pyflue.testing import ScriptedModel, call, fake_runner, say
 from tests.conftest import WriteWorkflow
 

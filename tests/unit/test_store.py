@@ -14,7 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from pyflue.errors import RunNotFound, RunStateConflict, StoreError
-from pyflue.models import EventType, Run, RunStatus, new_run_id, utcnow
+from pyflue.events import EventType, Log, RunEnd, RunRequeued, ShellStart
+from pyflue.models import Run, RunStatus, new_run_id, utcnow
 from pyflue.settings import Settings
 from pyflue.store import MemoryStore, NewEvent, RunStore, RunUpdate, SqlStore
 
@@ -39,7 +40,14 @@ def _run(workflow: str = "w", offset: int = 0) -> Run:
 
 
 def _ev(i: int, type: EventType = EventType.log) -> NewEvent:
-    return NewEvent(type=type, data={"i": i}, timestamp=utcnow())
+    """An event of ``type`` that carries ``i`` (a log line's message, a command's id)."""
+    data = {
+        EventType.log: lambda: Log(level="info", message=str(i)),
+        EventType.shell_start: lambda: ShellStart(shell_id=f"sh-{i}", command="true",
+                                                  cwd="/workspace", timeout=1),
+        EventType.run_end: lambda: RunEnd.of(RunStatus.completed),
+    }[type]()
+    return NewEvent.of(data)
 
 
 async def test_a_run_round_trips_with_its_payload(store: RunStore) -> None:
@@ -80,7 +88,7 @@ async def test_events_filter_by_index_type_and_limit(store: RunStore) -> None:
     assert [e.event_index for e in await store.list_events(run.run_id, after=1)] == [2, 3]
     assert [e.event_index for e in await store.list_events(run.run_id, limit=1)] == [1]
     typed = await store.list_events(run.run_id, types=[EventType.shell_start])
-    assert [e.data for e in typed] == [{"i": 2}]
+    assert [e.data["shell_id"] for e in typed] == ["sh-2"]
 
 
 async def test_runs_list_newest_first_with_filters_and_paging(store: RunStore) -> None:
@@ -287,7 +295,7 @@ async def test_an_update_can_be_refused_to_a_run_asked_to_cancel(store: RunStore
     run = await store.create_run(_run())
     await store.update_run(run.run_id, RunUpdate(
         status=RunStatus.running, extra={"cancel_requested": "cancelled by request"}))
-    told = NewEvent(EventType.run_requeued, {"attempt": 2}, utcnow())
+    told = NewEvent.of(RunRequeued(reason="its worker stopped", attempt=2))
     with pytest.raises(RunStateConflict, match="was asked to cancel"):
         await store.update_run(run.run_id, RunUpdate(
             status=RunStatus.queued, expect_no_cancel=True, events=[told]))
@@ -295,7 +303,7 @@ async def test_an_update_can_be_refused_to_a_run_asked_to_cancel(store: RunStore
     assert await store.list_events(run.run_id) == []  # the events only go with the update
     await store.update_run(run.run_id, RunUpdate(
         status=RunStatus.cancelled, expect_status=RunStatus.running, events=[
-            NewEvent(EventType.run_end, {"status": "cancelled"}, utcnow())]))
+            NewEvent.of(RunEnd.of(RunStatus.cancelled, reason="cancelled by request"))]))
     [end] = await store.list_events(run.run_id)
     assert end.type is EventType.run_end and end.event_index == 1
 

@@ -19,7 +19,8 @@ import docker.types
 
 from pyflue._bridge import ThreadBridge, run_to_completion
 from pyflue.errors import ImageNotFound, SandboxError
-from pyflue.models import EventType, utcnow
+from pyflue.events import ContainerCreated, ContainerExited, ContainerRemoved, ContainerStarted
+from pyflue.models import utcnow
 from pyflue.sandbox.base import Emit, Sandbox, SandboxSpec
 from pyflue.sandbox.docker.box import DockerSandbox
 from pyflue.sandbox.docker.engine import connect, is_gvisor, start_error, translated
@@ -173,12 +174,10 @@ class DockerProvider:
             # Creation runs to its end even when the run is cancelled meanwhile, so the
             # cleanup below always knows what exists and removes it.
             container = await run_to_completion(self.bridge.call(self._create, spec, volume))
-            emit(EventType.container_created, {
-                "container_id": container.id, "name": volume, "image": spec.image,
-                "network": spec.network, "runtime": spec.runtime or "runc",
-            })
+            emit(ContainerCreated(container_id=container.id, name=volume, image=spec.image,
+                                  network=spec.network, runtime=spec.runtime or "runc"))
             await self.bridge.call(self._start, container, spec)
-            emit(EventType.container_started, {"container_id": container.id})
+            emit(ContainerStarted(container_id=container.id))
             yield DockerSandbox(self.client, self.bridge, container.id, spec, self.kill_grace)
         finally:
             await run_to_completion(self._remove(container, volume, emit))
@@ -225,17 +224,17 @@ class DockerProvider:
     async def _remove(self, container: Any, volume: str, emit: Emit) -> None:
         if container is not None:
             state = await self.bridge.call(self._state, container.id)
-            emit(EventType.container_exited, {
-                "container_id": container.id,
-                "exit_code": state.get("ExitCode") if not state.get("Running") else 137,
-                "oom_killed": bool(state.get("OOMKilled")),
-                "stopped_by": "pyflue" if state.get("Running") else "itself",
-            })
+            emit(ContainerExited(
+                container_id=container.id,
+                exit_code=state.get("ExitCode") if not state.get("Running") else 137,
+                oom_killed=bool(state.get("OOMKilled")),
+                stopped_by="pyflue" if state.get("Running") else "itself",
+            ))
         # Without a container object (creation failed or was cut short) remove by name.
         removed = await self.bridge.call(self._remove_sync, container.id if container else volume,
                                          volume)
         if container is not None:
-            emit(EventType.container_removed, {"container_id": container.id, "removed": removed})
+            emit(ContainerRemoved(container_id=container.id, removed=removed))
 
     def _state(self, cid: str) -> dict[str, Any]:
         try:

@@ -1,0 +1,578 @@
+"""Run events: one typed model per event type, and the tagged union every surface speaks.
+
+An event on the wire is ``{"run_id", "event_index", "type", "timestamp", "data"}``; ``type`` is
+the discriminator and ``data`` the type's own payload. Runtime code emits a payload model
+(``recorder.emit(ShellStart(shell_id=..., ...))``); the store gives it its index and hands back
+the event (``ShellStartEvent``); the HTTP routes, SSE, WebSocket, the Python client and the CLI
+renderer all read the same classes. A type this version does not know (from a newer server)
+still parses, as :class:`UnknownEvent`. docs/events.md documents every field and is checked
+against these models by the tests.
+
+Payloads can also be read like the dicts they are on the wire (``event.data["exit_code"]``,
+``event.data.get("text")``), as the Python client's users did before the models existed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from enum import StrEnum
+from functools import cached_property
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+)
+
+from pyflue.models import ErrorInfo, RunStatus, end_error
+
+
+class EventType(StrEnum):
+    """Every event type a run can record. Their payloads are the models below."""
+
+    run_start = "run_start"
+    run_end = "run_end"
+    log = "log"
+    container_created = "container_created"
+    container_started = "container_started"
+    container_exited = "container_exited"
+    container_removed = "container_removed"
+    shell_start = "shell_start"
+    shell_output = "shell_output"
+    shell_end = "shell_end"
+    file_read = "file_read"
+    file_write = "file_write"
+    file_op = "file_op"
+    model_turn_start = "model_turn_start"
+    model_text_delta = "model_text_delta"
+    model_turn_end = "model_turn_end"
+    tool_start = "tool_start"
+    tool_end = "tool_end"
+    sandbox_limit = "sandbox_limit"
+    run_requeued = "run_requeued"
+
+
+def _absent(value: Any) -> bool:
+    return value is None
+
+
+def _optional(description: str) -> Any:
+    """A key that is left out of the payload when it has no value (docs: "absent otherwise")."""
+    return Field(None, description=description, exclude_if=_absent)
+
+
+class EventData(BaseModel):
+    """The payload of one event. Keys a newer server adds are kept (``model_extra``)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    type: ClassVar[EventType]
+
+    @cached_property
+    def wire(self) -> dict[str, Any]:
+        """The payload as it is sent: a JSON-ready dict."""
+        return self.model_dump(mode="json")
+
+    def __getitem__(self, key: str) -> Any:
+        return self.wire[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.wire.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.wire
+
+    def keys(self) -> Iterator[str]:
+        return iter(self.wire)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):  # compared with its wire form, as a dict would be
+            return self.wire == dict(other)
+        return super().__eq__(other)
+
+    __hash__ = BaseModel.__hash__
+
+
+# -- run lifecycle -----------------------------------------------------------------------------
+
+
+class RunStart(EventData):
+    """Always the first event of a run (and of each attempt of a requeued run)."""
+
+    type = EventType.run_start
+    workflow: str = Field(description="the workflow name")
+    payload: dict[str, Any] = Field(description="the payload object")
+    image: str | None = Field(description="the `--image` override, or `null`")
+    source: str = Field(description="who started it: `cli` (`pyflue run`), `http` or "
+                                    "`websocket`")
+    attempt: int = Field(1, description="1, or which attempt of a requeued run this is (see "
+                                        "`run_requeued`)")
+
+
+class RunEnd(EventData):
+    """Always the last event of a run, stored in the same write as its final record."""
+
+    type = EventType.run_end
+    status: RunStatus = Field(description="`completed`, `failed`, `cancelled`, `timed_out` or "
+                                          "`interrupted`")
+    is_error: bool = Field(description="`false` only for `completed`")
+    error: ErrorInfo | None = Field(
+        description="`null` for a completed run; `{\"type\", \"message\", \"details\"}` "
+                    "otherwise: a failed run's exception (`details` is the traceback), or for "
+                    "a run ended from outside one naming its status and reason")
+    reason: str | None = _optional(
+        "only when there is one: why a run was ended from outside (`interrupted by SIGTERM`, "
+        "`cancelled by request`, `the run's deadline of 3 s passed`), or the sandbox limits it "
+        "hit")
+    duration_ms: int | None = _optional(
+        "the run's duration in milliseconds, container removal included (absent for a run "
+        "cancelled while queued or marked `interrupted`)")
+
+    @classmethod
+    def of(cls, status: RunStatus, *, error: ErrorInfo | None = None,
+           reason: str | None = None, duration_ms: int | None = None) -> RunEnd:
+        """The end of a run: ``error`` is the run's own, or for a run ended from outside one
+        that names the status and why; None only for a completed run."""
+        return cls(status=status, is_error=status is not RunStatus.completed,
+                   error=end_error(status, error, reason), reason=reason,
+                   duration_ms=duration_ms)
+
+
+class RunRequeued(EventData):
+    """A retry-safe run went back to the queue instead of ending `interrupted`."""
+
+    type = EventType.run_requeued
+    reason: str = Field(description="why: `the server stopped`, `the process that ran it "
+                                    "(host:pid:instance) is gone`")
+    attempt: int = Field(description="the number of the attempt to come (2 for the first "
+                                     "retry)")
+
+
+class Log(EventData):
+    """A line from `ctx.log.info/warn/error`, or pyflue's own (level `error`)."""
+
+    type = EventType.log
+    level: Literal["info", "warn", "error"] = Field(description="`info`, `warn` or `error`")
+    message: str = Field(description="the message string")
+    fields: dict[str, Any] = Field(default_factory=dict,
+                                   description="the keyword arguments, e.g. `{\"name\": \"docs\"}`")
+
+
+# -- the container -----------------------------------------------------------------------------
+
+
+class ContainerCreated(EventData):
+    type = EventType.container_created
+    container_id: str = Field(description="the full Docker container id")
+    name: str = Field(description="the container's (and volume's) name, "
+                                  "`pyflue-<workflow>-<ulid>`")
+    image: str = Field(description="the image it was created from")
+    network: str = Field(description="the network mode, e.g. `none`")
+    runtime: str = Field(description="`runc`, or the runtime asked for (e.g. `runsc`)")
+
+
+class ContainerStarted(EventData):
+    type = EventType.container_started
+    container_id: str = Field(description="the full Docker container id")
+
+
+class ContainerExited(EventData):
+    """At the end of the run, just before removal."""
+
+    type = EventType.container_exited
+    container_id: str = Field(description="the full Docker container id")
+    exit_code: int | None = Field(
+        description="the container's exit code; `137` when it was still running and pyflue "
+                    "stops it (the normal case)")
+    oom_killed: bool = Field(description="`true` if the kernel killed a process for exceeding "
+                                         "the memory limit")
+    stopped_by: Literal["pyflue", "itself"] = Field(
+        description="`pyflue` (still running at the end of the run) or `itself` (it had "
+                    "already exited)")
+
+
+class ContainerRemoved(EventData):
+    type = EventType.container_removed
+    container_id: str = Field(description="the full Docker container id")
+    removed: bool = Field(description="`true` unless removing the container failed")
+
+
+# -- shell commands ----------------------------------------------------------------------------
+
+
+class ShellStart(EventData):
+    type = EventType.shell_start
+    shell_id: str = Field(description="the call's id (`sh-1`, `sh-2`, ...; numbered per run)")
+    command: str = Field(description="the command string")
+    cwd: str = Field(description="the absolute folder it runs in")
+    timeout: float = Field(description="the timeout in seconds")
+
+
+class ShellOutput(EventData):
+    """A chunk of a command's output, as it arrives."""
+
+    type = EventType.shell_output
+    shell_id: str = Field(description="the call's id")
+    stream: Literal["stdout", "stderr"] = Field(description="`stdout` or `stderr`")
+    text: str = Field(description="the chunk, decoded as UTF-8 (invalid bytes replaced)")
+
+
+class ShellEnd(EventData):
+    type = EventType.shell_end
+    shell_id: str = Field(description="the call's id")
+    exit_code: int | None = Field(description="the command's exit code; `124` on timeout; "
+                                              "`null` for a call cut short")
+    timed_out: bool = Field(description="`true` if the timeout passed")
+    duration_ms: int = Field(description="wall time of the call")
+    stdout_bytes: int | None = _optional("total bytes produced on stdout, dropped bytes "
+                                         "included (only when the call ran to its end)")
+    stderr_bytes: int | None = _optional("total bytes produced on stderr, dropped bytes "
+                                         "included (only when the call ran to its end)")
+    truncated: bool | None = _optional("`true` if either stream went over the output cap "
+                                       "(only when the call ran to its end)")
+    killed: Literal["group", "all"] | None = _optional(
+        "only after a timeout: `group` (the command's process group was killed) or `all` "
+        "(every process in the container was killed)")
+    limits: list[str] | None = _optional("only when a sandbox limit was hit: e.g. `[\"memory\"]`")
+    sandbox_stopped: str | None = _optional("only when the container stopped under the "
+                                           "command: why")
+    error: str | None = _optional("only for a call cut short: `exit_code` is then `null`, and "
+                                 "this says why (`cancelled`, or the error)")
+
+
+class SandboxLimit(EventData):
+    """The sandbox hit a limit while a command ran; the run's `reason` names it too."""
+
+    type = EventType.sandbox_limit
+    kind: str = Field(description="the limit: `memory` (an OOM kill) or `pids`")
+    shell_id: str = Field(description="the command it hit under")
+    message: str = Field(description="what happened, in words")
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+class FileRead(EventData):
+    type = EventType.file_read
+    path: str = Field(description="absolute, after resolving symlinks")
+    bytes: int = Field(description="size read")
+
+
+class FileWrite(EventData):
+    type = EventType.file_write
+    path: str = Field(description="absolute, after resolving symlinks")
+    bytes: int = Field(description="size written")
+
+
+class FileOp(EventData):
+    type = EventType.file_op
+    op: Literal["mkdir", "rm", "upload", "download"] = Field(
+        description="`mkdir`, `rm`, `upload` or `download`")
+    path: str = Field(description="the workspace path, absolute")
+    dest: str | None = _optional("`download` only: the local destination")
+    files: int | None = _optional("`upload` and `download`: files copied")
+    folders: int | None = _optional("`upload` and `download`: folders copied")
+    bytes: int | None = _optional("`upload` and `download`: bytes copied")
+    skipped: list[str] | None = _optional("`upload` and `download`: names skipped (links, "
+                                         "devices, unsafe names; at most 100)")
+    skipped_count: int | None = _optional("`upload` and `download`: how many were skipped")
+
+
+# -- model turns and tool calls ----------------------------------------------------------------
+
+
+class TokenUsage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+class ModelTurnStart(EventData):
+    type = EventType.model_turn_start
+    session: str = Field(description="the session's name")
+    turn: int = Field(description="1-based, per prompt")
+    model: str = Field(description="the model string")
+
+
+class ModelTextDelta(EventData):
+    """While the model streams text."""
+
+    type = EventType.model_text_delta
+    session: str = Field(description="the session's name")
+    turn: int = Field(description="1-based, per prompt")
+    text: str = Field(description="a chunk of the model's text")
+
+
+class ModelTurnEnd(EventData):
+    type = EventType.model_turn_end
+    session: str = Field(description="the session's name")
+    turn: int = Field(description="1-based, per prompt")
+    model: str = Field(description="the model string")
+    duration_ms: int = Field(description="wall time of the turn")
+    api_model: str | None = _optional("only for a turn that succeeded: the model the "
+                                      "provider reported")
+    stop_reason: str | None = _optional("only for a turn that succeeded: why it ended, e.g. "
+                                        "`end_turn`, `tool_use`")
+    usage: TokenUsage | None = _optional(
+        "only for a turn that succeeded: `input_tokens`, `output_tokens`, "
+        "`cache_creation_input_tokens`, `cache_read_input_tokens`")
+    text: str | None = _optional("only for a turn that succeeded: its text, cut at 2,000 "
+                                 "characters")
+    error: ErrorInfo | None = _optional("only for a turn that failed: `type`, `message`, "
+                                        "`details`")
+
+
+class ToolStart(EventData):
+    type = EventType.tool_start
+    session: str = Field(description="the session's name")
+    tool_use_id: str = Field(description="the model's id for the call")
+    name: str = Field(description="the tool's name")
+    input: dict[str, Any] = Field(description="the arguments the model gave")
+
+
+class ToolEnd(EventData):
+    type = EventType.tool_end
+    session: str = Field(description="the session's name")
+    tool_use_id: str = Field(description="the model's id for the call")
+    name: str = Field(description="the tool's name")
+    is_error: bool = Field(description="`true` if the call failed")
+    output: str = Field(description="what the model was shown, cut at 2,000 characters")
+    duration_ms: int = Field(description="wall time of the call")
+
+
+# -- the envelope ------------------------------------------------------------------------------
+
+
+class Event(BaseModel):
+    """One stored run event. ``event_index`` is 1-based and gap-free per run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    event_index: int = Field(ge=1)
+    type: EventType | str
+    timestamp: datetime
+    data: EventData
+
+
+class RunStartEvent(Event):
+    type: Literal[EventType.run_start] = EventType.run_start
+    data: RunStart
+
+
+class RunEndEvent(Event):
+    type: Literal[EventType.run_end] = EventType.run_end
+    data: RunEnd
+
+
+class RunRequeuedEvent(Event):
+    type: Literal[EventType.run_requeued] = EventType.run_requeued
+    data: RunRequeued
+
+
+class LogEvent(Event):
+    type: Literal[EventType.log] = EventType.log
+    data: Log
+
+
+class ContainerCreatedEvent(Event):
+    type: Literal[EventType.container_created] = EventType.container_created
+    data: ContainerCreated
+
+
+class ContainerStartedEvent(Event):
+    type: Literal[EventType.container_started] = EventType.container_started
+    data: ContainerStarted
+
+
+class ContainerExitedEvent(Event):
+    type: Literal[EventType.container_exited] = EventType.container_exited
+    data: ContainerExited
+
+
+class ContainerRemovedEvent(Event):
+    type: Literal[EventType.container_removed] = EventType.container_removed
+    data: ContainerRemoved
+
+
+class ShellStartEvent(Event):
+    type: Literal[EventType.shell_start] = EventType.shell_start
+    data: ShellStart
+
+
+class ShellOutputEvent(Event):
+    type: Literal[EventType.shell_output] = EventType.shell_output
+    data: ShellOutput
+
+
+class ShellEndEvent(Event):
+    type: Literal[EventType.shell_end] = EventType.shell_end
+    data: ShellEnd
+
+
+class SandboxLimitEvent(Event):
+    type: Literal[EventType.sandbox_limit] = EventType.sandbox_limit
+    data: SandboxLimit
+
+
+class FileReadEvent(Event):
+    type: Literal[EventType.file_read] = EventType.file_read
+    data: FileRead
+
+
+class FileWriteEvent(Event):
+    type: Literal[EventType.file_write] = EventType.file_write
+    data: FileWrite
+
+
+class FileOpEvent(Event):
+    type: Literal[EventType.file_op] = EventType.file_op
+    data: FileOp
+
+
+class ModelTurnStartEvent(Event):
+    type: Literal[EventType.model_turn_start] = EventType.model_turn_start
+    data: ModelTurnStart
+
+
+class ModelTextDeltaEvent(Event):
+    type: Literal[EventType.model_text_delta] = EventType.model_text_delta
+    data: ModelTextDelta
+
+
+class ModelTurnEndEvent(Event):
+    type: Literal[EventType.model_turn_end] = EventType.model_turn_end
+    data: ModelTurnEnd
+
+
+class ToolStartEvent(Event):
+    type: Literal[EventType.tool_start] = EventType.tool_start
+    data: ToolStart
+
+
+class ToolEndEvent(Event):
+    type: Literal[EventType.tool_end] = EventType.tool_end
+    data: ToolEnd
+
+
+class UnknownEvent(Event):
+    """An event of a type this version of pyflue does not know (sent by a newer server)."""
+
+    type: str
+    data: EventData
+
+
+# Every known event class by its type; a test pins that each EventType has one.
+EVENT_CLASSES: dict[EventType, type[Event]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        RunStartEvent, RunEndEvent, RunRequeuedEvent, LogEvent, ContainerCreatedEvent,
+        ContainerStartedEvent, ContainerExitedEvent, ContainerRemovedEvent, ShellStartEvent,
+        ShellOutputEvent, ShellEndEvent, SandboxLimitEvent, FileReadEvent, FileWriteEvent,
+        FileOpEvent, ModelTurnStartEvent, ModelTextDeltaEvent, ModelTurnEndEvent,
+        ToolStartEvent, ToolEndEvent,
+    )
+}
+# The payload model of each type (what ``recorder.emit`` takes).
+DATA_CLASSES: dict[EventType, type[EventData]] = {
+    t: cls.model_fields["data"].annotation for t, cls in EVENT_CLASSES.items()  # type: ignore[misc]
+}
+
+_KNOWN = frozenset(t.value for t in EventType)
+
+
+def _tag(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return str(kind) if kind in _KNOWN else "unknown"
+
+
+# The tagged union of the known event classes, as the server documents it (OpenAPI).
+KnownEvent = Annotated[
+    RunStartEvent | RunEndEvent | RunRequeuedEvent | LogEvent | ContainerCreatedEvent
+    | ContainerStartedEvent | ContainerExitedEvent | ContainerRemovedEvent | ShellStartEvent
+    | ShellOutputEvent | ShellEndEvent | SandboxLimitEvent | FileReadEvent | FileWriteEvent
+    | FileOpEvent | ModelTurnStartEvent | ModelTextDeltaEvent | ModelTurnEndEvent
+    | ToolStartEvent | ToolEndEvent,
+    Field(discriminator="type"),
+]
+
+# ... and as every reader parses it: an unknown type becomes an UnknownEvent, not an error.
+AnyEvent = Annotated[
+    Annotated[KnownEvent, Tag("known")] | Annotated[UnknownEvent, Tag("unknown")],
+    Discriminator(lambda v: "unknown" if _tag(v) == "unknown" else "known"),
+]
+
+_EVENT = TypeAdapter[Event](AnyEvent)
+
+
+def parse_event(value: Any) -> Event:
+    """An event from its wire form (a dict, as JSON-decoded): the class of its type."""
+    return _EVENT.validate_python(value)
+
+
+def parse_event_json(text: str | bytes) -> Event:
+    """An event from its JSON text."""
+    return _EVENT.validate_json(text)
+
+
+__all__ = [
+    "DATA_CLASSES",
+    "EVENT_CLASSES",
+    "AnyEvent",
+    "ContainerCreated",
+    "ContainerCreatedEvent",
+    "ContainerExited",
+    "ContainerExitedEvent",
+    "ContainerRemoved",
+    "ContainerRemovedEvent",
+    "ContainerStarted",
+    "ContainerStartedEvent",
+    "Event",
+    "EventData",
+    "EventType",
+    "FileOp",
+    "FileOpEvent",
+    "FileRead",
+    "FileReadEvent",
+    "FileWrite",
+    "FileWriteEvent",
+    "KnownEvent",
+    "Log",
+    "LogEvent",
+    "ModelTextDelta",
+    "ModelTextDeltaEvent",
+    "ModelTurnEnd",
+    "ModelTurnEndEvent",
+    "ModelTurnStart",
+    "ModelTurnStartEvent",
+    "RunEnd",
+    "RunEndEvent",
+    "RunRequeued",
+    "RunRequeuedEvent",
+    "RunStart",
+    "RunStartEvent",
+    "SandboxLimit",
+    "SandboxLimitEvent",
+    "ShellEnd",
+    "ShellEndEvent",
+    "ShellOutput",
+    "ShellOutputEvent",
+    "ShellStart",
+    "ShellStartEvent",
+    "TokenUsage",
+    "ToolEnd",
+    "ToolEndEvent",
+    "ToolStart",
+    "ToolStartEvent",
+    "UnknownEvent",
+    "parse_event",
+    "parse_event_json",
+]
