@@ -1,20 +1,53 @@
 """pyflue: Python workflows for agent and CI work; every run gets a fresh Docker container.
 
-The public API is small and pinned by tests/unit/test_public_api.py.
+The public API is small and pinned by tests/unit/test_public_api.py. Each name loads on first
+use (``from pyflue import FlueContext, create_agent`` loads only what a workflow module needs), so
+neither a workflow file nor a CLI command pays for the parts it does not touch.
 """
 
 from __future__ import annotations
 
-from pyflue.agents import Agent, AgentConfig, create_agent
-from pyflue.client import PyFlueClient
-from pyflue.context import FlueContext
-from pyflue.errors import PyflueError
-from pyflue.events import Event, EventType
-from pyflue.harness import Harness, ShellResult
-from pyflue.models import Run, RunStatus
-from pyflue.settings import Settings
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyflue.agents import Agent, AgentConfig, create_agent
+    from pyflue.client import PyFlueClient
+    from pyflue.context import FlueContext
+    from pyflue.errors import PyflueError
+    from pyflue.events import Event, EventType
+    from pyflue.harness import Harness, ShellResult
+    from pyflue.models import Run
+    from pyflue.settings import Settings
+    from pyflue.status import RunStatus
 
 __version__ = "0.1.0"
+
+# Loaded on first use: name -> the module that defines it.
+_LAZY = {
+    "Agent": "pyflue.agents",
+    "AgentConfig": "pyflue.agents",
+    "FlueContext": "pyflue.context",
+    "PyflueError": "pyflue.errors",
+    "create_agent": "pyflue.agents",
+    "Event": "pyflue.events",
+    "EventType": "pyflue.events",
+    "Harness": "pyflue.harness",
+    "PyFlueClient": "pyflue.client",
+    "Run": "pyflue.models",
+    "RunStatus": "pyflue.status",
+    "Settings": "pyflue.settings",
+    "ShellResult": "pyflue.harness",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pyflue' has no attribute {name!r}")
+
 
 __all__ = [
     "Agent",

@@ -2,6 +2,9 @@
 
 Exit codes: 0 success / run completed; 1 run failed or a check failed; 2 bad input;
 130 interrupted (Ctrl-C or SIGTERM).
+
+Only typer and the vocabulary the options name load up front: a command imports what it uses
+when it runs, so ``pyflue --help`` and ``pyflue --version`` answer at once.
 """
 
 from __future__ import annotations
@@ -12,26 +15,21 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from pyflue import __version__
 from pyflue.errors import ConfigError, PyflueError, WorkflowError
-from pyflue.events import Event
-from pyflue.models import MAX_EVENT_INDEX, Run, RunStatus, end_error, parse_payload
-from pyflue.render import (
-    Format,
-    StreamFormat,
-    event_json,
-    events_document,
-    pretty_event,
-    run_line,
-)
-from pyflue.settings import Settings
+from pyflue.status import MAX_EVENT_INDEX, RunStatus
 
 if TYPE_CHECKING:
     from pyflue.client import PyFlueClient
+    from pyflue.events import Event
+    from pyflue.models import Run
+    from pyflue.settings import Settings
 
 T = TypeVar("T")
 
@@ -41,11 +39,26 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: loading rich would double the start-up time
 )
 images_app = typer.Typer(help="Build and list the sandbox images in images/.", no_args_is_help=True)
 app.add_typer(images_app, name="images")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Format(StrEnum):
+    pretty = "pretty"
+    json = "json"
+    ndjson = "ndjson"
+
+
+class StreamFormat(StrEnum):
+    """Formats for events printed one by one as they happen."""
+
+    pretty = "pretty"
+    ndjson = "ndjson"
+
 
 ProjectOpt = Annotated[
     Path | None,
@@ -64,7 +77,23 @@ TokenOpt = Annotated[
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pyflue {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Python workflows for agent and CI work; every run gets a fresh Docker container."""
+
+
 def _settings(project: Path | None) -> Settings:
+    from pyflue.settings import Settings
+
     try:
         settings = Settings()
     except Exception as exc:  # pydantic ValidationError from PYFLUE_* variables
@@ -72,6 +101,22 @@ def _settings(project: Path | None) -> Settings:
     if project is not None:
         settings = settings.model_copy(update={"project_dir": project.resolve()})
     return settings
+
+
+def _payload(raw: str | None) -> dict[str, Any]:
+    from pyflue.models import parse_payload
+
+    try:
+        return parse_payload(raw)
+    except PyflueError as exc:
+        _die(exc.message, EXIT_USAGE)
+
+
+def _line(event: Event, fmt: Format | StreamFormat) -> str | None:
+    """An event as ``fmt`` shows it: a JSON line, or the pretty one (None: nothing to show)."""
+    from pyflue.render import event_json, pretty_event
+
+    return pretty_event(event) if fmt == Format.pretty else event_json(event)
 
 
 def _die(message: str, code: int = EXIT_FAILED) -> NoReturn:
@@ -120,10 +165,7 @@ def run(
     """Run one workflow on this machine: events on stderr, the result JSON on stdout."""
     settings = _settings(project)
     raw = sys.stdin.read() if payload == "-" else payload
-    try:
-        body = parse_payload(raw)
-    except PyflueError as exc:
-        _die(exc.message, EXIT_USAGE)
+    body = _payload(raw)
     from pyflue.wiring import run_here
 
     final: Run = _run_async(run_here(
@@ -132,6 +174,8 @@ def run(
     if final.status is RunStatus.completed:
         typer.echo(json.dumps(final.result, indent=2, ensure_ascii=False))
         raise typer.Exit(EXIT_OK)
+    from pyflue.models import end_error
+
     error = end_error(final.status, final.error, final.reason)
     if error is not None:
         typer.echo(f"error: run {final.run_id} {final.status.value}: "
@@ -141,7 +185,7 @@ def run(
 
 def _print_live(quiet: bool, fmt: StreamFormat) -> Callable[[Event], None]:
     def show(event: Event) -> None:
-        line = event_json(event) if fmt is StreamFormat.ndjson else pretty_event(event)
+        line = _line(event, fmt)
         if not quiet and line is not None:
             typer.echo(line, err=True)
 
@@ -203,14 +247,14 @@ async def _logs(settings: Settings, run_id: str, fmt: Format, follow: bool, afte
             return
         events = await store.list_events(run_id, after=after)
         if fmt is Format.json:
-            typer.echo(events_document(run_id, events))
+            typer.echo(_events_document(run_id, events))
         else:
             for event in events:
                 _echo_event(event, fmt)
 
 
 def _echo_event(event: Any, fmt: Format) -> None:
-    line = pretty_event(event) if fmt is Format.pretty else event_json(event)
+    line = _line(event, fmt)
     if line is not None:
         typer.echo(line)
 
@@ -225,7 +269,7 @@ async def _remote_logs(client: PyFlueClient, run_id: str, fmt: Format, follow: b
             return
         events = await client.runs.events(run_id, after=after)
         if fmt is Format.json:
-            typer.echo(events_document(run_id, events))
+            typer.echo(_events_document(run_id, events))
         else:
             for event in events:
                 _echo_event(event, fmt)
@@ -292,10 +336,7 @@ def invoke(
     if wait and follow:
         _die("pass --wait or --follow, not both", EXIT_USAGE)
     raw = sys.stdin.read() if payload == "-" else payload
-    try:
-        body = parse_payload(raw)
-    except PyflueError as exc:
-        _die(exc.message, EXIT_USAGE)
+    body = _payload(raw)
     client = _client(server, token, "invoke")
     main = _invoke(client, name, body, wait, follow, events_format, idempotency_key)
     outcome: _Outcome = _run_async(_as_usage_errors(main, not_found=True))
@@ -337,7 +378,7 @@ async def _invoke_following(
         if not run_id:
             run_id = event.run_id
             typer.echo(f"run {run_id}", err=True)
-        line = event_json(event) if fmt is StreamFormat.ndjson else pretty_event(event)
+        line = _line(event, fmt)
         if line is not None:
             typer.echo(line, err=True)
     if not run_id:
@@ -392,7 +433,7 @@ def runs(
         typer.echo("no runs yet: start one with `pyflue run NAME --payload '{...}'`")
     else:
         for r in found:
-            typer.echo(run_line(r))
+            typer.echo(_run_line(r))
 
 
 async def _runs(settings: Settings, status: RunStatus | None, workflow: str | None,
@@ -582,3 +623,15 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _events_document(run_id: str, events: list[Event]) -> str:
+    from pyflue.render import events_document
+
+    return events_document(run_id, events)
+
+
+def _run_line(run: Run) -> str:
+    from pyflue.render import run_line
+
+    return run_line(run)

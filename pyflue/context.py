@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_jsonable_python
 
-from pyflue.events import Log
-
 if TYPE_CHECKING:
     from pyflue.agents import Agent
     from pyflue.harness import Harness
@@ -29,6 +27,8 @@ class RunLog:
         self._thread = threading.get_ident()
 
     def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
+        from pyflue.events import Log  # not at import: `import pyflue` stays cheap
+
         line = Log(level=level, message=str(message),
                    fields=to_jsonable_python(fields, fallback=repr))
         if threading.get_ident() == self._thread:

@@ -8,31 +8,17 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
 from ulid import ULID
 
 from pyflue.errors import InvalidPayload
+from pyflue.status import RunStatus as RunStatus  # re-exported: the record names it
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class RunStatus(StrEnum):
-    queued = "queued"
-    running = "running"
-    completed = "completed"
-    failed = "failed"
-    cancelled = "cancelled"
-    timed_out = "timed_out"
-    interrupted = "interrupted"
-
-    @property
-    def finished(self) -> bool:
-        return self not in (RunStatus.queued, RunStatus.running)
 
 
 class ErrorInfo(BaseModel):
@@ -41,18 +27,6 @@ class ErrorInfo(BaseModel):
     type: str
     message: str
     details: str | None = None
-
-
-# Event indexes are 64-bit signed in every store: a cursor past this is bad input, not a 500.
-MAX_EVENT_INDEX = 2**63 - 1
-
-
-def parse_event_index(raw: str) -> int | None:
-    """An event cursor from a header or query string (ASCII digits, in range), else None."""
-    raw = raw.strip()
-    if raw.isascii() and raw.isdigit() and int(raw) <= MAX_EVENT_INDEX:
-        return int(raw)
-    return None
 
 
 class Run(BaseModel):

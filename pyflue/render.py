@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from enum import StrEnum
 from typing import Any
 
 from pyflue.events import (
@@ -30,19 +29,6 @@ from pyflue.events import (
     ToolStartEvent,
 )
 from pyflue.models import Run
-
-
-class Format(StrEnum):
-    pretty = "pretty"
-    json = "json"
-    ndjson = "ndjson"
-
-
-class StreamFormat(StrEnum):
-    """Formats for events printed one by one as they happen."""
-
-    pretty = "pretty"
-    ndjson = "ndjson"
 
 
 def event_json(event: Event) -> str:

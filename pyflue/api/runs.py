@@ -12,7 +12,7 @@ from pyflue.api.errors import HttpProblem
 from pyflue.api.sse import event_stream
 from pyflue.errors import RunNotFound
 from pyflue.events import EventType
-from pyflue.models import MAX_EVENT_INDEX, RunStatus, parse_event_index
+from pyflue.status import MAX_EVENT_INDEX, RunStatus, parse_event_index
 
 router = APIRouter(dependencies=[Depends(deps.require_token)])
 

@@ -23,16 +23,10 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from pyflue.errors import ConfigError, InvalidPayload, PyflueError, RunNotFound, WorkflowNotFound
 from pyflue.events import Event, EventType
-from pyflue.models import (
-    MAX_EVENT_INDEX,
-    Run,
-    RunStatus,
-    check_payload,
-    end_error,
-    parse_event_index,
-)
+from pyflue.models import Run, RunStatus, check_payload, end_error
 from pyflue.scheduler import Scheduler
 from pyflue.settings import Settings
+from pyflue.status import MAX_EVENT_INDEX, parse_event_index
 
 router = APIRouter()
 

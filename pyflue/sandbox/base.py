@@ -13,15 +13,16 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from pyflue.events import EventData
+if TYPE_CHECKING:
+    from pyflue.events import EventData
 
 FileKind = Literal["file", "dir", "symlink", "other"]
 
 # (stream, chunk): stream is "stdout" or "stderr".
 OutputHandler = Callable[[str, bytes], None]
-Emit = Callable[[EventData], None]  # records one run event
+Emit = Callable[["EventData"], None]  # records one run event
 
 
 @dataclass(frozen=True)
