@@ -465,18 +465,12 @@ def workflows(
         _print_workflows(rows, fmt, f"no workflows on {server}")
         return
     settings = _settings(project)
-    registry = WorkflowRegistry(settings.project_dir)
     try:
-        sources = registry.sources()
+        found = WorkflowRegistry(settings.project_dir).summaries()
     except PyflueError as exc:
         _die(exc.message, EXIT_USAGE)
-    rows = []
-    for name, source in sorted(sources.items()):
-        try:
-            description = registry.get(name).description
-        except PyflueError as exc:
-            description = f"(cannot load: {exc.message})"
-        rows.append({"name": name, "path": str(source.path), "description": description})
+    rows = [{"name": w.name, "path": str(w.path), "description": _described(w.description, w.error),
+             "error": w.error} for w in found]
     _print_workflows(rows, fmt, f"no workflows under {settings.project_dir}: add "
                                 "workflows/<name>.py exporting run(ctx)")
 
@@ -484,8 +478,12 @@ def workflows(
 async def _remote_workflows(client: PyFlueClient) -> list[dict[str, Any]]:
     async with client:
         found = await client.workflows.list()
-    return [{"name": w.name, "description": w.description if w.error is None
-             else f"(cannot load: {w.error})", "error": w.error} for w in found]
+    return [{"name": w.name, "description": _described(w.description, w.error),
+             "error": w.error} for w in found]
+
+
+def _described(description: str, error: str | None) -> str:
+    return description if error is None else f"(cannot load: {error})"
 
 
 def _print_workflows(rows: list[dict[str, Any]], fmt: Format, empty: str) -> None:

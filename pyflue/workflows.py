@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pyflue.errors import WorkflowLoadError, WorkflowNotFound
+from pyflue.errors import WorkflowError, WorkflowLoadError, WorkflowNotFound
 
 ROOTS = ("workflows", "src/workflows")
 
@@ -43,6 +43,16 @@ class Workflow:
     @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.run)
+
+
+@dataclass(frozen=True)
+class WorkflowSummary:
+    """A discovered workflow as listings show it; ``error`` says why it cannot be loaded."""
+
+    name: str
+    path: Path
+    description: str = ""
+    error: str | None = None
 
 
 class WorkflowRegistry:
@@ -74,6 +84,17 @@ class WorkflowRegistry:
 
     def names(self) -> list[str]:
         return sorted(self.sources())
+
+    def summaries(self) -> list[WorkflowSummary]:
+        """Every discovered workflow by name, each imported to read its description; one that
+        fails to import is listed with the reason. WorkflowLoadError on a duplicate name."""
+        out = []
+        for name, source in sorted(self.sources().items()):
+            try:
+                out.append(WorkflowSummary(name, source.path, self.get(name).description))
+            except WorkflowError as exc:
+                out.append(WorkflowSummary(name, source.path, error=exc.message))
+        return out
 
     def get(self, name: str) -> Workflow:
         """Imports and returns a workflow. WorkflowNotFound lists the available ones."""

@@ -66,3 +66,14 @@ def test_sync_and_async_run_are_both_accepted(
     registry = WorkflowRegistry(project)
     assert registry.get("a").is_async and not registry.get("s").is_async
     assert registry.get("s").description == "Sync one."
+
+
+def test_summaries_describe_each_workflow_and_say_why_a_broken_one_cannot_load(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("good", '"""Builds the thing.\n\nMore words."""\n' + RUN)
+    write_workflow("broken", "import nowhere_to_be_found\n" + RUN)
+    good, broken = sorted(WorkflowRegistry(project).summaries(), key=lambda w: w.name != "good")
+    assert (good.name, good.description, good.error) == ("good", "Builds the thing.", None)
+    assert broken.name == "broken" and broken.description == ""
+    assert broken.error is not None and "nowhere_to_be_found" in broken.error
