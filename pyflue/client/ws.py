@@ -25,6 +25,7 @@ from pyflue.client.errors import (
 )
 from pyflue.errors import ConfigError
 from pyflue.models import Event, EventType
+from pyflue.responses import EVENT
 
 
 class PyFlueClient(Protocol):
@@ -130,7 +131,7 @@ class WorkflowConnection:
                                            frame.get("status", "completed"))
                     yield self.outcome
                     return
-                event = Event.model_validate(frame)
+                event = EVENT.validate_python(frame)
                 self.run_id = event.run_id
                 yield event
         except ConnectionClosed:
@@ -157,7 +158,7 @@ async def follow(client: PyFlueClient, run_id: str, after: int) -> AsyncGenerato
                 frame = json.loads(message)
                 if frame.get("type") == "error":
                     break  # the close code (4404, ...) says why
-                event = Event.model_validate(frame)
+                event = EVENT.validate_python(frame)
                 last, failures = event.event_index, 0
                 yield event
                 if event.type is EventType.run_end:
