@@ -16,8 +16,9 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from pyflue import __version__, wiring
-from pyflue.api import deps, errors, runs, workflows, ws
+from pyflue.api import deps, errors, openapi, runs, workflows, ws
 from pyflue.llm import ModelResolver
+from pyflue.responses import Health
 from pyflue.sandbox.base import SandboxProvider
 from pyflue.scheduler import Scheduler
 from pyflue.settings import Settings
@@ -46,7 +47,6 @@ def create_app(
     app = FastAPI(
         title="pyflue",
         version=__version__,
-        description="Workflows for agent and CI work; every run gets a fresh Docker container.",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -59,19 +59,25 @@ def create_app(
     app.include_router(ws.router)
 
     # The OpenAPI schema and its page fall under the token like every route but /health.
+    document: dict[str, Any] = {}
+
     @app.get("/openapi.json", include_in_schema=False,
              dependencies=[Depends(deps.require_token)])
-    async def openapi() -> JSONResponse:
-        return JSONResponse(app.openapi())
+    async def openapi_json() -> JSONResponse:
+        if not document:
+            document.update(openapi.build(app, settings))
+        return JSONResponse(document)
 
     @app.get("/docs", include_in_schema=False, dependencies=[Depends(deps.require_token)])
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="pyflue API")
 
-    @app.get("/health")
-    async def health(request: Request) -> dict[str, Any]:
+    @app.get("/health", tags=["server"], operation_id="health", summary="Health",
+             responses=errors.documented(500), openapi_extra={"security": []})
+    async def health(request: Request) -> Health:
+        """Whether the server is up, and its load. Needs no token."""
         scheduler: Scheduler = request.app.state.scheduler
-        return {"ok": True, "version": __version__, "running": scheduler.running,
-                "max_concurrency": scheduler.max_concurrency}
+        return Health(ok=True, version=__version__, running=scheduler.running,
+                      max_concurrency=scheduler.max_concurrency)
 
     return app
