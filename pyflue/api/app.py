@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import FastAPI, Request
 
 from pyflue import __version__, wiring
-from pyflue.api import deps, errors, openapi, runs, workflows, ws
+from pyflue.api import errors, openapi, runs, workflows, ws
 from pyflue.llm import ModelResolver
 from pyflue.responses import Health
 from pyflue.sandbox.base import SandboxProvider
@@ -57,20 +54,7 @@ def create_app(
     app.include_router(workflows.router)
     app.include_router(runs.router)
     app.include_router(ws.router)
-
-    # The OpenAPI schema and its page fall under the token like every route but /health.
-    document: dict[str, Any] = {}
-
-    @app.get("/openapi.json", include_in_schema=False,
-             dependencies=[Depends(deps.require_token)])
-    async def openapi_json() -> JSONResponse:
-        if not document:
-            document.update(openapi.build(app, settings))
-        return JSONResponse(document)
-
-    @app.get("/docs", include_in_schema=False, dependencies=[Depends(deps.require_token)])
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="pyflue API")
+    openapi.install(app, settings)
 
     @app.get("/health", tags=["server"], operation_id="health", summary="Health",
              responses=errors.documented(500), openapi_extra={"security": []})

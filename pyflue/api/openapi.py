@@ -1,22 +1,32 @@
-"""The OpenAPI document, the contract of the HTTP API.
+"""The OpenAPI document, the contract of the HTTP API, and its Swagger UI page at ``/docs``.
 
 The document is generated from the routes and their models, then made to say what the server
 does: parameters that may be left out are not also ``null``; validation errors are the 400s the
 routes list (never FastAPI's 422); operations without a configured token accept no credentials
 too; the WebSocket routes, which OpenAPI cannot describe, are in the description and in the
-``x-websockets`` extension.
+``x-websockets`` extension. ``/openapi.json``, ``/docs`` and the page's assets need no token:
+the document is not secret and a browser cannot send a bearer header for a page. The assets
+(Swagger UI 5) ship in the ``fastapi-offline`` package, so the page works without the internet.
 """
 
 from __future__ import annotations
 
 import copy
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from pyflue.api import ws
 from pyflue.api.sse import EVENT_SCHEMA
+from pyflue.errors import ConfigError
 from pyflue.settings import Settings
+
+ASSETS = "/docs/assets"
 
 DESCRIPTION = """\
 Workflows for agent and CI work; every run gets a fresh Docker container.
@@ -152,3 +162,36 @@ def _absent_not_null(schema: dict[str, Any]) -> dict[str, Any]:
         return schema
     rest = {k: v for k, v in schema.items() if k != "anyOf"}
     return {**kept[0], **rest}
+
+
+def assets() -> Path:
+    """The folder of Swagger UI's files in the installed ``fastapi_offline`` package."""
+    folder = resources.files("fastapi_offline") / "static"
+    if not isinstance(folder, Path) or not (folder / "swagger-ui-bundle.js").is_file():
+        raise ConfigError(f"Swagger UI's files are not in {folder}: reinstall pyflue's "
+                          "dependencies (`pip install fastapi-offline`)")
+    return folder
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Serves ``/openapi.json``, ``/docs`` and the page's assets, without the token."""
+    document: dict[str, Any] = {}
+    app.mount(ASSETS, StaticFiles(directory=assets()), name="docs-assets")
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        if not document:
+            document.update(build(app, settings))
+        return JSONResponse(document)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json", title=f"{app.title} API",
+            swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{ASSETS}/favicon.png",
+            # The token survives a reload; no call to an online validator.
+            swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
+        )

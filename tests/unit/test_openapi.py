@@ -1,4 +1,4 @@
-"""The OpenAPI document, in process (tests/contract fuzzes the real server)."""
+"""The OpenAPI document and its /docs page, in process (tests/contract fuzzes the real server)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ async def client(project: Path, write_workflow: WriteWorkflow) -> AsyncIterator[
 
 @pytest.fixture
 async def document(client: httpx.AsyncClient) -> dict[str, Any]:
-    r = await client.get("/openapi.json", headers=AUTH)
+    r = await client.get("/openapi.json")
     assert r.status_code == 200
     doc: dict[str, Any] = r.json()
     return doc
@@ -72,7 +72,7 @@ async def test_without_a_token_the_document_says_credentials_are_optional(
     project: Path,
 ) -> None:
     async for c in _client(project, None):
-        doc = (await c.get("/openapi.json")).json()  # no token: nothing is checked
+        doc = (await c.get("/openapi.json")).json()
     assert doc["paths"]["/runs"]["get"]["security"] == [{"bearer": []}, {}]
 
 
@@ -128,6 +128,32 @@ async def test_the_websocket_routes_are_described_with_their_close_codes(
     assert {"1000", "4400", "4401", "4404", "4408", "1011"} <= set(
         sockets["/workflows/{name}"]["close_codes"])
     assert "WS /workflows/{name}" in document["info"]["description"]
+
+
+async def test_the_docs_page_loads_only_local_assets(client: httpx.AsyncClient) -> None:
+    page = (await client.get("/docs")).text
+    assert "swagger" in page.lower() and not re.search(r"https?://", page)
+    assets = re.findall(r'(?:href|src)="([^"]+)"', page)
+    assert assets and all(a.startswith("/docs/assets/") for a in assets)
+    for asset in assets:
+        assert (await client.get(asset)).status_code == 200, asset
+
+
+async def test_the_docs_page_loads_swagger_ui_5(client: httpx.AsyncClient) -> None:
+    bundle = (await client.get("/docs/assets/swagger-ui-bundle.js")).text
+    assert re.search(r'"5\.\d+\.\d+"', bundle)
+
+
+@pytest.mark.parametrize("path", ["/docs", "/openapi.json", "/docs/assets/swagger-ui.css",
+                                  "/health"])
+async def test_the_docs_open_without_a_token(client: httpx.AsyncClient, path: str) -> None:
+    assert (await client.get(path)).status_code == 200
+
+
+async def test_the_operations_still_need_the_token(client: httpx.AsyncClient) -> None:
+    denied = await client.get("/runs")
+    assert denied.status_code == 401 and denied.json()["error"]["type"] == "unauthorized"
+    assert (await client.get("/runs", headers=AUTH)).status_code == 200
 
 
 @pytest.mark.parametrize("types", ["log", "log,run_end", " log , run_end ", ",log,,", "", " ",
