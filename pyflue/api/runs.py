@@ -30,15 +30,14 @@ _LAST_EVENT_ID = {
 
 
 @router.get("/runs", operation_id="list_runs", summary="List runs", responses=documented(
-    400, 401, 500, 503, _400="`invalid_parameter`: a parameter out of its bounds, or a "
-                             "`cursor` that names no run"))
+    400, 401, 404, 500, 503, _404="`not_found`: the `cursor` names no run"))
 async def list_runs(
     request: Request,
     status: Annotated[RunStatus | None, Query(description="only runs in this status")] = None,
     workflow: Annotated[str | None, Query(description="only runs of this workflow")] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="runs per page")] = 50,
     cursor: Annotated[str | None, Query(
-        description="the `next_cursor` of the previous page (a run id); 400 when it names "
+        description="the `next_cursor` of the previous page (a run id); 404 when it names "
                     "no run")] = None,
 ) -> RunPage:
     """Runs, newest first. `next_cursor` pages on (pass it as `cursor`)."""
@@ -46,8 +45,8 @@ async def list_runs(
         try:
             await deps.store(request).get_run(cursor)
         except RunNotFound:
-            raise HttpProblem(400, "invalid_parameter", f"query parameter 'cursor': no run "
-                              f"{cursor!r}; pass the next_cursor of the previous page") from None
+            raise RunNotFound(f"query parameter 'cursor': no run {cursor!r}; pass the "
+                              "next_cursor of the previous page") from None
     runs = await deps.store(request).list_runs(
         status=status, workflow=workflow, limit=limit + 1, before=cursor
     )

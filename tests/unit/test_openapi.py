@@ -156,6 +156,12 @@ async def test_the_operations_still_need_the_token(client: httpx.AsyncClient) ->
     assert (await client.get("/runs", headers=AUTH)).status_code == 200
 
 
+async def test_a_cursor_that_names_no_run_is_not_found(client: httpx.AsyncClient) -> None:
+    r = await client.get("/runs?cursor=workflow:echo:nope", headers=AUTH)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+    assert "next_cursor" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("types", ["log", "log,run_end", " log , run_end ", ",log,,", "", " ",
                                    "log run_end", "bogus", "log,\trun_end", "Log"])
 async def test_the_types_filter_accepts_exactly_what_its_documented_pattern_matches(
