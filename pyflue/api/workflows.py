@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Message
 
 from pyflue.api import deps
 from pyflue.api.errors import HttpProblem, documented, reply
@@ -128,6 +129,18 @@ def parse_payload(body: bytes, content_type: str) -> dict[str, Any]:
     return check_payload(value)
 
 
+def replayed(request: Request, body: bytes) -> Request:
+    """A request like ``request`` whose body reads as ``body`` again, for the workflow's
+    ``ctx.req.body()`` / ``.json()`` after the route has consumed the stream; after the body,
+    it receives what the connection receives (so ``is_disconnected()`` still tells)."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> Message:
+        return pending.pop() if pending else await request.receive()
+
+    return Request(request.scope, receive)
+
+
 @router.post("/workflows/{name}", status_code=202, response_model=None,
              responses=_INVOKE_RESPONSES, openapi_extra={"requestBody": _BODY},
              operation_id="invoke", summary="Invoke a workflow")
@@ -149,8 +162,7 @@ async def invoke(
     body = await read_body(request, settings.server.max_body_bytes)
     payload = parse_payload(body, request.headers.get("content-type", ""))
     scheduler = deps.scheduler(request)
-    request._body = body  # so a workflow can still read ctx.req.body() / .json()
-    run, _new = await scheduler.submit(name, payload, req=request,
+    run, _new = await scheduler.submit(name, payload, req=replayed(request, body),
                                        idempotency_key=idempotency_key)
     headers = {"X-Flue-Run-Id": run.run_id}
     if "text/event-stream" in request.headers.get("accept", ""):
