@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import FastAPI, Request
 
 from pyflue import __version__, wiring
-from pyflue.api import deps, errors, runs, workflows, ws
+from pyflue.api import errors, openapi, runs, workflows, ws
 from pyflue.llm import ModelResolver
+from pyflue.responses import Health
 from pyflue.sandbox.base import SandboxProvider
 from pyflue.scheduler import Scheduler
 from pyflue.settings import Settings
@@ -46,7 +44,6 @@ def create_app(
     app = FastAPI(
         title="pyflue",
         version=__version__,
-        description="Workflows for agent and CI work; every run gets a fresh Docker container.",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -57,21 +54,14 @@ def create_app(
     app.include_router(workflows.router)
     app.include_router(runs.router)
     app.include_router(ws.router)
+    openapi.install(app, settings)
 
-    # The OpenAPI schema and its page fall under the token like every route but /health.
-    @app.get("/openapi.json", include_in_schema=False,
-             dependencies=[Depends(deps.require_token)])
-    async def openapi() -> JSONResponse:
-        return JSONResponse(app.openapi())
-
-    @app.get("/docs", include_in_schema=False, dependencies=[Depends(deps.require_token)])
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="pyflue API")
-
-    @app.get("/health")
-    async def health(request: Request) -> dict[str, Any]:
+    @app.get("/health", tags=["server"], operation_id="health", summary="Health",
+             responses=errors.documented(500), openapi_extra={"security": []})
+    async def health(request: Request) -> Health:
+        """Whether the server is up, and its load. Needs no token."""
         scheduler: Scheduler = request.app.state.scheduler
-        return {"ok": True, "version": __version__, "running": scheduler.running,
-                "max_concurrency": scheduler.max_concurrency}
+        return Health(ok=True, version=__version__, running=scheduler.running,
+                      max_concurrency=scheduler.max_concurrency)
 
     return app

@@ -1,6 +1,8 @@
 """The one place where errors become HTTP statuses and the JSON error body.
 
-Body: ``{"error": {"type", "message", "details"}}`` (plus ``run_id`` where a run exists).
+Body: :class:`pyflue.responses.ErrorBody`, ``{"error": {"type", "message", "details"}}`` (plus
+``run_id`` and ``status`` where a run exists). :func:`documented` lists, for a route's OpenAPI
+``responses``, the error statuses it can answer with and the types each one carries.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pyflue import errors
+from pyflue.responses import ErrorBody, error_body
 
 # Most specific first: the first matching class decides the status.
 STATUS: list[tuple[type[errors.PyflueError], int]] = [
@@ -37,8 +40,32 @@ class HttpProblem(Exception):
         self.headers = headers
 
 
-def error_body(type: str, message: str, details: Any = None, **extra: Any) -> dict[str, Any]:
-    return {"error": {"type": type, "message": message, "details": details}, **extra}
+# Every error status the API answers with, and the error types that come with it.
+ERROR_STATUSES: dict[int, str] = {
+    400: "`invalid_parameter`: a query, path or header parameter out of its bounds (`details` "
+         "lists the refused ones)",
+    401: "`unauthorized`: missing or wrong `Authorization: Bearer <token>`",
+    404: "`not_found`: no workflow or run of that name (the message lists the workflows)",
+    409: "`conflict`: the run is not in a status that allows it",
+    413: "`payload_too_large`: the body is over PYFLUE_MAX_BODY_BYTES",
+    415: "`unsupported_media_type`: a body that is not `Content-Type: application/json`",
+    500: "`internal_error` (a bug: the server's log has it), `workflow_load_error`",
+    503: "`store_error` (the run store cannot be read or written), `engine_unavailable`",
+}
+
+
+def documented(*statuses: int, **special: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each with the :class:`ErrorBody` model;
+    ``special`` (``_409="..."``) replaces the description of a status for one route."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        text = special.get(f"_{status}", ERROR_STATUSES.get(status, ""))
+        out[status] = {"model": ErrorBody, "description": text}
+    return out
+
+
+def reply(body: ErrorBody, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body.to_json(), status, headers=headers)
 
 
 def status_for(exc: errors.PyflueError) -> int:
@@ -48,19 +75,18 @@ def status_for(exc: errors.PyflueError) -> int:
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.PyflueError)
     async def _pyflue(_: Request, exc: errors.PyflueError) -> JSONResponse:
-        return JSONResponse(error_body(exc.type, exc.message, exc.details), status_for(exc))
+        return reply(error_body(exc.type, exc.message, exc.details), status_for(exc))
 
     @app.exception_handler(HttpProblem)
     async def _problem(_: Request, exc: HttpProblem) -> JSONResponse:
-        return JSONResponse(error_body(exc.type, exc.message, exc.details), exc.status,
-                            headers=exc.headers)
+        return reply(error_body(exc.type, exc.message, exc.details), exc.status, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(p) for p in first.get("loc", ())]
         where = f"{loc[0]} parameter {loc[-1]!r}" if len(loc) > 1 else "request"
-        return JSONResponse(
+        return reply(
             error_body("invalid_parameter", f"{where}: {first.get('msg', 'invalid')}",
                        [{"loc": e.get("loc"), "msg": e.get("msg")} for e in exc.errors()]),
             400,
@@ -70,12 +96,12 @@ def install(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         # A bug of ours still answers in the documented shape (Starlette logs the traceback);
         # the exception's text stays in the log, as it may hold anything.
-        return JSONResponse(error_body(
+        return reply(error_body(
             "internal_error", f"the server failed unexpectedly ({type(exc).__name__}); "
             "its log has the details"), 500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(kind, str(exc.detail)), exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return reply(error_body(kind, str(exc.detail)), exc.status_code,
+                     getattr(exc, "headers", None))

@@ -2,89 +2,119 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from pyflue.api import deps
-from pyflue.api.errors import HttpProblem
-from pyflue.api.sse import event_stream
+from pyflue.api.errors import HttpProblem, documented
+from pyflue.api.sse import SSE_RESPONSE, event_stream
 from pyflue.errors import RunNotFound
 from pyflue.events import EventType
+from pyflue.models import Run
+from pyflue.responses import CancelAnswer, EventPage, RunPage
 from pyflue.status import MAX_EVENT_INDEX, RunStatus, parse_event_index
 
-router = APIRouter(dependencies=[Depends(deps.require_token)])
+router = APIRouter(dependencies=[Depends(deps.require_token)], tags=["runs"])
+
+# `types`: comma-separated event types, spaces around them and empty items allowed. The
+# route's own check (_types) accepts exactly what this pattern matches.
+_NAME = "(?:" + "|".join(EventType.__members__) + ")"
+TYPES_PATTERN = f"^ *{_NAME}? *(?:, *{_NAME}? *)*$"
+
+_EVENT_INDEX = {"type": "integer", "minimum": 0, "maximum": MAX_EVENT_INDEX}
+_LAST_EVENT_ID = {
+    "name": "Last-Event-ID", "in": "header", "required": False, "schema": _EVENT_INDEX,
+    "description": "resume after this event index (what `EventSource` sends when it "
+                   "reconnects); wins over `after`",
+}
 
 
-@router.get("/runs")
+@router.get("/runs", operation_id="list_runs", summary="List runs", responses=documented(
+    400, 401, 404, 500, 503, _404="`not_found`: the `cursor` names no run"))
 async def list_runs(
     request: Request,
-    status: RunStatus | None = None,
-    workflow: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
-) -> dict[str, Any]:
-    """Runs, newest first. ``next_cursor`` pages on (pass it as ``cursor``)."""
+    status: Annotated[RunStatus | None, Query(description="only runs in this status")] = None,
+    workflow: Annotated[str | None, Query(description="only runs of this workflow")] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="runs per page")] = 50,
+    cursor: Annotated[str | None, Query(
+        description="the `next_cursor` of the previous page (a run id); 404 when it names "
+                    "no run")] = None,
+) -> RunPage:
+    """Runs, newest first. `next_cursor` pages on (pass it as `cursor`)."""
     if cursor is not None:
         try:
             await deps.store(request).get_run(cursor)
         except RunNotFound:
-            raise HttpProblem(400, "invalid_parameter", f"query parameter 'cursor': no run "
-                              f"{cursor!r}; pass the next_cursor of the previous page") from None
+            raise RunNotFound(f"query parameter 'cursor': no run {cursor!r}; pass the "
+                              "next_cursor of the previous page") from None
     runs = await deps.store(request).list_runs(
         status=status, workflow=workflow, limit=limit + 1, before=cursor
     )
     page, more = runs[:limit], len(runs) > limit
-    return {
-        "runs": [r.model_dump(mode="json") for r in page],
-        "next_cursor": page[-1].run_id if more else None,
-    }
+    return RunPage(runs=page, next_cursor=page[-1].run_id if more else None)
 
 
-@router.get("/runs/{run_id}")
-async def get_run(run_id: str, request: Request) -> dict[str, Any]:
-    return (await deps.store(request).get_run(run_id)).model_dump(mode="json")
+@router.get("/runs/{run_id}", operation_id="get_run", summary="Get a run",
+            responses=documented(401, 404, 500, 503))
+async def get_run(run_id: str, request: Request) -> Run:
+    """The run record."""
+    return await deps.store(request).get_run(run_id)
 
 
 def _types(raw: str | None) -> list[EventType] | None:
-    if not raw:
-        return None
-    names = [t.strip() for t in raw.split(",") if t.strip()]
+    names = [t.strip(" ") for t in (raw or "").split(",")]
+    names = [t for t in names if t]
     unknown = [t for t in names if t not in EventType.__members__]
     if unknown:
         raise HttpProblem(400, "invalid_parameter",
                           f"query parameter 'types': unknown event type {', '.join(unknown)}; "
                           f"known: {', '.join(EventType.__members__)}")
-    return [EventType(t) for t in names]
+    return [EventType(t) for t in names] or None
 
 
-@router.get("/runs/{run_id}/events")
+@router.get("/runs/{run_id}/events", operation_id="list_events",
+            summary="List a run's events",
+            responses=documented(400, 401, 404, 500, 503))
 async def list_events(
     run_id: str,
     request: Request,
-    after: Annotated[int, Query(ge=0, le=MAX_EVENT_INDEX)] = 0,
-    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
-    types: str | None = None,
-) -> dict[str, Any]:
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_INDEX,
+                                description="only events after this index")] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000, description="events per page")] = 1000,
+    types: Annotated[str | None, Query(
+        description="only these event types, comma-separated (e.g. `log,run_end`)",
+        json_schema_extra={"pattern": TYPES_PATTERN})] = None,
+) -> EventPage:
+    """A page of the run's stored events, in order."""
     store = deps.store(request)
     await store.get_run(run_id)
     wanted = _types(types)
     events = await store.list_events(run_id, after=after, limit=limit, types=wanted)
-    return {
-        "run_id": run_id,
-        "events": [e.model_dump(mode="json") for e in events],
-        "next_after": events[-1].event_index if events else after,
-    }
+    return EventPage(run_id=run_id, events=events,
+                     next_after=events[-1].event_index if events else after)
 
 
-@router.get("/runs/{run_id}/stream")
+@router.get("/runs/{run_id}/stream", operation_id="stream_run",
+            summary="Follow a run's events (SSE)", response_class=StreamingResponse,
+            responses={
+                200: {"description": SSE_RESPONSE["text"],
+                      "headers": {"X-Flue-Run-Id": {"description": "the run's id",
+                                                    "schema": {"type": "string"}}},
+                      "content": {"text/event-stream": SSE_RESPONSE["content"]}},
+                **documented(400, 401, 404, 500, 503),
+            },
+            openapi_extra={"parameters": [_LAST_EVENT_ID]})
 async def stream(
     run_id: str,
     request: Request,
-    after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_INDEX)] = None,
-    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_INDEX,
+                                       description="only events after this index")] = None,
+    last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> StreamingResponse:
+    """The run's events as server-sent events: the stored ones, then live ones, until
+    `run_end`. Resume with `Last-Event-ID` or `?after=`."""
     store = deps.store(request)
     await store.get_run(run_id)
     start = after or 0
@@ -101,8 +131,12 @@ async def stream(
                              headers={"Cache-Control": "no-cache", "X-Flue-Run-Id": run_id})
 
 
-@router.post("/runs/{run_id}/cancel", status_code=202)
-async def cancel(run_id: str, request: Request) -> JSONResponse:
+@router.post("/runs/{run_id}/cancel", status_code=202, operation_id="cancel_run",
+             summary="Cancel a run",
+             responses=documented(401, 404, 409, 500, 503,
+                                  _409="`conflict`: the run has already finished"))
+async def cancel(run_id: str, request: Request) -> CancelAnswer:
+    """Cancel a queued run at once, or stop a running one (its container is killed)."""
     run = await deps.scheduler(request).cancel(run_id)
-    state = "cancelled" if run.status is RunStatus.cancelled else "cancelling"
-    return JSONResponse({"status": state, "run_id": run_id}, 202)
+    return CancelAnswer(status="cancelled" if run.status is RunStatus.cancelled else "cancelling",
+                        run_id=run_id)

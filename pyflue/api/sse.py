@@ -5,11 +5,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from pyflue.events import Event
 from pyflue.store.base import RunStore
 
 _END = object()
+
+# Stands for the event JSON schema in the document; pyflue.api.openapi puts the document's own
+# event schema (the items of EventPage.events) in its place.
+EVENT_SCHEMA: dict[str, Any] = {"x-pyflue-event": True}
+
+# How an SSE answer is documented. Before OpenAPI 3.2 (`itemSchema`), the `schema` of a
+# text/event-stream describes one event, as tools (Schemathesis, FastAPI's own) read it.
+SSE_RESPONSE: dict[str, Any] = {
+    "text": "a stream of server-sent events: a comment naming the run, then one frame per "
+            "stored event (`id: <event_index>`, `event: <type>`, `data: <event JSON>`, a blank "
+            "line) until `run_end`, with a `: keep-alive` comment every "
+            "PYFLUE_HEARTBEAT_SECONDS while idle.",
+    "content": {
+        "schema": {
+            "type": "object",
+            "description": "one frame",
+            "required": ["id", "event", "data"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^[0-9]+$",
+                       "description": "the event's event_index"},
+                "event": {"type": "string", "description": "the event's type"},
+                "data": {"type": "string", "contentMediaType": "application/json",
+                         "contentSchema": EVENT_SCHEMA, "description": "the event JSON"},
+            },
+        },
+        "example": ": stream of workflow:hello:01M8ASTXTS27GXX88XFYWA4J2S\n\n"
+                   "id: 1\nevent: run_start\ndata: {\"run_id\": \"workflow:hello:"
+                   "01M8ASTXTS27GXX88XFYWA4J2S\", \"event_index\": 1, \"type\": "
+                   "\"run_start\", ...}\n\n",
+    },
+}
 
 
 def frame(event: Event) -> bytes:

@@ -7,14 +7,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Message
 
 from pyflue.api import deps
-from pyflue.api.errors import HttpProblem, error_body
-from pyflue.api.sse import event_stream
+from pyflue.api.errors import HttpProblem, documented, reply
+from pyflue.api.sse import SSE_RESPONSE, event_stream
 from pyflue.errors import PyflueError
 from pyflue.models import Run, RunStatus, check_payload, end_error
+from pyflue.responses import Accepted, Completed, WorkflowInfo, WorkflowList, error_body
 
-router = APIRouter(dependencies=[Depends(deps.require_token)])
+router = APIRouter(dependencies=[Depends(deps.require_token)], tags=["workflows"])
 
 # How a run that did not complete answers a ?wait=result request.
 FINISHED_STATUS = {
@@ -24,9 +26,65 @@ FINISHED_STATUS = {
     RunStatus.interrupted: 503,
 }
 
+RUN_ID_HEADER = {"X-Flue-Run-Id": {"description": "the run's id", "schema": {"type": "string"}}}
+_RUN_ID_IF_RUN = {"X-Flue-Run-Id": {"description": "the run's id, when the answer is about a "
+                                                   "run (?wait=result)",
+                                    "schema": {"type": "string"}}}
+# What a client can do next with the run id of an answer (OpenAPI links).
+_RUN_LINKS = {
+    op: {"operationId": op, "parameters": {"run_id": "$response.body#/run_id"}}
+    for op in ("get_run", "list_events", "stream_run", "cancel_run")
+}
 
-@router.get("/workflows")
-async def list_workflows(request: Request) -> dict[str, Any]:
+# The body: documented here, read by the route itself (so the size limit holds while it
+# streams in). `{"payload": X}` alone is unwrapped, and then X must be an object too.
+_BODY = {
+    "required": False,
+    "description": "The payload: a JSON object, either the payload itself or "
+                   "`{\"payload\": {...}}` (unwrapped when `payload` is its only key). No body "
+                   "is `{}`. At most PYFLUE_MAX_BODY_BYTES (413 above); other media types than "
+                   "JSON (`application/json`, `*/*+json`) are refused with 415.",
+    "content": {"application/json": {
+        "schema": {
+            "type": "object",
+            "if": {"required": ["payload"], "maxProperties": 1},
+            "then": {"properties": {"payload": {"type": "object"}}},
+        },
+        "examples": {"payload": {"value": {"name": "Ada"}},
+                     "wrapped": {"value": {"payload": {"name": "Ada"}}}},
+    }},
+}
+
+_INVOKE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": Accepted, "headers": RUN_ID_HEADER, "links": _RUN_LINKS,
+          "description": "The run is recorded: queued, or already started."},
+    200: {"model": Completed, "headers": RUN_ID_HEADER, "links": _RUN_LINKS,
+          "description": "`?wait=result`: the run completed; `result` is what `run(ctx)` "
+                         "returned. With `Accept: text/event-stream`: " + SSE_RESPONSE["text"],
+          "content": {"text/event-stream": SSE_RESPONSE["content"]}},
+    **documented(400, 401, 404, 413, 415, _400=(
+        "`invalid_json` (the body is not JSON), `invalid_payload` (not an object), "
+        "`invalid_parameter` (`wait`, `Idempotency-Key`; `details` lists them), `config_error`")),
+    # A run that did not complete, answering ?wait=result (its run id in body and header).
+    **{status: entry | {"headers": _RUN_ID_IF_RUN} for status, entry in documented(
+        409, 500, 503, 504,
+        _409="`?wait=result` and the run was cancelled: `error.type` `cancelled`, with `run_id` "
+             "and `status`",
+        _500="`?wait=result` and the run failed: `error.type` is the workflow's exception class "
+             "name (or a pyflue error type), `details` its traceback, with `run_id` and "
+             "`status`; or `workflow_load_error`, `internal_error`",
+        _503="`?wait=result` and the run was interrupted (its server stopped): `error.type` "
+             "`interrupted`, with `run_id` and `status`; or `store_error`, `engine_unavailable`",
+        _504="`?wait=result` and the run passed its deadline: `error.type` `timed_out`, with "
+             "`run_id` and `status`",
+    ).items()},
+}
+
+
+@router.get("/workflows", operation_id="list_workflows", summary="List the workflows",
+            responses=documented(401, 500, 503))
+async def list_workflows(request: Request) -> WorkflowList:
+    """The workflows the server discovered; `error` says why one cannot be loaded."""
     registry = deps.scheduler(request).runner.registry
     out = []
     for name in registry.names():
@@ -35,12 +93,12 @@ async def list_workflows(request: Request) -> dict[str, Any]:
             problem = None
         except PyflueError as exc:
             description, problem = "", exc.message
-        out.append({"name": name, "description": description, "error": problem})
-    return {"workflows": out}
+        out.append(WorkflowInfo(name=name, description=description, error=problem))
+    return WorkflowList(workflows=out)
 
 
-async def read_payload(request: Request, limit: int) -> dict[str, Any]:
-    """The payload of an invocation: the JSON body, or its ``payload`` member."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused with 413 as soon as it is over ``limit`` bytes."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise HttpProblem(413, "payload_too_large", f"the body is {length} bytes; the limit is "
@@ -51,10 +109,14 @@ async def read_payload(request: Request, limit: int) -> dict[str, Any]:
         if len(body) > limit:
             raise HttpProblem(413, "payload_too_large", f"the body is over the limit of {limit} "
                               "bytes (PYFLUE_MAX_BODY_BYTES)")
-    request._body = bytes(body)  # so a workflow can still read ctx.req.body() / .json()
+    return bytes(body)
+
+
+def parse_payload(body: bytes, content_type: str) -> dict[str, Any]:
+    """The payload of an invocation: the JSON body, or its ``payload`` member."""
     if not body.strip():
         return {}
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    kind = content_type.split(";")[0].strip().lower()
     if kind != "application/json" and not kind.endswith("+json"):
         raise HttpProblem(415, "unsupported_media_type", "send the payload as JSON "
                           f"(Content-Type: application/json), not {kind or 'no type'}")
@@ -67,17 +129,41 @@ async def read_payload(request: Request, limit: int) -> dict[str, Any]:
     return check_payload(value)
 
 
-@router.post("/workflows/{name}", status_code=202)
+def replayed(request: Request, body: bytes) -> Request:
+    """A request like ``request`` whose body reads as ``body`` again, for the workflow's
+    ``ctx.req.body()`` / ``.json()`` after the route has consumed the stream; after the body,
+    it receives what the connection receives (so ``is_disconnected()`` still tells)."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> Message:
+        return pending.pop() if pending else await request.receive()
+
+    return Request(request.scope, receive)
+
+
+@router.post("/workflows/{name}", status_code=202, response_model=None,
+             responses=_INVOKE_RESPONSES, openapi_extra={"requestBody": _BODY},
+             operation_id="invoke", summary="Invoke a workflow")
 async def invoke(
     name: str,
     request: Request,
-    wait: Annotated[Literal["result"] | None, Query(description="wait for the result")] = None,
-    idempotency_key: Annotated[str | None, Header(max_length=300)] = None,
+    wait: Annotated[Literal["result"] | None, Query(
+        description="`result`: hold the request until the run ends and answer with its "
+                    "outcome")] = None,
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", max_length=300,
+        description="a second invocation of the workflow with the same key starts nothing "
+                    "and answers about the first one's run")
+    ] = None,
 ) -> Response:
+    """Start a run of the workflow. 202 at once; `?wait=result` answers with the outcome;
+    `Accept: text/event-stream` streams the run's events instead."""
     settings = deps.settings(request)
-    payload = await read_payload(request, settings.server.max_body_bytes)
+    body = await read_body(request, settings.server.max_body_bytes)
+    payload = parse_payload(body, request.headers.get("content-type", ""))
     scheduler = deps.scheduler(request)
-    run, _new = await scheduler.submit(name, payload, req=request, idempotency_key=idempotency_key)
+    run, _new = await scheduler.submit(name, payload, req=replayed(request, body),
+                                       idempotency_key=idempotency_key)
     headers = {"X-Flue-Run-Id": run.run_id}
     if "text/event-stream" in request.headers.get("accept", ""):
         stream = event_stream(scheduler.store, run.run_id, after=0,
@@ -87,15 +173,15 @@ async def invoke(
     if wait == "result":
         final = await scheduler.wait(run.run_id)
         return _result_response(final, headers)
-    return JSONResponse({"status": "accepted", "run_id": run.run_id}, 202, headers=headers)
+    return JSONResponse(Accepted(run_id=run.run_id).model_dump(mode="json"), 202,
+                        headers=headers)
 
 
 def _result_response(run: Run, headers: dict[str, str]) -> JSONResponse:
     if run.status is RunStatus.completed:
-        return JSONResponse({"status": "completed", "run_id": run.run_id, "result": run.result},
-                            200, headers=headers)
+        body = Completed(run_id=run.run_id, result=run.result)
+        return JSONResponse(body.model_dump(mode="json"), 200, headers=headers)
     error = end_error(run.status, run.error, run.reason)
     assert error is not None  # only a completed run has none
-    body = error_body(error.type, error.message, error.details, run_id=run.run_id,
-                      status=run.status.value)
-    return JSONResponse(body, FINISHED_STATUS.get(run.status, 500), headers=headers)
+    return reply(error_body(error.type, error.message, error.details, run_id=run.run_id,
+                            status=run.status), FINISHED_STATUS.get(run.status, 500), headers)

@@ -7,6 +7,13 @@
         async for event in client.runs.stream(body["run_id"]):          # replays the events
             print(event.event_index, event.type)
 
+Answers are validated into the models of :mod:`pyflue.responses`, the ones the server declares
+in its OpenAPI document. Methods that returned the JSON body as a dict still do (``invoke``,
+``cancel``, ``health``: ``body["run_id"]`` keeps working), after checking it against its model
+(:class:`~pyflue.responses.Completed` / :class:`~pyflue.responses.Accepted`,
+:class:`~pyflue.responses.CancelAnswer`, :class:`~pyflue.responses.Health`); the others return
+the models themselves.
+
 Errors: :mod:`pyflue.client.errors`. WebSockets: :mod:`pyflue.client.ws`.
 """
 
@@ -19,35 +26,41 @@ import functools
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from pyflue.client.errors import ApiError, ServerError, ServerUnreachable, error_from
 from pyflue.client.ws import WorkflowConnection, follow
-from pyflue.events import Event, EventType, parse_event, parse_event_json
+from pyflue.events import AnyEvent, Event, EventType, parse_event_json
 from pyflue.models import Run, RunStatus
+from pyflue.responses import (
+    Accepted,
+    CancelAnswer,
+    Completed,
+    EventPage,
+    Health,
+    RunPage,
+    WorkflowInfo,
+    WorkflowList,
+)
 
 DEFAULT_URL = "http://127.0.0.1:2024"
 SSE = "text/event-stream"
 EVENTS_PAGE = 1000
 
+__all__ = ["PyFlueClient", "RunPage", "WorkflowInfo"]
 
-class WorkflowInfo(BaseModel):
-    """A discovered workflow; ``error`` says why it cannot be loaded (None when it can)."""
-
-    name: str
-    description: str = ""
-    error: str | None = None
+M = TypeVar("M", bound=BaseModel)
 
 
-class RunPage(BaseModel):
-    """One page of runs, newest first; pass ``next_cursor`` as ``cursor`` for the next."""
+class _EventPage(EventPage):
+    """An :class:`EventPage` as a reader takes it: an event of a type a newer server added
+    parses too (as :class:`pyflue.events.UnknownEvent`)."""
 
-    runs: list[Run]
-    next_cursor: str | None = None
+    events: builtins.list[AnyEvent]  # type: ignore[assignment]
 
 
 def _run_path(run_id: str, suffix: str = "") -> str:
@@ -116,16 +129,35 @@ class PyFlueClient:
         await self._http.aclose()
 
     async def health(self) -> dict[str, Any]:
-        """``GET /health``: ``{"ok": true, "version", "running", "max_concurrency"}``."""
-        body: dict[str, Any] = await self._request("GET", "/health")
-        return body
+        """``GET /health``: ``{"ok": true, "version", "running", "max_concurrency"}``
+        (a :class:`~pyflue.responses.Health`, as a dict)."""
+        return await self._body(Health, "GET", "/health")
 
-    async def _request(
+    async def _answer(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
+        """Sends one request; returns its body validated into ``model``."""
+        return self._validated(model, *await self._exchange(method, path, **kwargs))
+
+    async def _body(self, model: type[BaseModel], method: str, path: str, **kwargs: Any
+                    ) -> dict[str, Any]:
+        """Sends one request; returns its JSON body as it came, once it validates as ``model``
+        (for the methods that have always returned the body as a dict)."""
+        response, body = await self._exchange(method, path, **kwargs)
+        self._validated(model, response, body)
+        checked: dict[str, Any] = body
+        return checked
+
+    def _validated(self, model: type[M], response: httpx.Response, body: Any) -> M:
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            raise self._invalid(response, f"is not a {model.__name__} ({exc.error_count()} "
+                                          "problem(s))", str(exc)) from None
+
+    async def _exchange(
         self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
         json: Any = None, headers: Mapping[str, str] | None = None,
         timeout: httpx.Timeout | None = None,
-    ) -> Any:
-        """Sends one request; returns the decoded JSON body or raises the typed error."""
+    ) -> tuple[httpx.Response, Any]:
         try:
             response = await self._http.request(
                 method, path, params=_params(params), json=json, headers=headers,
@@ -136,12 +168,15 @@ class PyFlueClient:
         if response.is_error:
             raise error_from(response)
         try:
-            return response.json()
+            return response, response.json()
         except ValueError:
-            raise ApiError(response.status_code, {"error": {
-                "type": "invalid_response", "details": response.text[:200] or None,
-                "message": f"HTTP {response.status_code} from {response.request.url} is not "
-                           f"JSON: is {self.base_url} a pyflue server?"}}) from None
+            raise self._invalid(response, "is not JSON", response.text[:200] or None) from None
+
+    def _invalid(self, response: httpx.Response, what: str, details: str | None) -> ApiError:
+        return ApiError(response.status_code, {"error": {
+            "type": "invalid_response", "details": details,
+            "message": f"HTTP {response.status_code} from {response.request.url} {what}: is "
+                       f"{self.base_url} a pyflue server of this version?"}})
 
     def _stream(self, method: str, path: str, **kwargs: Any
                ) -> AbstractAsyncContextManager[httpx.Response]:
@@ -204,8 +239,8 @@ class PyFlueClient:
             opener = functools.partial(self._resume, run_id, last)
 
     async def _nothing_after(self, run_id: str, last: int) -> bool:
-        body = await self._request("GET", _run_path(run_id))
-        return bool(RunStatus(body["status"]).finished and body["event_count"] <= last)
+        run = await self._answer(Run, "GET", _run_path(run_id))
+        return run.status.finished and run.event_count <= last
 
     def _resume(self, run_id: str, after: int) -> AbstractAsyncContextManager[httpx.Response]:
         return self._stream("GET", _run_path(run_id, "/stream"),
@@ -226,8 +261,7 @@ class Workflows:
 
     async def list(self) -> builtins.list[WorkflowInfo]:
         """``GET /workflows``: the workflows the server discovered."""
-        body = await self._client._request("GET", "/workflows")
-        return [WorkflowInfo.model_validate(w) for w in body["workflows"]]
+        return (await self._client._answer(WorkflowList, "GET", "/workflows")).workflows
 
     async def invoke(
         self, name: str, payload: Mapping[str, Any] | None = None, *, wait: bool = True,
@@ -241,17 +275,19 @@ class Workflows:
         (cancelled), both carrying ``run_id`` and ``run_status``. With ``wait=False`` returns
         ``{"status": "accepted", "run_id"}`` at once. The same ``idempotency_key`` for the same
         workflow returns the run it started first. Unknown workflow: :class:`NotFoundError`.
+        The body is returned as a dict, once it validates as
+        :class:`~pyflue.responses.Completed` (or :class:`~pyflue.responses.Accepted`).
         """
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         timeout = self._client.timeout
         if wait:  # the run's own deadline bounds the wait, not the client's read timeout
             timeout = httpx.Timeout(connect=timeout.connect, read=None, write=timeout.write,
                                     pool=timeout.pool)
-        body: dict[str, Any] = await self._client._request(
+        return await self._client._body(
+            Completed if wait else Accepted,
             "POST", f"/workflows/{quote(name)}", params={"wait": "result" if wait else None},
             json={"payload": dict(payload or {})}, headers=headers, timeout=timeout,
         )
-        return body
 
     async def stream(
         self, name: str, payload: Mapping[str, Any] | None = None, *,
@@ -288,7 +324,7 @@ class Runs:
 
     async def get(self, run_id: str) -> Run:
         """``GET /runs/{id}``: the run record. Unknown id: :class:`NotFoundError`."""
-        return Run.model_validate(await self._client._request("GET", _run_path(run_id)))
+        return await self._client._answer(Run, "GET", _run_path(run_id))
 
     async def list(
         self, status: RunStatus | str | None = None, workflow: str | None = None,
@@ -296,7 +332,7 @@ class Runs:
     ) -> RunPage:
         """``GET /runs``: one page of runs, newest first (``limit`` 1 to 500)."""
         params = {"status": status, "workflow": workflow, "limit": limit, "cursor": cursor}
-        return RunPage.model_validate(await self._client._request("GET", "/runs", params=params))
+        return await self._client._answer(RunPage, "GET", "/runs", params=params)
 
     async def recent(
         self, limit: int = 50, *, status: RunStatus | str | None = None,
@@ -324,12 +360,12 @@ class Runs:
         out: builtins.list[Event] = []
         while limit is None or len(out) < limit:
             size = EVENTS_PAGE if limit is None else min(limit - len(out), 5000)
-            body = await self._client._request("GET", _run_path(run_id, "/events"), params={
-                "after": after, "limit": size, "types": wanted})
-            page = [parse_event(e) for e in body["events"]]
-            out += page
-            after = body["next_after"]
-            if len(page) < size:
+            page = await self._client._answer(_EventPage, "GET", _run_path(run_id, "/events"),
+                                              params={"after": after, "limit": size,
+                                                      "types": wanted})
+            out += page.events
+            after = page.next_after
+            if len(page.events) < size:
                 break
         return out
 
@@ -350,9 +386,10 @@ class Runs:
 
         A queued run is cancelled at once; a running one is stopped (its command and container
         killed) and ends ``cancelled`` shortly after. Finished run: :class:`ConflictError`.
+        The body is returned as a dict, once it validates as
+        :class:`~pyflue.responses.CancelAnswer`.
         """
-        body: dict[str, Any] = await self._client._request("POST", _run_path(run_id, "/cancel"))
-        return body
+        return await self._client._body(CancelAnswer, "POST", _run_path(run_id, "/cancel"))
 
     def follow(self, run_id: str, after: int = 0) -> AsyncGenerator[Event, None]:
         """``WS /runs/{id}/stream``: like :meth:`stream`, over a WebSocket. A dropped socket

@@ -45,6 +45,11 @@ WORKFLOWS = {
             first.touch()
             return (await h.shell(f"sleep {seconds}; echo done"))["stdout"].strip()
         """,
+    "request": """
+        async def run(ctx):
+            return {"json": await ctx.req.json(), "body": (await ctx.req.body()).decode(),
+                    "note": ctx.req.headers.get("x-note"), "path": ctx.req.url.path}
+        """,
     "late": """
         from pyflue import create_agent
         deadline_seconds = 2
@@ -176,6 +181,20 @@ async def test_sse_resume_with_last_event_id_has_no_gaps_or_duplicates(server: S
         assert seen == list(range(1, len(seen) + 1)) and kinds[-1] == "run_end"
         total = (await client.get(f"/runs/{run_id}")).json()["event_count"]
         assert len(seen) == total
+
+
+async def test_a_workflow_reads_its_request_body_json_and_headers_after_the_answer(
+    server: Server,
+) -> None:
+    body = b'{"payload": {"k": [1, 2]}}'
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        r = await client.post("/workflows/request", content=body,
+                              headers={"Content-Type": "application/json", "X-Note": "from-ci"})
+        assert r.status_code == 202  # the workflow reads the request after this answer
+        run = await until_finished(client, r.json()["run_id"])
+    assert run["status"] == "completed" and run["payload"] == {"k": [1, 2]}
+    assert run["result"] == {"json": {"payload": {"k": [1, 2]}}, "body": body.decode(),
+                             "note": "from-ci", "path": "/workflows/request"}
 
 
 async def test_a_sigkilled_server_recovers_running_and_queued_runs(
