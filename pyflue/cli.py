@@ -10,7 +10,6 @@ when it runs, so ``pyflue --help`` and ``pyflue --version`` answer at once.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import signal
 import sys
@@ -302,16 +301,6 @@ async def _as_usage_errors(main: Awaitable[T], *, not_found: bool = False) -> T:
         raise
 
 
-@dataclasses.dataclass
-class _Outcome:
-    """How a remote run ended, as far as `pyflue invoke` needs it."""
-
-    run_id: str
-    status: str
-    result: Any = None
-    error: str | None = None
-
-
 @app.command()
 def invoke(
     name: Annotated[str, typer.Argument(help="workflow name on the server, e.g. shell_steps")],
@@ -339,56 +328,40 @@ def invoke(
     body = _payload(raw)
     client = _client(server, token, "invoke")
     main = _invoke(client, name, body, wait, follow, events_format, idempotency_key)
-    outcome: _Outcome = _run_async(_as_usage_errors(main, not_found=True))
-    if outcome.status == "accepted":
-        typer.echo(outcome.run_id)
+    outcome: Run | str = _run_async(_as_usage_errors(main, not_found=True))
+    if isinstance(outcome, str):  # neither --wait nor --follow: the run id of the run started
+        typer.echo(outcome)
         raise typer.Exit(EXIT_OK)
-    typer.echo(f"run {outcome.run_id} {outcome.status}", err=True)
-    if outcome.status == RunStatus.completed:
+    typer.echo(f"run {outcome.run_id} {outcome.status.value}", err=True)
+    if outcome.status is RunStatus.completed:
         typer.echo(json.dumps(outcome.result, indent=2, ensure_ascii=False))
         raise typer.Exit(EXIT_OK)
-    typer.echo(f"error: run {outcome.run_id} {outcome.status}: {outcome.error}", err=True)
-    raise typer.Exit(EXIT_INTERRUPTED if outcome.status == RunStatus.cancelled else EXIT_FAILED)
+    why = (f"{outcome.error.type}: {outcome.error.message}" if outcome.error
+           else outcome.reason or outcome.status.value)
+    typer.echo(f"error: run {outcome.run_id} {outcome.status.value}: {why}", err=True)
+    raise typer.Exit(EXIT_INTERRUPTED if outcome.status is RunStatus.cancelled else EXIT_FAILED)
 
 
 async def _invoke(
     client: PyFlueClient, name: str, payload: dict[str, Any], wait: bool, follow: bool,
     fmt: StreamFormat, key: str | None,
-) -> _Outcome:
-    from pyflue.client import ConflictError, ServerError
+) -> Run | str:
+    seen: set[str] = set()
+
+    def show(event: Event) -> None:
+        if event.run_id not in seen:
+            seen.add(event.run_id)
+            typer.echo(f"run {event.run_id}", err=True)
+        if (line := _line(event, fmt)) is not None:
+            typer.echo(line, err=True)
 
     async with client:
-        if follow:
-            return await _invoke_following(client, name, payload, fmt, key)
-        try:
-            body = await client.workflows.invoke(name, payload, wait=wait, idempotency_key=key)
-        except (ServerError, ConflictError) as exc:
-            if exc.run_id is None:
-                raise
-            return _outcome_of(await client.runs.get(exc.run_id))
-        return _Outcome(body["run_id"], body["status"], body.get("result"))
-
-
-async def _invoke_following(
-    client: PyFlueClient, name: str, payload: dict[str, Any], fmt: StreamFormat,
-    key: str | None,
-) -> _Outcome:
-    run_id = ""
-    async for event in client.workflows.stream(name, payload, idempotency_key=key):
-        if not run_id:
-            run_id = event.run_id
-            typer.echo(f"run {run_id}", err=True)
-        line = _line(event, fmt)
-        if line is not None:
-            typer.echo(line, err=True)
-    if not run_id:
-        raise PyflueError(f"the server at {client.base_url} sent no events for the run")
-    return _outcome_of(await client.runs.get(run_id))
-
-
-def _outcome_of(run: Run) -> _Outcome:
-    error = f"{run.error.type}: {run.error.message}" if run.error else run.reason
-    return _Outcome(run.run_id, run.status.value, run.result, error or run.status.value)
+        if not (wait or follow):
+            started = await client.workflows.invoke(name, payload, wait=False,
+                                                    idempotency_key=key)
+            return str(started["run_id"])
+        return await client.workflows.run(name, payload, idempotency_key=key,
+                                          on_event=show if follow else None)
 
 
 @app.command()
@@ -615,14 +588,6 @@ def images_list(project: ProjectOpt = None) -> None:
         _die(exc.message, _exit_code_for(exc))
 
 
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
-
-
 def _events_document(run_id: str, events: list[Event]) -> str:
     from pyflue.render import events_document
 
@@ -633,3 +598,12 @@ def _run_line(run: Run) -> str:
     from pyflue.render import run_line
 
     return run_line(run)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
+

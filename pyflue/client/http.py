@@ -32,7 +32,13 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from pyflue.client.errors import ApiError, ServerError, ServerUnreachable, error_from
+from pyflue.client.errors import (
+    ApiError,
+    ConflictError,
+    ServerError,
+    ServerUnreachable,
+    error_from,
+)
 from pyflue.client.ws import WorkflowConnection, follow
 from pyflue.events import AnyEvent, Event, EventType, parse_event_json
 from pyflue.models import Run, RunStatus
@@ -306,6 +312,30 @@ class Workflows:
 
         async for event in self._client._follow(None, 0, first):
             yield event
+
+    async def run(
+        self, name: str, payload: Mapping[str, Any] | None = None, *,
+        idempotency_key: str | None = None, on_event: Callable[[Event], None] | None = None,
+    ) -> Run:
+        """Invokes the workflow, waits for its end and returns its final record, whatever the
+        outcome (check ``run.status``: a failed or cancelled run raises nothing here). With
+        ``on_event``, each of the run's events is handed to it live as it comes (SSE)."""
+        if on_event is not None:
+            run_id = None
+            async for event in self.stream(name, payload, idempotency_key=idempotency_key):
+                run_id = event.run_id
+                on_event(event)
+            if run_id is None:
+                raise ServerUnreachable(f"the server at {self._client.base_url} sent no "
+                                        "events for the run")
+            return await self._client.runs.get(run_id)
+        try:
+            body = await self.invoke(name, payload, wait=True, idempotency_key=idempotency_key)
+        except (ServerError, ConflictError) as exc:
+            if exc.run_id is None:  # no run came of it: the server's own failure
+                raise
+            return await self._client.runs.get(exc.run_id)
+        return await self._client.runs.get(body["run_id"])
 
     def connect(self, name: str) -> WorkflowConnection:
         """``WS /workflows/{name}``: one invocation over a WebSocket::

@@ -235,6 +235,23 @@ async def test_a_failed_run_with_wait_raises_a_server_error_naming_the_run(
     assert (await client.runs.get(error.run_id)).status is RunStatus.failed
 
 
+async def test_run_returns_the_final_record_whatever_the_outcome(client: PyFlueClient) -> None:
+    done = await client.workflows.run("hello", {"name": "Di"})
+    assert done.status is RunStatus.completed and "hello, Di" in done.result["greeting"]
+    failed = await client.workflows.run("shell_steps", {"steps": "bad"})
+    assert failed.status is RunStatus.failed and failed.error is not None
+    assert failed.error.type == "ValueError"
+
+
+async def test_run_hands_each_event_to_on_event_as_it_comes(client: PyFlueClient) -> None:
+    seen: list[EventType] = []
+    final = await client.workflows.run("hello", {"name": "Ed"},
+                                       on_event=lambda e: seen.append(EventType(e.type)))
+    assert final.status is RunStatus.completed
+    assert seen[0] is EventType.run_start and seen[-1] is EventType.run_end
+    assert len(seen) == final.event_count
+
+
 async def test_a_token_guarded_server_refuses_clients_without_the_token(
     tmp_path: Path, docker_client: Any
 ) -> None:
