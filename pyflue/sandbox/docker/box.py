@@ -36,19 +36,10 @@ from pyflue.sandbox.base import (
     SandboxSpec,
 )
 from pyflue.sandbox.docker.engine import translated
+from pyflue.sandbox.docker.shell import WRAPPER, Demuxer
 from pyflue.sandbox.tario import build_tar, extract_tree, read_single_file, write_tar
 
 log = logging.getLogger(__name__)
-
-PID_MARKER = b"\x1epyflue-pid:"
-
-# The exec's first process is its own process-group leader. It reports its pid on stderr first,
-# so a timeout can kill the whole group (orphans included) without a process table scan, then
-# runs the user's command in the same process (bash when the image has it, else sh).
-WRAPPER = (
-    'printf "\\036pyflue-pid:%s\\n" "$$" >&2; '
-    '__pyflue_command=$1; set --; eval "$__pyflue_command"'
-)
 
 STDOUT, STDERR = 1, 2
 
@@ -148,7 +139,7 @@ class DockerSandbox:
         # One thread starts the exec, streams its frames and reads its exit code: one hand-off
         # to the loop per frame, none per step.
         session = _ExecSession()
-        stream = _Demuxer(on_output, session.pid)
+        stream = Demuxer(on_output)
         frames = self._exec_frames(argv, cwd, env, session)
         pump = asyncio.ensure_future(self._drain(frames, stream))
         watch = asyncio.ensure_future(self._watch_container())
@@ -157,13 +148,13 @@ class DockerSandbox:
                 # asyncio.wait never cancels what it waits for: a timeout leaves pump running.
                 await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
-            killed = await self._kill(pump, session)
+            killed = await self._kill(pump, session, stream)
             limits = await self._bridge.call(self._new_limit_hits)
             return ExecStatus(exit_code=124, timed_out=True, killed=killed, limits=limits)
         except BaseException:
             # Cancelled (run cancelled, Ctrl-C): do not leave the command running.
             if not pump.done():
-                await asyncio.shield(self._kill(pump, session))
+                await asyncio.shield(self._kill(pump, session, stream))
             raise
         finally:
             watch.cancel()
@@ -298,12 +289,13 @@ class DockerSandbox:
             code = self._api.exec_inspect(exec_id).get("ExitCode")
         return -1 if code is None else int(code)
 
-    async def _drain(self, frames: Iterator[tuple[int, bytes]], stream: _Demuxer) -> None:
+    async def _drain(self, frames: Iterator[tuple[int, bytes]], stream: Demuxer) -> None:
         async for stream_id, chunk in self._bridge.pump(frames):
-            stream.feed(stream_id, chunk)
+            stream.feed("stdout" if stream_id == STDOUT else "stderr", chunk)
         stream.finish()
 
-    async def _kill(self, pump: asyncio.Future[None], session: _ExecSession) -> KillScope:
+    async def _kill(self, pump: asyncio.Future[None], session: _ExecSession,
+                    stream: Demuxer) -> KillScope:
         """Kills the command's process group; escalates to every sandbox process if needed."""
         killed: KillScope = None
         with session.lock:  # an exec not started yet never will be
@@ -311,15 +303,14 @@ class DockerSandbox:
         if session.abandoned:
             pump.cancel()
             return None
-        pid_box = session.pid
         for _ in range(50):  # the pid line follows the start within milliseconds
-            if pid_box or pump.done():
+            if stream.pid is not None or pump.done():
                 break
             await asyncio.sleep(0.02)
-        if pid_box:
+        if stream.pid is not None:
             killed = "group"
             try:
-                pid = pid_box[0]
+                pid = stream.pid
                 async with asyncio.timeout(min(self._kill_grace, 1.0)):
                     command = f"kill -9 -{pid} 2>/dev/null; kill -9 {pid}"
                     await self._bridge.call(self._run_quiet, ["/bin/sh", "-c", command])
@@ -463,50 +454,13 @@ class DockerSandbox:
 
 
 class _ExecSession:
-    """What the exec thread learns: the socket (to abort), the pid (to kill), the exit code."""
+    """What the exec thread learns: the socket (to abort), the exit code."""
 
     def __init__(self) -> None:
         self.sock: Any = None
-        self.pid: list[int] = []
         self.exit_code: int | None = None
         self.abandoned = False
         self.lock = threading.Lock()
-
-
-class _Demuxer:
-    """Takes exec frames; hides the wrapper's pid line; hands output on by stream name."""
-
-    def __init__(self, on_output: OutputHandler, pid_box: list[int]) -> None:
-        self._on_output = on_output
-        self._pid_box = pid_box
-        self._stderr_head: bytes | None = b""
-
-    def feed(self, stream_id: int, chunk: bytes) -> None:
-        if stream_id == STDERR and self._stderr_head is not None:
-            self._stderr_head += chunk
-            if b"\n" not in self._stderr_head:
-                if len(self._stderr_head) < 64:
-                    return
-                chunk, self._stderr_head = self._stderr_head, None
-            else:
-                line, _, rest = self._stderr_head.partition(b"\n")
-                self._stderr_head = None
-                if line.startswith(PID_MARKER):
-                    try:
-                        self._pid_box.append(int(line[len(PID_MARKER) :]))
-                    except ValueError:
-                        pass
-                    chunk = rest
-                else:
-                    chunk = line + b"\n" + rest
-            if not chunk:
-                return
-        self._on_output("stdout" if stream_id == STDOUT else "stderr", chunk)
-
-    def finish(self) -> None:
-        if self._stderr_head:
-            self._on_output("stderr", self._stderr_head)
-        self._stderr_head = None
 
 
 def _frames(sock: Any) -> Iterator[tuple[int, bytes]]:
