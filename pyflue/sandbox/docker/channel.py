@@ -91,7 +91,9 @@ class Channel(Protocol):
         ...
 
     async def signal_init(self, signal: str) -> None:
-        """Sends ``signal`` (a name such as ``SIGUSR1``) to the container's PID 1."""
+        """Sends ``signal`` (a name such as ``SIGUSR1``) to the container's PID 1 from outside
+        the container, as ``docker kill`` does: even a signal it has no handler for arrives
+        (from inside, the kernel would drop it), so it works in a sandbox out of pids too."""
         ...
 
     async def put_archive(self, dest_dir: str, archive: Archive) -> None:
