@@ -29,6 +29,16 @@ def docker_client() -> Iterator[Any]:
     client.close()
 
 
+@pytest.fixture(params=["runc", "runsc"])
+def runtime(request: pytest.FixtureRequest, docker_client: Any) -> str:
+    """Each runtime the engine has: runc always, gVisor (runsc) where it is registered
+    (./scripts/setup registers it when it starts the engine); a test using it runs under each."""
+    name: str = request.param
+    if name not in (docker_client.info().get("Runtimes") or {}):
+        pytest.skip(f"{name} is not registered with this Docker engine (see docs/security.md)")
+    return name
+
+
 @pytest.fixture
 def settings(project: Path, tmp_path: Path) -> Settings:
     return Settings(

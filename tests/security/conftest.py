@@ -4,22 +4,13 @@ where it is registered (./scripts/setup registers it when it starts the engine).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from pyflue.settings import SandboxDefaults, Settings
-from tests.integration.conftest import containers_of, docker_client, runner, volumes_of
+from tests.integration.conftest import containers_of, docker_client, runner, runtime, volumes_of
 
-__all__ = ["containers_of", "docker_client", "runner", "settings", "volumes_of"]
-
-
-@pytest.fixture(params=["runc", "runsc"])
-def runtime(request: pytest.FixtureRequest, docker_client: Any) -> str:
-    name: str = request.param
-    if name not in (docker_client.info().get("Runtimes") or {}):
-        pytest.skip(f"{name} is not registered with this Docker engine (see docs/security.md)")
-    return name
+__all__ = ["containers_of", "docker_client", "runner", "runtime", "settings", "volumes_of"]
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import docker
 import docker.errors
@@ -101,6 +102,27 @@ def _explain(exc: Any) -> str:
     status = getattr(exc, "status_code", None)
     text = str(explanation or exc).strip()
     return f"{text} (HTTP {status})" if status else text
+
+
+def api_url(api: Any, template: str, *parts: str) -> str:
+    """An Engine API URL for a request docker-py has no method for, from the client's public
+    ``base_url`` and ``api_version``; ``parts`` (ids, names) are quoted into ``template``'s
+    ``{}`` places."""
+    return f"{api.base_url}/v{api.api_version}" + template.format(
+        *(quote(part, safe="") for part in parts)
+    )
+
+
+def raise_for_status(response: Any) -> None:
+    """Raises docker-py's own error for an error answer to such a request (``NotFound`` for
+    a 404, else ``APIError``), so that :func:`translated` maps it like any SDK call's."""
+    try:
+        response.raise_for_status()
+    except requests.exceptions.HTTPError as exc:
+        try:
+            docker.errors.create_api_error_from_http_exception(exc)  # always raises
+        finally:
+            response.close()
 
 
 def start_error(what: str, exc: SandboxError) -> SandboxStartError:

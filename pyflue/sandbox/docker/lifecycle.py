@@ -24,6 +24,8 @@ from pyflue.models import utcnow
 from pyflue.sandbox.base import Emit, Sandbox, SandboxSpec
 from pyflue.sandbox.docker.box import DockerSandbox
 from pyflue.sandbox.docker.engine import connect, is_gvisor, start_error, translated
+from pyflue.sandbox.docker.exec_channel import ExecChannel
+from pyflue.sandbox.docker.probe import ContainerProbe
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +180,16 @@ class DockerProvider:
                                   network=spec.network, runtime=spec.runtime or "runc"))
             await self.bridge.call(self._start, container, spec)
             emit(ContainerStarted(container_id=container.id))
-            yield DockerSandbox(self.client, self.bridge, container.id, spec, self.kill_grace)
+            yield self._sandbox(container.id, spec)
         finally:
             await run_to_completion(self._remove(container, volume, emit))
+
+    def _sandbox(self, container_id: str, spec: SandboxSpec) -> DockerSandbox:
+        """The work inside a started container, over ``docker exec`` and the archive API."""
+        api = self.client.api
+        return DockerSandbox(ExecChannel(api, self.bridge, container_id),
+                             ContainerProbe(api, self.bridge, container_id),
+                             self.bridge, spec, self.kill_grace)
 
     def _create(self, spec: SandboxSpec, volume: str) -> Any:
         try:
