@@ -9,7 +9,8 @@ from pyflue.errors import RunNotFound, RunStateConflict
 from pyflue.events import Event, EventType
 from pyflue.models import Run, RunStatus, utcnow
 from pyflue.store.base import NewEvent, Notifier, QueueSignal, RunUpdate, follow
-from pyflue.store.updates import apply_update, conflict
+from pyflue.store.updates import conflict, update_fields
+from pyflue.store.values import check_worker, new_events, new_run
 
 
 class MemoryStore:
@@ -27,15 +28,17 @@ class MemoryStore:
         return None
 
     async def create_run(self, run: Run) -> Run:
-        if run.idempotency_key is not None and await self.find_run(
-            run.workflow, run.idempotency_key
+        stored = new_run(run)
+        if stored.idempotency_key is not None and await self.find_run(
+            stored.workflow, stored.idempotency_key
         ):
-            raise RunStateConflict(f"a run with Idempotency-Key {run.idempotency_key!r} exists")
-        self._runs[run.run_id] = run.model_copy()
-        self._events[run.run_id] = []
-        if run.status is RunStatus.queued and run.owner is None:
+            raise RunStateConflict(
+                f"a run with Idempotency-Key {stored.idempotency_key!r} exists")
+        self._runs[stored.run_id] = stored
+        self._events[stored.run_id] = []
+        if stored.status is RunStatus.queued and stored.owner is None:
             self._queue.fire()
-        return run
+        return stored.model_copy()
 
     def on_queue_change(self, callback: Callable[[], None]) -> None:
         self._queue.listen(callback)
@@ -72,6 +75,7 @@ class MemoryStore:
 
     async def claim_runs(self, owner: str, limit: int,
                          exclude: Collection[str] = ()) -> list[Run]:
+        check_worker(owner)
         if limit <= 0:
             return []
         free = sorted((r for r in self._runs.values()
@@ -91,13 +95,15 @@ class MemoryStore:
         return None
 
     async def update_run(self, run_id: str, update: RunUpdate) -> Run:
+        fields = update_fields(update)
+        told = new_events(update.events)
         run = await self.get_run(run_id)
         refused = conflict(run, update)
         if refused is not None:
             raise refused
-        self._runs[run_id] = apply_update(run, update)
-        if update.events:
-            await self.append_events(run_id, update.events)
+        self._runs[run_id] = run.model_copy(update=fields)
+        if told:
+            await self.append_events(run_id, told)
         if update.status is RunStatus.queued:
             self._queue.fire()
         return self._runs[run_id].model_copy()
@@ -107,9 +113,10 @@ class MemoryStore:
         self._events.pop(run_id, None)
 
     async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> list[Event]:
+        told = new_events(events)
         run = await self.get_run(run_id)
         stored = self._events[run_id]
-        out = [e.stored(run_id, len(stored) + i + 1) for i, e in enumerate(events)]
+        out = [e.stored(run_id, len(stored) + i + 1) for i, e in enumerate(told)]
         stored.extend(out)
         self._runs[run_id] = run.model_copy(update={"event_count": len(stored)})
         self._notifier.publish(run_id)
@@ -128,7 +135,7 @@ class MemoryStore:
         return events if limit is None else events[:limit]
 
     async def heartbeat(self, worker: str) -> None:
-        self._workers[worker] = utcnow()
+        self._workers[check_worker(worker)] = utcnow()
 
     async def worker_age(self, worker: str) -> float | None:
         seen = self._workers.get(worker)

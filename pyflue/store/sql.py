@@ -40,6 +40,7 @@ from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
 from pyflue.store.base import NewEvent, Notifier, QueueSignal, RunUpdate, follow
 from pyflue.store.schema import events, runs, workers
 from pyflue.store.updates import conflict, update_fields
+from pyflue.store.values import check_worker, new_events, new_run
 
 log = logging.getLogger(__name__)
 
@@ -265,28 +266,29 @@ class SqlStore:
             ) from exc
 
     async def create_run(self, run: Run) -> Run:
-        values = run.model_dump(mode="json")
+        stored = new_run(run)
+        values = stored.model_dump(mode="json")
         values.update(
-            status=run.status.value,
-            created_at=run.created_at,
-            started_at=run.started_at,
-            finished_at=run.finished_at,
+            status=stored.status.value,
+            created_at=stored.created_at,
+            started_at=stored.started_at,
+            finished_at=stored.finished_at,
         )
-        takeable = run.status is RunStatus.queued and run.owner is None
+        takeable = stored.status is RunStatus.queued and stored.owner is None
         try:
             async with self._write() as conn:
                 await conn.execute(insert(runs).values(**values))
                 if takeable:
-                    await self._tell_queue(conn, run.run_id)
+                    await self._tell_queue(conn, stored.run_id)
         except StoreError as exc:
-            if isinstance(exc.__cause__, IntegrityError) and run.idempotency_key is not None:
+            if isinstance(exc.__cause__, IntegrityError) and stored.idempotency_key is not None:
                 raise RunStateConflict(
-                    f"a run with Idempotency-Key {run.idempotency_key!r} exists"
+                    f"a run with Idempotency-Key {stored.idempotency_key!r} exists"
                 ) from exc
             raise
         if takeable:
             self._queued_here()
-        return run
+        return stored
 
     async def get_run(self, run_id: str) -> Run:
         async with self._read() as conn:
@@ -336,6 +338,7 @@ class SqlStore:
 
     async def claim_runs(self, owner: str, limit: int,
                          exclude: Collection[str] = ()) -> list[Run]:
+        check_worker(owner)
         if limit <= 0:
             return []
         pick = (select(runs.c.run_id)
@@ -367,6 +370,7 @@ class SqlStore:
 
     async def update_run(self, run_id: str, update_: RunUpdate) -> Run:
         fields = update_fields(update_)
+        told = new_events(update_.events)
         if "status" in fields:
             fields["status"] = RunStatus(fields["status"]).value
         if fields.get("error") is not None:
@@ -382,8 +386,8 @@ class SqlStore:
             query = query.where(runs.c.cancel_requested.is_(None))
         async with self._write() as conn:
             applied = (await conn.execute(query)).rowcount > 0
-            if applied and update_.events:
-                await self._append(conn, run_id, update_.events)
+            if applied and told:
+                await self._append(conn, run_id, told)
             if applied and update_.status is RunStatus.queued:
                 await self._tell_queue(conn, run_id)
         if not applied:
@@ -404,10 +408,11 @@ class SqlStore:
             await conn.execute(delete(runs).where(runs.c.run_id == run_id))
 
     async def append_events(self, run_id: str, new: Sequence[NewEvent]) -> list[Event]:
-        if not new:
+        told = new_events(new)
+        if not told:
             return []
         async with self._write() as conn:
-            stored = await self._append(conn, run_id, new)
+            stored = await self._append(conn, run_id, told)
         self._notifier.publish(run_id)
         return stored
 
@@ -467,6 +472,7 @@ class SqlStore:
         return [_event_from_row(r) for r in rows]
 
     async def heartbeat(self, worker: str) -> None:
+        check_worker(worker)
         # PostgreSQL: its clock, for every worker alike. SQLite is one machine's anyway.
         now: Any = func.now() if self._is_postgres else utcnow()
         async with self._write() as conn:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import asyncpg
@@ -13,9 +15,9 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from pyflue.errors import RunNotFound, RunStateConflict, StoreError
+from pyflue.errors import ConfigError, RunNotFound, RunStateConflict, StoreError
 from pyflue.events import EventType, Log, RunEnd, RunRequeued, ShellStart
-from pyflue.models import Run, RunStatus, new_run_id, utcnow
+from pyflue.models import ErrorInfo, Run, RunStatus, new_run_id, utcnow
 from pyflue.settings import Settings
 from pyflue.store import MemoryStore, NewEvent, RunStore, RunUpdate, SqlStore
 
@@ -411,3 +413,153 @@ async def test_postgres_listen_comes_back_after_its_connection_is_killed(
         await asyncio.sleep(0.1)
     assert reader._listener is not None and reader._listener is not first
     await _notify_reaches(reader, writer)
+
+
+# -- the contract, edge by edge: every adapter answers alike -----------------------------------
+
+
+async def test_a_created_run_is_returned_as_get_run_returns_it(store: RunStore) -> None:
+    given = _run().model_copy(update={"payload": {"t": (1, 2)}, "event_count": 5})
+    created = await store.create_run(given)
+    assert created == await store.get_run(given.run_id)
+    assert created.payload == {"t": [1, 2]} and created.event_count == 0
+
+
+async def test_a_new_run_starts_with_no_events_whatever_its_event_count_says(
+    store: RunStore,
+) -> None:
+    run = await store.create_run(_run().model_copy(update={"event_count": 5}))
+    [first] = await store.append_events(run.run_id, [_ev(1)])
+    assert first.event_index == 1 and (await store.get_run(run.run_id)).event_count == 1
+
+
+async def test_timestamps_come_back_in_utc_whatever_zone_they_were_given_in(
+    store: RunStore,
+) -> None:
+    plus_two = datetime(2024, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    run = await store.create_run(_run().model_copy(update={"created_at": plus_two}))
+    naive = datetime(2024, 1, 1, 11, 0)  # taken to be UTC
+    await store.update_run(run.run_id, RunUpdate(started_at=naive))
+    [event] = await store.append_events(run.run_id, [replace(_ev(1), timestamp=naive)])
+    got = await store.get_run(run.run_id)
+    assert got.created_at == plus_two and got.created_at.tzinfo is UTC
+    assert got.started_at == naive.replace(tzinfo=UTC) and got.started_at.tzinfo is UTC
+    [listed] = await store.list_events(run.run_id)
+    assert event.timestamp == listed.timestamp == naive.replace(tzinfo=UTC)
+    assert listed.timestamp.tzinfo is UTC
+
+
+async def test_runs_created_in_other_zones_list_in_time_order(store: RunStore) -> None:
+    ten_utc = datetime(2024, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    eleven_utc = datetime(2024, 1, 1, 11, 0, tzinfo=UTC)
+    later = await store.create_run(_run().model_copy(update={"created_at": eleven_utc}))
+    earlier = await store.create_run(_run().model_copy(update={"created_at": ten_utc}))
+    listed = await store.list_runs(oldest_first=True)
+    assert [r.run_id for r in listed] == [earlier.run_id, later.run_id]
+
+
+async def test_json_values_round_trip_unicode_nesting_and_large_integers(
+    store: RunStore,
+) -> None:
+    value = {"ünï": "☃ \u0000 \U0001f600", "deep": [{"a": [[{}], []]}], "big": 2**70,
+             "neg": -(2**65), "f": 0.1, "t": True, "n": None}
+    run = await store.create_run(_run().model_copy(update={"payload": value}))
+    await store.update_run(run.run_id, RunUpdate(result=value, has_result=True))
+    told = NewEvent(EventType.log, {"level": "info", "message": "m", "fields": value}, utcnow())
+    await store.append_events(run.run_id, [told])
+    got = await store.get_run(run.run_id)
+    assert got.payload == value and got.result == value
+    [event] = await store.list_events(run.run_id)
+    assert event.data["fields"] == value
+
+
+async def test_json_values_are_kept_in_their_json_form(store: RunStore) -> None:
+    value = {"tuple": (1, 2), "set": {3}, 4: "int key", "nan": float("nan"), "inf": math.inf}
+    form = {"tuple": [1, 2], "set": [3], "4": "int key", "nan": None, "inf": None}
+    run = await store.create_run(_run().model_copy(update={"payload": value}))
+    updated = await store.update_run(run.run_id, RunUpdate(result=value, has_result=True))
+    told = NewEvent(EventType.log, {"level": "info", "message": "m", "fields": value}, utcnow())
+    [appended] = await store.append_events(run.run_id, [told])
+    got = await store.get_run(run.run_id)
+    assert got.payload == form and got.result == form and updated.result == form
+    [listed] = await store.list_events(run.run_id)
+    assert appended.data["fields"] == listed.data["fields"] == form
+
+
+async def test_a_value_with_no_json_form_is_a_config_error(store: RunStore) -> None:
+    with pytest.raises(ConfigError, match="as JSON"):
+        await store.create_run(_run().model_copy(update={"payload": {"x": object()}}))
+    run = await store.create_run(_run())
+    with pytest.raises(ConfigError, match="as JSON"):
+        await store.update_run(run.run_id, RunUpdate(result=object(), has_result=True))
+    told = NewEvent(EventType.log, {"level": "info", "message": "m", "x": object()}, utcnow())
+    with pytest.raises(ConfigError, match="as JSON"):
+        await store.append_events(run.run_id, [told])
+    assert (await store.get_run(run.run_id)).result is None
+    assert await store.list_events(run.run_id) == []
+
+
+async def test_text_longer_than_its_column_is_a_config_error(store: RunStore) -> None:
+    with pytest.raises(ConfigError, match="run_id is 201 characters long"):
+        await store.create_run(_run().model_copy(update={"run_id": "r" * 201}))
+    with pytest.raises(ConfigError, match="idempotency_key is 301 characters long"):
+        await store.create_run(_run().model_copy(update={"idempotency_key": "k" * 301}))
+    run = await store.create_run(_run())
+    with pytest.raises(ConfigError, match="image is 501 characters long"):
+        await store.update_run(run.run_id, RunUpdate(image="i" * 501))
+    with pytest.raises(ConfigError, match="worker id is 201 characters long"):
+        await store.heartbeat("w" * 201)
+    assert await store.list_runs() == [run]
+
+
+async def test_text_with_a_nul_character_is_a_config_error(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    with pytest.raises(ConfigError, match="NUL character"):
+        await store.update_run(run.run_id, RunUpdate(reason="a\x00b"))
+    with pytest.raises(ConfigError, match="NUL character"):
+        await store.create_run(_run().model_copy(update={"run_id": "workflow:w:\x00"}))
+    with pytest.raises(ConfigError, match="NUL character"):
+        await store.heartbeat("h:1:\x00")
+    assert (await store.get_run(run.run_id)).reason is None
+
+
+async def test_an_integer_out_of_its_column_range_is_a_config_error(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    with pytest.raises(ConfigError, match="duration_ms 2147483648 is out of range"):
+        await store.update_run(run.run_id, RunUpdate(duration_ms=2**31))
+    await store.update_run(run.run_id, RunUpdate(duration_ms=2**31 - 1))
+    assert (await store.get_run(run.run_id)).duration_ms == 2**31 - 1
+
+
+async def test_appended_events_are_returned_as_they_are_listed(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    plus_two = datetime(2024, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    told = NewEvent(EventType.log, {"level": "info", "message": "m", "t": (1,)}, plus_two)
+    appended = await store.append_events(run.run_id, [told])
+    assert appended == await store.list_events(run.run_id)
+
+
+async def test_an_update_cannot_set_the_run_id_the_event_count_or_unknown_fields(
+    store: RunStore,
+) -> None:
+    run = await store.create_run(_run())
+    for name in ("run_id", "event_count", "no_such_field"):
+        with pytest.raises(ValueError, match=f"cannot set '{name}'"):
+            await store.update_run(run.run_id, RunUpdate(extra={name: 7}))
+    assert await store.get_run(run.run_id) == run
+
+
+async def test_an_update_is_checked_before_the_run_is_looked_up(store: RunStore) -> None:
+    with pytest.raises(ValueError, match="cannot set 'no_such_field'"):
+        await store.update_run("workflow:w:gone", RunUpdate(extra={"no_such_field": 1}))
+
+
+async def test_an_update_s_extra_values_take_the_run_s_field_types(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    updated = await store.update_run(run.run_id, RunUpdate(extra={
+        "status": "running", "error": {"type": "t", "message": "m"}}))
+    got = await store.get_run(run.run_id)
+    assert updated.status is RunStatus.running and got.status is RunStatus.running
+    assert updated.error == got.error == ErrorInfo(type="t", message="m")
+    with pytest.raises(ValueError):
+        await store.update_run(run.run_id, RunUpdate(extra={"status": "no such status"}))
