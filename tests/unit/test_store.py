@@ -458,6 +458,41 @@ async def test_runs_created_in_other_zones_list_in_time_order(store: RunStore) -
     assert [r.run_id for r in listed] == [earlier.run_id, later.run_id]
 
 
+async def test_a_returned_run_is_a_copy(store: RunStore) -> None:
+    given = _run().model_copy(update={"payload": {"k": [1]}, "idempotency_key": "k"})
+    returned = [await store.create_run(given), await store.get_run(given.run_id),
+                *await store.list_runs(), await store.find_run("w", "k"),
+                await store.update_run(given.run_id, RunUpdate(reason="r"))]
+    given.payload["k"].append("from the caller's own object")
+    for run in returned:
+        assert run is not None
+        run.payload["k"].append("changed")
+        run.status = RunStatus.failed
+    kept = await store.get_run(given.run_id)
+    assert kept.payload == {"k": [1]} and kept.status is RunStatus.queued
+
+
+async def test_a_claimed_run_is_a_copy(store: RunStore) -> None:
+    run = await store.create_run(_run().model_copy(update={"payload": {"k": [1]}}))
+    [claimed] = await store.claim_runs("w:1:a", 1)
+    claimed.payload["k"].append("changed")
+    assert (await store.get_run(run.run_id)).payload == {"k": [1]}
+
+
+async def test_a_returned_event_is_a_copy(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    fields: dict[str, object] = {"items": [1]}
+    told = NewEvent.of(Log(level="info", message="m", fields=fields))
+    [appended] = await store.append_events(run.run_id, [told])
+    fields["items"] = "from the caller's own object"
+    [listed] = await store.list_events(run.run_id)
+    for event in (appended, listed):
+        assert isinstance(event.data, Log)
+        event.data.fields["items"].append("changed")
+    [again] = await store.list_events(run.run_id)
+    assert again.data["fields"] == {"items": [1]}
+
+
 async def test_json_values_round_trip_unicode_nesting_and_large_integers(
     store: RunStore,
 ) -> None:
