@@ -13,8 +13,25 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from pyflue.errors import RunNotFound, RunStateConflict
 from pyflue.events import Event, EventData, EventType, parse_event
 from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
+
+
+def missing_run(run_id: str) -> RunNotFound:
+    """The error for a run id no run has: one message, in every adapter and every call."""
+    return RunNotFound(f"no run {run_id!r}: list runs with `pyflue runs`")
+
+
+def run_id_taken(run_id: str) -> RunStateConflict:
+    """The error for creating a run under an id a run already has."""
+    return RunStateConflict(f"a run {run_id!r} exists: give the new run an id of its own "
+                            "(pyflue.models.new_run_id)")
+
+
+def key_taken(idempotency_key: str) -> RunStateConflict:
+    """The error for creating a second run of a workflow with the same Idempotency-Key."""
+    return RunStateConflict(f"a run with Idempotency-Key {idempotency_key!r} exists")
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,18 @@ import copy
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from datetime import datetime
 
-from pyflue.errors import RunNotFound, RunStateConflict
 from pyflue.events import Event, EventType
 from pyflue.models import Run, RunStatus, utcnow
-from pyflue.store.base import NewEvent, Notifier, QueueSignal, RunUpdate, follow
+from pyflue.store.base import (
+    NewEvent,
+    Notifier,
+    QueueSignal,
+    RunUpdate,
+    follow,
+    key_taken,
+    missing_run,
+    run_id_taken,
+)
 from pyflue.store.updates import conflict, update_fields
 from pyflue.store.values import check_worker, new_events, new_run
 
@@ -36,11 +44,12 @@ class MemoryStore:
 
     async def create_run(self, run: Run) -> Run:
         stored = new_run(run)
+        if stored.run_id in self._runs:
+            raise run_id_taken(stored.run_id)
         if stored.idempotency_key is not None and await self.find_run(
             stored.workflow, stored.idempotency_key
         ):
-            raise RunStateConflict(
-                f"a run with Idempotency-Key {stored.idempotency_key!r} exists")
+            raise key_taken(stored.idempotency_key)
         self._runs[stored.run_id] = stored
         self._events[stored.run_id] = []
         if stored.status is RunStatus.queued and stored.owner is None:
@@ -55,7 +64,7 @@ class MemoryStore:
         try:
             return self._runs[run_id]
         except KeyError:
-            raise RunNotFound(f"no run {run_id!r}: list runs with `pyflue runs`") from None
+            raise missing_run(run_id) from None
 
     async def get_run(self, run_id: str) -> Run:
         return self._run(run_id).model_copy(deep=True)
@@ -71,14 +80,14 @@ class MemoryStore:
         owner: str | None = None,
     ) -> list[Run]:
         runs = sorted(self._runs.values(), key=_order, reverse=not oldest_first)
-        if before is not None and before in self._runs:
-            pivot = _order(self._runs[before])
+        if before is not None:
+            pivot = _order(self._run(before))
             runs = [r for r in runs
                     if (_order(r) > pivot if oldest_first else _order(r) < pivot)]
         runs = [r for r in runs if status is None or r.status is status]
         runs = [r for r in runs if workflow is None or r.workflow == workflow]
         runs = [r for r in runs if owner is None or r.owner == owner]
-        return [r.model_copy(deep=True) for r in runs[:limit]]
+        return [r.model_copy(deep=True) for r in runs[:max(limit, 0)]]
 
     async def claim_runs(self, owner: str, limit: int,
                          exclude: Collection[str] = ()) -> list[Run]:
@@ -141,11 +150,11 @@ class MemoryStore:
         types: Sequence[EventType] | None = None,
     ) -> list[Event]:
         self._run(run_id)
-        start = max(after, 0)  # indexes start at 1: a cursor below is the start
+        start = max(after, 0)
         picked = [(index, e) for index, e in enumerate(self._events[run_id][start:], start + 1)
                   if not types or e.type in types]
         if limit is not None:
-            picked = picked[:limit]
+            picked = picked[:max(limit, 0)]
         return [_event(run_id, index, e) for index, e in picked]
 
     async def heartbeat(self, worker: str) -> None:

@@ -19,12 +19,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
 from sqlalchemy import (
+    BigInteger,
     Connection,
     and_,
     delete,
     event,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
@@ -34,13 +36,22 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from pyflue.errors import RunNotFound, RunStateConflict, StoreError
+from pyflue.errors import RunStateConflict, StoreError
 from pyflue.events import Event, EventType, parse_event
 from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
-from pyflue.store.base import NewEvent, Notifier, QueueSignal, RunUpdate, follow
+from pyflue.store.base import (
+    NewEvent,
+    Notifier,
+    QueueSignal,
+    RunUpdate,
+    follow,
+    key_taken,
+    missing_run,
+    run_id_taken,
+)
 from pyflue.store.schema import events, runs, workers
 from pyflue.store.updates import conflict, update_fields
-from pyflue.store.values import check_worker, new_events, new_run
+from pyflue.store.values import MAX_BOUND, check_worker, new_events, new_run
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +69,12 @@ def _aware(value: datetime) -> datetime:
 
 def _maybe_aware(value: datetime | None) -> datetime | None:
     return None if value is None else _aware(value)
+
+
+def _absent(*keys: str | None) -> bool:
+    """Whether no row can have these keys: no stored text holds NUL (PostgreSQL's cannot, so
+    no adapter keeps it), and asking PostgreSQL about one would be an error, not a miss."""
+    return any(key is not None and "\x00" in key for key in keys)
 
 
 def _run_from_row(row: Any) -> Run:
@@ -281,20 +298,29 @@ class SqlStore:
                 if takeable:
                     await self._tell_queue(conn, stored.run_id)
         except StoreError as exc:
-            if isinstance(exc.__cause__, IntegrityError) and stored.idempotency_key is not None:
-                raise RunStateConflict(
-                    f"a run with Idempotency-Key {stored.idempotency_key!r} exists"
-                ) from exc
+            if isinstance(exc.__cause__, IntegrityError):
+                raise await self._clash(stored) from exc
             raise
         if takeable:
             self._queued_here()
         return stored
 
+    async def _clash(self, run: Run) -> Exception:
+        """Which unique key a run that could not be inserted shares with a stored one."""
+        async with self._read() as conn:
+            same_id = (await conn.execute(
+                select(runs.c.run_id).where(runs.c.run_id == run.run_id))).first()
+        if same_id is not None or run.idempotency_key is None:
+            return run_id_taken(run.run_id)
+        return key_taken(run.idempotency_key)
+
     async def get_run(self, run_id: str) -> Run:
+        if _absent(run_id):
+            raise missing_run(run_id)
         async with self._read() as conn:
             row = (await conn.execute(select(runs).where(runs.c.run_id == run_id))).first()
         if row is None:
-            raise RunNotFound(f"no run {run_id!r}: list runs with `pyflue runs`")
+            raise missing_run(run_id)
         return _run_from_row(row)
 
     async def list_runs(
@@ -307,32 +333,35 @@ class SqlStore:
         oldest_first: bool = False,
         owner: str | None = None,
     ) -> list[Run]:
+        if limit <= 0 or _absent(workflow, owner):
+            if before is not None:
+                await self.get_run(before)  # an unknown cursor is RunNotFound all the same
+            return []
+        run_id = runs.c.run_id
         if oldest_first:
-            order = (runs.c.created_at.asc(), runs.c.run_id.asc())
+            order = (runs.c.created_at.asc(), run_id.asc())
         else:
-            order = (runs.c.created_at.desc(), runs.c.run_id.desc())
-        query = select(runs).order_by(*order).limit(limit)
+            order = (runs.c.created_at.desc(), run_id.desc())
+        query = select(runs).order_by(*order).limit(min(limit, MAX_BOUND))
         if status is not None:
             query = query.where(runs.c.status == status.value)
         if workflow is not None:
             query = query.where(runs.c.workflow == workflow)
         if owner is not None:
             query = query.where(runs.c.owner == owner)
+        if before is not None:
+            pivot = (await self.get_run(before)).created_at
+            if oldest_first:
+                query = query.where(or_(
+                    runs.c.created_at > pivot,
+                    and_(runs.c.created_at == pivot, run_id > before),
+                ))
+            else:
+                query = query.where(or_(
+                    runs.c.created_at < pivot,
+                    and_(runs.c.created_at == pivot, run_id < before),
+                ))
         async with self._read() as conn:
-            if before is not None:
-                pivot = (
-                    await conn.execute(select(runs.c.created_at).where(runs.c.run_id == before))
-                ).scalar()
-                if pivot is not None and oldest_first:
-                    query = query.where(or_(
-                        runs.c.created_at > pivot,
-                        and_(runs.c.created_at == pivot, runs.c.run_id > before),
-                    ))
-                elif pivot is not None:
-                    query = query.where(or_(
-                        runs.c.created_at < pivot,
-                        and_(runs.c.created_at == pivot, runs.c.run_id < before),
-                    ))
             rows = (await conn.execute(query)).all()
         return [_run_from_row(r) for r in rows]
 
@@ -343,9 +372,11 @@ class SqlStore:
             return []
         pick = (select(runs.c.run_id)
                 .where(runs.c.status == RunStatus.queued.value, runs.c.owner.is_(None))
-                .order_by(runs.c.created_at.asc(), runs.c.run_id.asc()).limit(limit))
+                .order_by(runs.c.created_at.asc(), runs.c.run_id.asc())
+                .limit(min(limit, MAX_BOUND)))
+        exclude = [run_id for run_id in exclude if not _absent(run_id)]
         if exclude:
-            pick = pick.where(runs.c.run_id.not_in(list(exclude)))
+            pick = pick.where(runs.c.run_id.not_in(exclude))
         if self._is_postgres:  # rows another worker is claiming are passed over, not waited on
             pick = pick.with_for_update(skip_locked=True)
         # A CTE, evaluated once: as an IN (subquery), PostgreSQL may run a SKIP LOCKED
@@ -361,6 +392,8 @@ class SqlStore:
         return sorted((_run_from_row(r) for r in rows), key=lambda r: (r.created_at, r.run_id))
 
     async def find_run(self, workflow: str, idempotency_key: str) -> Run | None:
+        if _absent(workflow, idempotency_key):
+            return None
         query = select(runs).where(
             runs.c.workflow == workflow, runs.c.idempotency_key == idempotency_key
         )
@@ -371,6 +404,8 @@ class SqlStore:
     async def update_run(self, run_id: str, update_: RunUpdate) -> Run:
         fields = update_fields(update_)
         told = new_events(update_.events)
+        if _absent(run_id):
+            raise missing_run(run_id)
         if "status" in fields:
             fields["status"] = RunStatus(fields["status"]).value
         if fields.get("error") is not None:
@@ -403,6 +438,8 @@ class SqlStore:
         return await self.get_run(run_id)
 
     async def delete_run(self, run_id: str) -> None:
+        if _absent(run_id):
+            return
         async with self._write() as conn:
             await conn.execute(delete(events).where(events.c.run_id == run_id))
             await conn.execute(delete(runs).where(runs.c.run_id == run_id))
@@ -410,7 +447,10 @@ class SqlStore:
     async def append_events(self, run_id: str, new: Sequence[NewEvent]) -> list[Event]:
         told = new_events(new)
         if not told:
+            await self.get_run(run_id)  # an unknown run is RunNotFound, with events or without
             return []
+        if _absent(run_id):
+            raise missing_run(run_id)
         async with self._write() as conn:
             stored = await self._append(conn, run_id, told)
         self._notifier.publish(run_id)
@@ -428,7 +468,7 @@ class SqlStore:
             )
         ).scalar()
         if last is None:
-            raise RunNotFound(f"no run {run_id!r}: cannot record events for it")
+            raise missing_run(run_id)
         first = last - len(new) + 1
         await conn.execute(
             insert(events),
@@ -456,15 +496,22 @@ class SqlStore:
         limit: int | None = None,
         types: Sequence[EventType] | None = None,
     ) -> list[Event]:
+        if _absent(run_id):
+            raise missing_run(run_id)
+        if limit is not None and limit <= 0:
+            await self.get_run(run_id)
+            return []
+        # Any cursor: past the last index any database holds is past every event.
+        cursor = literal(min(max(after, 0), MAX_BOUND), BigInteger)
         query = (
             select(events)
-            .where(events.c.run_id == run_id, events.c.event_index > after)
+            .where(events.c.run_id == run_id, events.c.event_index > cursor)
             .order_by(events.c.event_index)
         )
         if types:
             query = query.where(events.c.type.in_([t.value for t in types]))
         if limit is not None:
-            query = query.limit(limit)
+            query = query.limit(min(limit, MAX_BOUND))
         async with self._read() as conn:
             rows = (await conn.execute(query)).all()
         if not rows:
@@ -484,6 +531,8 @@ class SqlStore:
                                                           seen_at=now))
 
     async def worker_age(self, worker: str) -> float | None:
+        if _absent(worker):
+            return None
         query = select(workers.c.seen_at).where(workers.c.worker == worker)
         if self._is_postgres:
             query = select(func.extract("epoch", func.now() - workers.c.seen_at)).where(
@@ -497,6 +546,8 @@ class SqlStore:
         return (utcnow() - _aware(value)).total_seconds()
 
     async def remove_worker(self, worker: str) -> None:
+        if _absent(worker):
+            return
         async with self._write() as conn:
             await conn.execute(delete(workers).where(workers.c.worker == worker))
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from pyflue.errors import ConfigError, RunNotFound, RunStateConflict, StoreError
 from pyflue.events import EventType, Log, RunEnd, RunRequeued, ShellStart
-from pyflue.models import ErrorInfo, Run, RunStatus, new_run_id, utcnow
+from pyflue.models import MAX_EVENT_INDEX, ErrorInfo, Run, RunStatus, new_run_id, utcnow
 from pyflue.settings import Settings
 from pyflue.store import MemoryStore, NewEvent, RunStore, RunUpdate, SqlStore
 
@@ -418,6 +418,28 @@ async def test_postgres_listen_comes_back_after_its_connection_is_killed(
 # -- the contract, edge by edge: every adapter answers alike -----------------------------------
 
 
+async def test_creating_a_run_under_an_id_already_used_is_a_conflict(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1)])
+    again = _run().model_copy(update={"run_id": run.run_id, "idempotency_key": "fresh"})
+    with pytest.raises(RunStateConflict, match="exists: give the new run an id of its own"):
+        await store.create_run(again)
+    assert (await store.get_run(run.run_id)).event_count == 1  # the first run is untouched
+
+
+async def test_a_second_run_with_the_same_idempotency_key_is_a_conflict(store: RunStore) -> None:
+    await store.create_run(_run().model_copy(update={"idempotency_key": "k"}))
+    with pytest.raises(RunStateConflict, match="Idempotency-Key 'k' exists"):
+        await store.create_run(_run().model_copy(update={"idempotency_key": "k"}))
+
+
+async def test_an_idempotency_key_is_per_workflow(store: RunStore) -> None:
+    first = await store.create_run(_run("a").model_copy(update={"idempotency_key": "k"}))
+    other = await store.create_run(_run("b").model_copy(update={"idempotency_key": "k"}))
+    assert await store.find_run("a", "k") == first
+    assert await store.find_run("b", "k") == other
+
+
 async def test_a_created_run_is_returned_as_get_run_returns_it(store: RunStore) -> None:
     given = _run().model_copy(update={"payload": {"t": (1, 2)}, "event_count": 5})
     created = await store.create_run(given)
@@ -558,6 +580,22 @@ async def test_text_with_a_nul_character_is_a_config_error(store: RunStore) -> N
     assert (await store.get_run(run.run_id)).reason is None
 
 
+async def test_ids_with_a_nul_character_are_never_found(store: RunStore) -> None:
+    await store.create_run(_run())
+    for missing in (store.get_run("a\x00"), store.list_events("a\x00"),
+                    store.append_events("a\x00", [_ev(1)]), store.list_runs(before="a\x00"),
+                    store.update_run("a\x00", RunUpdate(reason="r"))):
+        with pytest.raises(RunNotFound):
+            await missing
+    assert await store.find_run("w\x00", "k\x00") is None
+    assert await store.list_runs(workflow="w\x00") == []
+    assert await store.list_runs(owner="o\x00") == []
+    assert await store.worker_age("h:1:\x00") is None
+    await store.remove_worker("h:1:\x00")
+    await store.delete_run("a\x00")
+    assert len(await store.claim_runs("w:1:a", 5, exclude={"a\x00"})) == 1
+
+
 async def test_an_integer_out_of_its_column_range_is_a_config_error(store: RunStore) -> None:
     run = await store.create_run(_run())
     with pytest.raises(ConfigError, match="duration_ms 2147483648 is out of range"):
@@ -566,12 +604,113 @@ async def test_an_integer_out_of_its_column_range_is_a_config_error(store: RunSt
     assert (await store.get_run(run.run_id)).duration_ms == 2**31 - 1
 
 
+async def test_a_limit_below_one_lists_no_runs(store: RunStore) -> None:
+    for i in range(3):
+        await store.create_run(_run(offset=i))
+    assert await store.list_runs(limit=0) == []
+    assert await store.list_runs(limit=-1) == []
+
+
+async def test_an_unknown_before_cursor_is_run_not_found(store: RunStore) -> None:
+    await store.create_run(_run())
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await store.list_runs(before="workflow:w:gone")
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await store.list_runs(before="workflow:w:gone", limit=0)
+
+
+async def test_the_before_cursor_and_every_filter_combine(store: RunStore) -> None:
+    runs = [await store.create_run(_run("a" if i % 2 else "b", offset=i)) for i in range(8)]
+    for run in runs[4:]:
+        await store.update_run(run.run_id, RunUpdate(status=RunStatus.running,
+                                                     extra={"owner": "h:1:x"}))
+    # The cursor need not pass the filters itself.
+    page = await store.list_runs(workflow="a", status=RunStatus.running, owner="h:1:x",
+                                 before=runs[6].run_id)
+    assert [r.run_id for r in page] == [runs[5].run_id]
+    oldest = await store.list_runs(workflow="a", before=runs[2].run_id, oldest_first=True)
+    assert [r.run_id for r in oldest] == [runs[3].run_id, runs[5].run_id, runs[7].run_id]
+
+
+async def test_a_limit_below_one_lists_no_events(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1), _ev(2), _ev(3)])
+    assert await store.list_events(run.run_id, limit=0) == []
+    assert await store.list_events(run.run_id, limit=-1) == []
+
+
+async def test_an_after_below_one_lists_from_the_first_event(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1), _ev(2), _ev(3)])
+    listed = await store.list_events(run.run_id, after=-1)
+    assert [e.event_index for e in listed] == [1, 2, 3]
+
+
+async def test_an_after_past_every_index_lists_no_events(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1)])
+    for after in (2**31, MAX_EVENT_INDEX, 2**64):
+        assert await store.list_events(run.run_id, after=after) == []
+
+
+async def test_no_types_or_an_empty_list_of_types_lists_every_type(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1), _ev(2, EventType.shell_start)])
+    assert len(await store.list_events(run.run_id, types=[])) == 2
+    assert len(await store.list_events(run.run_id, types=None)) == 2
+
+
+async def test_listing_the_events_of_an_unknown_run_is_run_not_found(store: RunStore) -> None:
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await store.list_events("workflow:w:gone")
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await store.list_events("workflow:w:gone", limit=0)
+
+
+async def test_appending_no_events_to_an_unknown_run_is_run_not_found(store: RunStore) -> None:
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await store.append_events("workflow:w:gone", [])
+
+
+async def test_appending_no_events_stores_nothing(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    assert await store.append_events(run.run_id, []) == []
+    assert (await store.get_run(run.run_id)).event_count == 0
+
+
+async def test_appending_to_a_deleted_run_is_run_not_found(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.delete_run(run.run_id)
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await store.append_events(run.run_id, [_ev(1)])
+
+
 async def test_appended_events_are_returned_as_they_are_listed(store: RunStore) -> None:
     run = await store.create_run(_run())
     plus_two = datetime(2024, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
     told = NewEvent(EventType.log, {"level": "info", "message": "m", "t": (1,)}, plus_two)
     appended = await store.append_events(run.run_id, [told])
     assert appended == await store.list_events(run.run_id)
+
+
+async def test_the_event_count_follows_appends_and_updates_with_events(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1), _ev(2)])
+    updated = await store.update_run(run.run_id, RunUpdate(
+        status=RunStatus.completed, events=[_ev(3, EventType.run_end)]))
+    assert updated.event_count == 3 == (await store.get_run(run.run_id)).event_count
+    [end] = await store.list_events(run.run_id, after=2)
+    assert end.event_index == 3 and end.type is EventType.run_end
+
+
+async def test_an_update_of_a_missing_run_is_run_not_found_whatever_it_expects(
+    store: RunStore,
+) -> None:
+    for update in (RunUpdate(), RunUpdate(status=RunStatus.running),
+                   RunUpdate(status=RunStatus.running, expect_status=RunStatus.queued,
+                             expect_attempt=1, expect_no_cancel=True, events=[_ev(1)])):
+        with pytest.raises(RunNotFound, match="pyflue runs"):
+            await store.update_run("workflow:w:gone", update)
 
 
 async def test_an_update_cannot_set_the_run_id_the_event_count_or_unknown_fields(
@@ -598,3 +737,44 @@ async def test_an_update_s_extra_values_take_the_run_s_field_types(store: RunSto
     assert updated.error == got.error == ErrorInfo(type="t", message="m")
     with pytest.raises(ValueError):
         await store.update_run(run.run_id, RunUpdate(extra={"status": "no such status"}))
+
+
+async def test_deleting_a_missing_run_is_not_an_error(store: RunStore) -> None:
+    await store.delete_run("workflow:w:gone")
+    run = await store.create_run(_run())
+    await store.delete_run(run.run_id)
+    await store.delete_run(run.run_id)
+    assert await store.list_runs() == []
+
+
+async def test_subscribing_to_an_unknown_run_raises_at_the_first_iteration(
+    store: RunStore,
+) -> None:
+    events = store.subscribe("workflow:w:gone")  # the call itself does not raise
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await anext(events)
+
+
+async def test_subscribing_from_the_start_of_a_finished_run_replays_up_to_run_end(
+    store: RunStore,
+) -> None:
+    run = await store.create_run(_run())
+    await store.update_run(run.run_id, RunUpdate(status=RunStatus.completed, events=[
+        _ev(1), _ev(2, EventType.run_end), _ev(3)]))
+    replayed = [e.event_index async for e in store.subscribe(run.run_id, after=-5)]
+    assert replayed == [1, 2]
+
+
+async def test_claiming_with_a_limit_below_one_takes_nothing(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    assert await store.claim_runs("w:1:a", 0) == []
+    assert await store.claim_runs("w:1:a", -1) == []
+    assert (await store.get_run(run.run_id)).status is RunStatus.queued
+
+
+async def test_an_unknown_worker_has_no_age_and_removing_it_is_not_an_error(
+    store: RunStore,
+) -> None:
+    assert await store.worker_age("h:1:never") is None
+    await store.remove_worker("h:1:never")
+    assert await store.worker_age("h:1:never") is None
