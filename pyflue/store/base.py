@@ -8,6 +8,7 @@ inside the same write that stores the event, and wake subscribers only after tha
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +17,8 @@ from typing import Any, Protocol
 from pyflue.errors import RunNotFound, RunStateConflict
 from pyflue.events import Event, EventData, EventType, parse_event
 from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
+
+log = logging.getLogger(__name__)
 
 
 def missing_run(run_id: str) -> RunNotFound:
@@ -170,7 +173,10 @@ class QueueSignal:
 
     def fire(self) -> None:
         for callback in self._callbacks:
-            callback()
+            try:
+                callback()
+            except Exception:  # the write it tells of is done; one listener's fault is its own
+                log.exception("run store: a queue-change callback failed")
 
 
 class Notifier:

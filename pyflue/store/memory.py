@@ -127,6 +127,7 @@ class MemoryStore:
     async def delete_run(self, run_id: str) -> None:
         self._runs.pop(run_id, None)
         self._events.pop(run_id, None)
+        self._notifier.publish(run_id)  # its followers look again, and find it gone
 
     async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> list[Event]:
         told = new_events(events)

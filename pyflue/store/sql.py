@@ -443,6 +443,9 @@ class SqlStore:
         async with self._write() as conn:
             await conn.execute(delete(events).where(events.c.run_id == run_id))
             await conn.execute(delete(runs).where(runs.c.run_id == run_id))
+            if self._is_postgres:  # followers in other processes look again, and find it gone
+                await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, run_id)))
+        self._notifier.publish(run_id)
 
     async def append_events(self, run_id: str, new: Sequence[NewEvent]) -> list[Event]:
         told = new_events(new)

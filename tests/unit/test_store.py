@@ -747,6 +747,23 @@ async def test_deleting_a_missing_run_is_not_an_error(store: RunStore) -> None:
     assert await store.list_runs() == []
 
 
+async def test_a_follower_of_a_run_that_is_deleted_gets_run_not_found(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1)])
+    seen: list[int] = []
+
+    async def follow() -> None:
+        async for event in store.subscribe(run.run_id):
+            seen.append(event.event_index)
+
+    task = asyncio.create_task(follow())
+    while not seen:  # following live, past the replay
+        await asyncio.sleep(0.01)
+    await store.delete_run(run.run_id)
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await asyncio.wait_for(task, 10)
+
+
 async def test_subscribing_to_an_unknown_run_raises_at_the_first_iteration(
     store: RunStore,
 ) -> None:
@@ -778,3 +795,18 @@ async def test_an_unknown_worker_has_no_age_and_removing_it_is_not_an_error(
     assert await store.worker_age("h:1:never") is None
     await store.remove_worker("h:1:never")
     assert await store.worker_age("h:1:never") is None
+
+
+async def test_a_queue_callback_that_raises_leaves_the_write_and_the_other_callbacks(
+    store: RunStore, caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("a listener's own bug")
+
+    told = asyncio.Event()
+    store.on_queue_change(broken)
+    store.on_queue_change(told.set)
+    run = await store.create_run(_run())
+    await asyncio.wait_for(told.wait(), 10)  # PostgreSQL's signal is its NOTIFY, coming back
+    assert (await store.get_run(run.run_id)).status is RunStatus.queued
+    assert "a queue-change callback failed" in caplog.text
