@@ -20,6 +20,7 @@ from alembic.config import Config
 from alembic.util import CommandError
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Connection,
     and_,
     delete,
@@ -323,6 +324,11 @@ class SqlStore:
             raise missing_run(run_id)
         return _run_from_row(row)
 
+    def _run_id_order(self) -> ColumnElement[str]:
+        """``run_id`` compared by code point, as in every adapter (PostgreSQL would otherwise
+        use the database's collation, which may sort 'A' after 'a')."""
+        return runs.c.run_id.collate("C") if self._is_postgres else runs.c.run_id
+
     async def list_runs(
         self,
         *,
@@ -337,7 +343,7 @@ class SqlStore:
             if before is not None:
                 await self.get_run(before)  # an unknown cursor is RunNotFound all the same
             return []
-        run_id = runs.c.run_id
+        run_id = self._run_id_order()
         if oldest_first:
             order = (runs.c.created_at.asc(), run_id.asc())
         else:
@@ -372,7 +378,7 @@ class SqlStore:
             return []
         pick = (select(runs.c.run_id)
                 .where(runs.c.status == RunStatus.queued.value, runs.c.owner.is_(None))
-                .order_by(runs.c.created_at.asc(), runs.c.run_id.asc())
+                .order_by(runs.c.created_at.asc(), self._run_id_order().asc())
                 .limit(min(limit, MAX_BOUND)))
         exclude = [run_id for run_id in exclude if not _absent(run_id)]
         if exclude:

@@ -480,6 +480,21 @@ async def test_runs_created_in_other_zones_list_in_time_order(store: RunStore) -
     assert [r.run_id for r in listed] == [earlier.run_id, later.run_id]
 
 
+async def test_runs_created_at_the_same_instant_list_in_run_id_code_point_order(
+    store: RunStore,
+) -> None:
+    at = utcnow()
+    ids = ["workflow:a_b:1", "workflow:a-b:1", "workflow:A:1", "workflow:a:1", "workflow:é:1",
+           "workflow:B:1"]
+    for run_id in ids:
+        await store.create_run(_run().model_copy(update={"run_id": run_id, "created_at": at}))
+    assert [r.run_id for r in await store.list_runs()] == sorted(ids, reverse=True)
+    assert [r.run_id for r in await store.list_runs(oldest_first=True)] == sorted(ids)
+    page = await store.list_runs(limit=2, before=sorted(ids)[2], oldest_first=True)
+    assert [r.run_id for r in page] == sorted(ids)[3:5]
+    assert [r.run_id for r in await store.claim_runs("w:1:a", 3)] == sorted(ids)[:3]
+
+
 async def test_a_returned_run_is_a_copy(store: RunStore) -> None:
     given = _run().model_copy(update={"payload": {"k": [1]}, "idempotency_key": "k"})
     returned = [await store.create_run(given), await store.get_run(given.run_id),
@@ -810,3 +825,26 @@ async def test_a_queue_callback_that_raises_leaves_the_write_and_the_other_callb
     await asyncio.wait_for(told.wait(), 10)  # PostgreSQL's signal is its NOTIFY, coming back
     assert (await store.get_run(run.run_id)).status is RunStatus.queued
     assert "a queue-change callback failed" in caplog.text
+
+
+async def test_postgres_orders_run_ids_by_code_point_whatever_the_database_collation(
+    postgres_url: str,
+) -> None:
+    # A database made with an en-US locale sorts 'a' before 'B'; code point order does not.
+    store = SqlStore(postgres_url)
+    await store.open()
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE events DROP CONSTRAINT events_run_id_fkey"))
+            await conn.execute(text('ALTER TABLE runs ALTER COLUMN run_id TYPE varchar(200) '
+                                    'COLLATE "en-US-x-icu"'))
+        at = utcnow()
+        ids = ["workflow:a:1", "workflow:B:1", "workflow:A:1", "workflow:b:1"]
+        for run_id in ids:
+            await store.create_run(_run().model_copy(update={"run_id": run_id, "created_at": at}))
+        assert [r.run_id for r in await store.list_runs()] == sorted(ids, reverse=True)
+        page = await store.list_runs(before=sorted(ids)[1], oldest_first=True)
+        assert [r.run_id for r in page] == sorted(ids)[2:]
+        assert [r.run_id for r in await store.claim_runs("w:1:a", 2)] == sorted(ids)[:2]
+    finally:
+        await store.close()
