@@ -7,7 +7,7 @@ into this tree at the adapter edge and never escape it.
 ::
 
     PyflueError
-    ├── ConfigError              bad settings, agent config or CLI input
+    ├── ConfigError              bad settings, agent config, CLI input, or a value the store refuses
     │   └── InvalidPayload       a payload that is not a JSON object
     ├── WorkflowError            a workflow module cannot be used
     │   ├── WorkflowNotFound     no workflow of that name (lists the available ones)

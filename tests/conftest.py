@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import os
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -69,4 +70,12 @@ def postgres_url() -> Iterator[str]:
 
     run(f'CREATE DATABASE "{name}"')
     yield url.set(database=name).render_as_string(hide_password=False)
+    # FORCE cannot end an autovacuum worker busy on the database (PostgreSQL 15 asks for
+    # pg_signal_backend, which the test role lacks); the worker is done within moments.
+    for _ in range(100):
+        try:
+            run(f'DROP DATABASE "{name}" WITH (FORCE)')
+            return
+        except asyncpg.InsufficientPrivilegeError:
+            time.sleep(0.1)
     run(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -1,20 +1,48 @@
 """The run store port: runs, their events, and live subscription.
 
 Adapters: :mod:`pyflue.store.sql` (SQLAlchemy 2 async; SQLite by default, PostgreSQL) and
-:mod:`pyflue.store.memory` (pure-logic tests). Both assign event indexes gap-free per run
-inside the same write that stores the event, and wake subscribers only after that write.
+:mod:`pyflue.store.memory` (pure-logic tests). Every adapter answers every call the same way,
+errors included (``tests/unit/test_store.py`` runs one contract suite over all of them):
+
+- What is stored is what :mod:`pyflue.store.values` keeps (JSON values in their JSON form,
+  timestamps in UTC, text and integers that fit the SQL columns); what is returned is a new
+  object each time, so changing it changes nothing stored.
+- Event indexes are gap-free per run, assigned inside the same write that stores the event;
+  subscribers are woken only after that write.
+- A run id that no run has is :class:`pyflue.errors.RunNotFound` wherever it names the run
+  to use (:func:`missing_run`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from pyflue.errors import RunNotFound, RunStateConflict
 from pyflue.events import Event, EventData, EventType, parse_event
 from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def missing_run(run_id: str) -> RunNotFound:
+    """The error for a run id no run has: one message, in every adapter and every call."""
+    return RunNotFound(f"no run {run_id!r}: list runs with `pyflue runs`")
+
+
+def run_id_taken(run_id: str) -> RunStateConflict:
+    """The error for creating a run under an id a run already has."""
+    return RunStateConflict(f"a run {run_id!r} exists: give the new run an id of its own "
+                            "(pyflue.models.new_run_id)")
+
+
+def key_taken(idempotency_key: str) -> RunStateConflict:
+    """The error for creating a second run of a workflow with the same Idempotency-Key."""
+    return RunStateConflict(f"a run with Idempotency-Key {idempotency_key!r} exists")
 
 
 @dataclass(frozen=True)
@@ -67,7 +95,16 @@ class RunStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def create_run(self, run: Run) -> Run: ...
+    async def create_run(self, run: Run) -> Run:
+        """Stores a new run with no events (``event_count`` 0, whatever ``run`` says) and
+        returns it as :meth:`get_run` will. A queued run no process owns is signalled
+        (:meth:`on_queue_change`).
+
+        Raises RunStateConflict when a run with this id exists, or one of the same workflow
+        with the same ``idempotency_key`` (the message says which); ConfigError for a value
+        the store cannot keep (:mod:`pyflue.store.values`).
+        """
+        ...
 
     async def get_run(self, run_id: str) -> Run:
         """Raises :class:`pyflue.errors.RunNotFound`."""
@@ -83,8 +120,10 @@ class RunStore(Protocol):
         oldest_first: bool = False,
         owner: str | None = None,
     ) -> list[Run]:
-        """Newest first (or oldest first); ``before`` is the run id to page after; the
-        other arguments filter."""
+        """Newest first (or oldest first) by ``created_at``, runs created at the same instant
+        by ``run_id`` (code point order); at most ``limit`` of them (none for a ``limit``
+        below 1). ``before`` is the run id to page after, in that order: RunNotFound when no
+        run has it. ``status``, ``workflow`` and ``owner`` filter, together."""
         ...
 
     async def claim_runs(self, owner: str, limit: int,
@@ -92,21 +131,35 @@ class RunStore(Protocol):
         """Takes up to ``limit`` of the oldest queued runs that no process owns yet (a
         server's), as ``running`` under ``owner``, in one write: two workers never take the
         same run, and neither waits for the other (PostgreSQL: ``FOR UPDATE SKIP LOCKED``).
-        Runs in ``exclude`` are left alone."""
+        Runs in ``exclude`` are left alone; a ``limit`` below 1 takes none. Returns the runs
+        taken, oldest first (in :meth:`list_runs` order). ConfigError for an ``owner`` the
+        store cannot keep."""
         ...
 
     async def find_run(self, workflow: str, idempotency_key: str) -> Run | None:
         """The run created for ``workflow`` with this Idempotency-Key, if any."""
         ...
 
-    async def update_run(self, run_id: str, update: RunUpdate) -> Run: ...
+    async def update_run(self, run_id: str, update: RunUpdate) -> Run:
+        """Changes the given fields and stores ``update.events`` (as :meth:`append_events`
+        does) in one write, then returns the run as it is.
+
+        The update itself is checked first: ValueError when ``extra`` names a field the
+        caller does not set (``run_id``, ``event_count``, not a :class:`Run` field) or holds a
+        value of the wrong type; ConfigError for a value the store cannot keep. Then a missing
+        run is RunNotFound, whatever the ``expect_*`` say; an ``expect_*`` that does not hold
+        is RunStateConflict, and nothing is written.
+        """
+        ...
 
     async def delete_run(self, run_id: str) -> None:
-        """Deletes a run and its events; a missing run is not an error."""
+        """Deletes a run and its events; a missing run is not an error. Its followers
+        (:meth:`subscribe`) are woken, and raise RunNotFound."""
         ...
 
     async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> list[Event]:
-        """Stores events with the next gap-free indexes, then wakes subscribers."""
+        """Stores events with the next gap-free indexes, then wakes subscribers; returns them
+        as :meth:`list_events` will. RunNotFound for a missing run, even with no events."""
         ...
 
     async def list_events(
@@ -116,10 +169,15 @@ class RunStore(Protocol):
         after: int = 0,
         limit: int | None = None,
         types: Sequence[EventType] | None = None,
-    ) -> list[Event]: ...
+    ) -> list[Event]:
+        """The run's events in index order: those after ``after`` (any integer: below 1 is
+        from the first), of ``types`` (None or empty: every type), at most ``limit`` (None:
+        all; below 1: none). RunNotFound for a missing run."""
+        ...
 
     async def heartbeat(self, worker: str) -> None:
-        """Records that ``worker`` (a scheduler's owner id) is alive now."""
+        """Records that ``worker`` (a scheduler's owner id) is alive now. ConfigError for a
+        worker id the store cannot keep."""
         ...
 
     async def worker_age(self, worker: str) -> float | None:
@@ -128,17 +186,22 @@ class RunStore(Protocol):
         ...
 
     async def remove_worker(self, worker: str) -> None:
-        """Forgets a worker that stopped cleanly."""
+        """Forgets a worker that stopped cleanly; an unknown worker is not an error."""
         ...
 
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
-        """Replays events after ``after``, then follows live; ends after ``run_end``."""
+        """Replays events after ``after``, then follows live; ends after ``run_end`` (at once
+        when the run has finished and its ``run_end`` is at or before ``after``).
+        The call itself never raises: a missing run is RunNotFound at the first iteration,
+        and a run deleted while followed is RunNotFound at the next one."""
         ...
 
     def on_queue_change(self, callback: Callable[[], None]) -> None:
         """Calls ``callback`` (on the store's loop) when a run any process can take was
         queued: submitted to a server, or put back in the queue. PostgreSQL tells every
-        process sharing the store (NOTIFY); the other adapters tell this process only."""
+        process sharing the store (NOTIFY); the other adapters tell this process only. A
+        callback that raises is logged: the write it tells of stands, and the other
+        callbacks are still called."""
         ...
 
 
@@ -153,7 +216,10 @@ class QueueSignal:
 
     def fire(self) -> None:
         for callback in self._callbacks:
-            callback()
+            try:
+                callback()
+            except Exception:  # the write it tells of is done; one listener's fault is its own
+                log.exception("run store: a queue-change callback failed")
 
 
 class Notifier:

@@ -19,12 +19,15 @@ from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
 from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
     Connection,
     and_,
     delete,
     event,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
@@ -34,12 +37,22 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from pyflue.errors import RunNotFound, RunStateConflict, StoreError
+from pyflue.errors import RunStateConflict, StoreError
 from pyflue.events import Event, EventType, parse_event
 from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
-from pyflue.store.base import NewEvent, Notifier, QueueSignal, RunUpdate, follow
+from pyflue.store.base import (
+    NewEvent,
+    Notifier,
+    QueueSignal,
+    RunUpdate,
+    follow,
+    key_taken,
+    missing_run,
+    run_id_taken,
+)
 from pyflue.store.schema import events, runs, workers
 from pyflue.store.updates import conflict, update_fields
+from pyflue.store.values import MAX_BOUND, check_worker, new_events, new_run
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +70,12 @@ def _aware(value: datetime) -> datetime:
 
 def _maybe_aware(value: datetime | None) -> datetime | None:
     return None if value is None else _aware(value)
+
+
+def _absent(*keys: str | None) -> bool:
+    """Whether no row can have these keys: no stored text holds NUL (PostgreSQL's cannot, so
+    no adapter keeps it), and asking PostgreSQL about one would be an error, not a miss."""
+    return any(key is not None and "\x00" in key for key in keys)
 
 
 def _run_from_row(row: Any) -> Run:
@@ -265,35 +284,50 @@ class SqlStore:
             ) from exc
 
     async def create_run(self, run: Run) -> Run:
-        values = run.model_dump(mode="json")
+        stored = new_run(run)
+        values = stored.model_dump(mode="json")
         values.update(
-            status=run.status.value,
-            created_at=run.created_at,
-            started_at=run.started_at,
-            finished_at=run.finished_at,
+            status=stored.status.value,
+            created_at=stored.created_at,
+            started_at=stored.started_at,
+            finished_at=stored.finished_at,
         )
-        takeable = run.status is RunStatus.queued and run.owner is None
+        takeable = stored.status is RunStatus.queued and stored.owner is None
         try:
             async with self._write() as conn:
                 await conn.execute(insert(runs).values(**values))
                 if takeable:
-                    await self._tell_queue(conn, run.run_id)
+                    await self._tell_queue(conn, stored.run_id)
         except StoreError as exc:
-            if isinstance(exc.__cause__, IntegrityError) and run.idempotency_key is not None:
-                raise RunStateConflict(
-                    f"a run with Idempotency-Key {run.idempotency_key!r} exists"
-                ) from exc
+            if isinstance(exc.__cause__, IntegrityError):
+                raise await self._clash(stored) from exc
             raise
         if takeable:
             self._queued_here()
-        return run
+        return stored
+
+    async def _clash(self, run: Run) -> Exception:
+        """Which unique key a run that could not be inserted shares with a stored one."""
+        async with self._read() as conn:
+            same_id = (await conn.execute(
+                select(runs.c.run_id).where(runs.c.run_id == run.run_id))).first()
+        if same_id is not None or run.idempotency_key is None:
+            return run_id_taken(run.run_id)
+        return key_taken(run.idempotency_key)
 
     async def get_run(self, run_id: str) -> Run:
+        if _absent(run_id):
+            raise missing_run(run_id)
         async with self._read() as conn:
             row = (await conn.execute(select(runs).where(runs.c.run_id == run_id))).first()
         if row is None:
-            raise RunNotFound(f"no run {run_id!r}: list runs with `pyflue runs`")
+            raise missing_run(run_id)
         return _run_from_row(row)
+
+    def _run_id_order(self) -> ColumnElement[str]:
+        """``run_id`` compared by code point, as in every adapter (PostgreSQL would otherwise
+        use the database's collation, which may sort 'A' after 'a')."""
+        return runs.c.run_id.collate("C") if self._is_postgres else runs.c.run_id
 
     async def list_runs(
         self,
@@ -305,44 +339,50 @@ class SqlStore:
         oldest_first: bool = False,
         owner: str | None = None,
     ) -> list[Run]:
+        if limit <= 0 or _absent(workflow, owner):
+            if before is not None:
+                await self.get_run(before)  # an unknown cursor is RunNotFound all the same
+            return []
+        run_id = self._run_id_order()
         if oldest_first:
-            order = (runs.c.created_at.asc(), runs.c.run_id.asc())
+            order = (runs.c.created_at.asc(), run_id.asc())
         else:
-            order = (runs.c.created_at.desc(), runs.c.run_id.desc())
-        query = select(runs).order_by(*order).limit(limit)
+            order = (runs.c.created_at.desc(), run_id.desc())
+        query = select(runs).order_by(*order).limit(min(limit, MAX_BOUND))
         if status is not None:
             query = query.where(runs.c.status == status.value)
         if workflow is not None:
             query = query.where(runs.c.workflow == workflow)
         if owner is not None:
             query = query.where(runs.c.owner == owner)
+        if before is not None:
+            pivot = (await self.get_run(before)).created_at
+            if oldest_first:
+                query = query.where(or_(
+                    runs.c.created_at > pivot,
+                    and_(runs.c.created_at == pivot, run_id > before),
+                ))
+            else:
+                query = query.where(or_(
+                    runs.c.created_at < pivot,
+                    and_(runs.c.created_at == pivot, run_id < before),
+                ))
         async with self._read() as conn:
-            if before is not None:
-                pivot = (
-                    await conn.execute(select(runs.c.created_at).where(runs.c.run_id == before))
-                ).scalar()
-                if pivot is not None and oldest_first:
-                    query = query.where(or_(
-                        runs.c.created_at > pivot,
-                        and_(runs.c.created_at == pivot, runs.c.run_id > before),
-                    ))
-                elif pivot is not None:
-                    query = query.where(or_(
-                        runs.c.created_at < pivot,
-                        and_(runs.c.created_at == pivot, runs.c.run_id < before),
-                    ))
             rows = (await conn.execute(query)).all()
         return [_run_from_row(r) for r in rows]
 
     async def claim_runs(self, owner: str, limit: int,
                          exclude: Collection[str] = ()) -> list[Run]:
+        check_worker(owner)
         if limit <= 0:
             return []
         pick = (select(runs.c.run_id)
                 .where(runs.c.status == RunStatus.queued.value, runs.c.owner.is_(None))
-                .order_by(runs.c.created_at.asc(), runs.c.run_id.asc()).limit(limit))
+                .order_by(runs.c.created_at.asc(), self._run_id_order().asc())
+                .limit(min(limit, MAX_BOUND)))
+        exclude = [run_id for run_id in exclude if not _absent(run_id)]
         if exclude:
-            pick = pick.where(runs.c.run_id.not_in(list(exclude)))
+            pick = pick.where(runs.c.run_id.not_in(exclude))
         if self._is_postgres:  # rows another worker is claiming are passed over, not waited on
             pick = pick.with_for_update(skip_locked=True)
         # A CTE, evaluated once: as an IN (subquery), PostgreSQL may run a SKIP LOCKED
@@ -358,6 +398,8 @@ class SqlStore:
         return sorted((_run_from_row(r) for r in rows), key=lambda r: (r.created_at, r.run_id))
 
     async def find_run(self, workflow: str, idempotency_key: str) -> Run | None:
+        if _absent(workflow, idempotency_key):
+            return None
         query = select(runs).where(
             runs.c.workflow == workflow, runs.c.idempotency_key == idempotency_key
         )
@@ -367,6 +409,9 @@ class SqlStore:
 
     async def update_run(self, run_id: str, update_: RunUpdate) -> Run:
         fields = update_fields(update_)
+        told = new_events(update_.events)
+        if _absent(run_id):
+            raise missing_run(run_id)
         if "status" in fields:
             fields["status"] = RunStatus(fields["status"]).value
         if fields.get("error") is not None:
@@ -382,8 +427,8 @@ class SqlStore:
             query = query.where(runs.c.cancel_requested.is_(None))
         async with self._write() as conn:
             applied = (await conn.execute(query)).rowcount > 0
-            if applied and update_.events:
-                await self._append(conn, run_id, update_.events)
+            if applied and told:
+                await self._append(conn, run_id, told)
             if applied and update_.status is RunStatus.queued:
                 await self._tell_queue(conn, run_id)
         if not applied:
@@ -399,15 +444,24 @@ class SqlStore:
         return await self.get_run(run_id)
 
     async def delete_run(self, run_id: str) -> None:
+        if _absent(run_id):
+            return
         async with self._write() as conn:
             await conn.execute(delete(events).where(events.c.run_id == run_id))
             await conn.execute(delete(runs).where(runs.c.run_id == run_id))
+            if self._is_postgres:  # followers in other processes look again, and find it gone
+                await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, run_id)))
+        self._notifier.publish(run_id)
 
     async def append_events(self, run_id: str, new: Sequence[NewEvent]) -> list[Event]:
-        if not new:
+        told = new_events(new)
+        if not told:
+            await self.get_run(run_id)  # an unknown run is RunNotFound, with events or without
             return []
+        if _absent(run_id):
+            raise missing_run(run_id)
         async with self._write() as conn:
-            stored = await self._append(conn, run_id, new)
+            stored = await self._append(conn, run_id, told)
         self._notifier.publish(run_id)
         return stored
 
@@ -423,7 +477,7 @@ class SqlStore:
             )
         ).scalar()
         if last is None:
-            raise RunNotFound(f"no run {run_id!r}: cannot record events for it")
+            raise missing_run(run_id)
         first = last - len(new) + 1
         await conn.execute(
             insert(events),
@@ -451,15 +505,22 @@ class SqlStore:
         limit: int | None = None,
         types: Sequence[EventType] | None = None,
     ) -> list[Event]:
+        if _absent(run_id):
+            raise missing_run(run_id)
+        if limit is not None and limit <= 0:
+            await self.get_run(run_id)
+            return []
+        # Any cursor: past the last index any database holds is past every event.
+        cursor = literal(min(max(after, 0), MAX_BOUND), BigInteger)
         query = (
             select(events)
-            .where(events.c.run_id == run_id, events.c.event_index > after)
+            .where(events.c.run_id == run_id, events.c.event_index > cursor)
             .order_by(events.c.event_index)
         )
         if types:
             query = query.where(events.c.type.in_([t.value for t in types]))
         if limit is not None:
-            query = query.limit(limit)
+            query = query.limit(min(limit, MAX_BOUND))
         async with self._read() as conn:
             rows = (await conn.execute(query)).all()
         if not rows:
@@ -467,6 +528,7 @@ class SqlStore:
         return [_event_from_row(r) for r in rows]
 
     async def heartbeat(self, worker: str) -> None:
+        check_worker(worker)
         # PostgreSQL: its clock, for every worker alike. SQLite is one machine's anyway.
         now: Any = func.now() if self._is_postgres else utcnow()
         async with self._write() as conn:
@@ -478,6 +540,8 @@ class SqlStore:
                                                           seen_at=now))
 
     async def worker_age(self, worker: str) -> float | None:
+        if _absent(worker):
+            return None
         query = select(workers.c.seen_at).where(workers.c.worker == worker)
         if self._is_postgres:
             query = select(func.extract("epoch", func.now() - workers.c.seen_at)).where(
@@ -491,6 +555,8 @@ class SqlStore:
         return (utcnow() - _aware(value)).total_seconds()
 
     async def remove_worker(self, worker: str) -> None:
+        if _absent(worker):
+            return
         async with self._write() as conn:
             await conn.execute(delete(workers).where(workers.c.worker == worker))
 

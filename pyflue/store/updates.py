@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
+
+from pydantic import TypeAdapter
 
 from pyflue.errors import RunStateConflict
 from pyflue.models import Run
 from pyflue.store.base import RunUpdate
+from pyflue.store.values import run_fields
+
+# Fields only the store sets: a run's id never changes, and its events count themselves.
+STORE_OWNED = frozenset({"run_id", "event_count"})
 
 
 def update_fields(update: RunUpdate) -> dict[str, Any]:
-    """The run fields an update sets, by name."""
+    """The run fields an update sets, by name, as the store keeps them (:mod:`.values`).
+
+    Raises ValueError when ``extra`` names a field that is not the caller's to set or holds a
+    value of the wrong type, and ConfigError for a value the store cannot keep.
+    """
     fields: dict[str, Any] = {
         name: getattr(update, name)
         for name in (
@@ -21,7 +32,20 @@ def update_fields(update: RunUpdate) -> dict[str, Any]:
     if update.has_result:
         fields["result"] = update.result
     fields.update(update.extra)
-    return fields
+    return run_fields({name: _typed(name, value) for name, value in fields.items()})
+
+
+def _typed(name: str, value: Any) -> Any:
+    if name not in Run.model_fields or name in STORE_OWNED:
+        settable = sorted(set(Run.model_fields) - STORE_OWNED)
+        raise ValueError(f"a RunUpdate cannot set {name!r}; it sets {', '.join(settable)}")
+    return _field_type(name).validate_python(value)
+
+
+@cache
+def _field_type(name: str) -> TypeAdapter[Any]:
+    kind: Any = Run.model_fields[name].annotation  # every Run field has one
+    return TypeAdapter(kind)
 
 
 def conflict(run: Run, update: RunUpdate) -> RunStateConflict | None:
@@ -43,6 +67,3 @@ def conflict(run: Run, update: RunUpdate) -> RunStateConflict | None:
         )
     return None
 
-
-def apply_update(run: Run, update: RunUpdate) -> Run:
-    return run.model_copy(update=update_fields(update))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import asyncpg
@@ -13,9 +15,9 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from pyflue.errors import RunNotFound, RunStateConflict, StoreError
+from pyflue.errors import ConfigError, RunNotFound, RunStateConflict, StoreError
 from pyflue.events import EventType, Log, RunEnd, RunRequeued, ShellStart
-from pyflue.models import Run, RunStatus, new_run_id, utcnow
+from pyflue.models import MAX_EVENT_INDEX, ErrorInfo, Run, RunStatus, new_run_id, utcnow
 from pyflue.settings import Settings
 from pyflue.store import MemoryStore, NewEvent, RunStore, RunUpdate, SqlStore
 
@@ -411,3 +413,438 @@ async def test_postgres_listen_comes_back_after_its_connection_is_killed(
         await asyncio.sleep(0.1)
     assert reader._listener is not None and reader._listener is not first
     await _notify_reaches(reader, writer)
+
+
+# -- the contract, edge by edge: every adapter answers alike -----------------------------------
+
+
+async def test_creating_a_run_under_an_id_already_used_is_a_conflict(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1)])
+    again = _run().model_copy(update={"run_id": run.run_id, "idempotency_key": "fresh"})
+    with pytest.raises(RunStateConflict, match="exists: give the new run an id of its own"):
+        await store.create_run(again)
+    assert (await store.get_run(run.run_id)).event_count == 1  # the first run is untouched
+
+
+async def test_a_second_run_with_the_same_idempotency_key_is_a_conflict(store: RunStore) -> None:
+    await store.create_run(_run().model_copy(update={"idempotency_key": "k"}))
+    with pytest.raises(RunStateConflict, match="Idempotency-Key 'k' exists"):
+        await store.create_run(_run().model_copy(update={"idempotency_key": "k"}))
+
+
+async def test_an_idempotency_key_is_per_workflow(store: RunStore) -> None:
+    first = await store.create_run(_run("a").model_copy(update={"idempotency_key": "k"}))
+    other = await store.create_run(_run("b").model_copy(update={"idempotency_key": "k"}))
+    assert await store.find_run("a", "k") == first
+    assert await store.find_run("b", "k") == other
+
+
+async def test_a_created_run_is_returned_as_get_run_returns_it(store: RunStore) -> None:
+    given = _run().model_copy(update={"payload": {"t": (1, 2)}, "event_count": 5})
+    created = await store.create_run(given)
+    assert created == await store.get_run(given.run_id)
+    assert created.payload == {"t": [1, 2]} and created.event_count == 0
+
+
+async def test_a_new_run_starts_with_no_events_whatever_its_event_count_says(
+    store: RunStore,
+) -> None:
+    run = await store.create_run(_run().model_copy(update={"event_count": 5}))
+    [first] = await store.append_events(run.run_id, [_ev(1)])
+    assert first.event_index == 1 and (await store.get_run(run.run_id)).event_count == 1
+
+
+async def test_timestamps_come_back_in_utc_whatever_zone_they_were_given_in(
+    store: RunStore,
+) -> None:
+    plus_two = datetime(2024, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    run = await store.create_run(_run().model_copy(update={"created_at": plus_two}))
+    naive = datetime(2024, 1, 1, 11, 0)  # taken to be UTC
+    await store.update_run(run.run_id, RunUpdate(started_at=naive))
+    [event] = await store.append_events(run.run_id, [replace(_ev(1), timestamp=naive)])
+    got = await store.get_run(run.run_id)
+    assert got.created_at == plus_two and got.created_at.tzinfo is UTC
+    assert got.started_at == naive.replace(tzinfo=UTC) and got.started_at.tzinfo is UTC
+    [listed] = await store.list_events(run.run_id)
+    assert event.timestamp == listed.timestamp == naive.replace(tzinfo=UTC)
+    assert listed.timestamp.tzinfo is UTC
+
+
+async def test_runs_created_in_other_zones_list_in_time_order(store: RunStore) -> None:
+    ten_utc = datetime(2024, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    eleven_utc = datetime(2024, 1, 1, 11, 0, tzinfo=UTC)
+    later = await store.create_run(_run().model_copy(update={"created_at": eleven_utc}))
+    earlier = await store.create_run(_run().model_copy(update={"created_at": ten_utc}))
+    listed = await store.list_runs(oldest_first=True)
+    assert [r.run_id for r in listed] == [earlier.run_id, later.run_id]
+
+
+async def test_runs_created_at_the_same_instant_list_in_run_id_code_point_order(
+    store: RunStore,
+) -> None:
+    at = utcnow()
+    ids = ["workflow:a_b:1", "workflow:a-b:1", "workflow:A:1", "workflow:a:1", "workflow:é:1",
+           "workflow:B:1"]
+    for run_id in ids:
+        await store.create_run(_run().model_copy(update={"run_id": run_id, "created_at": at}))
+    assert [r.run_id for r in await store.list_runs()] == sorted(ids, reverse=True)
+    assert [r.run_id for r in await store.list_runs(oldest_first=True)] == sorted(ids)
+    page = await store.list_runs(limit=2, before=sorted(ids)[2], oldest_first=True)
+    assert [r.run_id for r in page] == sorted(ids)[3:5]
+    assert [r.run_id for r in await store.claim_runs("w:1:a", 3)] == sorted(ids)[:3]
+
+
+async def test_a_returned_run_is_a_copy(store: RunStore) -> None:
+    given = _run().model_copy(update={"payload": {"k": [1]}, "idempotency_key": "k"})
+    returned = [await store.create_run(given), await store.get_run(given.run_id),
+                *await store.list_runs(), await store.find_run("w", "k"),
+                await store.update_run(given.run_id, RunUpdate(reason="r"))]
+    given.payload["k"].append("from the caller's own object")
+    for run in returned:
+        assert run is not None
+        run.payload["k"].append("changed")
+        run.status = RunStatus.failed
+    kept = await store.get_run(given.run_id)
+    assert kept.payload == {"k": [1]} and kept.status is RunStatus.queued
+
+
+async def test_a_claimed_run_is_a_copy(store: RunStore) -> None:
+    run = await store.create_run(_run().model_copy(update={"payload": {"k": [1]}}))
+    [claimed] = await store.claim_runs("w:1:a", 1)
+    claimed.payload["k"].append("changed")
+    assert (await store.get_run(run.run_id)).payload == {"k": [1]}
+
+
+async def test_a_returned_event_is_a_copy(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    fields: dict[str, object] = {"items": [1]}
+    told = NewEvent.of(Log(level="info", message="m", fields=fields))
+    [appended] = await store.append_events(run.run_id, [told])
+    fields["items"] = "from the caller's own object"
+    [listed] = await store.list_events(run.run_id)
+    for event in (appended, listed):
+        assert isinstance(event.data, Log)
+        event.data.fields["items"].append("changed")
+    [again] = await store.list_events(run.run_id)
+    assert again.data["fields"] == {"items": [1]}
+
+
+async def test_json_values_round_trip_unicode_nesting_and_large_integers(
+    store: RunStore,
+) -> None:
+    value = {"ünï": "☃ \u0000 \U0001f600", "deep": [{"a": [[{}], []]}], "big": 2**70,
+             "neg": -(2**65), "f": 0.1, "t": True, "n": None}
+    run = await store.create_run(_run().model_copy(update={"payload": value}))
+    await store.update_run(run.run_id, RunUpdate(result=value, has_result=True))
+    told = NewEvent(EventType.log, {"level": "info", "message": "m", "fields": value}, utcnow())
+    await store.append_events(run.run_id, [told])
+    got = await store.get_run(run.run_id)
+    assert got.payload == value and got.result == value
+    [event] = await store.list_events(run.run_id)
+    assert event.data["fields"] == value
+
+
+async def test_json_values_are_kept_in_their_json_form(store: RunStore) -> None:
+    value = {"tuple": (1, 2), "set": {3}, 4: "int key", "nan": float("nan"), "inf": math.inf}
+    form = {"tuple": [1, 2], "set": [3], "4": "int key", "nan": None, "inf": None}
+    run = await store.create_run(_run().model_copy(update={"payload": value}))
+    updated = await store.update_run(run.run_id, RunUpdate(result=value, has_result=True))
+    told = NewEvent(EventType.log, {"level": "info", "message": "m", "fields": value}, utcnow())
+    [appended] = await store.append_events(run.run_id, [told])
+    got = await store.get_run(run.run_id)
+    assert got.payload == form and got.result == form and updated.result == form
+    [listed] = await store.list_events(run.run_id)
+    assert appended.data["fields"] == listed.data["fields"] == form
+
+
+async def test_a_value_with_no_json_form_is_a_config_error(store: RunStore) -> None:
+    with pytest.raises(ConfigError, match="as JSON"):
+        await store.create_run(_run().model_copy(update={"payload": {"x": object()}}))
+    run = await store.create_run(_run())
+    with pytest.raises(ConfigError, match="as JSON"):
+        await store.update_run(run.run_id, RunUpdate(result=object(), has_result=True))
+    told = NewEvent(EventType.log, {"level": "info", "message": "m", "x": object()}, utcnow())
+    with pytest.raises(ConfigError, match="as JSON"):
+        await store.append_events(run.run_id, [told])
+    assert (await store.get_run(run.run_id)).result is None
+    assert await store.list_events(run.run_id) == []
+
+
+async def test_text_longer_than_its_column_is_a_config_error(store: RunStore) -> None:
+    with pytest.raises(ConfigError, match="run_id is 201 characters long"):
+        await store.create_run(_run().model_copy(update={"run_id": "r" * 201}))
+    with pytest.raises(ConfigError, match="idempotency_key is 301 characters long"):
+        await store.create_run(_run().model_copy(update={"idempotency_key": "k" * 301}))
+    run = await store.create_run(_run())
+    with pytest.raises(ConfigError, match="image is 501 characters long"):
+        await store.update_run(run.run_id, RunUpdate(image="i" * 501))
+    with pytest.raises(ConfigError, match="worker id is 201 characters long"):
+        await store.heartbeat("w" * 201)
+    assert await store.list_runs() == [run]
+
+
+async def test_text_with_a_nul_character_is_a_config_error(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    with pytest.raises(ConfigError, match="NUL character"):
+        await store.update_run(run.run_id, RunUpdate(reason="a\x00b"))
+    with pytest.raises(ConfigError, match="NUL character"):
+        await store.create_run(_run().model_copy(update={"run_id": "workflow:w:\x00"}))
+    with pytest.raises(ConfigError, match="NUL character"):
+        await store.heartbeat("h:1:\x00")
+    assert (await store.get_run(run.run_id)).reason is None
+
+
+async def test_ids_with_a_nul_character_are_never_found(store: RunStore) -> None:
+    await store.create_run(_run())
+    for missing in (store.get_run("a\x00"), store.list_events("a\x00"),
+                    store.append_events("a\x00", [_ev(1)]), store.list_runs(before="a\x00"),
+                    store.update_run("a\x00", RunUpdate(reason="r"))):
+        with pytest.raises(RunNotFound):
+            await missing
+    assert await store.find_run("w\x00", "k\x00") is None
+    assert await store.list_runs(workflow="w\x00") == []
+    assert await store.list_runs(owner="o\x00") == []
+    assert await store.worker_age("h:1:\x00") is None
+    await store.remove_worker("h:1:\x00")
+    await store.delete_run("a\x00")
+    assert len(await store.claim_runs("w:1:a", 5, exclude={"a\x00"})) == 1
+
+
+async def test_an_integer_out_of_its_column_range_is_a_config_error(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    with pytest.raises(ConfigError, match="duration_ms 2147483648 is out of range"):
+        await store.update_run(run.run_id, RunUpdate(duration_ms=2**31))
+    await store.update_run(run.run_id, RunUpdate(duration_ms=2**31 - 1))
+    assert (await store.get_run(run.run_id)).duration_ms == 2**31 - 1
+
+
+async def test_a_limit_below_one_lists_no_runs(store: RunStore) -> None:
+    for i in range(3):
+        await store.create_run(_run(offset=i))
+    assert await store.list_runs(limit=0) == []
+    assert await store.list_runs(limit=-1) == []
+
+
+async def test_an_unknown_before_cursor_is_run_not_found(store: RunStore) -> None:
+    await store.create_run(_run())
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await store.list_runs(before="workflow:w:gone")
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await store.list_runs(before="workflow:w:gone", limit=0)
+
+
+async def test_the_before_cursor_and_every_filter_combine(store: RunStore) -> None:
+    runs = [await store.create_run(_run("a" if i % 2 else "b", offset=i)) for i in range(8)]
+    for run in runs[4:]:
+        await store.update_run(run.run_id, RunUpdate(status=RunStatus.running,
+                                                     extra={"owner": "h:1:x"}))
+    # The cursor need not pass the filters itself.
+    page = await store.list_runs(workflow="a", status=RunStatus.running, owner="h:1:x",
+                                 before=runs[6].run_id)
+    assert [r.run_id for r in page] == [runs[5].run_id]
+    oldest = await store.list_runs(workflow="a", before=runs[2].run_id, oldest_first=True)
+    assert [r.run_id for r in oldest] == [runs[3].run_id, runs[5].run_id, runs[7].run_id]
+
+
+async def test_a_limit_below_one_lists_no_events(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1), _ev(2), _ev(3)])
+    assert await store.list_events(run.run_id, limit=0) == []
+    assert await store.list_events(run.run_id, limit=-1) == []
+
+
+async def test_an_after_below_one_lists_from_the_first_event(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1), _ev(2), _ev(3)])
+    listed = await store.list_events(run.run_id, after=-1)
+    assert [e.event_index for e in listed] == [1, 2, 3]
+
+
+async def test_an_after_past_every_index_lists_no_events(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1)])
+    for after in (2**31, MAX_EVENT_INDEX, 2**64):
+        assert await store.list_events(run.run_id, after=after) == []
+
+
+async def test_no_types_or_an_empty_list_of_types_lists_every_type(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1), _ev(2, EventType.shell_start)])
+    assert len(await store.list_events(run.run_id, types=[])) == 2
+    assert len(await store.list_events(run.run_id, types=None)) == 2
+
+
+async def test_listing_the_events_of_an_unknown_run_is_run_not_found(store: RunStore) -> None:
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await store.list_events("workflow:w:gone")
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await store.list_events("workflow:w:gone", limit=0)
+
+
+async def test_appending_no_events_to_an_unknown_run_is_run_not_found(store: RunStore) -> None:
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await store.append_events("workflow:w:gone", [])
+
+
+async def test_appending_no_events_stores_nothing(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    assert await store.append_events(run.run_id, []) == []
+    assert (await store.get_run(run.run_id)).event_count == 0
+
+
+async def test_appending_to_a_deleted_run_is_run_not_found(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.delete_run(run.run_id)
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await store.append_events(run.run_id, [_ev(1)])
+
+
+async def test_appended_events_are_returned_as_they_are_listed(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    plus_two = datetime(2024, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    told = NewEvent(EventType.log, {"level": "info", "message": "m", "t": (1,)}, plus_two)
+    appended = await store.append_events(run.run_id, [told])
+    assert appended == await store.list_events(run.run_id)
+
+
+async def test_the_event_count_follows_appends_and_updates_with_events(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1), _ev(2)])
+    updated = await store.update_run(run.run_id, RunUpdate(
+        status=RunStatus.completed, events=[_ev(3, EventType.run_end)]))
+    assert updated.event_count == 3 == (await store.get_run(run.run_id)).event_count
+    [end] = await store.list_events(run.run_id, after=2)
+    assert end.event_index == 3 and end.type is EventType.run_end
+
+
+async def test_an_update_of_a_missing_run_is_run_not_found_whatever_it_expects(
+    store: RunStore,
+) -> None:
+    for update in (RunUpdate(), RunUpdate(status=RunStatus.running),
+                   RunUpdate(status=RunStatus.running, expect_status=RunStatus.queued,
+                             expect_attempt=1, expect_no_cancel=True, events=[_ev(1)])):
+        with pytest.raises(RunNotFound, match="pyflue runs"):
+            await store.update_run("workflow:w:gone", update)
+
+
+async def test_an_update_cannot_set_the_run_id_the_event_count_or_unknown_fields(
+    store: RunStore,
+) -> None:
+    run = await store.create_run(_run())
+    for name in ("run_id", "event_count", "no_such_field"):
+        with pytest.raises(ValueError, match=f"cannot set '{name}'"):
+            await store.update_run(run.run_id, RunUpdate(extra={name: 7}))
+    assert await store.get_run(run.run_id) == run
+
+
+async def test_an_update_is_checked_before_the_run_is_looked_up(store: RunStore) -> None:
+    with pytest.raises(ValueError, match="cannot set 'no_such_field'"):
+        await store.update_run("workflow:w:gone", RunUpdate(extra={"no_such_field": 1}))
+
+
+async def test_an_update_s_extra_values_take_the_run_s_field_types(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    updated = await store.update_run(run.run_id, RunUpdate(extra={
+        "status": "running", "error": {"type": "t", "message": "m"}}))
+    got = await store.get_run(run.run_id)
+    assert updated.status is RunStatus.running and got.status is RunStatus.running
+    assert updated.error == got.error == ErrorInfo(type="t", message="m")
+    with pytest.raises(ValueError):
+        await store.update_run(run.run_id, RunUpdate(extra={"status": "no such status"}))
+
+
+async def test_deleting_a_missing_run_is_not_an_error(store: RunStore) -> None:
+    await store.delete_run("workflow:w:gone")
+    run = await store.create_run(_run())
+    await store.delete_run(run.run_id)
+    await store.delete_run(run.run_id)
+    assert await store.list_runs() == []
+
+
+async def test_a_follower_of_a_run_that_is_deleted_gets_run_not_found(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    await store.append_events(run.run_id, [_ev(1)])
+    seen: list[int] = []
+
+    async def follow() -> None:
+        async for event in store.subscribe(run.run_id):
+            seen.append(event.event_index)
+
+    task = asyncio.create_task(follow())
+    while not seen:  # following live, past the replay
+        await asyncio.sleep(0.01)
+    await store.delete_run(run.run_id)
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await asyncio.wait_for(task, 10)
+
+
+async def test_subscribing_to_an_unknown_run_raises_at_the_first_iteration(
+    store: RunStore,
+) -> None:
+    events = store.subscribe("workflow:w:gone")  # the call itself does not raise
+    with pytest.raises(RunNotFound, match="pyflue runs"):
+        await anext(events)
+
+
+async def test_subscribing_from_the_start_of_a_finished_run_replays_up_to_run_end(
+    store: RunStore,
+) -> None:
+    run = await store.create_run(_run())
+    await store.update_run(run.run_id, RunUpdate(status=RunStatus.completed, events=[
+        _ev(1), _ev(2, EventType.run_end), _ev(3)]))
+    replayed = [e.event_index async for e in store.subscribe(run.run_id, after=-5)]
+    assert replayed == [1, 2]
+
+
+async def test_claiming_with_a_limit_below_one_takes_nothing(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    assert await store.claim_runs("w:1:a", 0) == []
+    assert await store.claim_runs("w:1:a", -1) == []
+    assert (await store.get_run(run.run_id)).status is RunStatus.queued
+
+
+async def test_an_unknown_worker_has_no_age_and_removing_it_is_not_an_error(
+    store: RunStore,
+) -> None:
+    assert await store.worker_age("h:1:never") is None
+    await store.remove_worker("h:1:never")
+    assert await store.worker_age("h:1:never") is None
+
+
+async def test_a_queue_callback_that_raises_leaves_the_write_and_the_other_callbacks(
+    store: RunStore, caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("a listener's own bug")
+
+    told = asyncio.Event()
+    store.on_queue_change(broken)
+    store.on_queue_change(told.set)
+    run = await store.create_run(_run())
+    await asyncio.wait_for(told.wait(), 10)  # PostgreSQL's signal is its NOTIFY, coming back
+    assert (await store.get_run(run.run_id)).status is RunStatus.queued
+    assert "a queue-change callback failed" in caplog.text
+
+
+async def test_postgres_orders_run_ids_by_code_point_whatever_the_database_collation(
+    postgres_url: str,
+) -> None:
+    # A database made with an en-US locale sorts 'a' before 'B'; code point order does not.
+    store = SqlStore(postgres_url)
+    await store.open()
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE events DROP CONSTRAINT events_run_id_fkey"))
+            await conn.execute(text('ALTER TABLE runs ALTER COLUMN run_id TYPE varchar(200) '
+                                    'COLLATE "en-US-x-icu"'))
+        at = utcnow()
+        ids = ["workflow:a:1", "workflow:B:1", "workflow:A:1", "workflow:b:1"]
+        for run_id in ids:
+            await store.create_run(_run().model_copy(update={"run_id": run_id, "created_at": at}))
+        assert [r.run_id for r in await store.list_runs()] == sorted(ids, reverse=True)
+        page = await store.list_runs(before=sorted(ids)[1], oldest_first=True)
+        assert [r.run_id for r in page] == sorted(ids)[2:]
+        assert [r.run_id for r in await store.claim_runs("w:1:a", 2)] == sorted(ids)[:2]
+    finally:
+        await store.close()
