@@ -52,6 +52,7 @@ class Scheduler:
         # a new run may then start at once, without waiting for admission (order is kept).
         self._backlog_empty = False
         self._reserved = 0  # slots held by submits claiming their run
+        self._taken_back: set[str] = set()  # runs stopped here as another worker took them
         self._requests: dict[str, Any] = {}
         # Set when a run this scheduler knows of has finished (its record is final).
         self._finished: dict[str, asyncio.Event] = {}
@@ -93,6 +94,7 @@ class Scheduler:
         for run_id in [r for r in self._tasks if r not in held and r not in self._unstarted]:
             log.warning("run %s was taken back by another worker while this one was cut off "
                         "from the store; stopping it here", run_id)
+            self._taken_back.add(run_id)
             self._stop_task(run_id, RunStatus.interrupted,
                             "this worker was taken for lost while it ran")
 
@@ -414,6 +416,9 @@ class Scheduler:
         finally:
             self._tasks.pop(run.run_id, None)
             self._stops.pop(run.run_id, None)
+            if run.run_id in self._taken_back:  # its next attempt may be queued, and was left
+                self._taken_back.discard(run.run_id)  # out of claims while this task lived
+                self._backlog_empty = False
             self._requests.pop(run.run_id, None)
             self._mark_finished(run.run_id)
             self._wake.set()
