@@ -11,7 +11,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pyflue.agents import Agent, AgentConfig, create_agent
+    from pyflue.agent_config import AgentConfig
+    from pyflue.agents import Agent, create_agent
     from pyflue.client import PyFlueClient
     from pyflue.context import FlueContext
     from pyflue.errors import PyflueError
@@ -26,7 +27,7 @@ __version__ = "0.1.0"
 # Loaded on first use: name -> the module that defines it.
 _LAZY = {
     "Agent": "pyflue.agents",
-    "AgentConfig": "pyflue.agents",
+    "AgentConfig": "pyflue.agent_config",
     "FlueContext": "pyflue.context",
     "PyflueError": "pyflue.errors",
     "create_agent": "pyflue.agents",

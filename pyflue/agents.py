@@ -1,21 +1,21 @@
-"""Agents: ``create_agent(initializer)`` and the validated config it produces per run.
+"""Agents: ``create_agent(initializer)``, evaluated once per run into an :class:`AgentConfig`.
 
 The initializer takes the run's context (or nothing), may be async, and returns a dict of the
-keys in :class:`AgentConfig`. Unknown keys are an error that names them and the allowed ones.
+keys in :class:`pyflue.agent_config.AgentConfig`. Unknown keys are an error that names them and
+the allowed ones. This module loads nothing heavy (a workflow file imports it): the config model
+and its validation load when a run first configures an agent.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from pyflue.errors import ConfigError, WorkspacePathError
-from pyflue.sandbox.paths import confine
+from pyflue.errors import ConfigError
 
 if TYPE_CHECKING:
+    from pyflue.agent_config import AgentConfig
     from pyflue.context import FlueContext
 
 Initializer = (
@@ -23,58 +23,6 @@ Initializer = (
     | Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
     | Mapping[str, Any]
 )
-
-
-class AgentConfig(BaseModel):
-    """What an agent's initializer may return. See docs/workflows.md for each key."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
-
-    model: str | None = Field(None, description="model string, e.g. anthropic/claude-haiku-4-5")
-    instructions: str | None = None
-    cwd: str = "/workspace"
-    image: str | None = Field(None, description="sandbox image; the run's --image overrides it")
-    network: Literal["none", "bridge"] | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-    memory: str | None = None
-    cpus: float | None = Field(None, gt=0)
-    pids: int | None = Field(None, ge=16)
-    runtime: str | None = None
-    tools: list[Any] = Field(
-        default_factory=list, description="extra tools: typed functions or pyflue Tool objects"
-    )
-    secrets: list[str] = Field(
-        default_factory=list, description="names of host environment variables to grant"
-    )
-
-    @field_validator("cwd")
-    @classmethod
-    def _absolute_cwd(cls, value: str) -> str:
-        try:
-            return confine(value, root="/workspace")
-        except WorkspacePathError:
-            raise ValueError(f"cwd {value!r} must be /workspace or a folder inside it") from None
-
-    @classmethod
-    def parse(cls, raw: Any, *, where: str) -> AgentConfig:
-        if not isinstance(raw, Mapping):
-            raise ConfigError(
-                f"{where} must return a dict of agent settings, not {type(raw).__name__}"
-            )
-        allowed = sorted(cls.model_fields)
-        unknown = sorted(set(raw) - set(allowed))
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown agent config key {', '.join(map(repr, unknown))}; "
-                f"allowed keys: {', '.join(allowed)}"
-            )
-        try:
-            return cls.model_validate(dict(raw))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(f"{where}: invalid agent config: {problems}") from None
 
 
 class Agent:
@@ -90,6 +38,8 @@ class Agent:
         self.name = name or getattr(initializer, "__name__", "agent")
 
     async def configure(self, ctx: FlueContext) -> AgentConfig:
+        from pyflue.agent_config import AgentConfig
+
         init = self._initializer
         if isinstance(init, Mapping):
             raw: Any = init

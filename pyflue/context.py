@@ -1,51 +1,15 @@
-"""``FlueContext``: what a workflow's ``run(ctx)`` receives."""
+"""``FlueContext``: what a workflow's ``run(ctx)`` receives (``ctx.log`` is
+:class:`pyflue.recorder.RunLog`)."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from pydantic_core import to_jsonable_python
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a workflow file imports this module: it loads nothing heavy
     from pyflue.agents import Agent
     from pyflue.harness import Harness
-    from pyflue.recorder import RunRecorder
-
-
-class RunLog:
-    """``ctx.log``: structured lines stored as ``log`` events with the run.
-
-    Safe to call from a synchronous workflow running on a worker thread.
-    """
-
-    def __init__(self, recorder: RunRecorder) -> None:
-        self._recorder = recorder
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
-
-    def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
-        from pyflue.events import Log  # not at import: `import pyflue` stays cheap
-
-        line = Log(level=level, message=str(message),
-                   fields=to_jsonable_python(fields, fallback=repr))
-        if threading.get_ident() == self._thread:
-            self._recorder.emit(line)
-        else:
-            self._loop.call_soon_threadsafe(self._recorder.emit, line)
-
-    def info(self, message: str, **fields: Any) -> None:
-        self._emit("info", message, fields)
-
-    def warn(self, message: str, **fields: Any) -> None:
-        self._emit("warn", message, fields)
-
-    warning = warn
-
-    def error(self, message: str, **fields: Any) -> None:
-        self._emit("error", message, fields)
+    from pyflue.recorder import RunLog
 
 
 class FlueContext:

@@ -24,7 +24,7 @@ from pyflue.sandbox.tario import CopyTooLarge, local_entries
 from pyflue.secrets import StreamRedactor, grant
 
 if TYPE_CHECKING:  # annotations only: sessions and tools build on the harness, not the reverse
-    from pyflue.agents import AgentConfig
+    from pyflue.agent_config import AgentConfig
     from pyflue.recorder import RunRecorder
     from pyflue.sessions import Session
     from pyflue.settings import Settings

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
+from typing import Any
 
-from pyflue.events import Event, EventData, SandboxLimit
+from pydantic_core import to_jsonable_python
+
+from pyflue.events import Event, EventData, Log, SandboxLimit
 from pyflue.models import utcnow
 from pyflue.secrets import Redactor
 from pyflue.store.base import NewEvent, RunStore
@@ -90,3 +94,34 @@ class RunRecorder:
                     self._error = exc
             if not self._pending:
                 self._idle.set()
+
+
+class RunLog:
+    """``ctx.log``: structured lines stored as ``log`` events with the run.
+
+    Safe to call from a synchronous workflow running on a worker thread.
+    """
+
+    def __init__(self, recorder: RunRecorder) -> None:
+        self._recorder = recorder
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+
+    def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
+        line = Log(level=level, message=str(message),
+                   fields=to_jsonable_python(fields, fallback=repr))
+        if threading.get_ident() == self._thread:
+            self._recorder.emit(line)
+        else:
+            self._loop.call_soon_threadsafe(self._recorder.emit, line)
+
+    def info(self, message: str, **fields: Any) -> None:
+        self._emit("info", message, fields)
+
+    def warn(self, message: str, **fields: Any) -> None:
+        self._emit("warn", message, fields)
+
+    warning = warn
+
+    def error(self, message: str, **fields: Any) -> None:
+        self._emit("error", message, fields)

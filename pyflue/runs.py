@@ -25,8 +25,9 @@ from typing import Any
 from pydantic_core import to_jsonable_python
 
 from pyflue._bridge import in_daemon_thread, run_to_completion
-from pyflue.agents import Agent, AgentConfig
-from pyflue.context import FlueContext, RunLog
+from pyflue.agent_config import AgentConfig
+from pyflue.agents import Agent
+from pyflue.context import FlueContext
 from pyflue.errors import (
     ConfigError,
     PyflueError,
@@ -43,7 +44,7 @@ from pyflue.models import (
     new_run_id,
     utcnow,
 )
-from pyflue.recorder import RunRecorder
+from pyflue.recorder import RunLog, RunRecorder
 from pyflue.sandbox.base import Sandbox, SandboxProvider, SandboxSpec
 from pyflue.sandbox.policy import spec_for
 from pyflue.sessions import Session

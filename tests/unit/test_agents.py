@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from pyflue import create_agent
-from pyflue.agents import AgentConfig
+from pyflue.agent_config import AgentConfig
 from pyflue.errors import ConfigError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyflue.agents import AgentConfig
+from pyflue.agent_config import AgentConfig
 from pyflue.errors import ConfigError
 from pyflue.sandbox.policy import parse_size, spec_for
 from pyflue.settings import SandboxDefaults

@@ -17,8 +17,9 @@ from sqlalchemy.engine import make_url
 
 from pyflue.errors import ConfigError, RunNotFound, RunStateConflict, StoreError
 from pyflue.events import EventType, Log, RunEnd, RunRequeued, ShellStart
-from pyflue.models import MAX_EVENT_INDEX, ErrorInfo, Run, RunStatus, new_run_id, utcnow
+from pyflue.models import ErrorInfo, Run, RunStatus, new_run_id, utcnow
 from pyflue.settings import Settings
+from pyflue.status import MAX_EVENT_INDEX
 from pyflue.store import MemoryStore, NewEvent, RunStore, RunUpdate, SqlStore
 
 
