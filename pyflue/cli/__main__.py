@@ -1,0 +1,5 @@
+"""``python -m pyflue.cli``: the same as the ``pyflue`` command."""
+
+from pyflue.cli import main
+
+main()

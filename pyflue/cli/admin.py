@@ -1,0 +1,138 @@
+"""Running the machine: ``pyflue doctor``, ``serve``, ``reap`` and ``images build|list``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from pyflue.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ProjectOpt,
+    app,
+    die,
+    exit_code_for,
+    images_app,
+    run_async,
+    settings_for,
+)
+from pyflue.errors import PyflueError
+
+
+@app.command()
+def doctor(project: ProjectOpt = None) -> None:
+    """Check the Docker engine, runtimes, sandbox image and run store, with fixes."""
+    from pyflue.doctor import run_checks
+
+    settings = settings_for(project)
+    checks = run_async(run_checks(settings))
+    failed = False
+    for check in checks:
+        mark = "ok  " if check.ok else ("warn" if check.optional else "FAIL")
+        typer.echo(f"{mark}  {check.name:<14} {check.detail}")
+        if not check.ok and check.fix:
+            typer.echo(f"      {'':<14} fix: {check.fix}")
+        failed = failed or (not check.ok and not check.optional)
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 2024)")] = None,
+    store_url: Annotated[str | None, typer.Option(help="SQLAlchemy async URL of the store")]
+    = None,
+    max_concurrency: Annotated[int | None, typer.Option(min=1, help="runs at once")] = None,
+    insecure_bind: Annotated[
+        bool, typer.Option("--insecure-bind", help="allow a non-loopback address without a token")
+    ] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Start the control plane (HTTP API, scheduler) on 127.0.0.1:2024."""
+    import uvicorn
+
+    from pyflue.api.app import create_app
+
+    settings = settings_for(project)
+    changes: dict[str, Any] = {k: v for k, v in {
+        "host": host, "port": port, "max_concurrency": max_concurrency,
+    }.items() if v is not None}
+    if insecure_bind:
+        changes["allow_insecure_bind"] = True
+    server = settings.server.model_copy(update=changes)
+    settings = settings.model_copy(update={"server": server, **(
+        {"store_url": store_url} if store_url else {})})
+    problem = bind_problem(server.host, server.api_token is not None, server.allow_insecure_bind)
+    if problem:
+        die(problem, EXIT_USAGE)
+    # Attached clients (SSE, ?wait=result) must not hold a shutdown until their runs end.
+    uvicorn.run(create_app(settings), host=server.host, port=server.port, log_level="info",
+                timeout_graceful_shutdown=5)
+
+
+def bind_problem(host: str, has_token: bool, forced: bool) -> str | None:
+    """Why serving on ``host`` is refused, or None."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback or has_token or forced:
+        return None
+    return (f"refusing to serve on {host} without an API token: set PYFLUE_API_TOKEN (clients "
+            "send `Authorization: Bearer <token>`), or pass --insecure-bind to serve anyway")
+
+
+@app.command()
+def reap(project: ProjectOpt = None) -> None:
+    """Remove containers and volumes left by runs that are no longer running."""
+    from pyflue.wiring import open_runner
+
+    settings = settings_for(project)
+
+    async def _reap() -> list[str]:
+        async with open_runner(settings) as runner:
+            return await runner.workers.reap()
+
+    reaped: list[str] = run_async(_reap())
+    typer.echo(f"reaped {len(reaped)} sandbox(es)" + "".join(f"\n  {r}" for r in reaped))
+
+
+@images_app.command("build")
+def images_build(
+    only: Annotated[list[str] | None, typer.Argument(help="image names (default: all)")] = None,
+    base: Annotated[
+        str | None, typer.Option(help="base image (default: debian:bookworm-slim or bootstrap)")
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="rebuild every layer")] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Build the images in images/ (bootstrapping a Debian base when no registry answers)."""
+    from pyflue.sandbox.docker.images import build_all
+
+    settings = settings_for(project)
+    try:
+        tags = build_all(settings.project_dir, docker_host=settings.docker_host,
+                         progress=lambda line: typer.echo(line, err=True),
+                         base=base, no_cache=no_cache, only=only)
+    except PyflueError as exc:
+        die(exc.message, exit_code_for(exc))
+    typer.echo("\n".join(tags))
+
+
+@images_app.command("list")
+def images_list(project: ProjectOpt = None) -> None:
+    """List the images pyflue builds and whether each exists."""
+    from pyflue.sandbox.docker.images import ImageBuilder, discover
+
+    settings = settings_for(project)
+    try:
+        builder = ImageBuilder(settings.docker_host, lambda _line: None)
+        for image in discover(settings.project_dir):
+            state = "present" if builder.exists(image.tag) else "missing"
+            typer.echo(f"{image.tag:<32} {state:<8} {image.context}")
+    except PyflueError as exc:
+        die(exc.message, exit_code_for(exc))

@@ -1,0 +1,181 @@
+"""What every ``pyflue`` command shares: the app, options, settings, exit codes, and the one
+way a command runs its async work and turns pyflue's errors into one line and an exit code.
+
+Exit codes: 0 success / run completed; 1 run failed or a check failed; 2 bad input;
+130 interrupted (Ctrl-C or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from pyflue import __version__
+from pyflue.errors import ConfigError, PyflueError, WorkflowError
+
+if TYPE_CHECKING:
+    from pyflue.client import PyFlueClient
+    from pyflue.events import Event
+    from pyflue.models import Run
+    from pyflue.settings import Settings
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="pyflue",
+    help="Python workflows for agent and CI work; every run gets a fresh Docker container.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: loading rich would double the start-up time
+)
+images_app = typer.Typer(help="Build and list the sandbox images in images/.", no_args_is_help=True)
+app.add_typer(images_app, name="images")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Format(StrEnum):
+    pretty = "pretty"
+    json = "json"
+    ndjson = "ndjson"
+
+
+class StreamFormat(StrEnum):
+    """Formats for events printed one by one as they happen."""
+
+    pretty = "pretty"
+    ndjson = "ndjson"
+
+
+ProjectOpt = Annotated[
+    Path | None,
+    typer.Option("--project", "-C", help="project folder (default: the current folder)"),
+]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="pretty, json or ndjson")]
+ServerOpt = Annotated[
+    str | None,
+    typer.Option("--server", "-s", envvar="PYFLUE_SERVER_URL",
+                 help="URL of a pyflue server (`pyflue serve`), e.g. http://127.0.0.1:2024"),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="PYFLUE_API_TOKEN", show_default=False,
+                 help="the server's API token (sent as Authorization: Bearer)"),
+]
+
+
+
+def print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"pyflue {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Python workflows for agent and CI work; every run gets a fresh Docker container."""
+
+
+def settings_for(project: Path | None) -> Settings:
+    from pyflue.settings import Settings
+
+    try:
+        settings = Settings()
+    except Exception as exc:  # pydantic ValidationError from PYFLUE_* variables
+        die(f"invalid PYFLUE_* setting: {exc}", EXIT_USAGE)
+    if project is not None:
+        settings = settings.model_copy(update={"project_dir": project.resolve()})
+    return settings
+
+
+def payload_from(raw: str | None) -> dict[str, Any]:
+    from pyflue.models import parse_payload
+
+    try:
+        return parse_payload(raw)
+    except PyflueError as exc:
+        die(exc.message, EXIT_USAGE)
+
+
+def event_line(event: Event, fmt: Format | StreamFormat) -> str | None:
+    """An event as ``fmt`` shows it: a JSON line, or the pretty one (None: nothing to show)."""
+    from pyflue.render import event_json, pretty_event
+
+    return pretty_event(event) if fmt == Format.pretty else event_json(event)
+
+
+def die(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def exit_code_for(exc: PyflueError) -> int:
+    return EXIT_USAGE if isinstance(exc, ConfigError | WorkflowError) else EXIT_FAILED
+
+
+def run_async(main: Any) -> Any:
+    """Runs a coroutine; SIGTERM cancels it like Ctrl-C; PyflueError becomes one line."""
+
+    async def wrapper() -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel, "interrupted by SIGTERM")
+        return await main
+
+    try:
+        return asyncio.run(wrapper())
+    except PyflueError as exc:
+        die(exc.message, exit_code_for(exc))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def client_for(server: str | None, token: str | None, command: str = "") -> PyFlueClient:
+    """The client for --server / PYFLUE_SERVER_URL; exit 2 when neither names a server."""
+    from pyflue.client import PyFlueClient
+
+    if not server:
+        hint = {"invoke": "; to run a workflow on this machine use `pyflue run NAME`"}
+        die(f"`pyflue {command}` needs a server: pass --server URL or set PYFLUE_SERVER_URL "
+             f"(start one with `pyflue serve`){hint.get(command, '')}", EXIT_USAGE)
+    if "://" not in server:
+        server = f"http://{server}"
+    return PyFlueClient(server, token=token or None)
+
+
+async def as_usage_errors(main: Awaitable[T], *, not_found: bool = False) -> T:
+    """Refused input (400/413/415, and 404 when the name came from the user) exits 2."""
+    from pyflue.client import BadRequestError, NotFoundError
+
+    try:
+        return await main
+    except BadRequestError as exc:
+        raise ConfigError(exc.message) from None
+    except NotFoundError as exc:
+        if not_found:
+            raise ConfigError(exc.message) from None
+        raise
+
+
+def events_document_text(run_id: str, events: list[Event]) -> str:
+    from pyflue.render import events_document
+
+    return events_document(run_id, events)
+
+
+def run_line_text(run: Run) -> str:
+    from pyflue.render import run_line
+
+    return run_line(run)

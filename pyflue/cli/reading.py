@@ -1,0 +1,207 @@
+"""Looking at runs and workflows: ``pyflue logs``, ``runs`` and ``workflows``, here or on a
+server (``--server``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from pyflue.cli.common import (
+    EXIT_USAGE,
+    Format,
+    FormatOpt,
+    ProjectOpt,
+    ServerOpt,
+    TokenOpt,
+    app,
+    client_for,
+    die,
+    event_line,
+    events_document_text,
+    run_async,
+    run_line_text,
+    settings_for,
+)
+from pyflue.errors import PyflueError
+from pyflue.status import MAX_EVENT_INDEX, RunStatus
+
+if TYPE_CHECKING:
+    from pyflue.client import PyFlueClient
+    from pyflue.models import Run
+    from pyflue.settings import Settings
+
+
+@app.command()
+def logs(
+    run_id: Annotated[str, typer.Argument(help="the run id printed by `pyflue run`")],
+    fmt: FormatOpt = Format.pretty,
+    follow: Annotated[bool, typer.Option("--follow", help="wait for new events until run_end")]
+    = False,
+    after: Annotated[int, typer.Option("--after", min=0, max=MAX_EVENT_INDEX,
+                                       help="only events after this index")]
+    = 0,
+    project: ProjectOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ws: Annotated[bool, typer.Option("--ws", help="with --server --follow: use the WebSocket "
+                                     "instead of SSE")] = False,
+) -> None:
+    """Show a run's events from the local store, or from a server with --server.
+
+    A run the server does not know but this machine's store does (a `pyflue run` while
+    PYFLUE_SERVER_URL is set) is shown from the local store, with a note on stderr."""
+    if server:
+        run_async(_remote_or_local_logs(client_for(server, token), project, server, run_id, fmt,
+                                         follow, after, ws))
+        return
+    run_async(_logs(settings_for(project), run_id, fmt, follow, after))
+
+
+async def _remote_or_local_logs(client: PyFlueClient, project: Path | None, server: str,
+                                run_id: str, fmt: Format, follow: bool, after: int,
+                                ws: bool) -> None:
+    from pyflue.client import NotFoundError
+    from pyflue.wiring import has_run
+
+    try:
+        await _remote_logs(client, run_id, fmt, follow, after, ws)
+        return
+    except NotFoundError:
+        settings = settings_for(project)
+        if not await has_run(settings, run_id):
+            raise  # not here either: the server's answer
+    typer.echo(f"note: run {run_id} is not on {server}; shown from this machine's store",
+               err=True)
+    await _logs(settings, run_id, fmt, follow, after)
+
+
+async def _logs(settings: Settings, run_id: str, fmt: Format, follow: bool, after: int) -> None:
+    from pyflue.wiring import open_store
+
+    async with open_store(settings) as store:
+        await store.get_run(run_id)
+        if follow:
+            async for event in store.subscribe(run_id, after=after):
+                _echo_event(event, fmt)
+            return
+        events = await store.list_events(run_id, after=after)
+        if fmt is Format.json:
+            typer.echo(events_document_text(run_id, events))
+        else:
+            for event in events:
+                _echo_event(event, fmt)
+
+
+def _echo_event(event: Any, fmt: Format) -> None:
+    line = event_line(event, fmt)
+    if line is not None:
+        typer.echo(line)
+
+
+async def _remote_logs(client: PyFlueClient, run_id: str, fmt: Format, follow: bool,
+                       after: int, ws: bool = False) -> None:
+    async with client:
+        if follow:
+            live = client.runs.follow if ws else client.runs.stream
+            async for event in live(run_id, after=after):
+                _echo_event(event, fmt)
+            return
+        events = await client.runs.events(run_id, after=after)
+        if fmt is Format.json:
+            typer.echo(events_document_text(run_id, events))
+        else:
+            for event in events:
+                _echo_event(event, fmt)
+
+
+@app.command()
+def runs(
+    status: Annotated[RunStatus | None, typer.Option(help="only runs with this status")] = None,
+    workflow: Annotated[str | None, typer.Option(help="only runs of this workflow")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="how many")] = 20,
+    fmt: FormatOpt = Format.pretty,
+    project: ProjectOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List recent runs, newest first: this machine's, or a server's with --server."""
+    found: list[Run]
+    if server:
+        found = run_async(_remote_runs(client_for(server, token), status, workflow, limit))
+    else:
+        found = run_async(_runs(settings_for(project), status, workflow, limit))
+    if fmt is Format.json:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in found], indent=2))
+    elif fmt is Format.ndjson:
+        for r in found:
+            typer.echo(r.model_dump_json())
+    elif not found:
+        typer.echo("no runs yet: start one with `pyflue run NAME --payload '{...}'`")
+    else:
+        for r in found:
+            typer.echo(run_line_text(r))
+
+
+async def _runs(settings: Settings, status: RunStatus | None, workflow: str | None,
+                limit: int) -> list[Run]:
+    from pyflue.wiring import open_store
+
+    async with open_store(settings) as store:
+        return await store.list_runs(status=status, workflow=workflow, limit=limit)
+
+
+async def _remote_runs(client: PyFlueClient, status: RunStatus | None, workflow: str | None,
+                       limit: int) -> list[Run]:
+    async with client:
+        return await client.runs.recent(limit, status=status, workflow=workflow)
+
+
+@app.command()
+def workflows(
+    fmt: FormatOpt = Format.pretty,
+    project: ProjectOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List the workflows discovered in workflows/ and src/workflows/, or a server's."""
+    from pyflue.workflows import WorkflowRegistry
+
+    if server:
+        rows = run_async(_remote_workflows(client_for(server, token)))
+        _print_workflows(rows, fmt, f"no workflows on {server}")
+        return
+    settings = settings_for(project)
+    try:
+        found = WorkflowRegistry(settings.project_dir).summaries()
+    except PyflueError as exc:
+        die(exc.message, EXIT_USAGE)
+    rows = [{"name": w.name, "path": str(w.path), "description": _described(w.description, w.error),
+             "error": w.error} for w in found]
+    _print_workflows(rows, fmt, f"no workflows under {settings.project_dir}: add "
+                                "workflows/<name>.py exporting run(ctx)")
+
+
+async def _remote_workflows(client: PyFlueClient) -> list[dict[str, Any]]:
+    async with client:
+        found = await client.workflows.list()
+    return [{"name": w.name, "description": _described(w.description, w.error),
+             "error": w.error} for w in found]
+
+
+def _described(description: str, error: str | None) -> str:
+    return description if error is None else f"(cannot load: {error})"
+
+
+def _print_workflows(rows: list[dict[str, Any]], fmt: Format, empty: str) -> None:
+    if fmt is not Format.pretty:
+        typer.echo(json.dumps(rows, indent=2) if fmt is Format.json
+                   else "\n".join(json.dumps(r) for r in rows))
+    elif not rows:
+        typer.echo(empty)
+    else:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            typer.echo(f"{r['name']:<{width}}  {r['description']}")

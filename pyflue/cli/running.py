@@ -1,0 +1,160 @@
+"""Starting and stopping runs: ``pyflue run`` (here), ``invoke`` and ``cancel`` (on a server)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from pyflue.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ProjectOpt,
+    ServerOpt,
+    StreamFormat,
+    TokenOpt,
+    app,
+    as_usage_errors,
+    client_for,
+    die,
+    event_line,
+    payload_from,
+    run_async,
+    settings_for,
+)
+from pyflue.status import RunStatus
+
+if TYPE_CHECKING:
+    from pyflue.client import PyFlueClient
+    from pyflue.events import Event
+    from pyflue.models import Run
+
+
+@app.command()
+def run(
+    name: Annotated[str, typer.Argument(help="workflow name, e.g. shell_steps")],
+    payload: Annotated[
+        str | None, typer.Option("--payload", "-p", help="payload JSON object ('-' reads stdin)")
+    ] = None,
+    image: Annotated[
+        str | None, typer.Option("--image", "-i", help="image for this run's container")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live events")] = False,
+    events_format: Annotated[
+        StreamFormat, typer.Option("--events", help="live events on stderr: pretty or ndjson")
+    ] = StreamFormat.pretty,
+    project: ProjectOpt = None,
+) -> None:
+    """Run one workflow on this machine: events on stderr, the result JSON on stdout."""
+    settings = settings_for(project)
+    raw = sys.stdin.read() if payload == "-" else payload
+    body = payload_from(raw)
+    from pyflue.wiring import run_here
+
+    final: Run = run_async(run_here(
+        settings, name, body, image=image, on_event=_print_live(quiet, events_format),
+        on_start=lambda run: typer.echo(f"run {run.run_id}", err=True)))
+    if final.status is RunStatus.completed:
+        typer.echo(json.dumps(final.result, indent=2, ensure_ascii=False))
+        raise typer.Exit(EXIT_OK)
+    from pyflue.models import end_error
+
+    error = end_error(final.status, final.error, final.reason)
+    if error is not None:
+        typer.echo(f"error: run {final.run_id} {final.status.value}: "
+                   f"{error.type}: {error.message}", err=True)
+    raise typer.Exit(EXIT_INTERRUPTED if final.status is RunStatus.cancelled else EXIT_FAILED)
+
+
+def _print_live(quiet: bool, fmt: StreamFormat) -> Callable[[Event], None]:
+    def show(event: Event) -> None:
+        line = event_line(event, fmt)
+        if not quiet and line is not None:
+            typer.echo(line, err=True)
+
+    return show
+
+
+@app.command()
+def invoke(
+    name: Annotated[str, typer.Argument(help="workflow name on the server, e.g. shell_steps")],
+    payload: Annotated[
+        str | None, typer.Option("--payload", "-p", help="payload JSON object ('-' reads stdin)")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait and print the result JSON")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="show live events on stderr, then print the result")
+    ] = False,
+    events_format: Annotated[
+        StreamFormat, typer.Option("--events", help="--follow events: pretty or ndjson")
+    ] = StreamFormat.pretty,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="the same key returns the same run")
+    ] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Invoke a workflow on a pyflue server (for CI): prints the run id, or with --wait or
+    --follow the result; the exit code mirrors the run (0 completed, 1 failed, 130 cancelled)."""
+    if wait and follow:
+        die("pass --wait or --follow, not both", EXIT_USAGE)
+    raw = sys.stdin.read() if payload == "-" else payload
+    body = payload_from(raw)
+    client = client_for(server, token, "invoke")
+    main = _invoke(client, name, body, wait, follow, events_format, idempotency_key)
+    outcome: Run | str = run_async(as_usage_errors(main, not_found=True))
+    if isinstance(outcome, str):  # neither --wait nor --follow: the run id of the run started
+        typer.echo(outcome)
+        raise typer.Exit(EXIT_OK)
+    typer.echo(f"run {outcome.run_id} {outcome.status.value}", err=True)
+    if outcome.status is RunStatus.completed:
+        typer.echo(json.dumps(outcome.result, indent=2, ensure_ascii=False))
+        raise typer.Exit(EXIT_OK)
+    why = (f"{outcome.error.type}: {outcome.error.message}" if outcome.error
+           else outcome.reason or outcome.status.value)
+    typer.echo(f"error: run {outcome.run_id} {outcome.status.value}: {why}", err=True)
+    raise typer.Exit(EXIT_INTERRUPTED if outcome.status is RunStatus.cancelled else EXIT_FAILED)
+
+
+async def _invoke(
+    client: PyFlueClient, name: str, payload: dict[str, Any], wait: bool, follow: bool,
+    fmt: StreamFormat, key: str | None,
+) -> Run | str:
+    seen: set[str] = set()
+
+    def show(event: Event) -> None:
+        if event.run_id not in seen:
+            seen.add(event.run_id)
+            typer.echo(f"run {event.run_id}", err=True)
+        if (line := event_line(event, fmt)) is not None:
+            typer.echo(line, err=True)
+
+    async with client:
+        if not (wait or follow):
+            started = await client.workflows.invoke(name, payload, wait=False,
+                                                    idempotency_key=key)
+            return str(started["run_id"])
+        return await client.workflows.run(name, payload, idempotency_key=key,
+                                          on_event=show if follow else None)
+
+
+@app.command()
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="the id of a queued or running run")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Cancel a queued or running run on a pyflue server; its container is killed."""
+    client = client_for(server, token, "cancel")
+
+    async def _cancel() -> dict[str, Any]:
+        async with client:
+            return await client.runs.cancel(run_id)
+
+    body: dict[str, Any] = run_async(as_usage_errors(_cancel()))
+    typer.echo(f"{body['status']} {body['run_id']}")
