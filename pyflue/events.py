@@ -14,11 +14,13 @@ Payloads can also be read like the dicts they are on the wire (``event.data["exi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import enum
+import types
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from enum import StrEnum
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -27,6 +29,7 @@ from pydantic import (
     Field,
     Tag,
     TypeAdapter,
+    ValidationError,
 )
 
 from pyflue.models import ErrorInfo, RunStatus, end_error
@@ -90,12 +93,59 @@ class EventData(BaseModel):
     def keys(self) -> Iterator[str]:
         return iter(self.wire)
 
+    def items(self) -> Iterator[tuple[str, Any]]:
+        return iter(self.wire.items())
+
+    def values(self) -> Iterator[Any]:
+        return iter(self.wire.values())
+
+    def __len__(self) -> int:
+        return len(self.wire)
+
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]
+        return iter(self.wire)  # the keys, as a dict's (pydantic would yield (name, value))
+
+    def scrubbed(self, scrub: Callable[[Any], Any]) -> dict[str, Any]:
+        """The wire form with ``scrub`` (secret redaction) applied to what may hold any text:
+        free-form values (strings, and dicts and lists whole, their keys included). The
+        payload's own structure is kept: its keys, the keys of the models inside it, and its
+        fixed vocabulary (literals, enums, numbers), so the result is still a valid payload."""
+        return _scrubbed(type(self), self.wire, scrub)
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Mapping):  # compared with its wire form, as a dict would be
             return self.wire == dict(other)
         return super().__eq__(other)
 
     __hash__ = BaseModel.__hash__
+
+
+def _scrubbed(model: type[BaseModel], wire: dict[str, Any],
+              scrub: Callable[[Any], Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in wire.items():
+        field = model.model_fields.get(key)
+        kind = _kind(field.annotation) if field is not None else None
+        if value is None or kind == "fixed":
+            out[key] = value
+        elif isinstance(kind, type) and isinstance(value, dict):
+            out[key] = _scrubbed(kind, value, scrub)  # a model inside: keep its keys
+        else:
+            out[key] = scrub(value)  # free-form text, or a key a newer version added
+    return out
+
+
+def _kind(annotation: Any) -> str | type[BaseModel] | None:
+    """``fixed`` for a vocabulary that holds no free text (literals, enums, numbers, bools),
+    the model class for a nested model, else None (free-form)."""
+    options = [a for a in (get_args(annotation) if get_origin(annotation) in (Union,
+               types.UnionType) else (annotation,)) if a is not type(None)]
+    if all(get_origin(a) is Literal or a in (bool, int, float)
+           or (isinstance(a, type) and issubclass(a, enum.Enum)) for a in options):
+        return "fixed"
+    if len(options) == 1 and isinstance(options[0], type) and issubclass(options[0], BaseModel):
+        return options[0]
+    return None
 
 
 # -- run lifecycle -----------------------------------------------------------------------------
@@ -514,13 +564,21 @@ _EVENT = TypeAdapter[Event](AnyEvent)
 
 
 def parse_event(value: Any) -> Event:
-    """An event from its wire form (a dict, as JSON-decoded): the class of its type."""
-    return _EVENT.validate_python(value)
+    """An event from its wire form (a dict, as JSON-decoded): the class of its type. An event
+    this version cannot read as its type (a newer server's new value or shape) is an
+    :class:`UnknownEvent` with its data kept; ValidationError only when it is not an event."""
+    try:
+        return _EVENT.validate_python(value)
+    except ValidationError:
+        return UnknownEvent.model_validate(value)
 
 
 def parse_event_json(text: str | bytes) -> Event:
-    """An event from its JSON text."""
-    return _EVENT.validate_json(text)
+    """An event from its JSON text (as :func:`parse_event`)."""
+    try:
+        return _EVENT.validate_json(text)
+    except ValidationError:
+        return UnknownEvent.model_validate_json(text)
 
 
 __all__ = [

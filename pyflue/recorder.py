@@ -47,10 +47,15 @@ class RunRecorder:
         """Queues one event (its payload model says its type); stored in emission order."""
         if self._closed:
             raise RuntimeError(f"recorder for {self.run_id} is closed")
-        clean = self.redactor.data(data.wire)
-        self._pending.append(NewEvent(type=data.type, data=clean, timestamp=utcnow()))
+        self._pending.append(self.stored(data))
         self._idle.clear()
         self._wake.set()
+
+    def stored(self, data: EventData) -> NewEvent:
+        """The event of ``data`` as it may be stored: timestamped, the run's secrets redacted
+        (its structure kept, so it is still a valid payload)."""
+        clean = data.scrubbed(self.redactor.data) if self.redactor else data.wire
+        return NewEvent(type=data.type, data=clean, timestamp=utcnow())
 
     def note_limit(self, kind: str, shell_id: str, message: str) -> None:
         """Records that the sandbox hit a limit (memory, pids): an event, and the run's reason."""

@@ -49,7 +49,7 @@ from pyflue.sandbox.base import Sandbox, SandboxProvider, SandboxSpec
 from pyflue.sandbox.policy import spec_for
 from pyflue.sessions import Session
 from pyflue.settings import Settings
-from pyflue.store.base import NewEvent, RunStore, RunUpdate
+from pyflue.store.base import RunStore, RunUpdate
 from pyflue.tools import as_tool
 from pyflue.workers import Workers, local_owner, retries_for
 from pyflue.workflows import Workflow, WorkflowRegistry
@@ -270,7 +270,8 @@ class Runner:
         # Granted secrets never reach the store, in the result or the error either.
         result = recorder.redactor.data(result)
         if error is not None:
-            error = ErrorInfo.model_validate(recorder.redactor.data(error.model_dump()))
+            error = ErrorInfo.model_validate(  # the values redacted, its keys kept
+                {k: recorder.redactor.data(v) for k, v in error.model_dump().items()})
         end = RunEnd.of(status, error=error, reason=reason, duration_ms=duration_ms)
         # The record is final when run_end is stored (one write): whoever sees run_end reads the
         # outcome. Only from `running` at this attempt: a worker that took this run as lost (see
@@ -281,7 +282,7 @@ class Runner:
                 status=status, result=result, has_result=status is RunStatus.completed,
                 error=error, reason=reason, finished_at=utcnow(), duration_ms=duration_ms,
                 image=scope.image, expect_status=RunStatus.running, expect_attempt=run.attempt,
-                events=[NewEvent(end.type, recorder.redactor.data(end.wire), utcnow())],
+                events=[recorder.stored(end)],
             ))
         except RunStateConflict:
             log.warning("run %s was taken back by another worker while it ran here (this "

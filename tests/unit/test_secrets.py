@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from pyflue.errors import ConfigError
+from pyflue.events import EventType
 from pyflue.models import RunStatus
 from pyflue.runs import Runner
 from pyflue.secrets import Redactor, StreamRedactor
@@ -108,3 +110,32 @@ async def run(ctx):
 """)
     run = await _runner(project, "X").run("nosecret", {})
     assert run.error is not None and "export NOT_SET_ANYWHERE=" in run.error.message
+
+
+@pytest.mark.parametrize("value", ["status", "path", "error", "stdout", "info", "type"])
+async def test_a_secret_that_spells_an_event_key_or_word_loses_nothing(
+    project: Path, write_workflow: WriteWorkflow, value: str
+) -> None:
+    write_workflow("wordy", """
+    from pyflue import create_agent
+    agent = create_agent(lambda ctx: {"secrets": ["WORD"]})
+
+    async def run(ctx):
+        h = await ctx.init(agent)  # the secret is granted (and redacted) from here on
+        ctx.log.info("path and status and stdout", detail="type: info")
+        await h.fs.write_file("a/path.txt", "error status")
+        out = await h.shell("echo status; echo path >&2")
+        if ctx.payload.get("fail"):
+            raise RuntimeError("error: the status of the path")
+        return {"status": out["stdout"], "path": "ok"}
+    """)
+    for fail in (False, True):
+        runner = fake_runner(project)
+        runner.env = {"WORD": value}
+        run = await runner.run("wordy", {"fail": fail})
+        assert run.status is (RunStatus.failed if fail else RunStatus.completed)
+        events = await runner.store.list_events(run.run_id)
+        assert events[-1].type is EventType.run_end and len(events) == run.event_count
+        assert all(type(e).__name__ != "UnknownEvent" for e in events)
+        [log] = [e for e in events if e.type is EventType.log]
+        assert value not in log.data["message"] + json.dumps(log.data["fields"])
