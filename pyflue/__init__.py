@@ -45,9 +45,17 @@ _LAZY = {
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'pyflue' has no attribute {name!r}")
+    else:  # a submodule, as `import pyflue; pyflue.errors` always gave
+        try:
+            value = import_module(f"pyflue.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'pyflue' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [

@@ -25,6 +25,14 @@ Initializer = (
 )
 
 
+def __getattr__(name: str) -> Any:
+    if name == "AgentConfig":  # defined in pyflue.agent_config; importable from here too
+        from pyflue.agent_config import AgentConfig
+
+        return AgentConfig
+    raise AttributeError(f"module 'pyflue.agents' has no attribute {name!r}")
+
+
 class Agent:
     """A created agent: evaluated once per run by ``ctx.init(agent)``."""
 

@@ -17,6 +17,19 @@ from pyflue.errors import InvalidPayload
 from pyflue.status import RunStatus as RunStatus  # re-exported: the record names it
 
 
+def __getattr__(name: str) -> Any:
+    # Event and EventType lived here before pyflue.events: old imports keep working.
+    if name in ("Event", "EventType"):
+        import warnings
+
+        from pyflue import events
+
+        warnings.warn(f"pyflue.models.{name} moved to pyflue.events.{name}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(events, name)
+    raise AttributeError(f"module 'pyflue.models' has no attribute {name!r}")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
