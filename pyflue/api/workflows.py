@@ -12,7 +12,6 @@ from starlette.types import Message
 from pyflue.api import deps
 from pyflue.api.errors import HttpProblem, documented, reply
 from pyflue.api.sse import SSE_RESPONSE, event_stream
-from pyflue.errors import PyflueError
 from pyflue.models import Run, RunStatus, check_payload, end_error
 from pyflue.responses import Accepted, Completed, WorkflowInfo, WorkflowList, error_body
 
@@ -85,16 +84,9 @@ _INVOKE_RESPONSES: dict[int | str, dict[str, Any]] = {
             responses=documented(401, 500, 503))
 async def list_workflows(request: Request) -> WorkflowList:
     """The workflows the server discovered; `error` says why one cannot be loaded."""
-    registry = deps.scheduler(request).runner.registry
-    out = []
-    for name in registry.names():
-        try:
-            description = registry.get(name).description
-            problem = None
-        except PyflueError as exc:
-            description, problem = "", exc.message
-        out.append(WorkflowInfo(name=name, description=description, error=problem))
-    return WorkflowList(workflows=out)
+    found = deps.scheduler(request).runner.registry.summaries()
+    return WorkflowList(workflows=[WorkflowInfo(name=w.name, description=w.description,
+                                                error=w.error) for w in found])
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -73,8 +73,7 @@ def run(
 
 def _print_live(quiet: bool, fmt: StreamFormat) -> Callable[[Event], None]:
     def show(event: Event) -> None:
-        line = event_line(event, fmt)
-        if not quiet and line is not None:
+        if not quiet and (line := event_line(event, fmt)) is not None:
             typer.echo(line, err=True)
 
     return show

@@ -46,6 +46,14 @@ class ApiError(PyflueError):
         self.body = body
 
 
+def unreadable_event(where: str, frame: str | bytes, exc: Exception) -> ApiError:
+    """The error for a frame from the server that is not an event at all."""
+    text = frame if isinstance(frame, str) else frame.decode(errors="replace")
+    return ApiError(200, {"error": {
+        "type": "invalid_response", "details": f"{exc}\n\nframe: {text[:500]}",
+        "message": f"{where} sent a frame that is not a run event: is it a pyflue server?"}})
+
+
 class BadRequestError(ApiError):
     """400, 413 or 415 (and 422): the request itself was refused."""
 

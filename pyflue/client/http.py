@@ -38,6 +38,7 @@ from pyflue.client.errors import (
     ServerError,
     ServerUnreachable,
     error_from,
+    unreadable_event,
 )
 from pyflue.client.ws import WorkflowConnection, follow
 from pyflue.events import AnyEvent, Event, EventType, parse_event_json
@@ -82,7 +83,11 @@ async def _sse_events(response: httpx.Response) -> AsyncGenerator[Event, None]:
     async for line in response.aiter_lines():
         if not line:
             if data:
-                yield parse_event_json("\n".join(data))
+                frame = "\n".join(data)
+                try:
+                    yield parse_event_json(frame)
+                except ValidationError as exc:
+                    raise unreadable_event(str(response.request.url), frame, exc) from None
             data = []
         elif not line.startswith(":"):
             name, _, value = line.partition(":")

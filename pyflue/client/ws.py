@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import websockets
+from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
@@ -22,6 +23,7 @@ from pyflue.client.errors import (
     BadRequestError,
     NotFoundError,
     ServerUnreachable,
+    unreadable_event,
 )
 from pyflue.errors import ConfigError
 from pyflue.events import Event, EventType, parse_event
@@ -84,6 +86,14 @@ def _refused(sock: ClientConnection, frame: dict[str, Any] | None) -> ApiError |
     return cls(status, {"error": error})
 
 
+def _event(sock: ClientConnection, frame: dict[str, Any]) -> Event:
+    try:
+        return parse_event(frame)
+    except ValidationError as exc:
+        raise unreadable_event(f"the WebSocket {sock.request.path if sock.request else ''}",
+                               json.dumps(frame), exc) from None
+
+
 class WorkflowConnection:
     """One invocation over ``WS /workflows/{name}``; use as ``async with``."""
 
@@ -130,7 +140,7 @@ class WorkflowConnection:
                                            frame.get("status", "completed"))
                     yield self.outcome
                     return
-                event = parse_event(frame)
+                event = _event(sock, frame)
                 self.run_id = event.run_id
                 yield event
         except ConnectionClosed:
@@ -157,7 +167,7 @@ async def follow(client: PyFlueClient, run_id: str, after: int) -> AsyncGenerato
                 frame = json.loads(message)
                 if frame.get("type") == "error":
                     break  # the close code (4404, ...) says why
-                event = parse_event(frame)
+                event = _event(sock, frame)
                 last, failures = event.event_index, 0
                 yield event
                 if event.type is EventType.run_end:
