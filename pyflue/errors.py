@@ -8,6 +8,7 @@ into this tree at the adapter edge and never escape it.
 
     PyflueError
     ├── ConfigError              bad settings, agent config, CLI input, or a value the store refuses
+    │   ├── InvalidSettings      PYFLUE_* variables refused at start (one line per problem)
     │   └── InvalidPayload       a payload that is not a JSON object
     ├── WorkflowError            a workflow module cannot be used
     │   ├── WorkflowNotFound     no workflow of that name (lists the available ones)
@@ -55,6 +56,17 @@ class PyflueError(Exception):
 
 class ConfigError(PyflueError):
     type = "config_error"
+
+
+class InvalidSettings(ConfigError):
+    """``PYFLUE_*`` variables that cannot be used; ``problems`` has one line for each, naming
+    the variable and a valid example."""
+
+    type = "invalid_settings"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 class InvalidPayload(ConfigError):
@@ -148,6 +160,7 @@ __all__ = [
     "FileNotFoundInSandbox",
     "ImageNotFound",
     "InvalidPayload",
+    "InvalidSettings",
     "ModelAuthError",
     "ModelError",
     "ModelNotFound",

@@ -87,12 +87,16 @@ def root(
 
 
 def settings_for(project: Path | None) -> Settings:
-    from pyflue.settings import Settings
+    """The settings from PYFLUE_* variables; exit 2 with one line per refused variable."""
+    from pyflue.errors import InvalidSettings
+    from pyflue.settings import load_settings
 
     try:
-        settings = Settings()
-    except Exception as exc:  # pydantic ValidationError from PYFLUE_* variables
-        die(f"invalid PYFLUE_* setting: {exc}", EXIT_USAGE)
+        settings = load_settings()
+    except InvalidSettings as exc:
+        for problem in exc.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
     if project is not None:
         settings = settings.model_copy(update={"project_dir": project.resolve()})
     return settings
