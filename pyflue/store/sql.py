@@ -178,9 +178,12 @@ class SqlStore:
                 await conn.run_sync(_run_migrations)
         except (SQLAlchemyError, OSError, CommandError) as exc:
             await engine.dispose()
+            hint = ("check the path is writable" if self._is_sqlite else
+                    "check the database server is running and reachable, and the user and "
+                    "password in PYFLUE_STORE_URL / PYFLUE_STORE_PASSWORD")
             raise StoreError(
                 f"cannot open the run store at {self._safe_url()}: {exc.__class__.__name__}: "
-                f"{str(exc).splitlines()[0]}; check the path is writable (`pyflue doctor`)"
+                f"{str(exc).splitlines()[0]}; {hint} (`pyflue doctor`)"
             ) from exc
         self._engine = engine
         if self._is_postgres:

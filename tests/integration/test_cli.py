@@ -157,3 +157,37 @@ def test_doctor_reports_each_check_on_its_own_line(env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stdout
     for name in ("docker engine", "runtime runc", "runtime runsc", "sandbox image", "run store"):
         assert name in done.stdout
+
+
+def test_doctor_names_each_workflow_that_fails_to_import(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "fine.py").write_text("async def run(ctx):\n    return 1\n")
+    broken = tmp_path / "workflows" / "broken.py"
+    broken.write_text("import no_such_module_here\nasync def run(ctx):\n    return 1\n")
+    done = pyflue("doctor", "-C", str(tmp_path), env=env)
+    assert done.returncode == 1, done.stdout
+    assert "FAIL  workflows      1 of 2 import: broken, fine" in done.stdout
+    assert (f"FAIL  workflow broken {broken}: ModuleNotFoundError: No module named "
+            "'no_such_module_here'") in done.stdout
+
+
+@pytest.mark.parametrize("right", [True, False], ids=["accepted", "refused"])
+def test_doctor_never_prints_the_store_password(
+    env: dict[str, str], postgres_url: str, right: bool
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url)
+    password = url.password if right else "wrong-Pa55word"
+    assert password
+    env = {**env, "PYFLUE_STORE_URL": url.set(password=password).render_as_string(
+        hide_password=False)}
+    done = pyflue("doctor", env=env)
+    store_line = next(line for line in done.stdout.splitlines() if "run store" in line)
+    assert store_line.startswith("ok  " if right else "FAIL"), done.stdout
+    assert ":***@" in store_line
+    # The test server's password may be a common word ("pyflue"): look for it where it would be.
+    shown = done.stdout + done.stderr
+    assert f":{password}@" not in shown and (right or password not in shown)
