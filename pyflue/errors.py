@@ -154,7 +154,16 @@ class FileNotFoundInSandbox(WorkspacePathError):
     type = "file_not_found"
 
 
+# The error types that are the machine's fault, not the workflow's or the caller's: the CLI
+# exits 3 for them (docs/cli.md, exit codes). ``server_unreachable`` is pyflue.client's.
+INFRASTRUCTURE_TYPES = frozenset({
+    EngineUnavailable.type, ImageNotFound.type, SandboxStartError.type, StoreError.type,
+    ModelUnavailable.type, "server_unreachable",
+})
+
+
 __all__ = [
+    "INFRASTRUCTURE_TYPES",
     "ConfigError",
     "EngineUnavailable",
     "FileNotFoundInSandbox",

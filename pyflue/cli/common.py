@@ -1,8 +1,9 @@
 """What every ``pyflue`` command shares: the app, options, settings, exit codes, and the one
 way a command runs its async work and turns pyflue's errors into one line and an exit code.
 
-Exit codes: 0 success / run completed; 1 run failed or a check failed; 2 bad input;
-130 interrupted (Ctrl-C or SIGTERM).
+Exit codes (the table in docs/cli.md): 0 success / run completed; 1 the run failed or a check
+failed; 2 bad input or settings; 3 infrastructure (Docker engine, image, store, server, model
+provider); 4 the run timed out; 5 the run was cancelled; 130 interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from pyflue import __version__
-from pyflue.errors import ConfigError, PyflueError, WorkflowError
+from pyflue.errors import INFRASTRUCTURE_TYPES, ConfigError, PyflueError, WorkflowError
+from pyflue.status import RunStatus
 
 if TYPE_CHECKING:
     from pyflue.client import PyFlueClient
@@ -38,7 +40,8 @@ app = typer.Typer(
 images_app = typer.Typer(help="Build and list the sandbox images in images/.", no_args_is_help=True)
 app.add_typer(images_app, name="images")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA, EXIT_TIMED_OUT, EXIT_CANCELLED = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
 
 
 class Format(StrEnum):
@@ -124,7 +127,20 @@ def die(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 
 def exit_code_for(exc: PyflueError) -> int:
-    return EXIT_USAGE if isinstance(exc, ConfigError | WorkflowError) else EXIT_FAILED
+    """The exit code of a command that stopped on ``exc``."""
+    if isinstance(exc, ConfigError | WorkflowError):
+        return EXIT_USAGE
+    return EXIT_INFRA if exc.type in INFRASTRUCTURE_TYPES else EXIT_FAILED
+
+
+def exit_code_for_run(status: RunStatus, error_type: str | None) -> int:
+    """The exit code that mirrors a finished run: its status, and for a failed run the type of
+    its error (an engine down or an image missing is the machine's fault: 3)."""
+    if status is RunStatus.failed:
+        return EXIT_INFRA if error_type in INFRASTRUCTURE_TYPES else EXIT_FAILED
+    return {RunStatus.completed: EXIT_OK, RunStatus.timed_out: EXIT_TIMED_OUT,
+            RunStatus.cancelled: EXIT_CANCELLED, RunStatus.interrupted: EXIT_INFRA,
+            }.get(status, EXIT_FAILED)
 
 
 def run_async(main: Any) -> Any:

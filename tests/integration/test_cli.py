@@ -91,14 +91,14 @@ def test_bad_input_is_one_clear_line_and_exit_2_or_1(
 
 def test_a_missing_image_says_how_to_build_it(env: dict[str, str]) -> None:
     done = pyflue("run", "hello", "--image", "pyflue/missing:0", "-q", env=env)
-    assert done.returncode == 1
+    assert done.returncode == 3  # infrastructure
     assert "pyflue images build" in done.stderr.strip().splitlines()[-1]
 
 
 def test_an_unreachable_engine_is_one_clear_line(env: dict[str, str]) -> None:
     env = {**env, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
     done = pyflue("run", "hello", "-q", env=env)
-    assert done.returncode == 1
+    assert done.returncode == 3  # infrastructure
     assert "Docker engine not reachable" in done.stderr and "pyflue doctor" in done.stderr
     doctor = pyflue("doctor", env=env)
     assert doctor.returncode == 1 and "FAIL  docker engine" in doctor.stdout
@@ -143,7 +143,7 @@ def test_a_local_run_past_its_deadline_ends_timed_out_with_its_container_gone(
     started = time.monotonic()
     done = pyflue("run", "stuck", "-q", "-C", str(tmp_path), env=env)
     assert time.monotonic() - started < 60  # the deadline, not the command's 120 s
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 4, done.stderr  # timed out
     run_id = done.stderr.split()[1]
     assert f"error: run {run_id} timed_out: timed_out: run timed_out: the run's deadline of 3 s" \
         " passed" in done.stderr
