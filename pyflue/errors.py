@@ -40,14 +40,20 @@ from __future__ import annotations
 class PyflueError(Exception):
     """Root of every error pyflue raises on purpose.
 
-    ``type`` is the stable, snake_case name used in error bodies and run records.
+    ``type`` is the stable, snake_case name used in error bodies and run records. ``hint`` is a
+    next step for whoever runs this machine (a ``pyflue`` command, a path on it): ``message``
+    ends with it, ``public_message`` leaves it out (HTTP error bodies use that one, unless the
+    server runs with ``PYFLUE_DEBUG=1``).
     """
 
     type: str = "pyflue_error"
 
-    def __init__(self, message: str, *, details: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str, *, details: str | None = None,
+                 hint: str | None = None) -> None:
+        full = f"{message}; {hint}" if hint else message
+        super().__init__(full)
+        self.message = full
+        self.public_message = message
         self.details = details
 
     def to_dict(self) -> dict[str, str | None]:

@@ -161,6 +161,10 @@ class ServerSettings(BaseSettings):
     default_deadline: float = Field(3600.0, gt=0, description="seconds a run may take")
     max_deadline: float = Field(6 * 3600.0, gt=0, description="cap on workflows' own deadlines")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
+    debug: bool = Field(
+        False, description="error bodies also carry what is meant for the server's operator: "
+                           "its paths, `pyflue` commands to try, tracebacks (not for production)",
+    )
     heartbeat_seconds: float = Field(15.0, gt=0, description="SSE keep-alive comment interval")
     worker_lease: float = Field(
         30.0, ge=3,

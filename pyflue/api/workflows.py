@@ -172,16 +172,19 @@ async def invoke(
                                  headers={**headers, "Cache-Control": "no-cache"})
     if wait == "result":
         final = await scheduler.wait(run.run_id)
-        return _result_response(final, headers)
+        return _result_response(final, headers, debug=settings.server.debug)
     return JSONResponse(Accepted(run_id=run.run_id).model_dump(mode="json"), 202,
                         headers=headers)
 
 
-def _result_response(run: Run, headers: dict[str, str]) -> JSONResponse:
+def _result_response(run: Run, headers: dict[str, str], *, debug: bool) -> JSONResponse:
     if run.status is RunStatus.completed:
         body = Completed(run_id=run.run_id, result=run.result)
         return JSONResponse(body.model_dump(mode="json"), 200, headers=headers)
     error = end_error(run.status, run.error, run.reason)
     assert error is not None  # only a completed run has none
-    return reply(error_body(error.type, error.message, error.details, run_id=run.run_id,
+    # The traceback of the workflow's code is for the server's log and `pyflue logs`, not for
+    # every API client (PYFLUE_DEBUG=1 shows it).
+    return reply(error_body(error.type, error.message, error.details if debug else None,
+                            run_id=run.run_id,
                             status=run.status), FINISHED_STATUS.get(run.status, 500), headers)

@@ -156,6 +156,9 @@ def run_async(main: Any) -> Any:
     try:
         return asyncio.run(wrapper())
     except PyflueError as exc:
+        if exc.type == "unauthorized":  # the server's 401: say how this command sends a token
+            die("the server refused the API token (missing or wrong): pass --token TOKEN or "
+                "set PYFLUE_API_TOKEN to the server's token", EXIT_USAGE)
         die(exc.message, exit_code_for(exc))
     except (KeyboardInterrupt, asyncio.CancelledError):
         typer.echo("interrupted", err=True)

@@ -75,7 +75,7 @@ def test_a_failed_run_exits_1_with_one_line(env: dict[str, str]) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["run", "nope"], "unknown workflow 'nope'; available: classify_ticket, hello, review_document, shell_steps, summarize"),
     (["run", "hello", "--payload", "{bad"], "payload is not valid JSON"),
-    (["run", "hello", "--payload", "[1]"], "payload must be a JSON object, not list"),
+    (["run", "hello", "--payload", "[1]"], "payload must be a JSON object, not array"),
     (["logs", "workflow:hello:NOPE"], "no run 'workflow:hello:NOPE'"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2_or_1(

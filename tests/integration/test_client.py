@@ -39,12 +39,13 @@ TOKEN = "s3cret-token"
 
 
 @contextlib.contextmanager
-def live_server(store_dir: Path, token: str | None = None) -> Iterator[str]:
+def live_server(store_dir: Path, token: str | None = None, debug: bool = False
+                ) -> Iterator[str]:
     """``create_app`` on uvicorn in a thread, on a socket bound before it starts."""
     settings = Settings(
         project_dir=REPO,
         store_url=f"sqlite+aiosqlite:///{store_dir / 'api.db'}",
-        server=ServerSettings(api_token=SecretStr(token) if token else None),
+        server=ServerSettings(api_token=SecretStr(token) if token else None, debug=debug),
     )
     config = uvicorn.Config(create_app(settings), log_config=None, log_level="warning",
                             timeout_graceful_shutdown=5)
