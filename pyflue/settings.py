@@ -71,7 +71,8 @@ class SandboxDefaults(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PYFLUE_SANDBOX_", extra="forbid")
 
-    image: str = DEFAULT_IMAGE
+    image: str = Field(DEFAULT_IMAGE, description="the image of run containers unless the "
+                                                  "agent or `--image` names another")
     user: str = Field(
         "1000:1000", pattern=r"^[0-9]+(:[0-9]+)?$",
         description="uid:gid (numbers, not root) the container's processes run as",
@@ -83,7 +84,8 @@ class SandboxDefaults(BaseSettings):
     tmp_size: str = Field("256m", description="size cap of the tmpfs /tmp")
     network: str = Field("none", description="docker network mode unless the agent asks")
     runtime: str | None = Field(None, description="docker runtime, e.g. runsc")
-    read_only_root: bool = True
+    read_only_root: bool = Field(True, description="mount the image's root filesystem "
+                                                   "read-only")
     shell_timeout: float = Field(600.0, gt=0, description="default harness.shell timeout, s")
     output_cap: int = Field(1 << 20, ge=1024, description="bytes kept per stream per shell call")
     kill_grace: float = Field(2.0, gt=0, description="seconds to wait after a kill")
@@ -117,10 +119,12 @@ class ModelSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PYFLUE_", extra="forbid")
 
     anthropic_api_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("PYFLUE_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
+        None, validation_alias=AliasChoices("PYFLUE_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
+        description="the Anthropic API key",
     )
     anthropic_base_url: str | None = Field(
-        None, validation_alias=AliasChoices("PYFLUE_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL")
+        None, validation_alias=AliasChoices("PYFLUE_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL"),
+        description="the Anthropic API's address (a proxy, or a local test server)",
     )
     anthropic_max_retries: int = Field(4, ge=0, description="retries on 429/529/5xx")
     model: str | None = Field(
@@ -149,8 +153,8 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PYFLUE_", extra="forbid")
 
-    host: str = "127.0.0.1"
-    port: int = Field(2024, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="the address `pyflue serve` binds (`--host`)")
+    port: int = Field(2024, ge=0, le=65535, description="the port `pyflue serve` listens on")
     api_token: SecretStr | None = Field(
         None, description="Bearer token that every route but /health requires"
     )
@@ -183,7 +187,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PYFLUE_", extra="forbid")
 
-    project_dir: Path = Field(default_factory=Path.cwd)
+    project_dir: Path = Field(default_factory=Path.cwd,
+                              description="the project folder (`-C` overrides it)")
     store_url: str | None = Field(
         None, description="SQLAlchemy async URL; default sqlite under <project>/.pyflue/"
     )
