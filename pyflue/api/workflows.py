@@ -71,7 +71,8 @@ _INVOKE_RESPONSES: dict[int | str, dict[str, Any]] = {
         _409="`?wait=result` and the run was cancelled: `error.type` `cancelled`, with `run_id` "
              "and `status`",
         _500="`?wait=result` and the run failed: `error.type` is the workflow's exception class "
-             "name (or a pyflue error type), `details` its traceback, with `run_id` and "
+             "name (or a pyflue error type), `details` its traceback (only when the server runs "
+             "with PYFLUE_DEBUG=1, else null), with `run_id` and "
              "`status`; or `workflow_load_error`, `internal_error`",
         _503="`?wait=result` and the run was interrupted (its server stopped): `error.type` "
              "`interrupted`, with `run_id` and `status`; or `store_error`, `engine_unavailable`",
