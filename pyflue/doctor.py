@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from pyflue.errors import PyflueError
+from pyflue.errors import PyflueError, WorkflowError
 from pyflue.models import Run, RunStatus, utcnow
-from pyflue.settings import Settings
+from pyflue.settings import Settings, masked_url
 from pyflue.store.base import RunUpdate
 from pyflue.wiring import docker_provider, open_store
 from pyflue.workflows import WorkflowRegistry
@@ -55,12 +55,12 @@ async def run_checks(settings: Settings) -> list[Check]:
                             "build it: `pyflue images build` (or set PYFLUE_SANDBOX_IMAGE)"))
     await provider.close()
     checks.append(await _store_check(settings))
-    checks.append(_workflows_check(settings))
+    checks.extend(_workflows_checks(settings))
     return checks
 
 
 async def _store_check(settings: Settings) -> Check:
-    url = settings.resolved_store_url()
+    url = masked_url(settings.resolved_store_url())
     try:
         async with open_store(settings) as store:
             probe = f"doctor:probe:{uuid.uuid4().hex}"
@@ -69,18 +69,34 @@ async def _store_check(settings: Settings) -> Check:
             await store.update_run(probe, RunUpdate(reason="doctor probe"))
             await store.delete_run(probe)
     except PyflueError as exc:
-        return Check("run store", False, f"{url}: {exc.message}",
-                     "make the folder writable or set PYFLUE_STORE_URL")
+        fix = ("start the database or correct the host, user and PYFLUE_STORE_PASSWORD in "
+               "PYFLUE_STORE_URL" if url.startswith("postgresql") else
+               "make the folder writable or set PYFLUE_STORE_URL")
+        return Check("run store", False, exc.message, fix)
     return Check("run store", True, f"writable at {url}")
 
 
-def _workflows_check(settings: Settings) -> Check:
+def _workflows_checks(settings: Settings) -> list[Check]:
+    """One line for the workflows found, and one for each that fails to import."""
+    registry = WorkflowRegistry(settings.project_dir)
     try:
-        names = WorkflowRegistry(settings.project_dir).names()
+        names = registry.names()
     except PyflueError as exc:
-        return Check("workflows", False, exc.message, "fix the file it names")
+        return [Check("workflows", False, exc.message, "fix the file it names")]
     if not names:
-        return Check("workflows", False, f"none found under {settings.project_dir}",
-                     "add workflows/<name>.py exporting run(ctx), or run from the project folder",
-                     optional=True)
-    return Check("workflows", True, f"{len(names)} found: {', '.join(names)}")
+        return [Check("workflows", False, f"none found under {settings.project_dir}",
+                      "add workflows/<name>.py exporting run(ctx), or run from the project "
+                      "folder", optional=True)]
+    broken: list[Check] = []
+    for name, source in sorted(registry.sources().items()):
+        try:
+            registry.get(name)
+        except WorkflowError as exc:
+            cause = exc.__cause__
+            why = f"{type(cause).__name__}: {cause}" if cause is not None else exc.message
+            broken.append(Check(f"workflow {name}", False,
+                                f"{source.path}: {(why.splitlines() or [''])[0]}",
+                                "fix the import; `pyflue workflows` lists them all"))
+    ok = len(names) - len(broken)
+    return [Check("workflows", not broken, f"{ok} of {len(names)} import: {', '.join(names)}"),
+            *broken]

@@ -8,6 +8,7 @@ into this tree at the adapter edge and never escape it.
 
     PyflueError
     ├── ConfigError              bad settings, agent config, CLI input, or a value the store refuses
+    │   ├── InvalidSettings      PYFLUE_* variables refused at start (one line per problem)
     │   └── InvalidPayload       a payload that is not a JSON object
     ├── WorkflowError            a workflow module cannot be used
     │   ├── WorkflowNotFound     no workflow of that name (lists the available ones)
@@ -39,14 +40,20 @@ from __future__ import annotations
 class PyflueError(Exception):
     """Root of every error pyflue raises on purpose.
 
-    ``type`` is the stable, snake_case name used in error bodies and run records.
+    ``type`` is the stable, snake_case name used in error bodies and run records. ``hint`` is a
+    next step for whoever runs this machine (a ``pyflue`` command, a path on it): ``message``
+    ends with it, ``public_message`` leaves it out (HTTP error bodies use that one, unless the
+    server runs with ``PYFLUE_DEBUG=1``).
     """
 
     type: str = "pyflue_error"
 
-    def __init__(self, message: str, *, details: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str, *, details: str | None = None,
+                 hint: str | None = None) -> None:
+        full = f"{message}; {hint}" if hint else message
+        super().__init__(full)
+        self.message = full
+        self.public_message = message
         self.details = details
 
     def to_dict(self) -> dict[str, str | None]:
@@ -55,6 +62,17 @@ class PyflueError(Exception):
 
 class ConfigError(PyflueError):
     type = "config_error"
+
+
+class InvalidSettings(ConfigError):
+    """``PYFLUE_*`` variables that cannot be used; ``problems`` has one line for each, naming
+    the variable and a valid example."""
+
+    type = "invalid_settings"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 class InvalidPayload(ConfigError):
@@ -142,12 +160,22 @@ class FileNotFoundInSandbox(WorkspacePathError):
     type = "file_not_found"
 
 
+# The error types that are the machine's fault, not the workflow's or the caller's: the CLI
+# exits 3 for them (docs/cli.md, exit codes). ``server_unreachable`` is pyflue.client's.
+INFRASTRUCTURE_TYPES = frozenset({
+    EngineUnavailable.type, ImageNotFound.type, SandboxStartError.type, StoreError.type,
+    ModelUnavailable.type, "server_unreachable",
+})
+
+
 __all__ = [
+    "INFRASTRUCTURE_TYPES",
     "ConfigError",
     "EngineUnavailable",
     "FileNotFoundInSandbox",
     "ImageNotFound",
     "InvalidPayload",
+    "InvalidSettings",
     "ModelAuthError",
     "ModelError",
     "ModelNotFound",

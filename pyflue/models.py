@@ -95,10 +95,21 @@ def parse_payload(raw: str | bytes | None) -> dict[str, Any]:
     return check_payload(value)
 
 
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type (``null``, ``array``, ...), for messages."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "boolean"), (int | float, "number"), (str, "string"),
+                       (list | tuple, "array"), (dict, "object")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
 def check_payload(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidPayload(
-            f"payload must be a JSON object, not {type(value).__name__}; "
+            f"payload must be a JSON object, not {json_type(value)}; "
             """wrap it, e.g. '{"items": [...]}'"""
         )
     return value

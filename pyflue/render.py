@@ -60,7 +60,10 @@ def pretty_event(event: Event) -> str | None:
         case ShellEndEvent(data=d):
             note = " TIMED OUT" if d.timed_out else ""
             note += " (output truncated)" if d.truncated else ""
-            return f"{head} ⏎ exit {d.exit_code} in {d.duration_ms} ms{note}"
+            # A call cut short has no exit code: say why it ended instead.
+            ended = f"exit {d.exit_code}" if d.exit_code is not None else (
+                f"cut short ({d.error or 'no exit code'})")
+            return f"{head} ⏎ {ended} in {d.duration_ms} ms{note}"
         case ModelTextDeltaEvent():
             return None
         case ModelTurnStartEvent(data=d):
@@ -87,7 +90,8 @@ def pretty_event(event: Event) -> str | None:
             return f"{head} container {d.container_id[:12]} created from {d.image}"
         case ContainerExitedEvent(data=d):
             oom = " (OOM-killed)" if d.oom_killed else ""
-            return f"{head} container exited {d.exit_code}{oom}"
+            code = f" {d.exit_code}" if d.exit_code is not None else ""
+            return f"{head} container exited{code}{oom}"
         case ContainerStartedEvent(data=d):
             return f"{head} container {d.container_id[:12]} started"
         case ContainerRemovedEvent(data=d):

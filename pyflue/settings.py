@@ -7,16 +7,38 @@ Library modules never read ``os.environ`` themselves.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as _EnvParseError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from pyflue.errors import InvalidSettings
 from pyflue.sandbox.base import CopyLimits
 
 DEFAULT_IMAGE = "pyflue/sandbox:latest"
+# A Docker-style size: 512m, 2g, 1.5GiB (pyflue.sandbox.policy.parse_size reads it).
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
+# Model providers a model string may name (pyflue.llm.ModelRegistry resolves them).
+MODEL_PROVIDERS = ("anthropic", "scripted")
+# Store URL schemes the store opens: SQLAlchemy async drivers, and the in-memory store.
+STORE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+
+def _size(value: str) -> str:
+    if not SIZE.match(value):
+        raise ValueError("is not a size: write it like 512m or 2g")
+    return value
 
 
 class SandboxDefaults(BaseSettings):
@@ -31,9 +53,26 @@ class SandboxDefaults(BaseSettings):
             raise ValueError("the sandbox user must not be root (uid 0): use e.g. 1000:1000")
         return value
 
+    @field_validator("memory", "workspace_size", "tmp_size", "max_memory")
+    @classmethod
+    def _a_size(cls, value: str) -> str:
+        return _size(value)
+
+    @model_validator(mode="after")
+    def _network_allowed(self) -> SandboxDefaults:
+        # The host's network would hand untrusted code the host's interfaces and loopback.
+        if "host" in self.allowed_networks:
+            raise ValueError("PYFLUE_SANDBOX_ALLOWED_NETWORKS must not hold host (the sandbox "
+                             'never shares the host\'s network): write it like ["none", "bridge"]')
+        if self.network not in self.allowed_networks:
+            raise ValueError(f"PYFLUE_SANDBOX_NETWORK={self.network!r} is not an allowed network: "
+                             f"use one of {', '.join(self.allowed_networks)}, e.g. none")
+        return self
+
     model_config = SettingsConfigDict(env_prefix="PYFLUE_SANDBOX_", extra="forbid")
 
-    image: str = DEFAULT_IMAGE
+    image: str = Field(DEFAULT_IMAGE, description="the image of run containers unless the "
+                                                  "agent or `--image` names another")
     user: str = Field(
         "1000:1000", pattern=r"^[0-9]+(:[0-9]+)?$",
         description="uid:gid (numbers, not root) the container's processes run as",
@@ -45,7 +84,8 @@ class SandboxDefaults(BaseSettings):
     tmp_size: str = Field("256m", description="size cap of the tmpfs /tmp")
     network: str = Field("none", description="docker network mode unless the agent asks")
     runtime: str | None = Field(None, description="docker runtime, e.g. runsc")
-    read_only_root: bool = True
+    read_only_root: bool = Field(True, description="mount the image's root filesystem "
+                                                   "read-only")
     shell_timeout: float = Field(600.0, gt=0, description="default harness.shell timeout, s")
     output_cap: int = Field(1 << 20, ge=1024, description="bytes kept per stream per shell call")
     kill_grace: float = Field(2.0, gt=0, description="seconds to wait after a kill")
@@ -79,10 +119,12 @@ class ModelSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PYFLUE_", extra="forbid")
 
     anthropic_api_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("PYFLUE_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
+        None, validation_alias=AliasChoices("PYFLUE_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
+        description="the Anthropic API key",
     )
     anthropic_base_url: str | None = Field(
-        None, validation_alias=AliasChoices("PYFLUE_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL")
+        None, validation_alias=AliasChoices("PYFLUE_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL"),
+        description="the Anthropic API's address (a proxy, or a local test server)",
     )
     anthropic_max_retries: int = Field(4, ge=0, description="retries on 429/529/5xx")
     model: str | None = Field(
@@ -93,6 +135,17 @@ class ModelSettings(BaseSettings):
     max_tokens: int = Field(8192, ge=1, description="max output tokens per model turn")
     tool_output_cap: int = Field(30_000, ge=1000, description="characters of tool output shown")
 
+    @field_validator("model")
+    @classmethod
+    def _a_model_string(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        provider, sep, model_id = value.partition("/")
+        if not sep or not model_id or provider not in MODEL_PROVIDERS:
+            raise ValueError("is not a known model: write it like anthropic/claude-haiku-4-5 "
+                             "or scripted/demo")
+        return value
+
 
 class ServerSettings(BaseSettings):
     """The control plane (``pyflue serve``), see docs/server.md; the deadlines apply to
@@ -100,8 +153,8 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PYFLUE_", extra="forbid")
 
-    host: str = "127.0.0.1"
-    port: int = Field(2024, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="the address `pyflue serve` binds (`--host`)")
+    port: int = Field(2024, ge=0, le=65535, description="the port `pyflue serve` listens on")
     api_token: SecretStr | None = Field(
         None, description="Bearer token that every route but /health requires"
     )
@@ -112,6 +165,10 @@ class ServerSettings(BaseSettings):
     default_deadline: float = Field(3600.0, gt=0, description="seconds a run may take")
     max_deadline: float = Field(6 * 3600.0, gt=0, description="cap on workflows' own deadlines")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
+    debug: bool = Field(
+        False, description="error bodies also carry what is meant for the server's operator: "
+                           "its paths, `pyflue` commands to try, tracebacks (not for production)",
+    )
     heartbeat_seconds: float = Field(15.0, gt=0, description="SSE keep-alive comment interval")
     worker_lease: float = Field(
         30.0, ge=3,
@@ -130,7 +187,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PYFLUE_", extra="forbid")
 
-    project_dir: Path = Field(default_factory=Path.cwd)
+    project_dir: Path = Field(default_factory=Path.cwd,
+                              description="the project folder (`-C` overrides it)")
     store_url: str | None = Field(
         None, description="SQLAlchemy async URL; default sqlite under <project>/.pyflue/"
     )
@@ -143,16 +201,26 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
 
+    @field_validator("store_url")
+    @classmethod
+    def _a_store_url(cls, value: str | None) -> str | None:
+        if not value or value == "memory://":
+            return value
+        example = ("write it like sqlite+aiosqlite:///path/pyflue.db or "
+                   "postgresql+asyncpg://user@host/db")
+        try:
+            driver = make_url(value).drivername
+        except ArgumentError:
+            raise ValueError(f"is not a database URL: {example}") from None
+        if driver not in STORE_DRIVERS:
+            raise ValueError(f"names the driver {driver!r}, which the store cannot use: {example}")
+        return value
+
     @model_validator(mode="after")
     def _password_needs_a_url(self) -> Settings:
-        if self.store_password is not None:
-            if not self.store_url:
-                raise ValueError("PYFLUE_STORE_PASSWORD is set but PYFLUE_STORE_URL is not: "
-                                 "give the database URL without its password")
-            try:
-                make_url(self.store_url)
-            except ArgumentError as exc:
-                raise ValueError(f"PYFLUE_STORE_URL is not a database URL ({exc})") from exc
+        if self.store_password is not None and not self.store_url:
+            raise ValueError("PYFLUE_STORE_PASSWORD is set but PYFLUE_STORE_URL is not: "
+                             "give the database URL without its password")
         return self
 
     @property
@@ -171,3 +239,65 @@ class Settings(BaseSettings):
     def default_store_file(self) -> Path:
         """The SQLite file of the run store when PYFLUE_STORE_URL is not set."""
         return self.state_dir / "pyflue.db"
+
+
+_PARTS: dict[str, type[BaseSettings]] = {
+    "sandbox": SandboxDefaults, "models": ModelSettings, "server": ServerSettings,
+}
+_UNPARSED = re.compile(r'error parsing value for field "(\w+)"')
+_SECRET = ("key", "token", "password")
+
+
+def load_settings() -> Settings:
+    """The settings from the ``PYFLUE_*`` environment.
+
+    Raises :class:`~pyflue.errors.InvalidSettings` listing every refused variable, one line
+    each, naming the variable and a valid example.
+    """
+    problems: list[str] = []
+    parts: dict[str, BaseSettings] = {}
+    for field, part in _PARTS.items():
+        try:
+            parts[field] = part()
+        except (ValidationError, _EnvParseError) as exc:
+            problems += _problems(part, exc)
+            parts[field] = part.model_construct()
+    try:
+        settings = Settings(**parts)  # type: ignore[arg-type]
+    except (ValidationError, _EnvParseError) as exc:
+        problems += _problems(Settings, exc)
+    if problems:
+        raise InvalidSettings(problems)
+    return settings
+
+
+def _problems(part: type[BaseSettings], exc: ValidationError | _EnvParseError) -> list[str]:
+    prefix = str(part.model_config.get("env_prefix", "")).upper()
+    if isinstance(exc, _EnvParseError):
+        found = _UNPARSED.search(str(exc))
+        name = f"{prefix}{found[1].upper()}" if found else f"a {prefix}* variable"
+        return [f"{name} is not valid JSON: write a list like [\"none\", \"bridge\"]"]
+    lines = []
+    for error in exc.errors():
+        text = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"] or text.startswith("PYFLUE_"):  # a check across fields names them
+            lines.append(text)
+            continue
+        key = str(error["loc"][0])
+        name = key if key.startswith("PYFLUE_") else f"{prefix}{key.upper()}"
+        value = error["input"]
+        if key == "store_url" and isinstance(value, str):
+            value = masked_url(value)
+        shown = "" if any(s in key.lower() for s in _SECRET) else f"={value!r}"
+        if error["type"] != "value_error":
+            text = f": {text[:1].lower()}{text[1:]}"
+        lines.append(f"{name}{shown} {text}".replace(" : ", ": "))
+    return lines
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``, for messages and labels."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)

@@ -60,8 +60,19 @@ async def has_run(settings: Settings, run_id: str) -> bool:
 
 
 def store_scope(settings: Settings) -> str:
-    """A short, stable id of the run store, labelled on every container it owns."""
-    return hashlib.sha256(settings.resolved_store_url().encode()).hexdigest()[:16]
+    """A short, stable id of the run store, labelled on every container it owns.
+
+    It is made from the store's URL without its password: rotating the password must not
+    orphan the containers of the runs in flight (a reaper would no longer see them as its own).
+    """
+    from sqlalchemy.engine import make_url
+
+    url = settings.resolved_store_url()
+    if url != "memory://":
+        parsed = make_url(url)
+        if parsed.password is not None:
+            url = parsed._replace(password=None).render_as_string(hide_password=False)
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def docker_provider(settings: Settings) -> DockerProvider:

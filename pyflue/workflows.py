@@ -104,8 +104,8 @@ class WorkflowRegistry:
         if name not in sources:
             available = ", ".join(sorted(sources)) or "none"
             raise WorkflowNotFound(
-                f"unknown workflow {name!r}; available: {available} "
-                f"(looked in {', '.join(str(self.project_dir / r) for r in ROOTS)})"
+                f"unknown workflow {name!r}; available: {available}",
+                hint=f"looked in {', '.join(str(self.project_dir / r) for r in ROOTS)}",
             )
         workflow = _load(sources[name])
         self._loaded[name] = workflow

@@ -50,7 +50,7 @@ def create_app(
         openapi_url=None,
     )
     app.state.settings = settings
-    errors.install(app)
+    errors.install(app, debug=settings.server.debug)
     app.include_router(workflows.router)
     app.include_router(runs.router)
     app.include_router(ws.router)

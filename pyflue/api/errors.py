@@ -72,10 +72,16 @@ def status_for(exc: errors.PyflueError) -> int:
     return next((code for cls, code in STATUS if isinstance(exc, cls)), 500)
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, *, debug: bool = False) -> None:
+    """The handlers. Unless ``debug``, a body leaves out what is meant for the server's
+    operator: the error's hint (a ``pyflue`` command, a server path) and a traceback."""
+
     @app.exception_handler(errors.PyflueError)
     async def _pyflue(_: Request, exc: errors.PyflueError) -> JSONResponse:
-        return reply(error_body(exc.type, exc.message, exc.details), status_for(exc))
+        if debug:
+            return reply(error_body(exc.type, exc.message, exc.details), status_for(exc))
+        details = None if isinstance(exc, errors.WorkflowLoadError) else exc.details
+        return reply(error_body(exc.type, exc.public_message, details), status_for(exc))
 
     @app.exception_handler(HttpProblem)
     async def _problem(_: Request, exc: HttpProblem) -> JSONResponse:

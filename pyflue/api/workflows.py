@@ -70,7 +70,8 @@ _INVOKE_RESPONSES: dict[int | str, dict[str, Any]] = {
         _409="`?wait=result` and the run was cancelled: `error.type` `cancelled`, with `run_id` "
              "and `status`",
         _500="`?wait=result` and the run failed: `error.type` is the workflow's exception class "
-             "name (or a pyflue error type), `details` its traceback, with `run_id` and "
+             "name (or a pyflue error type), `details` its traceback (only when the server runs "
+             "with PYFLUE_DEBUG=1, else null), with `run_id` and "
              "`status`; or `workflow_load_error`, `internal_error`",
         _503="`?wait=result` and the run was interrupted (its server stopped): `error.type` "
              "`interrupted`, with `run_id` and `status`; or `store_error`, `engine_unavailable`",
@@ -164,16 +165,19 @@ async def invoke(
                                  headers={**headers, "Cache-Control": "no-cache"})
     if wait == "result":
         final = await scheduler.wait(run.run_id)
-        return _result_response(final, headers)
+        return _result_response(final, headers, debug=settings.server.debug)
     return JSONResponse(Accepted(run_id=run.run_id).model_dump(mode="json"), 202,
                         headers=headers)
 
 
-def _result_response(run: Run, headers: dict[str, str]) -> JSONResponse:
+def _result_response(run: Run, headers: dict[str, str], *, debug: bool) -> JSONResponse:
     if run.status is RunStatus.completed:
         body = Completed(run_id=run.run_id, result=run.result)
         return JSONResponse(body.model_dump(mode="json"), 200, headers=headers)
     error = end_error(run.status, run.error, run.reason)
     assert error is not None  # only a completed run has none
-    return reply(error_body(error.type, error.message, error.details, run_id=run.run_id,
+    # The traceback of the workflow's code is for the server's log and `pyflue logs`, not for
+    # every API client (PYFLUE_DEBUG=1 shows it).
+    return reply(error_body(error.type, error.message, error.details if debug else None,
+                            run_id=run.run_id,
                             status=run.status), FINISHED_STATUS.get(run.status, 500), headers)

@@ -1,8 +1,9 @@
 """What every ``pyflue`` command shares: the app, options, settings, exit codes, and the one
 way a command runs its async work and turns pyflue's errors into one line and an exit code.
 
-Exit codes: 0 success / run completed; 1 run failed or a check failed; 2 bad input;
-130 interrupted (Ctrl-C or SIGTERM).
+Exit codes (the table in docs/cli.md): 0 success / run completed; 1 the run failed or a check
+failed; 2 bad input or settings; 3 infrastructure (Docker engine, image, store, server, model
+provider); 4 the run timed out; 5 the run was cancelled; 130 interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from pyflue import __version__
-from pyflue.errors import ConfigError, PyflueError, WorkflowError
+from pyflue.errors import INFRASTRUCTURE_TYPES, ConfigError, PyflueError, WorkflowError
+from pyflue.status import RunStatus
 
 if TYPE_CHECKING:
     from pyflue.client import PyFlueClient
@@ -38,7 +40,8 @@ app = typer.Typer(
 images_app = typer.Typer(help="Build and list the sandbox images in images/.", no_args_is_help=True)
 app.add_typer(images_app, name="images")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA, EXIT_TIMED_OUT, EXIT_CANCELLED = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
 
 
 class Format(StrEnum):
@@ -87,12 +90,16 @@ def root(
 
 
 def settings_for(project: Path | None) -> Settings:
-    from pyflue.settings import Settings
+    """The settings from PYFLUE_* variables; exit 2 with one line per refused variable."""
+    from pyflue.errors import InvalidSettings
+    from pyflue.settings import load_settings
 
     try:
-        settings = Settings()
-    except Exception as exc:  # pydantic ValidationError from PYFLUE_* variables
-        die(f"invalid PYFLUE_* setting: {exc}", EXIT_USAGE)
+        settings = load_settings()
+    except InvalidSettings as exc:
+        for problem in exc.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
     if project is not None:
         settings = settings.model_copy(update={"project_dir": project.resolve()})
     return settings
@@ -120,7 +127,20 @@ def die(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 
 def exit_code_for(exc: PyflueError) -> int:
-    return EXIT_USAGE if isinstance(exc, ConfigError | WorkflowError) else EXIT_FAILED
+    """The exit code of a command that stopped on ``exc``."""
+    if isinstance(exc, ConfigError | WorkflowError):
+        return EXIT_USAGE
+    return EXIT_INFRA if exc.type in INFRASTRUCTURE_TYPES else EXIT_FAILED
+
+
+def exit_code_for_run(status: RunStatus, error_type: str | None) -> int:
+    """The exit code that mirrors a finished run: its status, and for a failed run the type of
+    its error (an engine down or an image missing is the machine's fault: 3)."""
+    if status is RunStatus.failed:
+        return EXIT_INFRA if error_type in INFRASTRUCTURE_TYPES else EXIT_FAILED
+    return {RunStatus.completed: EXIT_OK, RunStatus.timed_out: EXIT_TIMED_OUT,
+            RunStatus.cancelled: EXIT_CANCELLED, RunStatus.interrupted: EXIT_INFRA,
+            }.get(status, EXIT_FAILED)
 
 
 def run_async(main: Any) -> Any:
@@ -136,6 +156,9 @@ def run_async(main: Any) -> Any:
     try:
         return asyncio.run(wrapper())
     except PyflueError as exc:
+        if exc.type == "unauthorized":  # the server's 401: say how this command sends a token
+            die("the server refused the API token (missing or wrong): pass --token TOKEN or "
+                "set PYFLUE_API_TOKEN to the server's token", EXIT_USAGE)
         die(exc.message, exit_code_for(exc))
     except (KeyboardInterrupt, asyncio.CancelledError):
         typer.echo("interrupted", err=True)

@@ -138,6 +138,8 @@ def runs(
     elif fmt is Format.ndjson:
         for r in found:
             typer.echo(r.model_dump_json())
+    elif not found and (status or workflow):
+        typer.echo("no runs match: `pyflue runs` without --status and --workflow lists them all")
     elif not found:
         typer.echo("no runs yet: start one with `pyflue run NAME --payload '{...}'`")
     else:

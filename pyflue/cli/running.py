@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pyflue.cli.common import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     ProjectOpt,
@@ -23,6 +21,7 @@ from pyflue.cli.common import (
     client_for,
     die,
     event_line,
+    exit_code_for_run,
     payload_from,
     run_async,
     settings_for,
@@ -68,7 +67,7 @@ def run(
     if error is not None:
         typer.echo(f"error: run {final.run_id} {final.status.value}: "
                    f"{error.type}: {error.message}", err=True)
-    raise typer.Exit(EXIT_INTERRUPTED if final.status is RunStatus.cancelled else EXIT_FAILED)
+    raise typer.Exit(exit_code_for_run(final.status, error.type if error else None))
 
 
 def _print_live(quiet: bool, fmt: StreamFormat) -> Callable[[Event], None]:
@@ -99,7 +98,8 @@ def invoke(
     token: TokenOpt = None,
 ) -> None:
     """Invoke a workflow on a pyflue server (for CI): prints the run id, or with --wait or
-    --follow the result; the exit code mirrors the run (0 completed, 1 failed, 130 cancelled)."""
+    --follow the result; the exit code mirrors the run (0 completed, 1 failed, 3 infrastructure,
+    4 timed out, 5 cancelled: docs/cli.md)."""
     if wait and follow:
         die("pass --wait or --follow, not both", EXIT_USAGE)
     raw = sys.stdin.read() if payload == "-" else payload
@@ -117,7 +117,8 @@ def invoke(
     why = (f"{outcome.error.type}: {outcome.error.message}" if outcome.error
            else outcome.reason or outcome.status.value)
     typer.echo(f"error: run {outcome.run_id} {outcome.status.value}: {why}", err=True)
-    raise typer.Exit(EXIT_INTERRUPTED if outcome.status is RunStatus.cancelled else EXIT_FAILED)
+    raise typer.Exit(exit_code_for_run(outcome.status,
+                                       outcome.error.type if outcome.error else None))
 
 
 async def _invoke(

@@ -8,20 +8,18 @@ limit and the setting that raises it. See docs/security.md.
 
 from __future__ import annotations
 
-import re
 from typing import Protocol
 
 from pyflue.errors import ConfigError
 from pyflue.sandbox.base import SandboxSpec
-from pyflue.settings import SandboxDefaults
+from pyflue.settings import SIZE, SandboxDefaults
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
 
 
 def parse_size(text: str, *, what: str) -> int:
     """Bytes in a Docker-style size such as ``512m``, ``1g`` or ``1.5GiB``."""
-    match = _SIZE.match(str(text))
+    match = SIZE.match(str(text))
     if not match:
         raise ConfigError(f"{what} {text!r} is not a size; write it like 512m or 2g")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def missing_run(run_id: str) -> RunNotFound:
     """The error for a run id no run has: one message, in every adapter and every call."""
-    return RunNotFound(f"no run {run_id!r}: list runs with `pyflue runs`")
+    return RunNotFound(f"no run {run_id!r}", hint="list runs with `pyflue runs`")
 
 
 def run_id_taken(run_id: str) -> RunStateConflict:

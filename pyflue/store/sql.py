@@ -178,9 +178,13 @@ class SqlStore:
                 await conn.run_sync(_run_migrations)
         except (SQLAlchemyError, OSError, CommandError) as exc:
             await engine.dispose()
+            hint = ("check the path is writable" if self._is_sqlite else
+                    "check the database server is running and reachable, and the user and "
+                    "password in PYFLUE_STORE_URL / PYFLUE_STORE_PASSWORD")
             raise StoreError(
-                f"cannot open the run store at {self._safe_url()}: {exc.__class__.__name__}: "
-                f"{str(exc).splitlines()[0]}; check the path is writable (`pyflue doctor`)"
+                f"cannot open the run store: {exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0]}; {hint}",
+                hint=f"the store is {self._safe_url()}; try `pyflue doctor`",
             ) from exc
         self._engine = engine
         if self._is_postgres:
@@ -279,8 +283,8 @@ class SqlStore:
             cause = getattr(exc, "orig", None) or exc
             text = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
             raise StoreError(
-                f"{what} the run store at {self._safe_url()} failed: {text}; "
-                "check it is reachable and writable (`pyflue doctor`)"
+                f"{what} the run store failed: {text}; check it is reachable and writable",
+                hint=f"the store is {self._safe_url()}; try `pyflue doctor`",
             ) from exc
 
     async def create_run(self, run: Run) -> Run:

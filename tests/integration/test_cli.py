@@ -75,7 +75,7 @@ def test_a_failed_run_exits_1_with_one_line(env: dict[str, str]) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["run", "nope"], "unknown workflow 'nope'; available: classify_ticket, hello, review_document, shell_steps, summarize"),
     (["run", "hello", "--payload", "{bad"], "payload is not valid JSON"),
-    (["run", "hello", "--payload", "[1]"], "payload must be a JSON object, not list"),
+    (["run", "hello", "--payload", "[1]"], "payload must be a JSON object, not array"),
     (["logs", "workflow:hello:NOPE"], "no run 'workflow:hello:NOPE'"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2_or_1(
@@ -91,14 +91,14 @@ def test_bad_input_is_one_clear_line_and_exit_2_or_1(
 
 def test_a_missing_image_says_how_to_build_it(env: dict[str, str]) -> None:
     done = pyflue("run", "hello", "--image", "pyflue/missing:0", "-q", env=env)
-    assert done.returncode == 1
+    assert done.returncode == 3  # infrastructure
     assert "pyflue images build" in done.stderr.strip().splitlines()[-1]
 
 
 def test_an_unreachable_engine_is_one_clear_line(env: dict[str, str]) -> None:
     env = {**env, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
     done = pyflue("run", "hello", "-q", env=env)
-    assert done.returncode == 1
+    assert done.returncode == 3  # infrastructure
     assert "Docker engine not reachable" in done.stderr and "pyflue doctor" in done.stderr
     doctor = pyflue("doctor", env=env)
     assert doctor.returncode == 1 and "FAIL  docker engine" in doctor.stdout
@@ -143,7 +143,7 @@ def test_a_local_run_past_its_deadline_ends_timed_out_with_its_container_gone(
     started = time.monotonic()
     done = pyflue("run", "stuck", "-q", "-C", str(tmp_path), env=env)
     assert time.monotonic() - started < 60  # the deadline, not the command's 120 s
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 4, done.stderr  # timed out
     run_id = done.stderr.split()[1]
     assert f"error: run {run_id} timed_out: timed_out: run timed_out: the run's deadline of 3 s" \
         " passed" in done.stderr
@@ -157,3 +157,37 @@ def test_doctor_reports_each_check_on_its_own_line(env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stdout
     for name in ("docker engine", "runtime runc", "runtime runsc", "sandbox image", "run store"):
         assert name in done.stdout
+
+
+def test_doctor_names_each_workflow_that_fails_to_import(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "fine.py").write_text("async def run(ctx):\n    return 1\n")
+    broken = tmp_path / "workflows" / "broken.py"
+    broken.write_text("import no_such_module_here\nasync def run(ctx):\n    return 1\n")
+    done = pyflue("doctor", "-C", str(tmp_path), env=env)
+    assert done.returncode == 1, done.stdout
+    assert "FAIL  workflows      1 of 2 import: broken, fine" in done.stdout
+    assert (f"FAIL  workflow broken {broken}: ModuleNotFoundError: No module named "
+            "'no_such_module_here'") in done.stdout
+
+
+@pytest.mark.parametrize("right", [True, False], ids=["accepted", "refused"])
+def test_doctor_never_prints_the_store_password(
+    env: dict[str, str], postgres_url: str, right: bool
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url)
+    password = url.password if right else "wrong-Pa55word"
+    assert password
+    env = {**env, "PYFLUE_STORE_URL": url.set(password=password).render_as_string(
+        hide_password=False)}
+    done = pyflue("doctor", env=env)
+    store_line = next(line for line in done.stdout.splitlines() if "run store" in line)
+    assert store_line.startswith("ok  " if right else "FAIL"), done.stdout
+    assert ":***@" in store_line
+    # The test server's password may be a common word ("pyflue"): look for it where it would be.
+    shown = done.stdout + done.stderr
+    assert f":{password}@" not in shown and (right or password not in shown)

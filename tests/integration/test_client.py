@@ -39,12 +39,13 @@ TOKEN = "s3cret-token"
 
 
 @contextlib.contextmanager
-def live_server(store_dir: Path, token: str | None = None) -> Iterator[str]:
+def live_server(store_dir: Path, token: str | None = None, debug: bool = False
+                ) -> Iterator[str]:
     """``create_app`` on uvicorn in a thread, on a socket bound before it starts."""
     settings = Settings(
         project_dir=REPO,
         store_url=f"sqlite+aiosqlite:///{store_dir / 'api.db'}",
-        server=ServerSettings(api_token=SecretStr(token) if token else None),
+        server=ServerSettings(api_token=SecretStr(token) if token else None, debug=debug),
     )
     config = uvicorn.Config(create_app(settings), log_config=None, log_level="warning",
                             timeout_graceful_shutdown=5)
@@ -347,13 +348,13 @@ def test_cli_bad_input_exits_2_with_one_line(
     assert done.returncode == code and len(lines) == 1 and message in lines[0], done.stderr
 
 
-def test_cli_without_a_reachable_server_is_one_line_and_exit_1() -> None:
+def test_cli_without_a_reachable_server_is_one_line_and_exit_3() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         done = pyflue("invoke", "hello", "--wait", "--server", url)
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 1 and len(lines) == 1
+    assert done.returncode == 3 and len(lines) == 1  # infrastructure
     assert f"not reachable at {url}" in lines[0] and "pyflue serve" in lines[0]
 
 

@@ -180,8 +180,9 @@ async def test_submitting_an_unknown_workflow_records_nothing(project: Path) -> 
 
 @pytest.mark.parametrize(("raw", "message"), [
     ("{not json", "not valid JSON"),
-    ("[1, 2]", "must be a JSON object, not list"),
-    ('"text"', "must be a JSON object, not str"),
+    ("[1, 2]", "must be a JSON object, not array"),
+    ('"text"', "must be a JSON object, not string"),
+    ("null", "must be a JSON object, not null"),
 ])
 def test_payloads_must_be_json_objects(raw: str, message: str) -> None:
     with pytest.raises(InvalidPayload, match=message):

@@ -35,14 +35,13 @@ def connect(base_url: str | None, *, timeout: int = 120) -> Any:
             return docker.DockerClient(base_url=base_url, timeout=timeout)
         return docker.from_env(timeout=timeout)
     except docker.errors.DockerException as exc:
-        raise EngineUnavailable(unreachable_message(base_url, exc)) from exc
+        raise unreachable(base_url, exc) from exc
 
 
-def unreachable_message(base_url: str | None, exc: BaseException) -> str:
-    return (
+def unreachable(base_url: str | None, exc: BaseException) -> EngineUnavailable:
+    return EngineUnavailable(
         f"Docker engine not reachable at {engine_label(base_url)}: is dockerd running? "
-        f"Try `pyflue doctor`. ({_first_line(exc)})"
-    )
+        f"({_first_line(exc)})", hint="try `pyflue doctor`")
 
 
 def is_gvisor(runtime: str | None) -> bool:
@@ -65,14 +64,14 @@ def translated(
     except docker.errors.ImageNotFound as exc:
         name = image or "the image"
         raise ImageNotFound(
-            f"image {name} not found on the Docker engine: build it with `pyflue images build` "
-            "or pass another one with --image"
+            f"image {name} not found on the Docker engine",
+            hint="build it with `pyflue images build` or pass another one with --image",
         ) from exc
     except docker.errors.NotFound as exc:
         if image is not None and "image" in str(exc).lower():
             raise ImageNotFound(
-                f"image {image} not found on the Docker engine: build it with "
-                "`pyflue images build` or pass another one with --image"
+                f"image {image} not found on the Docker engine",
+                hint="build it with `pyflue images build` or pass another one with --image",
             ) from exc
         if container is not None and "container" in str(exc).lower():
             raise SandboxGone(
@@ -87,11 +86,11 @@ def translated(
             ) from exc
         raise SandboxError(f"{what}: {_explain(exc)}") from exc
     except (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError) as exc:
-        raise EngineUnavailable(unreachable_message(None, exc)) from exc
+        raise unreachable(None, exc) from exc
     except requests.exceptions.RequestException as exc:  # timeouts, a daemon restarting
         raise SandboxError(
-            f"{what}: the Docker engine did not answer properly ({_first_line(exc)}); "
-            "check it with `pyflue doctor`"
+            f"{what}: the Docker engine did not answer properly ({_first_line(exc)})",
+            hint="check it with `pyflue doctor`",
         ) from exc
     except docker.errors.DockerException as exc:
         raise SandboxError(f"{what}: {_first_line(exc)}") from exc
