@@ -47,6 +47,11 @@ def __getattr__(name: str) -> Any:
         value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    from pyflue.compat import missing_import
+
+    upstream = missing_import(name)  # PyFlue 0.2's names say what to use instead
+    if upstream is not None:
+        raise upstream
     raise AttributeError(f"module 'pyflue' has no attribute {name!r}")
 
 

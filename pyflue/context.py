@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from pyflue.compat import CONTEXT, missing, upstream_options
+
 if TYPE_CHECKING:  # a workflow file imports this module: it loads nothing heavy
     from pyflue.agents import Agent
     from pyflue.harness import Harness
@@ -35,12 +37,34 @@ class FlueContext:
         self.log = log
         self._init = init
 
+    @upstream_options("ctx.init")
     async def init(self, agent: Agent) -> Harness:
         """Initializes ``agent`` for this run and returns its harness over the run's container.
 
         The run's container is created on the first call; later calls share it.
         """
         return await self._init(agent, self)
+
+    # PyFlue 0.2's spellings of the same things.
+    @property
+    def run_id(self) -> str:
+        """The run id (= ``ctx.id``)."""
+        return self.id
+
+    @property
+    def request(self) -> Any:
+        """The HTTP request (= ``ctx.req``), or None."""
+        return self.req
+
+    @property
+    def workflow_name(self) -> str:
+        """The workflow's name, read from the run id ``workflow:<name>:<ulid>``."""
+        return self.id.split(":", 1)[-1].rsplit(":", 1)[0]
+
+    if not TYPE_CHECKING:  # for mypy, a missing attribute stays a type error
+
+        def __getattr__(self, name: str) -> Any:
+            raise missing("ctx", name, {} if name.startswith("_") else CONTEXT)
 
     def __repr__(self) -> str:
         return f"FlueContext(id={self.id!r})"
