@@ -54,6 +54,7 @@ def serve(
     import uvicorn
 
     from pyflue.api.app import create_app
+    from pyflue.api.serving import uvicorn_options
 
     settings = settings_for(project)
     changes: dict[str, Any] = {k: v for k, v in {
@@ -67,9 +68,7 @@ def serve(
     problem = bind_problem(server.host, server.api_token is not None, server.allow_insecure_bind)
     if problem:
         die(problem, EXIT_USAGE)
-    # Attached clients (SSE, ?wait=result) must not hold a shutdown until their runs end.
-    uvicorn.run(create_app(settings), host=server.host, port=server.port, log_level="info",
-                timeout_graceful_shutdown=5)
+    uvicorn.run(create_app(settings), log_level="info", **uvicorn_options(settings))
 
 
 def bind_problem(host: str, has_token: bool, forced: bool) -> str | None:
