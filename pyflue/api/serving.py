@@ -11,7 +11,8 @@ than the limit of one message.
 from __future__ import annotations
 
 import json
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import PayloadTooBig
@@ -19,6 +20,10 @@ from websockets.frames import Close, Frame, Opcode
 
 from pyflue.api.ws import CLOSE_TOO_LARGE, too_large_message
 from pyflue.settings import Settings
+from pyflue.workflows import ROOTS
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -61,3 +66,31 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # Attached clients (SSE, ?wait=result) must not hold a shutdown until their runs end.
         "timeout_graceful_shutdown": 5,
     }
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The ``PYFLUE_*`` variables that rebuild these settings' command-line choices in another
+    process (``--reload`` runs the app in a child process that reads its settings anew)."""
+    server = settings.server
+    env = {"PYFLUE_PROJECT_DIR": str(settings.project_dir), "PYFLUE_HOST": server.host,
+           "PYFLUE_PORT": str(server.port), "PYFLUE_MAX_CONCURRENCY": str(server.max_concurrency),
+           "PYFLUE_ALLOW_INSECURE_BIND": str(server.allow_insecure_bind).lower()}
+    if settings.store_url:
+        env["PYFLUE_STORE_URL"] = settings.store_url
+    return env
+
+
+def reload_dirs(settings: Settings) -> list[str]:
+    """What ``pyflue serve --reload`` watches: the project's workflow folders (so helper
+    modules count too), else the project folder."""
+    found = [settings.project_dir / root for root in ROOTS]
+    return [str(p) for p in found if p.is_dir()] or [str(Path(settings.project_dir))]
+
+
+def app_from_environment() -> FastAPI:
+    """The app factory ``pyflue serve --reload`` hands uvicorn (as an import string, so each
+    restart imports it afresh): settings from the environment, as :func:`settings_environment`
+    left them."""
+    from pyflue.api.app import create_app
+
+    return create_app(Settings())
