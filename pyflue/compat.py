@@ -154,10 +154,11 @@ def missing(where: str, name: str, table: Mapping[str, str]) -> AttributeError:
     return AttributeError(f"{where!r} has no attribute {name!r}")
 
 
-def upstream_options(where: str, **hints: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+def upstream_options(where: str, otherwise: str = "", **hints: str
+                     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Wraps a method so a keyword it does not take raises NotSupported naming what to use
     instead (PyFlue 0.2 took more options), rather than a bare TypeError. ``hints`` override
-    :data:`OPTIONS` for this method."""
+    :data:`OPTIONS` for this method; ``otherwise`` is the hint for a keyword neither names."""
 
     def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         known = set(inspect.signature(fn).parameters)
@@ -166,8 +167,8 @@ def upstream_options(where: str, **hints: str) -> Callable[[Callable[P, R]], Cal
         def checked(*args: P.args, **kwargs: P.kwargs) -> R:
             for key in kwargs:
                 if key not in known:
-                    hint = hints.get(key) or OPTIONS.get(
-                        key, "see docs/workflows.md, \"Coming from PyFlue 0.2\"")
+                    hint = hints.get(key) or OPTIONS.get(key) or otherwise or (
+                        "see docs/workflows.md, \"Coming from PyFlue 0.2\"")
                     raise NotSupported(f"{where}(..., {key}=...) is not an option here: {hint}")
             return fn(*args, **kwargs)
 

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pyflue.compat import CONTEXT, missing, upstream_options
+from pyflue.errors import NotSupported
 
 if TYPE_CHECKING:  # a workflow file imports this module: it loads nothing heavy
     from pyflue.agents import Agent
@@ -37,12 +38,17 @@ class FlueContext:
         self.log = log
         self._init = init
 
-    @upstream_options("ctx.init")
-    async def init(self, agent: Agent) -> Harness:
+    @upstream_options("ctx.init", otherwise="configure the agent in create_agent(lambda ctx: "
+                      "{...}) and pass it: `await ctx.init(agent)`")
+    async def init(self, agent: Agent | None = None) -> Harness:
         """Initializes ``agent`` for this run and returns its harness over the run's container.
 
         The run's container is created on the first call; later calls share it.
         """
+        if agent is None:  # PyFlue 0.2's legacy keyword form, ctx.init(model=...)
+            raise NotSupported("ctx.init() without an agent is PyFlue 0.2's legacy form: "
+                               "`agent = create_agent(lambda ctx: "
+                               "{...})` at module level, then `await ctx.init(agent)`")
         return await self._init(agent, self)
 
     # PyFlue 0.2's spellings of the same things.

@@ -29,6 +29,8 @@ async def run(ctx):
     ("ctx.agent_id", "use ctx.id"),
     ("ctx.config", "read values from ctx.env"),
     ("await ctx.init(agent, config_path='pyflue.toml')", "there is no pyflue.toml"),
+    ("await ctx.init()", "create_agent(lambda ctx"),
+    ("await ctx.init(model='anthropic/claude-haiku-4-5')", "configure the agent in create_agent"),
     ("(await ctx.init(agent)).close_mcp_servers", "no MCP client"),
     ("await (await ctx.init(agent)).session('s', role='reviewer')", '"instructions"'),
     ("await (await ctx.init(agent)).session(session_id='s')", "pass the name positionally"),
