@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 from pydantic_core import to_jsonable_python
@@ -96,11 +96,22 @@ class RunRecorder:
                 self._idle.set()
 
 
-class Logged:
+class Logged(Coroutine[Any, Any, None]):
     """What ``ctx.log.info(...)`` returns: the line is already recorded; awaiting this (as
-    PyFlue 0.2 workflows do, ``await ctx.log.info(...)``) returns None at once."""
+    PyFlue 0.2 workflows do, ``await ctx.log.info(...)``) returns None at once. A coroutine that
+    is already finished, so ``asyncio.run``, ``create_task`` and ``gather`` take it too, and
+    leaving it unawaited (the plain call) warns about nothing."""
 
     __slots__ = ()
+
+    def send(self, value: Any) -> Any:
+        raise StopIteration
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        raise typ if val is None else val
+
+    def close(self) -> None:
+        pass
 
     def __await__(self) -> Generator[Any, None, None]:
         return
