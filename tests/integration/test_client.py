@@ -407,3 +407,15 @@ def test_cli_rerun_on_a_server_runs_the_same_payload_again(server_url: str) -> N
     assert "■ completed" in done.stderr
     unknown = pyflue("rerun", "workflow:hello:nope", "--server", server_url)
     assert unknown.returncode == 1 and "no run 'workflow:hello:nope'" in unknown.stderr
+
+
+def test_cli_rerun_of_a_local_run_with_a_server_set_runs_it_here(
+    server_url: str, tmp_path: Path,
+) -> None:
+    store = {"PYFLUE_STORE_URL": f"sqlite+aiosqlite:///{tmp_path / 'local.db'}"}
+    done = pyflue("run", "hello", "-q", "-p", '{"name": "local"}', **store)
+    run_id = done.stderr.split()[1]
+    again = pyflue("rerun", run_id, "-q", PYFLUE_SERVER_URL=server_url, **store)
+    assert again.returncode == 0, again.stderr
+    assert f"not on {server_url}; running it again on this machine" in again.stderr
+    assert json.loads(again.stdout)["greeting"].startswith("hello, local from ")
