@@ -49,6 +49,11 @@ def __getattr__(name: str) -> Any:
         try:
             value = import_module(f"pyflue.{name}")
         except ModuleNotFoundError:
+            from pyflue.compat import missing_import
+
+            upstream = missing_import(name)  # PyFlue 0.2's names say what to use instead
+            if upstream is not None:
+                raise upstream from None
             raise AttributeError(f"module 'pyflue' has no attribute {name!r}") from None
     globals()[name] = value
     return value

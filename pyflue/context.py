@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from pyflue.compat import CONTEXT, missing, upstream_options
+from pyflue.errors import NotSupported
+
 if TYPE_CHECKING:  # a workflow file imports this module: it loads nothing heavy
     from pyflue.agents import Agent
     from pyflue.harness import Harness
@@ -35,12 +38,39 @@ class FlueContext:
         self.log = log
         self._init = init
 
-    async def init(self, agent: Agent) -> Harness:
+    @upstream_options("ctx.init", otherwise="configure the agent in create_agent(lambda ctx: "
+                      "{...}) and pass it: `await ctx.init(agent)`")
+    async def init(self, agent: Agent | None = None) -> Harness:
         """Initializes ``agent`` for this run and returns its harness over the run's container.
 
         The run's container is created on the first call; later calls share it.
         """
+        if agent is None:  # PyFlue 0.2's legacy keyword form, ctx.init(model=...)
+            raise NotSupported("ctx.init() without an agent is PyFlue 0.2's legacy form: "
+                               "`agent = create_agent(lambda ctx: "
+                               "{...})` at module level, then `await ctx.init(agent)`")
         return await self._init(agent, self)
+
+    # PyFlue 0.2's spellings of the same things.
+    @property
+    def run_id(self) -> str:
+        """The run id (= ``ctx.id``)."""
+        return self.id
+
+    @property
+    def request(self) -> Any:
+        """The HTTP request (= ``ctx.req``), or None."""
+        return self.req
+
+    @property
+    def workflow_name(self) -> str:
+        """The workflow's name, read from the run id ``workflow:<name>:<ulid>``."""
+        return self.id.split(":", 1)[-1].rsplit(":", 1)[0]
+
+    if not TYPE_CHECKING:  # for mypy, a missing attribute stays a type error
+
+        def __getattr__(self, name: str) -> Any:
+            raise missing("ctx", name, {} if name.startswith("_") else CONTEXT)
 
     def __repr__(self) -> str:
         return f"FlueContext(id={self.id!r})"

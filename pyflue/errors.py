@@ -9,7 +9,8 @@ into this tree at the adapter edge and never escape it.
     PyflueError
     ├── ConfigError              bad settings, agent config, CLI input, or a value the store refuses
     │   ├── InvalidSettings      PYFLUE_* variables refused at start (one line per problem)
-    │   └── InvalidPayload       a payload that is not a JSON object
+    │   ├── InvalidPayload       a payload that is not a JSON object
+    │   └── NotSupported         a PyFlue 0.2 name or option pyflue lacks (names the replacement)
     ├── WorkflowError            a workflow module cannot be used
     │   ├── WorkflowNotFound     no workflow of that name (lists the available ones)
     │   └── WorkflowLoadError    import failure, missing run(), duplicate name
@@ -73,6 +74,12 @@ class InvalidSettings(ConfigError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+class NotSupported(ConfigError, AttributeError):
+    """A PyFlue 0.2 attribute, method or option that pyflue does not have; the message names
+    what to use instead. An AttributeError too, so ``hasattr``/``getattr(x, name, default)``
+    treat the name as absent."""
+
+    type = "not_supported"
 
 
 class InvalidPayload(ConfigError):

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from pyflue.compat import HARNESS, missing, upstream_options
 from pyflue.errors import ConfigError, FileNotFoundInSandbox, SandboxGone, WorkspacePathError
 from pyflue.events import FileOp, FileRead, FileWrite, ShellEnd, ShellOutput, ShellStart
 from pyflue.output import StreamCapture
@@ -108,6 +109,10 @@ class WorkspaceFS:
         self._recorder.emit(FileRead(path=real, bytes=len(data)))
         return data
 
+    async def read_file_buffer(self, path: str) -> bytes:
+        """PyFlue 0.2's name for :meth:`read_bytes`."""
+        return await self.read_bytes(path)
+
     async def read_file(self, path: str, encoding: str = "utf-8") -> str:
         return (await self.read_bytes(path)).decode(encoding)
 
@@ -148,8 +153,9 @@ class WorkspaceFS:
             raise WorkspacePathError(f"{path} is a {st.kind}, not a folder")
         return await self._box.listdir(st.path)
 
-    async def mkdir(self, path: str) -> None:
-        """Creates a folder and any missing parents; an existing folder is fine."""
+    async def mkdir(self, path: str, *, recursive: bool = True) -> None:
+        """Creates a folder and any missing parents; an existing folder is fine.
+        (``recursive`` is PyFlue 0.2's; parents are always created.)"""
         real, st = await self.locate(path)
         if st is not None:
             if st.kind != "dir":
@@ -297,6 +303,8 @@ class Harness:
         self.fs = WorkspaceFS(box, recorder, config.cwd or box.workdir,
                               copy_limits=settings.sandbox.copy_limits)
 
+    @upstream_options("harness.session", session_id="pass the name positionally: "
+                      "`await harness.session(\"name\")`")
     async def session(self, name: str = "default", *, tools: Sequence[Any] = ()) -> Session:
         """The session called ``name`` (created on first use): a conversation with the agent's
         model whose tools act in this run's container. ``tools`` adds workflow tools (typed
@@ -308,6 +316,20 @@ class Harness:
         created = self._open_session(self, name, (*self.config.tools, *tools))
         self._sessions[name] = created
         return created
+
+    @property
+    def sessions(self) -> Sessions:
+        """The run's sessions by name (PyFlue 0.2's ``harness.sessions``)."""
+        return Sessions(self)
+
+    async def destroy(self) -> None:
+        """Does nothing: the run's container is removed when the run ends (PyFlue 0.2 code
+        that calls it keeps working)."""
+
+    if not TYPE_CHECKING:  # for mypy, a missing attribute stays a type error
+
+        def __getattr__(self, name: str) -> Any:
+            raise missing("harness", name, {} if name.startswith("_") else HARNESS)
 
     def redact(self, text: str) -> str:
         """``text`` with the run's granted secrets replaced by their markers."""
@@ -331,6 +353,7 @@ class Harness:
             "pids": f"a command hit the process limit ({pids} processes)",
         }.get(limit, f"a command hit the {limit} limit")
 
+    @upstream_options("harness.shell")
     async def shell(
         self,
         command: str,
@@ -411,3 +434,27 @@ class Harness:
             timed_out=status.timed_out,
             duration_ms=duration_ms,
         )
+
+
+class Sessions:
+    """``harness.sessions``: the run's sessions by name (they live as long as the run)."""
+
+    def __init__(self, harness: Harness) -> None:
+        self._harness = harness
+
+    async def get(self, name: str = "default") -> Session:
+        """The session called ``name``; KeyError when it was not opened yet."""
+        if name not in self._harness._sessions:
+            raise KeyError(f"session {name!r} does not exist; open it with "
+                           f"`await harness.session({name!r})`")
+        return self._harness._sessions[name]
+
+    async def create(self, name: str = "default") -> Session:
+        """A new session called ``name``; ConfigError when it exists already."""
+        if name in self._harness._sessions:
+            raise ConfigError(f"session {name!r} exists already; use harness.sessions.get")
+        return await self._harness.session(name)
+
+    async def delete(self, name: str = "default") -> None:
+        """Forgets the session's conversation; the next ``session(name)`` starts afresh."""
+        self._harness._sessions.pop(name, None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 from pydantic_core import to_jsonable_python
@@ -101,10 +101,40 @@ class RunRecorder:
                 self._idle.set()
 
 
+class Logged(Coroutine[Any, Any, None]):
+    """What ``ctx.log.info(...)`` returns: the line is already recorded; awaiting this (as
+    PyFlue 0.2 workflows do, ``await ctx.log.info(...)``) returns None at once. A coroutine that
+    is already finished, so ``asyncio.run``, ``create_task`` and ``gather`` take it too, and
+    leaving it unawaited (the plain call) warns about nothing."""
+
+    __slots__ = ()
+
+    def send(self, value: Any) -> Any:
+        raise StopIteration
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        raise typ if val is None else val
+
+    def close(self) -> None:
+        pass
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator that finishes at once: `await` never suspends
+
+    def __repr__(self) -> str:
+        return "Logged()"
+
+
+LOGGED = Logged()
+
+
 class RunLog:
     """``ctx.log``: structured lines stored as ``log`` events with the run.
 
-    Safe to call from a synchronous workflow running on a worker thread.
+    Each method records the line when called and returns an awaitable that is already done,
+    so both ``ctx.log.info(...)`` and PyFlue 0.2's ``await ctx.log.info(...)`` work. Safe to
+    call from a synchronous workflow running on a worker thread.
     """
 
     def __init__(self, recorder: RunRecorder) -> None:
@@ -112,21 +142,26 @@ class RunLog:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
 
-    def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
+    def _emit(self, level: str, message: str, fields: dict[str, Any]) -> Logged:
         line = Log(level=level, message=str(message),
                    fields=to_jsonable_python(fields, fallback=repr))
         if threading.get_ident() == self._thread:
             self._recorder.emit(line)
         else:
             self._loop.call_soon_threadsafe(self._recorder.emit, line)
+        return LOGGED
 
-    def info(self, message: str, **fields: Any) -> None:
-        self._emit("info", message, fields)
+    def info(self, message: str, **fields: Any) -> Logged:
+        """Records an ``info`` line with ``fields`` (values that are not JSON are stored as
+        their repr)."""
+        return self._emit("info", message, fields)
 
-    def warn(self, message: str, **fields: Any) -> None:
-        self._emit("warn", message, fields)
+    def warn(self, message: str, **fields: Any) -> Logged:
+        """Records a ``warn`` line."""
+        return self._emit("warn", message, fields)
 
     warning = warn
 
-    def error(self, message: str, **fields: Any) -> None:
-        self._emit("error", message, fields)
+    def error(self, message: str, **fields: Any) -> Logged:
+        """Records an ``error`` line."""
+        return self._emit("error", message, fields)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
 
+from pyflue.compat import SESSION, SESSION_HELPERS, missing, session_helper, upstream_options
 from pyflue.errors import ConfigError, ModelError, ResultValidationError
 from pyflue.events import (
     ModelTextDelta,
@@ -87,6 +88,19 @@ class Session:
         self.messages: list[Message] = []
         self.usage = Usage()
 
+    @property
+    def session_id(self) -> str:
+        """PyFlue 0.2's name for :attr:`name`."""
+        return self.name
+
+    if not TYPE_CHECKING:  # for mypy, a missing attribute stays a type error
+
+        def __getattr__(self, name: str) -> Any:
+            # PyFlue 0.2's session.read_file, .shell, .fs... are the harness's here
+            if name in SESSION_HELPERS:
+                return session_helper(self._harness, name)
+            raise missing("session", name, {} if name.startswith("_") else SESSION)
+
     @overload
     async def prompt(self, text: str, *, result: None = None, model: str | None = None
                      ) -> PromptResponse: ...
@@ -94,6 +108,7 @@ class Session:
     @overload
     async def prompt(self, text: str, *, result: type[R], model: str | None = None) -> R: ...
 
+    @upstream_options("session.prompt")
     async def prompt(
         self, text: str, *, result: type[R] | None = None, model: str | None = None
     ) -> PromptResponse | R:

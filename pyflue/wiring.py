@@ -143,3 +143,17 @@ async def run_here(
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+
+
+async def rerun_here(
+    settings: Settings, run_id: str, *,
+    on_start: Callable[[Run], None] = lambda _run: None,
+    on_event: Callable[[Event], None] = lambda _event: None,
+) -> Run:
+    """Runs ``run_id``'s workflow again in this process, with the same payload and the image
+    its container used (``pyflue rerun``); returns the new run's final record. RunNotFound
+    when this machine's store does not know ``run_id``."""
+    async with open_store(settings) as store:
+        original = await store.get_run(run_id)
+    return await run_here(settings, original.workflow, original.payload, image=original.image,
+                          on_start=on_start, on_event=on_event)

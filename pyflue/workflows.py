@@ -2,10 +2,17 @@
 
 File names give workflow names; nested folders give dotted names (``ci/lint.py`` is
 ``ci.lint``); files and folders starting with ``_`` or ``.`` are skipped.
+
+A loaded workflow is kept with the hash of its file; :meth:`WorkflowRegistry.get` re-reads the
+file each time and imports it again when it changed, so a long-lived server runs the code that
+is on disk now (a file that no longer imports fails the next run with the import error; it never
+falls back to the old code). Helper modules a workflow imports are not watched: see
+``pyflue serve --reload``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import sys
@@ -60,7 +67,7 @@ class WorkflowRegistry:
 
     def __init__(self, project_dir: Path) -> None:
         self.project_dir = project_dir
-        self._loaded: dict[str, Workflow] = {}
+        self._loaded: dict[str, tuple[str, Workflow]] = {}  # name -> (file hash, workflow)
 
     def sources(self) -> dict[str, WorkflowSource]:
         """Every discovered workflow by name. Raises WorkflowLoadError on a duplicate name."""
@@ -97,9 +104,13 @@ class WorkflowRegistry:
         return out
 
     def get(self, name: str) -> Workflow:
-        """Imports and returns a workflow. WorkflowNotFound lists the available ones."""
+        """Imports and returns a workflow, again when its file changed since the last import.
+        WorkflowNotFound lists the available ones; WorkflowLoadError says why it cannot load."""
         if name in self._loaded:
-            return self._loaded[name]
+            digest, workflow = self._loaded[name]
+            if _digest(workflow.path) == digest:
+                return workflow
+            del self._loaded[name]  # changed or gone: never run the old code
         sources = self.sources()
         if name not in sources:
             available = ", ".join(sorted(sources)) or "none"
@@ -107,12 +118,28 @@ class WorkflowRegistry:
                 f"unknown workflow {name!r}; available: {available}",
                 hint=f"looked in {', '.join(str(self.project_dir / r) for r in ROOTS)}",
             )
-        workflow = _load(sources[name])
-        self._loaded[name] = workflow
+        source = sources[name]
+        try:
+            code = source.path.read_bytes()
+        except OSError as exc:
+            raise WorkflowLoadError(f"cannot read workflow file {source.path}: {exc}") from exc
+        workflow = _load(source, code)
+        self._loaded[name] = (hashlib.sha256(code).hexdigest(), workflow)
         return workflow
 
 
-def _load(source: WorkflowSource) -> Workflow:
+def _digest(path: Path) -> str | None:
+    """The hash of the file's bytes, or None when it cannot be read (gone)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _load(source: WorkflowSource, code: bytes) -> Workflow:
+    """Imports ``code`` (the file's bytes, as hashed) as the workflow's module. Compiled here,
+    not through the import system, so a stale ``__pycache__`` entry (same size, same second)
+    can never stand in for the edited file."""
     module_name = f"pyflue_workflows.{source.name}"
     spec = importlib.util.spec_from_file_location(module_name, source.path)
     if spec is None or spec.loader is None:
@@ -124,7 +151,7 @@ def _load(source: WorkflowSource) -> Workflow:
         sys.path.insert(0, root)
     try:
         sys.modules[module_name] = module
-        spec.loader.exec_module(module)
+        exec(compile(code, str(source.path), "exec", dont_inherit=True), module.__dict__)
     except BaseException as exc:
         sys.modules.pop(module_name, None)
         if isinstance(exc, KeyboardInterrupt | SystemExit):

@@ -56,12 +56,12 @@ comment every `PYFLUE_HEARTBEAT_SECONDS` while idle, and ends after `run_end`.
 - Token: the `Authorization` header, or `?token=<token>` for clients that cannot set headers.
 - Close codes: 1000 done; 4400 bad first message or `after`; 4401 unauthorized; 4404 unknown
   workflow or run; 4408 the reader fell behind (reconnect with `?after=` the last index);
-  1011 server error.
+  4413 the first message is over PYFLUE_MAX_BODY_BYTES (the HTTP body limit); 1011 server error.
 """
 
 _ERROR_FRAME = {
     "type": "object",
-    "description": "sent before a 4400/4404/1011 close",
+    "description": "sent before a 4400/4404/4413/1011 close",
     "required": ["type", "error"],
     "properties": {"type": {"const": "error"},
                    "error": {"$ref": "#/components/schemas/ErrorDetail"},
@@ -76,6 +76,8 @@ _CLOSE_CODES = {
     str(ws.CLOSE_NOT_FOUND): "unknown workflow or run",
     str(ws.CLOSE_TOO_SLOW): "the reader fell too far behind: reconnect with ?after=N "
                             "(the reason names N)",
+    str(ws.CLOSE_TOO_LARGE): "the first message is over PYFLUE_MAX_BODY_BYTES, the HTTP body "
+                             "limit (error type payload_too_large)",
     str(ws.CLOSE_ERROR): "an unexpected server error",
 }
 _AUTH = ("the `bearer` token as `Authorization: Bearer <token>`, or `?token=<token>` "

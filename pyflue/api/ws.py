@@ -3,7 +3,9 @@
 Frames are JSON text. Server to client: run events (the event JSON), then for an invocation
 ``{"type": "result", "run_id", "result"}`` or ``{"type": "error", "run_id", "error"}``.
 Close codes: 1000 done; 4400 bad first message; 4401 unauthorized; 4404 unknown workflow or
-run; 4408 the client fell too far behind (reconnect with ``?after=``); 1011 server error.
+run; 4408 the client fell too far behind (reconnect with ``?after=``); 4413 a first message over
+``PYFLUE_MAX_BODY_BYTES`` (under ``pyflue serve`` refused before it is read in full, see
+:mod:`pyflue.api.serving`); 1011 server error.
 
 Each socket reads from the store through a small bounded queue (the store is the buffer), so a
 slow reader never makes the server hold unbounded memory and never slows the run or the other
@@ -31,8 +33,13 @@ from pyflue.status import MAX_EVENT_INDEX, parse_event_index
 router = APIRouter()
 
 CLOSE_DONE, CLOSE_BAD_MESSAGE, CLOSE_UNAUTHORIZED = 1000, 4400, 4401
-CLOSE_NOT_FOUND, CLOSE_TOO_SLOW, CLOSE_ERROR = 4404, 4408, 1011
+CLOSE_NOT_FOUND, CLOSE_TOO_SLOW, CLOSE_TOO_LARGE, CLOSE_ERROR = 4404, 4408, 4413, 1011
 FIRST_MESSAGE_TIMEOUT = 30.0
+
+
+def too_large_message(limit: int) -> str:
+    return (f"the message is over the limit of {limit} bytes (PYFLUE_MAX_BODY_BYTES on the "
+            "server): send a smaller payload, or put large inputs in files the workflow fetches")
 
 def _settings(ws: WebSocket) -> Settings:
     settings: Settings = ws.app.state.settings
@@ -83,6 +90,10 @@ async def invoke(ws: WebSocket, name: str) -> None:
     try:
         async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT):
             raw = await ws.receive_text()
+        limit = _settings(ws).server.max_body_bytes
+        if len(raw.encode()) > limit:  # another ASGI server than `pyflue serve` let it through
+            return await _error_and_close(ws, CLOSE_TOO_LARGE, "payload_too_large",
+                                          too_large_message(limit))
         payload = _payload(raw)
     except TimeoutError:
         return await _error_and_close(ws, CLOSE_BAD_MESSAGE, "invalid_message",

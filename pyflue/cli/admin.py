@@ -48,12 +48,17 @@ def serve(
     insecure_bind: Annotated[
         bool, typer.Option("--insecure-bind", help="allow a non-loopback address without a token")
     ] = False,
+    reload: Annotated[
+        bool, typer.Option("--reload", help="restart the server when a file under workflows/ "
+                                            "changes (for development)")
+    ] = False,
     project: ProjectOpt = None,
 ) -> None:
     """Start the control plane (HTTP API, scheduler) on 127.0.0.1:2024."""
     import uvicorn
 
     from pyflue.api.app import create_app
+    from pyflue.api.serving import reload_dirs, settings_environment, uvicorn_options
 
     settings = settings_for(project)
     changes: dict[str, Any] = {k: v for k, v in {
@@ -67,9 +72,14 @@ def serve(
     problem = bind_problem(server.host, server.api_token is not None, server.allow_insecure_bind)
     if problem:
         die(problem, EXIT_USAGE)
-    # Attached clients (SSE, ?wait=result) must not hold a shutdown until their runs end.
-    uvicorn.run(create_app(settings), host=server.host, port=server.port, log_level="info",
-                timeout_graceful_shutdown=5)
+    if not reload:
+        uvicorn.run(create_app(settings), log_level="info", **uvicorn_options(settings))
+        return
+    import os
+
+    os.environ.update(settings_environment(settings))  # the reloaded child reads them
+    uvicorn.run("pyflue.api.serving:app_from_environment", factory=True, reload=True,
+                reload_dirs=reload_dirs(settings), log_level="info", **uvicorn_options(settings))
 
 
 def bind_problem(host: str, has_token: bool, forced: bool) -> str | None:

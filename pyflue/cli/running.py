@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -29,6 +29,8 @@ from pyflue.cli.common import (
 from pyflue.status import RunStatus
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pyflue.client import PyFlueClient
     from pyflue.events import Event
     from pyflue.models import Run
@@ -57,7 +59,16 @@ def run(
 
     final: Run = run_async(run_here(
         settings, name, body, image=image, on_event=_print_live(quiet, events_format),
-        on_start=lambda run: typer.echo(f"run {run.run_id}", err=True)))
+        on_start=_print_start))
+    _finish(final)
+
+
+def _print_start(run: Run) -> None:
+    _print_start_id(run.run_id)
+
+
+def _finish(final: Run) -> NoReturn:
+    """Prints a finished run as ``pyflue run`` does and exits with its code."""
     if final.status is RunStatus.completed:
         typer.echo(json.dumps(final.result, indent=2, ensure_ascii=False))
         raise typer.Exit(EXIT_OK)
@@ -68,6 +79,66 @@ def run(
         typer.echo(f"error: run {final.run_id} {final.status.value}: "
                    f"{error.type}: {error.message}", err=True)
     raise typer.Exit(exit_code_for_run(final.status, error.type if error else None))
+
+
+@app.command()
+def rerun(
+    run_id: Annotated[str, typer.Argument(help="the id of an earlier run")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live events")] = False,
+    events_format: Annotated[
+        StreamFormat, typer.Option("--events", help="live events on stderr: pretty or ndjson")
+    ] = StreamFormat.pretty,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Run an earlier run's workflow again with the same payload (and image), printing like
+    `pyflue run`; with --server, on that server.
+
+    A run the server does not know but this machine's store does (a `pyflue run` while
+    PYFLUE_SERVER_URL is set) runs again here, with a note on stderr."""
+    show = _print_live(quiet, events_format)
+    if server is None:
+        from pyflue.wiring import rerun_here
+
+        settings = settings_for(project)
+        _finish(run_async(rerun_here(settings, run_id, on_event=show, on_start=_print_start)))
+    client = client_for(server, token, "rerun")
+    _finish(run_async(as_usage_errors(
+        _remote_or_local_rerun(client, project, server, run_id, show))))
+
+
+async def _remote_or_local_rerun(client: PyFlueClient, project: Path | None, server: str,
+                                 run_id: str, show: Callable[[Event], None]) -> Run:
+    from pyflue.client import NotFoundError
+    from pyflue.wiring import has_run, rerun_here
+
+    try:
+        return await _rerun(client, run_id, show)
+    except NotFoundError:
+        settings = settings_for(project)
+        if not await has_run(settings, run_id):
+            raise  # not here either: the server's answer
+    typer.echo(f"note: run {run_id} is not on {server}; running it again on this machine",
+               err=True)
+    return await rerun_here(settings, run_id, on_event=show, on_start=_print_start)
+
+
+async def _rerun(client: PyFlueClient, run_id: str, show: Callable[[Event], None]) -> Run:
+    seen: set[str] = set()
+
+    def on_event(event: Event) -> None:
+        if event.run_id not in seen:
+            seen.add(event.run_id)
+            _print_start_id(event.run_id)
+        show(event)
+
+    async with client:
+        return await client.runs.rerun(run_id, on_event=on_event)
+
+
+def _print_start_id(run_id: str) -> None:
+    typer.echo(f"run {run_id}", err=True)
 
 
 def _print_live(quiet: bool, fmt: StreamFormat) -> Callable[[Event], None]:

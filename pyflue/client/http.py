@@ -361,6 +361,15 @@ class Runs:
         """``GET /runs/{id}``: the run record. Unknown id: :class:`NotFoundError`."""
         return await self._client._answer(Run, "GET", _run_path(run_id))
 
+    async def rerun(self, run_id: str, *, on_event: Callable[[Event], None] | None = None
+                    ) -> Run:
+        """Invokes ``run_id``'s workflow again with the same payload and waits for the new
+        run's end, as :meth:`Workflows.run` does (``on_event`` gets its events live). The new
+        run's image is the one the workflow asks for now: the HTTP API takes no image."""
+        original = await self.get(run_id)
+        return await self._client.workflows.run(original.workflow, original.payload,
+                                                on_event=on_event)
+
     async def list(
         self, status: RunStatus | str | None = None, workflow: str | None = None,
         limit: int = 50, cursor: str | None = None,

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import websockets
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, WebSocketException
 
 from pyflue.client.errors import (
     ApiError,
@@ -25,7 +25,7 @@ from pyflue.client.errors import (
     ServerUnreachable,
     unreadable_event,
 )
-from pyflue.errors import ConfigError
+from pyflue.errors import ConfigError, PyflueError
 from pyflue.events import Event, EventType, parse_event
 
 
@@ -36,8 +36,16 @@ class PyFlueClient(Protocol):
     auth_headers: dict[str, str]
     max_reconnects: int
 
-# Close codes that mean "do not retry" (see pyflue.api.ws).
-_FINAL = {4400: BadRequestError, 4401: AuthError, 4404: NotFoundError}
+# Close codes that mean "do not retry" (see pyflue.api.ws), and the HTTP status each matches.
+_FINAL: dict[int, tuple[type[ApiError], int]] = {
+    4400: (BadRequestError, 400), 4401: (AuthError, 401), 4404: (NotFoundError, 404),
+    4413: (BadRequestError, 413),
+}
+# The same by the error frame's type, for a refusal read before the close arrived.
+_KINDS: dict[str, int] = {
+    "invalid_message": 4400, "invalid_payload": 4400, "invalid_parameter": 4400,
+    "not_found": 4404, "payload_too_large": 4413,
+}
 
 
 @dataclass(frozen=True)
@@ -77,12 +85,15 @@ async def _open(client: PyFlueClient, path: str) -> ClientConnection:
 
 
 def _refused(sock: ClientConnection, frame: dict[str, Any] | None) -> ApiError | None:
-    code = sock.close_code or 0
-    cls = _FINAL.get(code)
-    if cls is None:
+    """The typed error for a socket the server refused (by close code, else by error frame)."""
+    error = (frame or {}).get("error")
+    code = sock.close_code or (_KINDS.get(str(error.get("type"))) if isinstance(error, dict)
+                               else None) or 0
+    if code not in _FINAL:
         return None
-    error = (frame or {}).get("error") or {"type": "closed", "message": sock.close_reason or ""}
-    status = {4400: 400, 4401: 401, 4404: 404}[code]
+    cls, status = _FINAL[code]
+    if not isinstance(error, dict):
+        error = {"type": "closed", "message": sock.close_reason or f"closed with {code}"}
     return cls(status, {"error": error})
 
 
@@ -111,7 +122,8 @@ class WorkflowConnection:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         if self._sock is not None:
-            await self._sock.close()
+            with contextlib.suppress(WebSocketException, OSError):
+                await self._sock.close()
 
     async def run(self, payload: dict[str, Any]) -> list[Event | Outcome]:
         """Sends the payload; returns every event, then the :class:`Outcome`."""
@@ -125,16 +137,14 @@ class WorkflowConnection:
         if not isinstance(payload, dict):
             raise ConfigError(f"payload must be a dict, not {type(payload).__name__}")
         sock = self._sock
-        await sock.send(json.dumps({"payload": payload}))
         frame: dict[str, Any] | None = None
         try:
+            await sock.send(json.dumps({"payload": payload}))
             while True:
                 frame = json.loads(await sock.recv())
                 if frame.get("type") in ("result", "error"):
-                    if "run_id" not in frame:  # refused before a run existed: see the close
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(sock.wait_closed(), 5)
-                        raise _refused(sock, frame) or BadRequestError(400, frame)
+                    if "run_id" not in frame:  # refused before a run existed
+                        raise await _refusal(sock, frame)
                     self.outcome = Outcome(frame["type"], frame.get("run_id"),
                                            frame.get("result"), frame.get("error"),
                                            frame.get("status", "completed"))
@@ -143,16 +153,25 @@ class WorkflowConnection:
                 event = _event(sock, frame)
                 self.run_id = event.run_id
                 yield event
-        except ConnectionClosed:
-            with contextlib.suppress(ConnectionClosed, asyncio.TimeoutError):
-                await asyncio.wait_for(sock.wait_closed(), 5)
-            refused = _refused(sock, frame)
-            if refused is not None:
-                raise refused from None
-            raise ServerUnreachable(
-                f"the WebSocket closed before the run's outcome ({sock.close_code} "
-                f"{sock.close_reason or ''}); follow it with runs.follow({self.run_id!r})"
-            ) from None
+        except (ConnectionClosed, WebSocketException, OSError):
+            raise await _refusal(sock, frame) from None
+
+
+async def _refusal(sock: ClientConnection, frame: dict[str, Any] | None) -> PyflueError:
+    """Why the socket ended before the run's outcome: the server's refusal (AuthError,
+    BadRequestError, NotFoundError) or ServerUnreachable."""
+    refused = _refused(sock, frame)
+    if refused is None:  # the close code may still be on its way
+        with contextlib.suppress(WebSocketException, OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(sock.wait_closed(), 5)
+        refused = _refused(sock, frame)
+    if refused is not None:
+        return refused
+    run_id = (frame or {}).get("run_id")
+    return ServerUnreachable(
+        f"the WebSocket closed before the run's outcome ({sock.close_code} "
+        f"{sock.close_reason or ''}); "
+        + (f"follow it with runs.follow({run_id!r})" if run_id else "is the server still up?"))
 
 
 async def follow(client: PyFlueClient, run_id: str, after: int) -> AsyncGenerator[Event, None]:
@@ -172,10 +191,11 @@ async def follow(client: PyFlueClient, run_id: str, after: int) -> AsyncGenerato
                 yield event
                 if event.type is EventType.run_end:
                     return
-        except ConnectionClosed:
+        except (ConnectionClosed, WebSocketException, OSError):
             pass
         finally:
-            await sock.close()
+            with contextlib.suppress(WebSocketException, OSError):
+                await sock.close()
         refused = _refused(sock, None)
         if refused is not None:
             raise refused

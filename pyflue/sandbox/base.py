@@ -59,6 +59,12 @@ class FileStat:
     mtime: datetime | None = None
     link_target: str | None = None
 
+    def __getitem__(self, key: str) -> Any:
+        """``stat["size"]``, ``stat["is_dir"]``...: PyFlue 0.2's ``fs.stat`` answered a dict."""
+        from pyflue.compat import stat_item
+
+        return stat_item(vars(self), key)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,

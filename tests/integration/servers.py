@@ -23,9 +23,10 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, project: Path, store: Path, concurrency: int,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
         self.project, self.store, self.concurrency = project, store, concurrency
         self.extra_env = env or {}
+        self.args = args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -37,7 +38,8 @@ class Server:
         env.update(self.extra_env)
         self.log = open(self.store.with_suffix(f".{time.monotonic_ns()}.log"), "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pyflue.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "pyflue.cli", "serve", "--port", str(self.port),
+             *self.args],
             cwd=self.project, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -191,3 +191,21 @@ def test_doctor_never_prints_the_store_password(
     # The test server's password may be a common word ("pyflue"): look for it where it would be.
     shown = done.stdout + done.stderr
     assert f":{password}@" not in shown and (right or password not in shown)
+
+
+def test_rerun_runs_the_same_workflow_payload_and_image_again(env: dict[str, str]) -> None:
+    first = pyflue("run", "hello", "--payload", '{"name": "twice"}', "--quiet", env=env)
+    assert first.returncode == 0, first.stderr
+    run_id = first.stderr.split()[1]
+    done = pyflue("rerun", run_id, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["greeting"].startswith("hello, twice from ")
+    new_id = done.stderr.split()[1]
+    assert new_id.startswith("workflow:hello:") and new_id != run_id
+    assert "■ completed" in done.stderr
+    runs = {r["run_id"]: r for r in json.loads(
+        pyflue("runs", "--workflow", "hello", "--format", "json", env=env).stdout)}
+    assert runs[new_id]["payload"] == runs[run_id]["payload"] == {"name": "twice"}
+    assert runs[new_id]["image"] == runs[run_id]["image"] is not None
+    unknown = pyflue("rerun", "workflow:hello:nope", env=env)
+    assert unknown.returncode == 1 and "workflow:hello:nope" in unknown.stderr

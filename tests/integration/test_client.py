@@ -395,3 +395,28 @@ def test_cli_logs_of_a_local_run_with_a_server_set_reads_the_local_store(
                    PYFLUE_SERVER_URL=server_url)
     assert again.returncode != 0 and "01NOWHERE" in again.stderr
     assert not (bare / ".pyflue").exists()
+
+
+def test_cli_rerun_on_a_server_runs_the_same_payload_again(server_url: str) -> None:
+    first = pyflue("invoke", "hello", "--server", server_url, "--wait", "-p", '{"name": "again"}')
+    run_id = first.stderr.split()[1]
+    done = pyflue("rerun", run_id, "--server", server_url)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["greeting"].startswith("hello, again from ")
+    new_id = done.stderr.split()[1]
+    assert new_id.startswith("workflow:hello:") and new_id != run_id
+    assert "■ completed" in done.stderr
+    unknown = pyflue("rerun", "workflow:hello:nope", "--server", server_url)
+    assert unknown.returncode == 1 and "no run 'workflow:hello:nope'" in unknown.stderr
+
+
+def test_cli_rerun_of_a_local_run_with_a_server_set_runs_it_here(
+    server_url: str, tmp_path: Path,
+) -> None:
+    store = {"PYFLUE_STORE_URL": f"sqlite+aiosqlite:///{tmp_path / 'local.db'}"}
+    done = pyflue("run", "hello", "-q", "-p", '{"name": "local"}', **store)
+    run_id = done.stderr.split()[1]
+    again = pyflue("rerun", run_id, "-q", PYFLUE_SERVER_URL=server_url, **store)
+    assert again.returncode == 0, again.stderr
+    assert f"not on {server_url}; running it again on this machine" in again.stderr
+    assert json.loads(again.stdout)["greeting"].startswith("hello, local from ")

@@ -16,6 +16,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from pyflue.client import Outcome
 from tests.conftest import WriteWorkflow
 from tests.integration.servers import Server
 
@@ -301,3 +302,78 @@ async def test_a_client_that_disconnects_does_not_cancel_the_run(server: Server)
                 break
             await asyncio.sleep(0.05)
     assert run["status"] == "completed" and run["result"] == {"done": True}
+
+
+async def test_an_oversized_first_message_is_refused_like_an_oversized_http_body(
+    server: Server,
+) -> None:
+    big = {"blob": "x" * (10 * 2**20)}
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        assert (await client.post("/workflows/who", json=big)).status_code == 413
+    async with websockets.connect(ws_url(server, "/workflows/who"), max_size=None) as sock:
+        await sock.send(json.dumps({"payload": big}))
+        frames = await _frames(sock)
+    assert sock.close_code == 4413
+    assert [f["error"]["type"] for f in frames] == ["payload_too_large"]
+    assert "PYFLUE_MAX_BODY_BYTES" in frames[0]["error"]["message"]
+
+
+async def test_the_websocket_limit_is_the_configured_body_limit(
+    project: Path, tmp_path: Path
+) -> None:
+    srv = Server(project, tmp_path / "limit.db", concurrency=2,
+                 env={"PYFLUE_MAX_BODY_BYTES": "4096"})
+    srv.start()
+    try:
+        async with websockets.connect(ws_url(srv, "/workflows/who")) as sock:
+            await sock.send(json.dumps({"payload": {"x": "y" * 4000}}))
+            assert (await _frames(sock))[-1]["type"] == "result"
+        async with websockets.connect(ws_url(srv, "/workflows/who")) as sock:
+            await sock.send(json.dumps({"payload": {"x": "y" * 4100}}))
+            frames = await _frames(sock)
+        assert sock.close_code == 4413 and frames[-1]["error"]["type"] == "payload_too_large"
+        async with websockets.connect(ws_url(srv, "/workflows/who")) as sock:
+            await sock.send(json.dumps({"payload": {"x": "y" * 100}}))
+            assert (await _frames(sock))[-1]["type"] == "result"  # the server still serves
+    finally:
+        srv.stop()
+
+
+async def test_the_client_raises_documented_errors_for_a_refused_socket(
+    project: Path, tmp_path: Path
+) -> None:
+    from pyflue.client import AuthError, BadRequestError, PyFlueClient
+
+    srv = Server(project, tmp_path / "errs.db", concurrency=2, env={"PYFLUE_API_TOKEN": "tok"})
+    srv.start()
+    try:
+        async with PyFlueClient(srv.url, token="wrong") as client:
+            with pytest.raises(AuthError) as denied:
+                async with client.workflows.connect("who") as conn:
+                    await conn.run({})
+        assert denied.value.status_code == 401
+        async with PyFlueClient(srv.url, token="tok") as client:
+            with pytest.raises(BadRequestError, match="PYFLUE_MAX_BODY_BYTES") as refused:
+                async with client.workflows.connect("who") as conn:
+                    await conn.run({"blob": "x" * (10 * 2**20)})
+            assert refused.value.status_code == 413
+            assert refused.value.type == "payload_too_large"
+            async with client.workflows.connect("who") as conn:
+                assert (await conn.run({}))[-1] == Outcome("result", conn.run_id, {"req": None})
+    finally:
+        srv.stop()
+
+
+async def test_the_client_says_the_server_is_gone_when_it_dies_mid_stream(
+    server: Server, write_workflow: WriteWorkflow
+) -> None:
+    import signal
+
+    from pyflue.client import PyFlueClient, ServerUnreachable
+
+    write_workflow("long", "import asyncio\nasync def run(ctx):\n    await asyncio.sleep(600)\n")
+    async with PyFlueClient(server.url) as client:
+        with pytest.raises(ServerUnreachable, match="closed before the run's outcome"):
+            async with client.workflows.connect("long") as conn:
+                async for _message in conn.stream({}):
+                    server.stop(signal.SIGKILL)

@@ -82,6 +82,49 @@ def run(ctx):
     assert logs[0].data["level"] == "warn"
 
 
+async def test_ctx_log_works_awaited_as_in_pyflue_0_2_and_called_plainly(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("upstream", """
+import asyncio
+async def run(ctx):
+    await ctx.log.info("awaited", n=1)
+    ctx.log.warn("plain")
+    await ctx.log.error("awaited error")
+    await asyncio.gather(ctx.log.info("gathered"), asyncio.create_task(ctx.log.info("task")))
+    return "ok"
+""")
+    runner = fake_runner(project)
+    run = await runner.run("upstream", {})
+    assert run.status is RunStatus.completed
+    logs = await runner.store.list_events(run.run_id, types=[EventType.log])
+    assert [(e.data["level"], e.data["message"]) for e in logs] == [
+        ("info", "awaited"), ("warn", "plain"), ("error", "awaited error"),
+        ("info", "gathered"), ("info", "task")]
+    assert logs[0].data["fields"] == {"n": 1}
+
+
+async def test_a_sync_workflow_can_log_plainly_and_through_an_event_loop_of_its_own(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("plainsync", """
+import asyncio
+def run(ctx):
+    ctx.log.info("plain")
+    async def inner():
+        await ctx.log.info("awaited in a loop of its own")
+    asyncio.run(inner())
+    asyncio.run(ctx.log.info("handed to asyncio.run"))
+    return "ok"
+""")
+    runner = fake_runner(project)
+    run = await runner.run("plainsync", {})
+    assert run.status is RunStatus.completed
+    logs = await runner.store.list_events(run.run_id, types=[EventType.log])
+    assert [e.data["message"] for e in logs] == [
+        "plain", "awaited in a loop of its own", "handed to asyncio.run"]
+
+
 async def test_a_result_that_is_not_json_fails_clearly(
     project: Path, write_workflow: WriteWorkflow
 ) -> None:

@@ -77,3 +77,32 @@ def test_summaries_describe_each_workflow_and_say_why_a_broken_one_cannot_load(
     assert (good.name, good.description, good.error) == ("good", "Builds the thing.", None)
     assert broken.name == "broken" and broken.description == ""
     assert broken.error is not None and "nowhere_to_be_found" in broken.error
+
+
+def test_an_edited_workflow_file_is_imported_again_on_the_next_get(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    registry = WorkflowRegistry(project)
+    write_workflow("edit", "def run(ctx):\n    return 1\n")
+    first = registry.get("edit")
+    assert registry.get("edit") is first  # unchanged: no new import
+    write_workflow("edit", "def run(ctx):\n    return 2\n")  # same size, new code
+    assert registry.get("edit").run(None) == 2
+
+
+def test_a_workflow_file_broken_after_loading_fails_instead_of_running_the_old_code(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    registry = WorkflowRegistry(project)
+    write_workflow("edit", "def run(ctx):\n    return 1\n")
+    registry.get("edit")
+    write_workflow("edit", "def run(ctx):\n    return (\n")
+    with pytest.raises(WorkflowLoadError, match=r"failed to import.*SyntaxError"):
+        registry.get("edit")
+    with pytest.raises(WorkflowLoadError):
+        registry.get("edit")
+    write_workflow("edit", "def run(ctx):\n    return 3\n")
+    assert registry.get("edit").run(None) == 3
+    (project / "workflows" / "edit.py").unlink()
+    with pytest.raises(WorkflowNotFound):
+        registry.get("edit")
