@@ -8,7 +8,9 @@ into this tree at the adapter edge and never escape it.
 
     PyflueError
     ├── ConfigError              bad settings, agent config, CLI input, or a value the store refuses
-    │   └── InvalidPayload       a payload that is not a JSON object
+    │   ├── InvalidPayload       a payload that is not a JSON object
+    │   ├── RunIdUnknown         no run matches a run id or prefix the user gave
+    │   └── RunIdAmbiguous       several runs match a prefix the user gave
     ├── WorkflowError            a workflow module cannot be used
     │   ├── WorkflowNotFound     no workflow of that name (lists the available ones)
     │   └── WorkflowLoadError    import failure, missing run(), duplicate name
@@ -59,6 +61,14 @@ class ConfigError(PyflueError):
 
 class InvalidPayload(ConfigError):
     type = "invalid_payload"
+
+
+class RunIdUnknown(ConfigError):
+    type = "not_found"
+
+
+class RunIdAmbiguous(ConfigError):
+    type = "ambiguous_run_id"
 
 
 class WorkflowError(PyflueError):

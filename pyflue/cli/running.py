@@ -145,16 +145,23 @@ async def _invoke(
 
 @app.command()
 def cancel(
-    run_id: Annotated[str, typer.Argument(help="the id of a queued or running run")],
+    run_id: Annotated[str, typer.Argument(help="the id of a queued or running run, or a "
+                                          "unique prefix of it or of its ULID part")],
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Cancel a queued or running run on a pyflue server; its container is killed."""
+    """Cancel a queued or running run on a pyflue server; its container is killed.
+
+    A prefix is matched among the server's 1000 most recent runs."""
+    from pyflue.describe import ServerRuns, resolve
+
     client = client_for(server, token, "cancel")
+    assert server is not None  # client_for exits without one
 
     async def _cancel() -> dict[str, Any]:
         async with client:
-            return await client.runs.cancel(run_id)
+            run = await resolve(ServerRuns(client, server), run_id)
+            return await client.runs.cancel(run.run_id)
 
     body: dict[str, Any] = run_async(as_usage_errors(_cancel()))
     typer.echo(f"{body['status']} {body['run_id']}")
