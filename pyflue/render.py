@@ -160,3 +160,22 @@ def _ms_between(start: datetime, end: datetime | None) -> int | None:
 
 def _indented(text: str) -> str:
     return "\n".join(f"  {line}" for line in text.split("\n"))
+
+
+def outcome_document(run: Run) -> dict[str, Any]:
+    """A finished run as ``pyflue run --json`` prints it: ``{"run_id", "status", "result",
+    "error"}``; ``result`` null unless completed, ``error`` null when completed."""
+    error = end_error(run.status, run.error, run.reason)
+    return {"run_id": run.run_id, "status": run.status.value,
+            "result": run.result if run.status is RunStatus.completed else None,
+            "error": error.model_dump(mode="json") if error is not None else None}
+
+
+def error_json_line(run: Run) -> str | None:
+    """A run that did not complete as one JSON line, ``{"type": "error", "run_id", "status",
+    "error"}``, for the ndjson event stream (None for a completed run)."""
+    doc = outcome_document(run)
+    if doc["error"] is None:
+        return None
+    return json.dumps({"type": "error", "run_id": doc["run_id"], "status": doc["status"],
+                       "error": doc["error"]}, ensure_ascii=False)

@@ -48,27 +48,45 @@ def run(
     events_format: Annotated[
         StreamFormat, typer.Option("--events", help="live events on stderr: pretty or ndjson")
     ] = StreamFormat.pretty,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help='print {"run_id", "status", "result", "error"} on stdout, whatever the '
+        "outcome")] = False,
     project: ProjectOpt = None,
 ) -> None:
-    """Run one workflow on this machine: events on stderr, the result JSON on stdout."""
+    """Run one workflow on this machine: events on stderr, the result JSON on stdout.
+
+    With --events ndjson, stderr has JSON lines only: the events, and for a run that did not
+    complete a last {"type": "error", ...} line."""
     settings = settings_for(project)
     raw = sys.stdin.read() if payload == "-" else payload
     body = payload_from(raw)
     from pyflue.wiring import run_here
 
+    ndjson = events_format is StreamFormat.ndjson
     final: Run = run_async(run_here(
         settings, name, body, image=image, on_event=_print_live(quiet, events_format),
-        on_start=lambda run: typer.echo(f"run {run.run_id}", err=True)))
+        on_start=lambda run: None if ndjson else typer.echo(f"run {run.run_id}", err=True)))
+    _report(final, as_json, ndjson)
     if final.status is RunStatus.completed:
-        typer.echo(json.dumps(final.result, indent=2, ensure_ascii=False))
         raise typer.Exit(EXIT_OK)
-    from pyflue.models import end_error
-
-    error = end_error(final.status, final.error, final.reason)
-    if error is not None:
-        typer.echo(f"error: run {final.run_id} {final.status.value}: "
-                   f"{error.type}: {error.message}", err=True)
     raise typer.Exit(EXIT_INTERRUPTED if final.status is RunStatus.cancelled else EXIT_FAILED)
+
+
+def _report(final: Run, as_json: bool, ndjson: bool) -> None:
+    """The run's outcome: the result (or the --json document) on stdout, the error on stderr."""
+    from pyflue.render import error_json_line, outcome_document
+
+    doc = outcome_document(final)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+    elif final.status is RunStatus.completed:
+        typer.echo(json.dumps(final.result, indent=2, ensure_ascii=False))
+    if ndjson:
+        if (line := error_json_line(final)) is not None:
+            typer.echo(line, err=True)
+    elif doc["error"] is not None:
+        typer.echo(f"error: run {final.run_id} {final.status.value}: "
+                   f"{doc['error']['type']}: {doc['error']['message']}", err=True)
 
 
 def _print_live(quiet: bool, fmt: StreamFormat) -> Callable[[Event], None]:
