@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from pyflue.errors import PyflueError, WorkflowError
 from pyflue.models import Run, RunStatus, utcnow
@@ -20,6 +21,13 @@ class Check:
     detail: str
     fix: str | None = None
     optional: bool = False
+
+
+def checks_document(checks: list[Check]) -> dict[str, Any]:
+    """The checks as ``pyflue doctor --json`` prints them: ``ok`` is false when a required
+    check failed; each check ``{"name", "ok", "optional", "detail", "fix"}``."""
+    ok = all(check.ok or check.optional for check in checks)
+    return {"ok": ok, "checks": [asdict(check) for check in checks]}
 
 
 async def run_checks(settings: Settings) -> list[Check]:

@@ -10,7 +10,9 @@ into this tree at the adapter edge and never escape it.
     ├── ConfigError              bad settings, agent config, CLI input, or a value the store refuses
     │   ├── InvalidSettings      PYFLUE_* variables refused at start (one line per problem)
     │   ├── InvalidPayload       a payload that is not a JSON object
-    │   └── NotSupported         a PyFlue 0.2 name or option pyflue lacks (names the replacement)
+    │   ├── NotSupported         a PyFlue 0.2 name or option pyflue lacks (names the replacement)
+    │   ├── RunIdUnknown         no run matches a run id or prefix the user gave
+    │   └── RunIdAmbiguous       several runs match a prefix the user gave
     ├── WorkflowError            a workflow module cannot be used
     │   ├── WorkflowNotFound     no workflow of that name (lists the available ones)
     │   └── WorkflowLoadError    import failure, missing run(), duplicate name
@@ -84,6 +86,14 @@ class NotSupported(ConfigError, AttributeError):
 
 class InvalidPayload(ConfigError):
     type = "invalid_payload"
+
+
+class RunIdUnknown(ConfigError):
+    type = "not_found"
+
+
+class RunIdAmbiguous(ConfigError):
+    type = "ambiguous_run_id"
 
 
 class WorkflowError(PyflueError):

@@ -15,6 +15,7 @@ Payloads can also be read like the dicts they are on the wire (``event.data["exi
 from __future__ import annotations
 
 import enum
+import json
 import types
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
@@ -23,6 +24,7 @@ from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import (
+    MISSING,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -164,6 +166,10 @@ class RunStart(EventData):
                                         "`run_requeued`)")
 
 
+# The largest result run_end carries itself, in bytes of JSON; a larger one is read from the run.
+RESULT_INLINE_LIMIT = 64 * 1024
+
+
 class RunEnd(EventData):
     """Always the last event of a run, stored in the same write as its final record."""
 
@@ -182,15 +188,36 @@ class RunEnd(EventData):
     duration_ms: int | None = _optional(
         "the run's duration in milliseconds, container removal included (absent for a run "
         "cancelled while queued or marked `interrupted`)")
+    result: Any | MISSING = Field(
+        MISSING, description="only for a completed run whose result is at most "
+        "64 KiB of JSON: the run's result, as `GET /runs/{run_id}` has it (granted secrets "
+        "redacted, NaN and infinities `null`)")
+    result_truncated: bool | None = _optional(
+        "only for a completed run whose result is over 64 KiB of JSON: `true`, and `result` is "
+        "left out; read it from the run record at `run_path`")
+    run_path: str | None = _optional(
+        "only with `result_truncated`: `/runs/{run_id}`, the path of the run record (its "
+        "`result` key) on the server")
 
     @classmethod
     def of(cls, status: RunStatus, *, error: ErrorInfo | None = None,
-           reason: str | None = None, duration_ms: int | None = None) -> RunEnd:
+           reason: str | None = None, duration_ms: int | None = None,
+           result: Any = None, run_id: str = "") -> RunEnd:
         """The end of a run: ``error`` is the run's own, or for a run ended from outside one
-        that names the status and why; None only for a completed run."""
+        that names the status and why; None only for a completed run. A completed run's
+        ``result`` (already in its JSON form) is carried when it is at most
+        :data:`RESULT_INLINE_LIMIT` bytes of JSON, else a pointer to ``/runs/{run_id}``."""
         return cls(status=status, is_error=status is not RunStatus.completed,
                    error=end_error(status, error, reason), reason=reason,
-                   duration_ms=duration_ms)
+                   duration_ms=duration_ms,
+                   **(_carried(result, run_id) if status is RunStatus.completed else {}))
+
+
+def _carried(result: Any, run_id: str) -> dict[str, Any]:
+    """A completed run's result as run_end carries it: itself, or a pointer when too large."""
+    if len(json.dumps(result, ensure_ascii=False).encode()) <= RESULT_INLINE_LIMIT:
+        return {"result": result}
+    return {"result_truncated": True, "run_path": f"/runs/{run_id}"}
 
 
 class RunRequeued(EventData):

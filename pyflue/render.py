@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from pyflue.events import (
     ContainerCreatedEvent,
@@ -28,7 +29,10 @@ from pyflue.events import (
     ToolEndEvent,
     ToolStartEvent,
 )
-from pyflue.models import Run
+from pyflue.models import Run, RunStatus, end_error
+
+if TYPE_CHECKING:
+    from pyflue.describe import RunDetails
 
 
 def event_json(event: Event) -> str:
@@ -123,3 +127,59 @@ def run_line(run: Run) -> str:
     took = f"{run.duration_ms} ms" if run.duration_ms is not None else "-"
     when = run.created_at.strftime("%Y-%m-%d %H:%M:%S")
     return f"{run.run_id:<60} {run.status.value:<11} {when}  {took:>9}  {run.event_count:>5} ev"
+
+
+def run_details(details: RunDetails) -> str:
+    """A run as ``pyflue show`` prints it: one labelled line per field, then the result or the
+    error with its traceback."""
+    run = details.run
+    rows = [("run", run.run_id), ("workflow", run.workflow), ("status", run.status.value),
+            ("reason", run.reason), ("attempt", str(run.attempt)), ("source", run.source),
+            ("image", run.image), ("container", details.container_id),
+            ("created", _when(run.created_at)),
+            ("started", _when(run.started_at, _ms_between(run.created_at, run.started_at),
+                              "queued")),
+            ("finished", _when(run.finished_at, run.duration_ms, "ran"))]
+    lines = [f"{label:<10}{value}" for label, value in rows if value is not None]
+    if run.status is RunStatus.completed:
+        lines += ["result", _indented(json.dumps(run.result, indent=2, ensure_ascii=False))]
+    error = end_error(run.status, run.error, run.reason)
+    if error is not None:
+        lines.append(f"{'error':<10}{error.type}: {error.message}")
+        if error.details:
+            lines.append(_indented(error.details.rstrip("\n")))
+    return "\n".join(lines)
+
+
+def _when(at: datetime | None, ms: int | None = None, what: str = "") -> str | None:
+    if at is None:
+        return None
+    took = f"  ({what} {ms} ms)" if ms is not None else ""
+    return f"{at.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]} UTC{took}"
+
+
+def _ms_between(start: datetime, end: datetime | None) -> int | None:
+    return None if end is None else int((end - start).total_seconds() * 1000)
+
+
+def _indented(text: str) -> str:
+    return "\n".join(f"  {line}" for line in text.split("\n"))
+
+
+def outcome_document(run: Run) -> dict[str, Any]:
+    """A finished run as ``pyflue run --json`` prints it: ``{"run_id", "status", "result",
+    "error"}``; ``result`` null unless completed, ``error`` null when completed."""
+    error = end_error(run.status, run.error, run.reason)
+    return {"run_id": run.run_id, "status": run.status.value,
+            "result": run.result if run.status is RunStatus.completed else None,
+            "error": error.model_dump(mode="json") if error is not None else None}
+
+
+def error_json_line(run: Run) -> str | None:
+    """A run that did not complete as one JSON line, ``{"type": "error", "run_id", "status",
+    "error"}``, for the ndjson event stream (None for a completed run)."""
+    doc = outcome_document(run)
+    if doc["error"] is None:
+        return None
+    return json.dumps({"type": "error", "run_id": doc["run_id"], "status": doc["status"],
+                       "error": doc["error"]}, ensure_ascii=False)

@@ -272,7 +272,8 @@ class Runner:
         if error is not None:
             error = ErrorInfo.model_validate(  # the values redacted, its keys kept
                 {k: recorder.redactor.data(v) for k, v in error.model_dump().items()})
-        end = RunEnd.of(status, error=error, reason=reason, duration_ms=duration_ms)
+        end = RunEnd.of(status, error=error, reason=reason, duration_ms=duration_ms,
+                        result=result, run_id=run_id)
         # The record is final when run_end is stored (one write): whoever sees run_end reads the
         # outcome. Only from `running` at this attempt: a worker that took this run as lost (see
         # owner_is_dead) has ended it already, run_end and all, or put it back in the queue for
@@ -305,8 +306,9 @@ async def _call_workflow(fn: Any, ctx: FlueContext) -> Any:
         if inspect.isawaitable(value):
             value = await value
     try:
-        jsonable = to_jsonable_python(value)
-        json.dumps(jsonable)
+        # As the store keeps it (NaN and infinities null), so every surface shows one value.
+        jsonable = to_jsonable_python(value, inf_nan_mode="null")
+        json.dumps(jsonable, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"the workflow returned a {type(value).__name__} that is not JSON-serialisable "

@@ -48,12 +48,18 @@ def has_store(settings: Settings) -> bool:
 
 
 async def has_run(settings: Settings, run_id: str) -> bool:
-    """Whether this machine's store (if it has one) knows the run."""
+    """Whether this machine's store (if it has one) knows the run (by id or prefix, see
+    :mod:`pyflue.describe`); an ambiguous prefix counts as known (the caller says which)."""
+    from pyflue.describe import StoreRuns, resolve
+    from pyflue.errors import RunIdAmbiguous
+
     if not has_store(settings):
         return False
     try:
         async with open_store(settings) as store:
-            await store.get_run(run_id)
+            await resolve(StoreRuns(store), run_id)
+    except RunIdAmbiguous:
+        return True
     except PyflueError:
         return False
     return True

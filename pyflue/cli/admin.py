@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import typer
@@ -22,12 +23,20 @@ from pyflue.errors import PyflueError
 
 
 @app.command()
-def doctor(project: ProjectOpt = None) -> None:
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help='print {"ok", "checks": [...]} on '
+                                          "stdout")] = False,
+    project: ProjectOpt = None,
+) -> None:
     """Check the Docker engine, runtimes, sandbox image and run store, with fixes."""
-    from pyflue.doctor import run_checks
+    from pyflue.doctor import checks_document, run_checks
 
     settings = settings_for(project)
     checks = run_async(run_checks(settings))
+    if as_json:
+        doc = checks_document(checks)
+        typer.echo(json.dumps(doc, indent=2))
+        raise typer.Exit(EXIT_OK if doc["ok"] else EXIT_FAILED)
     failed = False
     for check in checks:
         mark = "ok  " if check.ok else ("warn" if check.optional else "FAIL")
@@ -97,7 +106,11 @@ def bind_problem(host: str, has_token: bool, forced: bool) -> str | None:
 
 
 @app.command()
-def reap(project: ProjectOpt = None) -> None:
+def reap(
+    as_json: Annotated[bool, typer.Option("--json", help='print {"reaped": [RUN_ID, ...]} on '
+                                          "stdout")] = False,
+    project: ProjectOpt = None,
+) -> None:
     """Remove containers and volumes left by runs that are no longer running."""
     from pyflue.wiring import open_runner
 
@@ -108,6 +121,9 @@ def reap(project: ProjectOpt = None) -> None:
             return await runner.workers.reap()
 
     reaped: list[str] = run_async(_reap())
+    if as_json:
+        typer.echo(json.dumps({"reaped": reaped}, indent=2))
+        return
     typer.echo(f"reaped {len(reaped)} sandbox(es)" + "".join(f"\n  {r}" for r in reaped))
 
 
@@ -134,15 +150,23 @@ def images_build(
 
 
 @images_app.command("list")
-def images_list(project: ProjectOpt = None) -> None:
+def images_list(
+    as_json: Annotated[bool, typer.Option("--json", help='print [{"tag", "present", '
+                                          '"context"}, ...] on stdout')] = False,
+    project: ProjectOpt = None,
+) -> None:
     """List the images pyflue builds and whether each exists."""
-    from pyflue.sandbox.docker.images import ImageBuilder, discover
+    from pyflue.sandbox.docker.images import image_states
 
     settings = settings_for(project)
     try:
-        builder = ImageBuilder(settings.docker_host, lambda _line: None)
-        for image in discover(settings.project_dir):
-            state = "present" if builder.exists(image.tag) else "missing"
-            typer.echo(f"{image.tag:<32} {state:<8} {image.context}")
+        states = image_states(settings.project_dir, settings.docker_host)
     except PyflueError as exc:
         die(exc.message, exit_code_for(exc))
+    if as_json:
+        typer.echo(json.dumps([{"tag": s.tag, "present": s.present, "context": str(s.context)}
+                               for s in states], indent=2))
+        return
+    for state in states:
+        typer.echo(f"{state.tag:<32} {'present' if state.present else 'missing':<8} "
+                   f"{state.context}")

@@ -30,13 +30,15 @@ from pyflue.status import MAX_EVENT_INDEX, RunStatus
 
 if TYPE_CHECKING:
     from pyflue.client import PyFlueClient
+    from pyflue.describe import RunDetails
     from pyflue.models import Run
     from pyflue.settings import Settings
 
 
 @app.command()
 def logs(
-    run_id: Annotated[str, typer.Argument(help="the run id printed by `pyflue run`")],
+    run_id: Annotated[str, typer.Argument(help="the run id printed by `pyflue run`, or a "
+                                          "unique prefix of it or of its ULID part")],
     fmt: FormatOpt = Format.pretty,
     follow: Annotated[bool, typer.Option("--follow", help="wait for new events until run_end")]
     = False,
@@ -64,12 +66,13 @@ async def _remote_or_local_logs(client: PyFlueClient, project: Path | None, serv
                                 run_id: str, fmt: Format, follow: bool, after: int,
                                 ws: bool) -> None:
     from pyflue.client import NotFoundError
+    from pyflue.errors import RunIdUnknown
     from pyflue.wiring import has_run
 
     try:
-        await _remote_logs(client, run_id, fmt, follow, after, ws)
+        await _remote_logs(client, server, run_id, fmt, follow, after, ws)
         return
-    except NotFoundError:
+    except (NotFoundError, RunIdUnknown):
         settings = settings_for(project)
         if not await has_run(settings, run_id):
             raise  # not here either: the server's answer
@@ -79,10 +82,11 @@ async def _remote_or_local_logs(client: PyFlueClient, project: Path | None, serv
 
 
 async def _logs(settings: Settings, run_id: str, fmt: Format, follow: bool, after: int) -> None:
+    from pyflue.describe import StoreRuns, resolve
     from pyflue.wiring import open_store
 
     async with open_store(settings) as store:
-        await store.get_run(run_id)
+        run_id = (await resolve(StoreRuns(store), run_id)).run_id
         if follow:
             async for event in store.subscribe(run_id, after=after):
                 _echo_event(event, fmt)
@@ -101,9 +105,12 @@ def _echo_event(event: Any, fmt: Format) -> None:
         typer.echo(line)
 
 
-async def _remote_logs(client: PyFlueClient, run_id: str, fmt: Format, follow: bool,
-                       after: int, ws: bool = False) -> None:
+async def _remote_logs(client: PyFlueClient, server: str, run_id: str, fmt: Format,
+                       follow: bool, after: int, ws: bool = False) -> None:
+    from pyflue.describe import ServerRuns, resolve
+
     async with client:
+        run_id = (await resolve(ServerRuns(client, server), run_id)).run_id
         if follow:
             live = client.runs.follow if ws else client.runs.stream
             async for event in live(run_id, after=after):
@@ -115,6 +122,52 @@ async def _remote_logs(client: PyFlueClient, run_id: str, fmt: Format, follow: b
         else:
             for event in events:
                 _echo_event(event, fmt)
+
+
+@app.command()
+def show(
+    run_id: Annotated[str, typer.Argument(help="a run id, or a unique prefix of it or of its "
+                                          "ULID part")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the run record (plus "
+                                          "container_id) as JSON")] = False,
+    project: ProjectOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Show one run: status, result or error with its traceback, image, container, times.
+
+    With --server, a prefix is matched among the server's 1000 most recent runs."""
+
+    details: RunDetails
+    if server:
+        details = run_async(_remote_details(client_for(server, token), server, run_id))
+    else:
+        details = run_async(_details(settings_for(project), run_id))
+    if as_json:
+        typer.echo(json.dumps(details.document(), indent=2, ensure_ascii=False))
+    else:
+        typer.echo(run_details_text(details))
+
+
+async def _details(settings: Settings, run_id: str) -> RunDetails:
+    from pyflue.describe import StoreRuns, describe
+    from pyflue.wiring import open_store
+
+    async with open_store(settings) as store:
+        return await describe(StoreRuns(store), run_id)
+
+
+async def _remote_details(client: PyFlueClient, server: str, run_id: str) -> RunDetails:
+    from pyflue.describe import ServerRuns, describe
+
+    async with client:
+        return await describe(ServerRuns(client, server), run_id)
+
+
+def run_details_text(details: RunDetails) -> str:
+    from pyflue.render import run_details
+
+    return run_details(details)
 
 
 @app.command()

@@ -49,35 +49,40 @@ def run(
     events_format: Annotated[
         StreamFormat, typer.Option("--events", help="live events on stderr: pretty or ndjson")
     ] = StreamFormat.pretty,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help='print {"run_id", "status", "result", "error"} on stdout, whatever the '
+        "outcome")] = False,
     project: ProjectOpt = None,
 ) -> None:
-    """Run one workflow on this machine: events on stderr, the result JSON on stdout."""
+    """Run one workflow on this machine: events on stderr, the result JSON on stdout.
+
+    With --events ndjson, stderr has JSON lines only: the events, and for a run that did not
+    complete a last {"type": "error", ...} line."""
     settings = settings_for(project)
     raw = sys.stdin.read() if payload == "-" else payload
     body = payload_from(raw)
     from pyflue.wiring import run_here
 
+    ndjson = events_format is StreamFormat.ndjson
     final: Run = run_async(run_here(
         settings, name, body, image=image, on_event=_print_live(quiet, events_format),
-        on_start=_print_start))
-    _finish(final)
+        on_start=lambda run: None if ndjson else _print_start(run)))
+    _finish(final, as_json, ndjson)
 
 
 def _print_start(run: Run) -> None:
     _print_start_id(run.run_id)
 
 
-def _finish(final: Run) -> NoReturn:
-    """Prints a finished run as ``pyflue run`` does and exits with its code."""
+def _finish(final: Run, as_json: bool = False, ndjson: bool = False) -> NoReturn:
+    """Prints a finished run as ``pyflue run`` does (``--json``, ``--events ndjson``) and exits
+    with its code."""
+    _report(final, as_json, ndjson)
     if final.status is RunStatus.completed:
-        typer.echo(json.dumps(final.result, indent=2, ensure_ascii=False))
         raise typer.Exit(EXIT_OK)
     from pyflue.models import end_error
 
     error = end_error(final.status, final.error, final.reason)
-    if error is not None:
-        typer.echo(f"error: run {final.run_id} {final.status.value}: "
-                   f"{error.type}: {error.message}", err=True)
     raise typer.Exit(exit_code_for_run(final.status, error.type if error else None))
 
 
@@ -139,6 +144,23 @@ async def _rerun(client: PyFlueClient, run_id: str, show: Callable[[Event], None
 
 def _print_start_id(run_id: str) -> None:
     typer.echo(f"run {run_id}", err=True)
+
+
+def _report(final: Run, as_json: bool, ndjson: bool) -> None:
+    """The run's outcome: the result (or the --json document) on stdout, the error on stderr."""
+    from pyflue.render import error_json_line, outcome_document
+
+    doc = outcome_document(final)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+    elif final.status is RunStatus.completed:
+        typer.echo(json.dumps(final.result, indent=2, ensure_ascii=False))
+    if ndjson:
+        if (line := error_json_line(final)) is not None:
+            typer.echo(line, err=True)
+    elif doc["error"] is not None:
+        typer.echo(f"error: run {final.run_id} {final.status.value}: "
+                   f"{doc['error']['type']}: {doc['error']['message']}", err=True)
 
 
 def _print_live(quiet: bool, fmt: StreamFormat) -> Callable[[Event], None]:
@@ -216,16 +238,23 @@ async def _invoke(
 
 @app.command()
 def cancel(
-    run_id: Annotated[str, typer.Argument(help="the id of a queued or running run")],
+    run_id: Annotated[str, typer.Argument(help="the id of a queued or running run, or a "
+                                          "unique prefix of it or of its ULID part")],
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Cancel a queued or running run on a pyflue server; its container is killed."""
+    """Cancel a queued or running run on a pyflue server; its container is killed.
+
+    A prefix is matched among the server's 1000 most recent runs."""
+    from pyflue.describe import ServerRuns, resolve
+
     client = client_for(server, token, "cancel")
+    assert server is not None  # client_for exits without one
 
     async def _cancel() -> dict[str, Any]:
         async with client:
-            return await client.runs.cancel(run_id)
+            run = await resolve(ServerRuns(client, server), run_id)
+            return await client.runs.cancel(run.run_id)
 
     body: dict[str, Any] = run_async(as_usage_errors(_cancel()))
     typer.echo(f"{body['status']} {body['run_id']}")

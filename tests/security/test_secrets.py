@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pyflue.events import EventType
 from pyflue.models import RunStatus
 from pyflue.runs import Runner
 from pyflue.settings import Settings
@@ -68,3 +69,20 @@ async def test_a_canary_secret_is_never_stored_or_streamed(
                                 "--format", fmt], env=env, capture_output=True, text=True,
                                timeout=60)
         assert shown.returncode == 0 and CANARY not in shown.stdout + shown.stderr
+
+
+async def test_a_secret_in_a_completed_runs_result_is_redacted_in_run_end_too(
+    runner: Runner, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("returns_it", """
+from pyflue import create_agent
+agent = create_agent(lambda ctx: {"secrets": ["CANARY_TOKEN"]})
+async def run(ctx):
+    await ctx.init(agent)
+    return {"token": ctx.env["CANARY_TOKEN"]}
+""")
+    runner.env = {**runner.env, "CANARY_TOKEN": CANARY}
+    run = await runner.run("returns_it", {})
+    assert run.status is RunStatus.completed
+    [end] = await runner.store.list_events(run.run_id, types=[EventType.run_end])
+    assert end.data["result"] == run.result == {"token": "[REDACTED:CANARY_TOKEN]"}

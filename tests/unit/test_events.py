@@ -64,7 +64,16 @@ def test_a_run_ended_from_outside_names_its_status_and_reason() -> None:
     assert end.is_error and end.error == ErrorInfo(
         type="timed_out", message="run timed_out: the run's deadline of 3 s passed")
     assert RunEnd.of(RunStatus.completed, duration_ms=4).wire == {
-        "status": "completed", "is_error": False, "error": None, "duration_ms": 4}
+        "status": "completed", "is_error": False, "error": None, "duration_ms": 4,
+        "result": None}
+
+
+def test_a_completed_run_end_carries_its_result_or_a_pointer_when_it_is_large() -> None:
+    assert RunEnd.of(RunStatus.completed, result={"a": 1}).wire["result"] == {"a": 1}
+    large = RunEnd.of(RunStatus.completed, result="x" * (64 * 1024), run_id="r")
+    assert "result" not in large.wire
+    assert large.wire["result_truncated"] is True and large.wire["run_path"] == "/runs/r"
+    assert "result" not in RunEnd.of(RunStatus.failed, result={"a": 1}).wire
 
 
 def test_payloads_read_and_compare_like_the_dicts_they_are_on_the_wire() -> None:

@@ -56,6 +56,22 @@ def discover(project_dir: Path) -> list[ImageSpec]:
     return [ImageSpec(d.parent.name, d.parent) for d in sorted(root.glob("*/Dockerfile"))]
 
 
+@dataclass(frozen=True)
+class ImageState:
+    """An image pyflue builds, and whether the engine has it."""
+
+    tag: str
+    present: bool
+    context: Path
+
+
+def image_states(project_dir: Path, docker_host: str | None) -> list[ImageState]:
+    """Each image of the project (see :func:`discover`) and whether it exists on the engine."""
+    builder = ImageBuilder(docker_host, lambda _line: None)
+    return [ImageState(image.tag, builder.exists(image.tag), image.context)
+            for image in discover(project_dir)]
+
+
 def apt_mirror(sources: Path = Path("/etc/apt")) -> str:
     """The Debian mirror this machine's apt uses (deb822 ``URIs:`` or a ``deb`` line)."""
     for path in sorted((sources / "sources.list.d").glob("*.sources")):
