@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -59,20 +59,34 @@ class StreamFormat(StrEnum):
 
 ProjectOpt = Annotated[
     Path | None,
-    typer.Option("--project", "-C", help="project folder (default: the current folder)"),
+    typer.Option("--project", "-C", metavar="DIR",
+                 help="project folder (default: the current folder)"),
 ]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="pretty, json or ndjson")]
 ServerOpt = Annotated[
     str | None,
-    typer.Option("--server", "-s", envvar="PYFLUE_SERVER_URL",
+    typer.Option("--server", "-s", envvar="PYFLUE_SERVER_URL", metavar="URL",
                  help="URL of a pyflue server (`pyflue serve`), e.g. http://127.0.0.1:2024"),
 ]
 TokenOpt = Annotated[
     str | None,
-    typer.Option("--token", envvar="PYFLUE_API_TOKEN", show_default=False,
+    typer.Option("--token", envvar="PYFLUE_API_TOKEN", show_default=False, metavar="TOKEN",
                  help="the server's API token (sent as Authorization: Bearer)"),
 ]
 
+
+
+def between(low: int, high: int | None = None) -> Callable[[int | None], int | None]:
+    """An option callback refusing integers outside ``low..high``; unlike click's ranges it
+    keeps the help to the metavar (no ``[0<=x<=9223372036854775807]``)."""
+
+    def check(value: int | None) -> int | None:
+        if value is not None and (value < low or (high is not None and value > high)):
+            upper = f" and at most {high}" if high is not None else ""
+            raise typer.BadParameter(f"{value} is not valid: give a number at least {low}{upper}")
+        return value
+
+    return check
 
 
 def print_version(value: bool) -> None:

@@ -38,12 +38,14 @@ if TYPE_CHECKING:
 
 @app.command()
 def run(
-    name: Annotated[str, typer.Argument(help="workflow name, e.g. shell_steps")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="workflow name, e.g. shell_steps")],
     payload: Annotated[
-        str | None, typer.Option("--payload", "-p", help="payload JSON object ('-' reads stdin)")
+        str | None, typer.Option("--payload", "-p", metavar="JSON",
+                                 help="payload JSON object ('-' reads stdin)")
     ] = None,
     image: Annotated[
-        str | None, typer.Option("--image", "-i", help="image for this run's container")
+        str | None, typer.Option("--image", "-i", metavar="IMAGE",
+                                 help="image for this run's container")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live events")] = False,
     events_format: Annotated[
@@ -57,7 +59,14 @@ def run(
     """Run one workflow on this machine: events on stderr, the result JSON on stdout.
 
     With --events ndjson, stderr has JSON lines only: the events, and for a run that did not
-    complete a last {"type": "error", ...} line."""
+    complete a last {"type": "error", ...} line.
+
+    \b
+    Examples:
+      pyflue run hello
+      pyflue run hello --payload '{"name": "Ada"}'
+      echo '{"steps": ["uname -a"]}' | pyflue run shell_steps --payload - --quiet
+      pyflue run shell_steps -C path/to/project --json -q -p '{"steps": ["ls"]}'"""
     settings = settings_for(project)
     raw = sys.stdin.read() if payload == "-" else payload
     body = payload_from(raw)
@@ -88,7 +97,7 @@ def _finish(final: Run, as_json: bool = False, ndjson: bool = False) -> NoReturn
 
 @app.command()
 def rerun(
-    run_id: Annotated[str, typer.Argument(help="the id of an earlier run")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="the id of an earlier run")],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live events")] = False,
     events_format: Annotated[
         StreamFormat, typer.Option("--events", help="live events on stderr: pretty or ndjson")
@@ -173,9 +182,11 @@ def _print_live(quiet: bool, fmt: StreamFormat) -> Callable[[Event], None]:
 
 @app.command()
 def invoke(
-    name: Annotated[str, typer.Argument(help="workflow name on the server, e.g. shell_steps")],
+    name: Annotated[str, typer.Argument(metavar="NAME",
+                                        help="workflow name on the server, e.g. shell_steps")],
     payload: Annotated[
-        str | None, typer.Option("--payload", "-p", help="payload JSON object ('-' reads stdin)")
+        str | None, typer.Option("--payload", "-p", metavar="JSON",
+                                 help="payload JSON object ('-' reads stdin)")
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait and print the result JSON")] = False,
     follow: Annotated[
@@ -185,7 +196,8 @@ def invoke(
         StreamFormat, typer.Option("--events", help="--follow events: pretty or ndjson")
     ] = StreamFormat.pretty,
     idempotency_key: Annotated[
-        str | None, typer.Option("--idempotency-key", help="the same key returns the same run")
+        str | None, typer.Option("--idempotency-key", metavar="KEY",
+                                 help="the same key returns the same run")
     ] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
@@ -238,7 +250,8 @@ async def _invoke(
 
 @app.command()
 def cancel(
-    run_id: Annotated[str, typer.Argument(help="the id of a queued or running run, or a "
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID",
+                                          help="the id of a queued or running run, or a "
                                           "unique prefix of it or of its ULID part")],
     server: ServerOpt = None,
     token: TokenOpt = None,
