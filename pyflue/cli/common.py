@@ -60,7 +60,7 @@ class StreamFormat(StrEnum):
 ProjectOpt = Annotated[
     Path | None,
     typer.Option("--project", "-C", metavar="DIR",
-                 help="project folder (default: the current folder)"),
+                 help="project folder (default: found upward from the current folder, like git)"),
 ]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="pretty, json or ndjson")]
 ServerOpt = Annotated[

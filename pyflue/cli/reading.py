@@ -85,8 +85,9 @@ async def _remote_or_local_logs(client: PyFlueClient, project: Path | None, serv
 
 async def _logs(settings: Settings, run_id: str, fmt: Format, follow: bool, after: int) -> None:
     from pyflue.describe import StoreRuns, resolve
-    from pyflue.wiring import open_store
+    from pyflue.wiring import open_store, require_store
 
+    require_store(settings)
     async with open_store(settings) as store:
         run_id = (await resolve(StoreRuns(store), run_id)).run_id
         if follow:
@@ -154,8 +155,9 @@ def show(
 
 async def _details(settings: Settings, run_id: str) -> RunDetails:
     from pyflue.describe import StoreRuns, describe
-    from pyflue.wiring import open_store
+    from pyflue.wiring import open_store, require_store
 
+    require_store(settings)
     async with open_store(settings) as store:
         return await describe(StoreRuns(store), run_id)
 
@@ -207,8 +209,10 @@ def runs(
 
 async def _runs(settings: Settings, status: RunStatus | None, workflow: str | None,
                 limit: int) -> list[Run]:
-    from pyflue.wiring import open_store
+    from pyflue.wiring import has_store, open_store
 
+    if not has_store(settings):  # looking makes no store
+        return []
     async with open_store(settings) as store:
         return await store.list_runs(status=status, workflow=workflow, limit=limit)
 
