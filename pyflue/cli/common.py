@@ -9,6 +9,7 @@ provider); 4 the run timed out; 5 the run was cancelled; 130 interrupted (Ctrl-C
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -97,10 +98,22 @@ def print_version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True,
                                           help="print the version and exit")] = False,
 ) -> None:
     """Python workflows for agent and CI work; every run gets a fresh Docker container."""
+    # Colour goes to terminals only (click.echo drops it elsewhere) and never with NO_COLOR
+    # set to anything but "" (https://no-color.org); subcommands inherit the context's choice.
+    if os.environ.get("NO_COLOR"):
+        ctx.color = False
+
+
+def error_line(message: str) -> str:
+    """``error: message``, the word red on a terminal."""
+    from pyflue.render import error_word
+
+    return f"{error_word()} {message}"
 
 
 def settings_for(project: Path | None) -> Settings:
@@ -112,7 +125,7 @@ def settings_for(project: Path | None) -> Settings:
         settings = load_settings()
     except InvalidSettings as exc:
         for problem in exc.problems:
-            typer.echo(f"error: {problem}", err=True)
+            typer.echo(error_line(problem), err=True)
         raise typer.Exit(EXIT_USAGE) from None
     if project is not None:
         settings = settings.model_copy(update={"project_dir": project.resolve()})
@@ -136,7 +149,7 @@ def event_line(event: Event, fmt: Format | StreamFormat) -> str | None:
 
 
 def die(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(error_line(message), err=True)
     raise typer.Exit(code)
 
 
