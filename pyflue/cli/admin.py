@@ -133,7 +133,7 @@ def reap(
 
 @images_app.command("build")
 def images_build(
-    only: Annotated[list[str] | None, typer.Argument(metavar="[IMAGE]...",
+    only: Annotated[list[str] | None, typer.Argument(metavar="IMAGE",
                                                      help="image names (default: all)")] = None,
     base: Annotated[
         str | None, typer.Option(metavar="IMAGE",

@@ -39,3 +39,7 @@ def test_an_index_below_zero_is_refused_with_the_range_in_words() -> None:
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert "give a number at least 0" in out.stderr
+
+
+def test_images_build_names_its_images_once_in_the_usage_line() -> None:
+    assert "images build [OPTIONS] [IMAGE]...\n" in _help("images", "build")
