@@ -1,4 +1,7 @@
-"""Rendering runs and events for terminals (pretty) and for programs (json, ndjson)."""
+"""Rendering runs and events for terminals (pretty) and for programs (json, ndjson).
+
+Pretty text may carry colour (ANSI codes from click's ``style``); ``click.echo`` drops them when
+the stream is not a terminal or the command's context says no colour (``NO_COLOR``)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import json
 from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+import click
 
 from pyflue.events import (
     ContainerCreatedEvent,
@@ -113,9 +118,27 @@ def _turn_end(d: ModelTurnEnd) -> str:
             f"{d.duration_ms} ms]")
 
 
+# The colour of each status word: green done, red failed, yellow stopped, cyan still going.
+_STATUS_COLOURS = {
+    RunStatus.completed: "green", RunStatus.failed: "red", RunStatus.timed_out: "yellow",
+    RunStatus.cancelled: "yellow", RunStatus.interrupted: "yellow", RunStatus.queued: "cyan",
+    RunStatus.running: "cyan",
+}
+
+
+def status_word(status: RunStatus, width: int = 0) -> str:
+    """``status`` padded to ``width`` and coloured for a terminal."""
+    return click.style(f"{status.value:<{width}}", fg=_STATUS_COLOURS.get(status))
+
+
+def error_word(word: str = "error:") -> str:
+    """The word that starts an error line, red and bold on a terminal."""
+    return click.style(word, fg="red", bold=True)
+
+
 def _run_end(d: RunEnd) -> str:
     took = f" in {d.duration_ms} ms" if d.duration_ms is not None else ""
-    line = f"■ {d.status.value}{took}"
+    line = f"■ {status_word(d.status)}{took}"
     if d.error is not None and d.error.type != d.status.value:  # else it restates the reason
         line += f": {d.error.type}: {d.error.message}"
     elif d.reason:
@@ -126,14 +149,15 @@ def _run_end(d: RunEnd) -> str:
 def run_line(run: Run) -> str:
     took = f"{run.duration_ms} ms" if run.duration_ms is not None else "-"
     when = run.created_at.strftime("%Y-%m-%d %H:%M:%S")
-    return f"{run.run_id:<60} {run.status.value:<11} {when}  {took:>9}  {run.event_count:>5} ev"
+    status = status_word(run.status, 11)
+    return f"{run.run_id:<60} {status} {when}  {took:>9}  {run.event_count:>5} ev"
 
 
 def run_details(details: RunDetails) -> str:
     """A run as ``pyflue show`` prints it: one labelled line per field, then the result or the
     error with its traceback."""
     run = details.run
-    rows = [("run", run.run_id), ("workflow", run.workflow), ("status", run.status.value),
+    rows = [("run", run.run_id), ("workflow", run.workflow), ("status", status_word(run.status)),
             ("reason", run.reason), ("attempt", str(run.attempt)), ("source", run.source),
             ("image", run.image), ("container", details.container_id),
             ("created", _when(run.created_at)),
@@ -145,7 +169,7 @@ def run_details(details: RunDetails) -> str:
         lines += ["result", _indented(json.dumps(run.result, indent=2, ensure_ascii=False))]
     error = end_error(run.status, run.error, run.reason)
     if error is not None:
-        lines.append(f"{'error':<10}{error.type}: {error.message}")
+        lines.append(f"{error_word('error'.ljust(10))}{error.type}: {error.message}")
         if error.details:
             lines.append(_indented(error.details.rstrip("\n")))
     return "\n".join(lines)

@@ -35,6 +35,48 @@ MODEL_PROVIDERS = ("anthropic", "scripted")
 STORE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
 
+# What makes a folder a pyflue project, looked for upward from the current folder like git.
+PROJECT_MARKERS = ("workflows", "src/workflows", ".pyflue")
+
+
+def find_project(start: Path) -> Path:
+    """The project folder for work started in ``start``: the nearest of ``start`` and its
+    parents holding ``workflows/``, ``src/workflows/`` or ``.pyflue/`` (the run store), or a
+    ``pyproject.toml`` with a ``[tool.pyflue]`` table; ``start`` itself when none does."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if any((folder / marker).is_dir() for marker in PROJECT_MARKERS):
+            # src/ of a src/workflows/ project holds workflows/ too: the project is above it
+            if folder.name == "src" and not (folder / ".pyflue").is_dir() \
+                    and (folder / "workflows").is_dir():
+                return folder.parent
+            return folder
+        if _declares_pyflue(folder / "pyproject.toml"):
+            return folder
+    return start
+
+
+def find_project_here() -> Path:
+    """:func:`find_project` from the current folder (the default of ``PYFLUE_PROJECT_DIR``)."""
+    return find_project(Path.cwd())
+
+
+def _declares_pyflue(pyproject: Path) -> bool:
+    try:
+        text = pyproject.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    if "tool.pyflue" not in text:  # most pyproject.toml files: no need to parse them
+        return False
+    import tomllib
+
+    try:
+        tool = tomllib.loads(text).get("tool")
+    except tomllib.TOMLDecodeError:
+        return False
+    return isinstance(tool, dict) and "pyflue" in tool
+
+
 def _size(value: str) -> str:
     if not SIZE.match(value):
         raise ValueError("is not a size: write it like 512m or 2g")
@@ -187,7 +229,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PYFLUE_", extra="forbid")
 
-    project_dir: Path = Field(default_factory=Path.cwd,
+    project_dir: Path = Field(default_factory=find_project_here,
                               description="the project folder (`-C` overrides it)")
     store_url: str | None = Field(
         None, description="SQLAlchemy async URL; default sqlite under <project>/.pyflue/"

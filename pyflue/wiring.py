@@ -47,6 +47,17 @@ def has_store(settings: Settings) -> bool:
     return bool(settings.store_url) or settings.default_store_file.exists()
 
 
+def require_store(settings: Settings) -> None:
+    """Raises :class:`~pyflue.errors.RunIdUnknown` when this project has no run store yet, so
+    that a command that only looks (``logs``, ``show``) says so instead of making one."""
+    from pyflue.errors import RunIdUnknown
+
+    if not has_store(settings):
+        raise RunIdUnknown(f"no runs under {settings.project_dir} (no .pyflue/ there): run "
+                           "pyflue inside a project, pass -C DIR, or start a run with "
+                           "`pyflue run NAME`")
+
+
 async def has_run(settings: Settings, run_id: str) -> bool:
     """Whether this machine's store (if it has one) knows the run (by id or prefix, see
     :mod:`pyflue.describe`); an ambiguous prefix counts as known (the caller says which)."""

@@ -13,6 +13,7 @@ from pyflue.cli.common import (
     EXIT_USAGE,
     ProjectOpt,
     app,
+    between,
     die,
     exit_code_for,
     images_app,
@@ -49,11 +50,14 @@ def doctor(
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
-    port: Annotated[int | None, typer.Option(help="port (default 2024)")] = None,
-    store_url: Annotated[str | None, typer.Option(help="SQLAlchemy async URL of the store")]
+    host: Annotated[str | None, typer.Option(metavar="HOST",
+                                             help="address to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(metavar="PORT", help="port (default 2024)")] = None,
+    store_url: Annotated[str | None, typer.Option(metavar="URL",
+                                                  help="SQLAlchemy async URL of the store")]
     = None,
-    max_concurrency: Annotated[int | None, typer.Option(min=1, help="runs at once")] = None,
+    max_concurrency: Annotated[int | None, typer.Option(
+        metavar="N", callback=between(1), help="runs at once")] = None,
     insecure_bind: Annotated[
         bool, typer.Option("--insecure-bind", help="allow a non-loopback address without a token")
     ] = False,
@@ -129,9 +133,11 @@ def reap(
 
 @images_app.command("build")
 def images_build(
-    only: Annotated[list[str] | None, typer.Argument(help="image names (default: all)")] = None,
+    only: Annotated[list[str] | None, typer.Argument(metavar="IMAGE",
+                                                     help="image names (default: all)")] = None,
     base: Annotated[
-        str | None, typer.Option(help="base image (default: debian:bookworm-slim or bootstrap)")
+        str | None, typer.Option(metavar="IMAGE",
+                                 help="base image (default: debian:bookworm-slim or bootstrap)")
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="rebuild every layer")] = False,
     project: ProjectOpt = None,

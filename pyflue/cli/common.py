@@ -9,8 +9,9 @@ provider); 4 the run timed out; 5 the run was cancelled; 130 interrupted (Ctrl-C
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -59,20 +60,34 @@ class StreamFormat(StrEnum):
 
 ProjectOpt = Annotated[
     Path | None,
-    typer.Option("--project", "-C", help="project folder (default: the current folder)"),
+    typer.Option("--project", "-C", metavar="DIR",
+                 help="project folder (default: found upward from the current folder, like git)"),
 ]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="pretty, json or ndjson")]
 ServerOpt = Annotated[
     str | None,
-    typer.Option("--server", "-s", envvar="PYFLUE_SERVER_URL",
+    typer.Option("--server", "-s", envvar="PYFLUE_SERVER_URL", metavar="URL",
                  help="URL of a pyflue server (`pyflue serve`), e.g. http://127.0.0.1:2024"),
 ]
 TokenOpt = Annotated[
     str | None,
-    typer.Option("--token", envvar="PYFLUE_API_TOKEN", show_default=False,
+    typer.Option("--token", envvar="PYFLUE_API_TOKEN", show_default=False, metavar="TOKEN",
                  help="the server's API token (sent as Authorization: Bearer)"),
 ]
 
+
+
+def between(low: int, high: int | None = None) -> Callable[[int | None], int | None]:
+    """An option callback refusing integers outside ``low..high``; unlike click's ranges it
+    keeps the help to the metavar (no ``[0<=x<=9223372036854775807]``)."""
+
+    def check(value: int | None) -> int | None:
+        if value is not None and (value < low or (high is not None and value > high)):
+            upper = f" and at most {high}" if high is not None else ""
+            raise typer.BadParameter(f"{value} is not valid: give a number at least {low}{upper}")
+        return value
+
+    return check
 
 
 def print_version(value: bool) -> None:
@@ -83,10 +98,22 @@ def print_version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True,
                                           help="print the version and exit")] = False,
 ) -> None:
     """Python workflows for agent and CI work; every run gets a fresh Docker container."""
+    # Colour goes to terminals only (click.echo drops it elsewhere) and never with NO_COLOR
+    # set to anything but "" (https://no-color.org); subcommands inherit the context's choice.
+    if os.environ.get("NO_COLOR"):
+        ctx.color = False
+
+
+def error_line(message: str) -> str:
+    """``error: message``, the word red on a terminal."""
+    from pyflue.render import error_word
+
+    return f"{error_word()} {message}"
 
 
 def settings_for(project: Path | None) -> Settings:
@@ -98,7 +125,7 @@ def settings_for(project: Path | None) -> Settings:
         settings = load_settings()
     except InvalidSettings as exc:
         for problem in exc.problems:
-            typer.echo(f"error: {problem}", err=True)
+            typer.echo(error_line(problem), err=True)
         raise typer.Exit(EXIT_USAGE) from None
     if project is not None:
         settings = settings.model_copy(update={"project_dir": project.resolve()})
@@ -122,7 +149,7 @@ def event_line(event: Event, fmt: Format | StreamFormat) -> str | None:
 
 
 def die(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(error_line(message), err=True)
     raise typer.Exit(code)
 
 

@@ -17,6 +17,7 @@ from pyflue.cli.common import (
     ServerOpt,
     TokenOpt,
     app,
+    between,
     client_for,
     die,
     event_line,
@@ -37,13 +38,14 @@ if TYPE_CHECKING:
 
 @app.command()
 def logs(
-    run_id: Annotated[str, typer.Argument(help="the run id printed by `pyflue run`, or a "
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID",
+                                          help="the run id printed by `pyflue run`, or a "
                                           "unique prefix of it or of its ULID part")],
     fmt: FormatOpt = Format.pretty,
     follow: Annotated[bool, typer.Option("--follow", help="wait for new events until run_end")]
     = False,
-    after: Annotated[int, typer.Option("--after", min=0, max=MAX_EVENT_INDEX,
-                                       help="only events after this index")]
+    after: Annotated[int, typer.Option("--after", metavar="N", callback=between(0, MAX_EVENT_INDEX),
+                                       help="only events after index N")]
     = 0,
     project: ProjectOpt = None,
     server: ServerOpt = None,
@@ -83,8 +85,9 @@ async def _remote_or_local_logs(client: PyFlueClient, project: Path | None, serv
 
 async def _logs(settings: Settings, run_id: str, fmt: Format, follow: bool, after: int) -> None:
     from pyflue.describe import StoreRuns, resolve
-    from pyflue.wiring import open_store
+    from pyflue.wiring import open_store, require_store
 
+    require_store(settings)
     async with open_store(settings) as store:
         run_id = (await resolve(StoreRuns(store), run_id)).run_id
         if follow:
@@ -126,7 +129,8 @@ async def _remote_logs(client: PyFlueClient, server: str, run_id: str, fmt: Form
 
 @app.command()
 def show(
-    run_id: Annotated[str, typer.Argument(help="a run id, or a unique prefix of it or of its "
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID",
+                                          help="a run id, or a unique prefix of it or of its "
                                           "ULID part")],
     as_json: Annotated[bool, typer.Option("--json", help="print the run record (plus "
                                           "container_id) as JSON")] = False,
@@ -151,8 +155,9 @@ def show(
 
 async def _details(settings: Settings, run_id: str) -> RunDetails:
     from pyflue.describe import StoreRuns, describe
-    from pyflue.wiring import open_store
+    from pyflue.wiring import open_store, require_store
 
+    require_store(settings)
     async with open_store(settings) as store:
         return await describe(StoreRuns(store), run_id)
 
@@ -173,8 +178,10 @@ def run_details_text(details: RunDetails) -> str:
 @app.command()
 def runs(
     status: Annotated[RunStatus | None, typer.Option(help="only runs with this status")] = None,
-    workflow: Annotated[str | None, typer.Option(help="only runs of this workflow")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="how many")] = 20,
+    workflow: Annotated[str | None, typer.Option(metavar="NAME",
+                                                 help="only runs of this workflow")] = None,
+    limit: Annotated[int, typer.Option(metavar="N", callback=between(1, 1000),
+                                          help="how many (1 to 1000)")] = 20,
     fmt: FormatOpt = Format.pretty,
     project: ProjectOpt = None,
     server: ServerOpt = None,
@@ -202,8 +209,10 @@ def runs(
 
 async def _runs(settings: Settings, status: RunStatus | None, workflow: str | None,
                 limit: int) -> list[Run]:
-    from pyflue.wiring import open_store
+    from pyflue.wiring import has_store, open_store
 
+    if not has_store(settings):  # looking makes no store
+        return []
     async with open_store(settings) as store:
         return await store.list_runs(status=status, workflow=workflow, limit=limit)
 

@@ -20,6 +20,7 @@ from pyflue.cli.common import (
     as_usage_errors,
     client_for,
     die,
+    error_line,
     event_line,
     exit_code_for_run,
     payload_from,
@@ -38,12 +39,14 @@ if TYPE_CHECKING:
 
 @app.command()
 def run(
-    name: Annotated[str, typer.Argument(help="workflow name, e.g. shell_steps")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="workflow name, e.g. shell_steps")],
     payload: Annotated[
-        str | None, typer.Option("--payload", "-p", help="payload JSON object ('-' reads stdin)")
+        str | None, typer.Option("--payload", "-p", metavar="JSON",
+                                 help="payload JSON object ('-' reads stdin)")
     ] = None,
     image: Annotated[
-        str | None, typer.Option("--image", "-i", help="image for this run's container")
+        str | None, typer.Option("--image", "-i", metavar="IMAGE",
+                                 help="image for this run's container")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live events")] = False,
     events_format: Annotated[
@@ -57,7 +60,14 @@ def run(
     """Run one workflow on this machine: events on stderr, the result JSON on stdout.
 
     With --events ndjson, stderr has JSON lines only: the events, and for a run that did not
-    complete a last {"type": "error", ...} line."""
+    complete a last {"type": "error", ...} line.
+
+    \b
+    Examples:
+      pyflue run hello
+      pyflue run hello --payload '{"name": "Ada"}'
+      echo '{"steps": ["uname -a"]}' | pyflue run shell_steps --payload - --quiet
+      pyflue run shell_steps -C path/to/project --json -q -p '{"steps": ["ls"]}'"""
     settings = settings_for(project)
     raw = sys.stdin.read() if payload == "-" else payload
     body = payload_from(raw)
@@ -88,7 +98,7 @@ def _finish(final: Run, as_json: bool = False, ndjson: bool = False) -> NoReturn
 
 @app.command()
 def rerun(
-    run_id: Annotated[str, typer.Argument(help="the id of an earlier run")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="the id of an earlier run")],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live events")] = False,
     events_format: Annotated[
         StreamFormat, typer.Option("--events", help="live events on stderr: pretty or ndjson")
@@ -148,7 +158,7 @@ def _print_start_id(run_id: str) -> None:
 
 def _report(final: Run, as_json: bool, ndjson: bool) -> None:
     """The run's outcome: the result (or the --json document) on stdout, the error on stderr."""
-    from pyflue.render import error_json_line, outcome_document
+    from pyflue.render import error_json_line, outcome_document, status_word
 
     doc = outcome_document(final)
     if as_json:
@@ -159,8 +169,8 @@ def _report(final: Run, as_json: bool, ndjson: bool) -> None:
         if (line := error_json_line(final)) is not None:
             typer.echo(line, err=True)
     elif doc["error"] is not None:
-        typer.echo(f"error: run {final.run_id} {final.status.value}: "
-                   f"{doc['error']['type']}: {doc['error']['message']}", err=True)
+        typer.echo(error_line(f"run {final.run_id} {status_word(final.status)}: "
+                              f"{doc['error']['type']}: {doc['error']['message']}"), err=True)
 
 
 def _print_live(quiet: bool, fmt: StreamFormat) -> Callable[[Event], None]:
@@ -173,9 +183,11 @@ def _print_live(quiet: bool, fmt: StreamFormat) -> Callable[[Event], None]:
 
 @app.command()
 def invoke(
-    name: Annotated[str, typer.Argument(help="workflow name on the server, e.g. shell_steps")],
+    name: Annotated[str, typer.Argument(metavar="NAME",
+                                        help="workflow name on the server, e.g. shell_steps")],
     payload: Annotated[
-        str | None, typer.Option("--payload", "-p", help="payload JSON object ('-' reads stdin)")
+        str | None, typer.Option("--payload", "-p", metavar="JSON",
+                                 help="payload JSON object ('-' reads stdin)")
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait and print the result JSON")] = False,
     follow: Annotated[
@@ -185,7 +197,8 @@ def invoke(
         StreamFormat, typer.Option("--events", help="--follow events: pretty or ndjson")
     ] = StreamFormat.pretty,
     idempotency_key: Annotated[
-        str | None, typer.Option("--idempotency-key", help="the same key returns the same run")
+        str | None, typer.Option("--idempotency-key", metavar="KEY",
+                                 help="the same key returns the same run")
     ] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
@@ -203,13 +216,16 @@ def invoke(
     if isinstance(outcome, str):  # neither --wait nor --follow: the run id of the run started
         typer.echo(outcome)
         raise typer.Exit(EXIT_OK)
-    typer.echo(f"run {outcome.run_id} {outcome.status.value}", err=True)
+    from pyflue.render import status_word
+
+    typer.echo(f"run {outcome.run_id} {status_word(outcome.status)}", err=True)
     if outcome.status is RunStatus.completed:
         typer.echo(json.dumps(outcome.result, indent=2, ensure_ascii=False))
         raise typer.Exit(EXIT_OK)
     why = (f"{outcome.error.type}: {outcome.error.message}" if outcome.error
            else outcome.reason or outcome.status.value)
-    typer.echo(f"error: run {outcome.run_id} {outcome.status.value}: {why}", err=True)
+    typer.echo(error_line(f"run {outcome.run_id} {status_word(outcome.status)}: {why}"),
+               err=True)
     raise typer.Exit(exit_code_for_run(outcome.status,
                                        outcome.error.type if outcome.error else None))
 
@@ -238,7 +254,8 @@ async def _invoke(
 
 @app.command()
 def cancel(
-    run_id: Annotated[str, typer.Argument(help="the id of a queued or running run, or a "
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID",
+                                          help="the id of a queued or running run, or a "
                                           "unique prefix of it or of its ULID part")],
     server: ServerOpt = None,
     token: TokenOpt = None,

@@ -17,7 +17,13 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
-from pyflue.settings import ModelSettings, SandboxDefaults, ServerSettings, Settings
+from pyflue.settings import (
+    ModelSettings,
+    SandboxDefaults,
+    ServerSettings,
+    Settings,
+    find_project_here,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 BLOCK = re.compile(r"<!-- settings -->\n(.*?)<!-- /settings -->\n", re.S)
@@ -32,8 +38,8 @@ def variables(part: type[BaseSettings], name: str, field: FieldInfo) -> list[str
 
 
 def default(field: FieldInfo) -> str:
-    if field.default_factory == Path.cwd:
-        return "the current folder"
+    if field.default_factory == find_project_here:
+        return "found upward from the current folder"
     value: Any = field.default
     if value is PydanticUndefined and field.default_factory is not None:
         value = field.default_factory()  # type: ignore[call-arg]
