@@ -50,10 +50,11 @@ async def test_an_image_without_bin_sh_fails_the_run_saying_so(
 
 
 async def test_the_init_of_an_image_without_sleep_waits_without_forking(
-    runner: Runner, write_workflow: WriteWorkflow, image_without: Callable[..., str]
+    runner: Runner, write_workflow: WriteWorkflow, image_without: Callable[..., str], runtime: str
 ) -> None:
     image = image_without("/bin/sleep", "/usr/bin/sleep")
-    write_workflow("nosleep", AGENT + """
+    agent = f"from pyflue import create_agent\nagent = create_agent(lambda ctx: {{'runtime': {runtime!r}}})\n"
+    write_workflow("nosleep", agent + """
 import asyncio
 
 async def run(ctx):
