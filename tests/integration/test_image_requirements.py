@@ -19,6 +19,11 @@ BASE = "pyflue/bookworm-base:latest"  # no python3: the sh init is the one under
 AGENT = "from pyflue import create_agent\nagent = create_agent(lambda ctx: {})\n"
 
 
+def agent_on(runtime: str) -> str:
+    return ("from pyflue import create_agent\n"
+            f"agent = create_agent(lambda ctx: {{'runtime': {runtime!r}}})\n")
+
+
 @pytest.fixture(scope="module")
 def image_without(docker_client: Any) -> Iterator[Callable[[str], str]]:
     """Builds (offline, from the local base) an image with some files deleted; removes them after."""
@@ -38,10 +43,10 @@ def image_without(docker_client: Any) -> Iterator[Callable[[str], str]]:
 
 async def test_an_image_without_bin_sh_fails_the_run_saying_so(
     runner: Runner, write_workflow: WriteWorkflow, image_without: Callable[..., str],
-    containers_of: Any,
+    containers_of: Any, runtime: str,
 ) -> None:
     image = image_without("/bin/sh", "/usr/bin/sh")
-    write_workflow("nosh", AGENT + "async def run(ctx):\n    await ctx.init(agent)\n")
+    write_workflow("nosh", agent_on(runtime) + "async def run(ctx):\n    await ctx.init(agent)\n")
     run = await runner.run("nosh", {}, image=image)
     assert run.status is RunStatus.failed and run.error is not None
     assert "has no /bin/sh" in run.error.message
@@ -53,8 +58,7 @@ async def test_the_init_of_an_image_without_sleep_waits_without_forking(
     runner: Runner, write_workflow: WriteWorkflow, image_without: Callable[..., str], runtime: str
 ) -> None:
     image = image_without("/bin/sleep", "/usr/bin/sleep")
-    agent = f"from pyflue import create_agent\nagent = create_agent(lambda ctx: {{'runtime': {runtime!r}}})\n"
-    write_workflow("nosleep", agent + """
+    write_workflow("nosleep", agent_on(runtime) + """
 import asyncio
 
 async def run(ctx):

@@ -44,3 +44,12 @@ def test_the_distribution_name_is_not_the_index_project() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == "pyflue-engine"
     assert project["scripts"] == {"pyflue": "pyflue.cli:main"}
+
+
+def test_the_image_requirements_that_errors_point_to_exist() -> None:
+    from pyflue.sandbox.docker.box import IMAGE_REQUIREMENTS
+
+    page, anchor = IMAGE_REQUIREMENTS.split("#")
+    headings = [line.lstrip("#").strip().lower().replace(" ", "-")
+                for line in (ROOT / page).read_text().splitlines() if line.startswith("#")]
+    assert anchor in headings
