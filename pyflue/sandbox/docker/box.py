@@ -40,6 +40,8 @@ from pyflue.sandbox.docker.shell import WRAPPER, Demuxer
 from pyflue.sandbox.tario import build_tar, extract_tree, read_single_file, write_tar
 
 log = logging.getLogger(__name__)
+# Where an image lacking what the sandbox needs is told what it needs (errors name it).
+IMAGE_REQUIREMENTS = "docs/sandbox.md#image-requirements"
 
 # A command's own cgroup counters: cgroup v1 first, else v2 (see DockerSandbox._new_limit_hits).
 LIMIT_COUNTERS = ("cat /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/pids/pids.events"
@@ -312,8 +314,21 @@ class DockerSandbox:
         if done.exit_code != 0:
             message = (done.stderr.decode("utf-8", "replace").strip()
                        or f"exit code {done.exit_code}")
+            if _tool_missing(done.exit_code, message):
+                raise SandboxError(
+                    f"the image {self._spec.image} has no `{argv[0]}` (or cannot run it), which "
+                    f"pyflue needs for this file operation: add it to the image "
+                    f"(see {IMAGE_REQUIREMENTS})",
+                    details=message,
+                )
             raise SandboxError(f"{argv[0]} failed in the sandbox: {message}")
         return done.stdout
+
+
+def _tool_missing(exit_code: int | None, stderr: str) -> bool:
+    """Whether a helper command failed because the image does not have it."""
+    # The engine answers 126 (runc: "executable file not found") or 127 (a shell's "not found").
+    return exit_code in (126, 127) or "executable file not found" in stderr.lower()
 
 
 async def _drain(running: Command, stream: Demuxer) -> None:

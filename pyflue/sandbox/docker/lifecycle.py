@@ -18,11 +18,11 @@ import docker.errors
 import docker.types
 
 from pyflue._bridge import ThreadBridge, run_to_completion
-from pyflue.errors import ImageNotFound, SandboxError
+from pyflue.errors import ImageNotFound, SandboxError, SandboxStartError
 from pyflue.events import ContainerCreated, ContainerExited, ContainerRemoved, ContainerStarted
 from pyflue.models import utcnow
 from pyflue.sandbox.base import Emit, Sandbox, SandboxSpec
-from pyflue.sandbox.docker.box import DockerSandbox
+from pyflue.sandbox.docker.box import IMAGE_REQUIREMENTS, DockerSandbox
 from pyflue.sandbox.docker.engine import connect, is_gvisor, start_error, translated
 from pyflue.sandbox.docker.exec_channel import ExecChannel
 from pyflue.sandbox.docker.probe import ContainerProbe
@@ -53,11 +53,23 @@ while True:
     except ChildProcessError:
         signal.pause()
 """
+# The sh loop waits on one blocking child, so the traps run and orphans are reaped while it waits.
+# That child is `sleep`; in an image without `sleep` it blocks instead by reading a pipe it also
+# holds open for writing (reopened through /proc), so it never gets data nor an end of file: one
+# fork, never a loop of failing forks.
 INIT = (
     'if command -v python3 >/dev/null 2>&1; then exec python3 -c "$1"; fi; '
     "trap 'kill -KILL -1 2>/dev/null' USR1; trap 'exit 0' TERM INT; "
-    "while :; do sleep 2147483647 & wait $!; done"
+    "while :; do : | { sleep 2147483647 2>/dev/null || "
+    "{ exec 3>/proc/self/fd/0 && read -r _; }; } & wait $!; done"
 )
+
+
+
+def _no_shell(message: str) -> bool:
+    """Whether the engine refused to start a container because its image has no /bin/sh."""
+    return "/bin/sh" in message and ("no such file" in message.lower()
+                                      or "not found" in message.lower())
 
 
 def resource_name(run_id: str) -> str:
@@ -228,6 +240,12 @@ class DockerProvider:
             with translated("starting the run's container", container=container.id):
                 container.start()
         except SandboxError as exc:
+            if _no_shell(exc.message):
+                raise SandboxStartError(
+                    f"the image {spec.image} has no /bin/sh, which the sandbox needs to start: "
+                    f"use an image with a POSIX shell at /bin/sh (see {IMAGE_REQUIREMENTS})",
+                    details=exc.details,
+                ) from exc
             raise start_error(f"cannot start a container from {spec.image}", exc) from exc
 
     async def _remove(self, container: Any, volume: str, emit: Emit) -> None:
