@@ -81,3 +81,12 @@ def test_payloads_read_and_compare_like_the_dicts_they_are_on_the_wire() -> None
     assert event.data == {"level": "info", "message": "hi", "fields": {"n": 1}}
     assert event.data["message"] == "hi" and event.data.get("nope", 7) == 7
     assert sorted(event.data.keys()) == ["fields", "level", "message"]
+
+
+def test_the_tagged_union_holds_exactly_the_event_classes() -> None:
+    from typing import get_args
+
+    from pyflue.events import KnownEvent
+
+    union = get_args(KnownEvent)[0]
+    assert set(get_args(union)) == set(EVENT_CLASSES.values())
