@@ -90,8 +90,7 @@ class EngineWatch:
         except TimeoutError:
             self._set(False, f"the engine did not answer a ping within {self.ping_timeout:g} s")
         except Exception as exc:  # EngineUnavailable, or any other way of not answering
-            self._set(False, getattr(exc, "public_message", None) or str(exc)
-                      or type(exc).__name__)
+            self._set(False, _why(exc))
         else:
             self._set(True, None)
         return self._state
@@ -143,3 +142,10 @@ class EngineWatch:
                 except Exception:
                     log.exception("an engine watch subscriber failed on %s",
                                   "up" if state.up else "down")
+
+
+def _why(exc: BaseException) -> str:
+    """The first line of what went wrong underneath (the SDK's or the socket's own words),
+    else of the error itself."""
+    text = str(exc.__cause__ or getattr(exc, "public_message", None) or exc).strip()
+    return (text.splitlines()[0][:300] if text else "") or type(exc).__name__

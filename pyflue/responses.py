@@ -161,8 +161,8 @@ class EventPage(_Answer):
 
 
 class EngineHealth(_Answer):
-    """The sandbox engine as the server last saw it: ``up``, since when, and (while down) the
-    last failure."""
+    """The sandbox engine as the server last saw it: ``up``, since when, and (while down, in
+    debug mode only) the last failure's own words."""
 
     up: bool
     since: datetime

@@ -79,17 +79,22 @@ def create_app(
         engine: EngineWatch | None = request.app.state.engine
         state = engine.state if engine is not None else None
         reason = None
+        # Where the engine is and its own words are the operator's (this route needs no
+        # token): in the body only in debug mode, always in the server's log.
+        debug = settings.server.debug
         if state is not None and not state.up:
             response.status_code = 503
-            reason = (f"the Docker engine at {state.engine} does not answer since "
-                      f"{state.since:%Y-%m-%dT%H:%M:%SZ} ({state.reason}): no run starts until "
-                      f"it does, queued runs wait up to {settings.server.engine_wait:g} s "
-                      "(PYFLUE_ENGINE_WAIT); start the engine")
+            where = f" at {state.engine}" if debug else ""
+            why = f" ({state.reason})" if debug and state.reason else ""
+            reason = (f"the Docker engine{where} does not answer since "
+                      f"{state.since:%Y-%m-%dT%H:%M:%SZ}{why}: no run starts until it does; "
+                      f"queued runs wait up to {settings.server.engine_wait:g} s "
+                      "(PYFLUE_ENGINE_WAIT), then fail engine_unavailable")
         return Health(
             ok=reason is None, version=__version__, running=scheduler.running,
             max_concurrency=scheduler.max_concurrency, reason=reason,
             engine=None if state is None else EngineHealth(
-                up=state.up, since=state.since, reason=state.reason),
+                up=state.up, since=state.since, reason=state.reason if debug else None),
         )
 
     return app

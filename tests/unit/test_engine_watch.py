@@ -243,9 +243,28 @@ async def test_health_is_503_with_a_reason_while_the_engine_is_down(project: Pat
             assert body["ok"] is False and body["engine"]["up"] is False
             assert "does not answer" in body["reason"] and "120 s" in body["reason"]
             assert {"version", "running", "max_concurrency"} <= set(body)
+            # Where the engine is, and its words, are for the operator (no token here).
+            assert "test.sock" not in down.text and body["engine"]["reason"] is None
             engine.answering = True
             await app.state.engine.check()
             assert (await client.get("/health")).status_code == 200
+
+
+async def test_in_debug_mode_health_says_where_the_engine_is_and_what_it_said(
+    project: Path,
+) -> None:
+    engine = Engine()
+    engine.answering = False
+    settings = Settings(project_dir=project, server=ServerSettings(debug=True))
+    app = create_app(settings, store=MemoryStore(), provider=PingingProvider(engine))
+    async with app.router.lifespan_context(app):  # started with the engine down
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            down = await client.get("/health")
+    assert down.status_code == 503
+    body = down.json()
+    assert "the Docker engine at " in body["reason"] and "dockerd running?" in body["reason"]
+    assert "dockerd running?" in body["engine"]["reason"]
 
 
 async def test_without_an_engine_to_watch_health_says_so(project: Path) -> None:
