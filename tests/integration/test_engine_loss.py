@@ -159,3 +159,35 @@ async def test_a_run_queued_longer_than_the_engine_wait_fails_naming_the_engine(
             assert events[0]["data"]["error"]["type"] == "engine_unavailable"
     finally:
         srv.stop()
+
+
+async def test_a_run_invoked_on_a_worker_without_an_engine_runs_on_one_with_an_engine(
+    project: Path, tmp_path: Path, engine: PrivateEngine, write_workflow: WriteWorkflow,
+    postgres_url: str,
+) -> None:
+    """Two workers on one PostgreSQL store: one on the private engine (killed), one on the
+    shared engine. A run invoked on the first stays queued there and the second runs it."""
+    write_workflow("nap", NAP)
+    shared = {"PYFLUE_STORE_URL": postgres_url}
+    lost = Server(project, tmp_path / "lost.db", concurrency=2,
+                  env={**shared, "DOCKER_HOST": engine.host})
+    fine = Server(project, tmp_path / "fine.db", concurrency=2, env=shared)
+    lost.start()
+    fine.start()
+    try:
+        engine.kill()
+        async with httpx.AsyncClient(base_url=lost.url, timeout=30) as client:
+            async def unhealthy() -> bool:
+                return (await client.get("/health")).status_code == 503
+
+            await _until("the lost worker's /health answering 503", unhealthy)
+            answer = await client.post("/workflows/nap?wait=result",
+                                       json={"payload": {"seconds": 0}})
+            assert answer.status_code == 200 and answer.json()["result"] == "slept"
+            run = (await client.get(f"/runs/{answer.json()['run_id']}")).json()
+            assert run["owner"].split(":")[1] == str(fine.proc.pid if fine.proc else None)
+        async with httpx.AsyncClient(base_url=fine.url, timeout=30) as client:
+            assert (await client.get("/health")).json()["ok"] is True
+    finally:
+        lost.stop()
+        fine.stop()
