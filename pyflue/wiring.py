@@ -110,13 +110,21 @@ def engine_address(settings: Settings) -> str:
 
 def engine_watch(settings: Settings, provider: SandboxProvider) -> EngineWatch | None:
     """A watch over the provider's engine (its ``ping``); None for a provider that has none
-    (a test's fake, which never goes away). Started and stopped by the caller."""
+    (a test's fake, which never goes away). Started and stopped by the caller.
+
+    A provider that keeps state on the engine (a warm pool of containers, which a daemon
+    restart kills) has ``async def on_engine(state: EngineState)``: it is subscribed here and
+    told of every change, down (stop refilling, forget what is pooled) and up (rebuild)."""
     from pyflue.engine_watch import EngineWatch
 
     ping = getattr(provider, "ping", None)
     if ping is None:
         return None
-    return EngineWatch(ping, engine=engine_address(settings))
+    watch = EngineWatch(ping, engine=engine_address(settings))
+    on_engine = getattr(provider, "on_engine", None)
+    if on_engine is not None:
+        watch.subscribe(on_engine)
+    return watch
 
 
 @contextlib.asynccontextmanager

@@ -267,6 +267,26 @@ async def test_in_debug_mode_health_says_where_the_engine_is_and_what_it_said(
     assert "dockerd running?" in body["engine"]["reason"]
 
 
+async def test_a_provider_with_on_engine_is_told_of_every_change(project: Path) -> None:
+    """The hook a warm pool uses: down (stop refilling, forget the pooled containers), then
+    up (rebuild)."""
+    engine = Engine()
+    told: list[bool] = []
+
+    class Pooled(PingingProvider):
+        async def on_engine(self, state: EngineState) -> None:
+            told.append(state.up)
+
+    app = create_app(Settings(project_dir=project), store=MemoryStore(), provider=Pooled(engine))
+    async with app.router.lifespan_context(app):
+        watch: EngineWatch = app.state.engine
+        engine.answering = False
+        watch.failed("gone")
+        engine.answering = True
+        await watch.check()
+        await _until("both notices", lambda: told == [False, True])
+
+
 async def test_without_an_engine_to_watch_health_says_so(project: Path) -> None:
     app = create_app(Settings(project_dir=project), store=MemoryStore(),
                      provider=FakeSandboxProvider())
