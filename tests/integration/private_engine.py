@@ -55,8 +55,9 @@ class PrivateEngine:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"the private dockerd exited ({self.proc.returncode}): see "
-                                     f"{r / 'dockerd.log'}")
+                tail = (r / "dockerd.log").read_text(errors="replace")[-2000:]
+                raise AssertionError(f"the private dockerd exited ({self.proc.returncode}):\n"
+                                     f"{tail}")
             if self.answers():
                 return
             time.sleep(0.1)
@@ -90,12 +91,26 @@ class PrivateEngine:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait(timeout=30)
+        # Its containerd dies with it, but lingers as a zombie until the machine's init reaps
+        # it: a dockerd started meanwhile would take that pid for a live containerd and wait
+        # for it in vain. Once it no longer runs, its pid file goes.
+        pidfile = self.root / "exec" / "containerd" / "containerd.pid"
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pidfile.read_text().strip())
+            deadline = time.monotonic() + 10
+            while _running(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        pidfile.unlink(missing_ok=True)
         deadline = time.monotonic() + 10
         while self.answers() and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def close(self) -> None:
         """Removes every container, stops dockerd and removes the folder."""
+        if self.proc is not None and self.proc.poll() is not None:
+            # Killed and not started again: a start kills what its containers left running.
+            with contextlib.suppress(AssertionError):
+                self.start()
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(Exception):
                 client = self.client()
@@ -110,8 +125,23 @@ class PrivateEngine:
                 self.proc.kill()
                 self.proc.wait(timeout=30)
         self.log.close()
+        # Whatever of this engine still runs (a containerd or shim of a dockerd that could not
+        # be started again) is ours: found by the folder in its command line.
+        for proc in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError):
+                if str(self.root).encode() in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
         # dockerd mounts its data root (and what is under it) on itself: undo that first.
         mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
         for mount in sorted((m for m in mounts if m.startswith(str(self.root))), reverse=True):
             subprocess.run(["umount", "-l", mount], check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether the process ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
