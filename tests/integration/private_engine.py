@@ -107,8 +107,8 @@ class PrivateEngine:
 
     def close(self) -> None:
         """Removes every container, stops dockerd and removes the folder."""
-        if self.proc is not None and self.proc.poll() is not None:
-            # Killed and not started again: a start kills what its containers left running.
+        if self.proc is not None and self.proc.poll() is not None and self._leftovers():
+            # Killed with containers running (their shims live on): a start stops them.
             with contextlib.suppress(AssertionError):
                 self.start()
         if self.proc is not None and self.proc.poll() is None:
@@ -127,15 +127,24 @@ class PrivateEngine:
         self.log.close()
         # Whatever of this engine still runs (a containerd or shim of a dockerd that could not
         # be started again) is ours: found by the folder in its command line.
-        for proc in Path("/proc").glob("[0-9]*"):
+        for pid in self._leftovers():
             with contextlib.suppress(OSError):
-                if str(self.root).encode() in (proc / "cmdline").read_bytes():
-                    os.kill(int(proc.name), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
         # dockerd mounts its data root (and what is under it) on itself: undo that first.
         mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
         for mount in sorted((m for m in mounts if m.startswith(str(self.root))), reverse=True):
             subprocess.run(["umount", "-l", mount], check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _leftovers(self) -> list[int]:
+        """The processes of this engine still running (found by its folder in their command
+        line): a containerd, or the shims of its containers."""
+        found = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError):
+                if str(self.root).encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+        return found
 
 
 def _running(pid: int) -> bool:

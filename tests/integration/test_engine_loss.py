@@ -51,13 +51,12 @@ def private_engine(docker_client: Any) -> Iterator[PrivateEngine]:
 
 
 @pytest.fixture
-def engine(private_engine: PrivateEngine) -> Iterator[PrivateEngine]:
-    """The private engine, answering at the start of the test and again after it."""
+def engine(private_engine: PrivateEngine) -> PrivateEngine:
+    """The private engine, answering at the start of the test (started again if an earlier
+    test left it killed)."""
     if not private_engine.answers():
         private_engine.start()
-    yield private_engine
-    if not private_engine.answers():
-        private_engine.start()
+    return private_engine
 
 
 def _server(project: Path, tmp_path: Path, engine: PrivateEngine, write_workflow: WriteWorkflow,
