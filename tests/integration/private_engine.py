@@ -2,9 +2,10 @@
 temporary folder, so it can be killed and started again while the rest of the suite keeps the
 shared engine (``/var/run/docker.sock`` is never touched).
 
-It shares nothing with the shared engine that they could fight over: no bridge network, no
-iptables or forwarding rules, its own configuration file (empty), and its own containerd
-(started by dockerd under the exec root). The sandbox image is copied in once
+It shares nothing with the shared engine that they could fight over: it runs in a network
+namespace of its own (``unshare --net``), with no bridge network and no iptables or forwarding
+rules, its own configuration file (empty), and its own containerd (started by dockerd under the
+exec root). The sandbox image is copied in once
 (``docker save | docker load``)."""
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def missing() -> str | None:
     """Why a private engine cannot be started here, or None."""
     if shutil.which("dockerd") is None or shutil.which("docker") is None:
         return "dockerd and the docker CLI are not installed"
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
     if os.geteuid() != 0:
         return "starting a Docker engine needs root"
     return None
@@ -45,8 +48,11 @@ class PrivateEngine:
         """Starts dockerd on this engine's roots (again after a kill) and waits until it
         answers."""
         r = self.root
+        # Its own network namespace: whatever dockerd does to the network at start (with
+        # --bridge none it deletes an interface named docker0, the shared engine's bridge) stays
+        # in there. Its socket is a file, reachable from here all the same.
         self.proc = subprocess.Popen(
-            ["dockerd", "--host", self.host, "--data-root", str(r / "data"),
+            ["unshare", "--net", "--", "dockerd", "--host", self.host, "--data-root", str(r / "data"),
              "--exec-root", str(r / "exec"), "--pidfile", str(r / "docker.pid"),
              "--config-file", str(r / "daemon.json"), "--bridge", "none",
              "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",

@@ -41,6 +41,7 @@ def private_engine(docker_client: Any) -> Iterator[PrivateEngine]:
     """One engine of the tests' own for the session, with the sandbox image loaded."""
     if reason := missing():
         pytest.skip(f"cannot start a private Docker engine: {reason}")
+    host_bridge = Path("/sys/class/net/docker0").exists()  # the shared engine's
     engine = PrivateEngine()
     try:
         engine.start()
@@ -48,6 +49,8 @@ def private_engine(docker_client: Any) -> Iterator[PrivateEngine]:
         yield engine
     finally:
         engine.close()
+    # The private engine keeps to its own network namespace: the shared one's bridge stays.
+    assert Path("/sys/class/net/docker0").exists() or not host_bridge
 
 
 @pytest.fixture
