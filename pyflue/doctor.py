@@ -10,7 +10,7 @@ from pyflue.errors import PyflueError, WorkflowError
 from pyflue.models import Run, RunStatus, utcnow
 from pyflue.settings import Settings, masked_url
 from pyflue.store.base import RunUpdate
-from pyflue.wiring import docker_provider, open_store
+from pyflue.wiring import docker_provider, engine_address, open_store
 from pyflue.workflows import WorkflowRegistry
 
 
@@ -33,13 +33,16 @@ def checks_document(checks: list[Check]) -> dict[str, Any]:
 async def run_checks(settings: Settings) -> list[Check]:
     checks: list[Check] = []
     provider = docker_provider(settings)
-    where = settings.docker_host or "DOCKER_HOST or the local socket"
+    where = engine_address(settings)
     try:
         info = await provider.info()
     except PyflueError as exc:
-        checks.append(Check("docker engine", False, exc.message,
-                            "install and start it: `apt-get install -y docker.io && dockerd &` "
-                            "(or set DOCKER_HOST)"))
+        why = str(exc.__cause__ or exc.public_message).strip().splitlines()[0][:300]
+        checks.append(Check(
+            "docker engine", False, f"DOWN: nothing answers at {where} ({why})",
+            "start it (`dockerd &`, or `systemctl start docker`; install it with `apt-get install "
+            "-y docker.io`), or point DOCKER_HOST at one that runs; until it answers, "
+            "`pyflue serve` starts no run (runs stay queued, /health answers 503)"))
         info = None
     if info is not None:
         checks.append(Check("docker engine", True,

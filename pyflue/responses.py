@@ -13,6 +13,7 @@ name (``ValueError``) or the pyflue error type that ended it (``image_not_found`
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -159,13 +160,26 @@ class EventPage(_Answer):
     next_after: int
 
 
+class EngineHealth(_Answer):
+    """The sandbox engine as the server last saw it: ``up``, since when, and (while down, in
+    debug mode only) the last failure's own words."""
+
+    up: bool
+    since: datetime
+    reason: str | None = None
+
+
 class Health(_Answer):
-    """``GET /health``: the server is up; how many runs it is executing, and its limit."""
+    """``GET /health``: whether the server can run workflows (``ok``; false while its Docker
+    engine does not answer, with ``reason`` saying why and what to do); how many runs it is
+    executing, its limit, and its engine (null when the server has no engine to watch)."""
 
     ok: bool
     version: str
     running: int
     max_concurrency: int
+    reason: str | None = None
+    engine: EngineHealth | None = None
 
 
 __all__ = [
@@ -173,6 +187,7 @@ __all__ = [
     "Accepted",
     "CancelAnswer",
     "Completed",
+    "EngineHealth",
     "ErrorBody",
     "ErrorDetail",
     "EventModel",

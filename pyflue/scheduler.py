@@ -8,6 +8,11 @@ and a running one by cancelling its task: the command in flight is killed, the c
 removed, and only then is the run ``cancelled``. On start-up and every lease, runs whose
 process is gone are taken back (ended ``interrupted``, or requeued if safe to retry) and
 containers of runs that are over reaped; queued runs stay queued and run.
+
+While the sandbox engine does not answer (an :class:`~pyflue.engine_watch.EngineWatch`, told of
+runs that end ``engine_unavailable``), nothing is admitted: runs stay queued, for a worker whose
+engine answers or for this one when its engine is back; a run that waited longer than
+``engine_wait`` seconds while the engine was down fails, with a reason naming the engine.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import logging
 import time
 from typing import Any
 
-from pyflue.errors import RunStateConflict
+from pyflue.engine_watch import EngineState, EngineWatch
+from pyflue.errors import EngineUnavailable, RunStateConflict
 from pyflue.events import EventType
-from pyflue.models import Run, RunStatus
+from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
 from pyflue.runs import Runner, StopRequest
 from pyflue.store.base import RunUpdate
 from pyflue.workers import local_owner
@@ -39,8 +45,12 @@ class Scheduler:
         *,
         max_concurrency: int = 4,
         poll_interval: float = 1.0,
+        engine: EngineWatch | None = None,
+        engine_wait: float = 300.0,
     ) -> None:
         self.runner = runner
+        self.engine = engine  # None: the engine is taken to answer (a test's fake provider)
+        self.engine_wait = engine_wait
         self.store = runner.store
         self.workers = runner.workers
         self.max_concurrency = max_concurrency
@@ -65,6 +75,7 @@ class Scheduler:
         self._next_cancel_scan = 0.0
         self._next_request_scan = 0.0
         self._idle_looks = 0
+        self._next_stale_scan = 0.0
         self.worker = local_owner()  # the owner id of the runs this scheduler executes
 
     @property
@@ -76,6 +87,8 @@ class Scheduler:
         await self.store.heartbeat(self.worker)  # before any run of ours can be judged
         # Admission looks at once when a run is queued, by this or (PostgreSQL) any worker.
         self.store.on_queue_change(self._queue_changed)
+        if self.engine is not None:
+            self.engine.subscribe(self._engine_changed)
         await self._reap()
         self._loop_task = asyncio.create_task(self._admit_loop(), name="pyflue-scheduler")
         self._beat_task = asyncio.create_task(self._beat_loop(), name="pyflue-heartbeat")
@@ -111,6 +124,19 @@ class Scheduler:
             if run.run_id not in self._tasks and await self.workers.take_back(run, orphan):
                 log.warning("run %s was left running by this worker with nothing behind it; "
                             "taken back", run.run_id)
+
+    @property
+    def engine_up(self) -> bool:
+        return self.engine is None or self.engine.up
+
+    async def _engine_changed(self, state: EngineState) -> None:
+        if state.up:  # what queued up meanwhile is admitted now, oldest first
+            self._backlog_empty = False
+            self._wake.set()
+
+    def _engine_failed(self, reason: str) -> None:
+        if self.engine is not None:
+            self.engine.failed(reason)
 
     def _queue_changed(self) -> None:
         self._backlog_empty = False  # maybe older than what is submitted next: admission sees
@@ -170,6 +196,9 @@ class Scheduler:
             if reaped:
                 log.warning("reaped the containers of %d finished run(s): %s", len(reaped),
                             ", ".join(reaped))
+        except EngineUnavailable as exc:
+            self._engine_failed(exc.public_message)
+            log.warning("reaper pass failed, next one in %g s: %s", self.workers.lease, exc)
         except Exception as exc:  # the engine or the store may be down (runs will say so)
             log.warning("reaper pass failed, next one in %g s: %s", self.workers.lease,
                         exc)
@@ -192,7 +221,8 @@ class Scheduler:
                 return existing, False
         # A free slot and nothing older waiting: the run is recorded as taken by this worker
         # and starts here at once (where its request is); else it is queued for any worker.
-        take = self._backlog_empty and len(self._tasks) + self._reserved < self.max_concurrency
+        take = (self.engine_up and self._backlog_empty
+                and len(self._tasks) + self._reserved < self.max_concurrency)
         self._reserved += int(take)
         # Shielded: once the record exists, a cancelled request must not leave a run taken
         # here with no task to run it.
@@ -352,6 +382,9 @@ class Scheduler:
         the store never take the same run) and starts them."""
         await self._cancel_requested()
         await self._forget_requests()
+        if not self.engine_up:  # runs stay queued: for a worker whose engine answers
+            await self._fail_stale()
+            return
         free = self.max_concurrency - len(self._tasks) - self._reserved
         if free <= 0:
             return
@@ -379,6 +412,33 @@ class Scheduler:
         for run in claimed:
             self._start(run)
         self._backlog_empty = len(claimed) < free
+
+    async def _fail_stale(self) -> None:
+        """Fails the queued runs that have waited longer than ``engine_wait`` while this
+        worker's engine was down (looked for once per poll interval). Only runs left for any
+        worker: a `pyflue run` process runs its own."""
+        now = time.monotonic()
+        assert self.engine is not None
+        down_for = self.engine.down_for()
+        if now < self._next_stale_scan or down_for < self.engine_wait:
+            return
+        self._next_stale_scan = now + self.poll_interval
+        state = self.engine.state
+        for run in await self.store.list_runs(status=RunStatus.queued, limit=100,
+                                              oldest_first=True):
+            waited = (utcnow() - max(run.created_at, state.since)).total_seconds()
+            if run.owner is not None or waited < self.engine_wait:
+                continue
+            message = (
+                f"the run was not started: the Docker engine at {state.engine} has not answered "
+                f"for {down_for:.0f} s ({state.reason or 'no answer'}), and the run waited "
+                f"longer than PYFLUE_ENGINE_WAIT ({self.engine_wait:g} s); start the engine "
+                "(`pyflue doctor` checks it) and invoke the run again"
+            )
+            error = ErrorInfo(type=EngineUnavailable.type, message=message)
+            if await self.workers.end_from_outside(run, RunStatus.failed, message, error=error):
+                log.warning("run %s failed: %s", run.run_id, message)
+                self._requests.pop(run.run_id, None)
 
     async def _forget_requests(self) -> None:
         """Drops the requests of runs submitted here that another worker took (or that were
@@ -409,6 +469,8 @@ class Scheduler:
             )
             if run.run_id in self._waiters and final.status.finished:
                 self._final[run.run_id] = final  # (not a run put back in the queue)
+            if final.error is not None and final.error.type == EngineUnavailable.type:
+                self._engine_failed(final.error.message)
         except asyncio.CancelledError:
             pass  # the run is recorded with the status in `stop`
         except Exception:

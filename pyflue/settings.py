@@ -218,6 +218,11 @@ class ServerSettings(BaseSettings):
                     "taken as gone (its runs end interrupted, or are requeued when safe to retry); "
                     "heartbeats go every lease/3",
     )
+    engine_wait: float = Field(
+        300.0, gt=0,
+        description="seconds a queued run may wait while the Docker engine does not answer "
+                    "(nothing is admitted meanwhile) before it fails engine_unavailable",
+    )
     ws_queue_events: int = Field(100, ge=1, description="events queued per WebSocket")
     ws_send_timeout: float = Field(
         10.0, gt=0, description="seconds a WebSocket send may block before the reader is closed"

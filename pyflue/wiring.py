@@ -19,6 +19,7 @@ from pyflue.errors import PyflueError
 from pyflue.settings import Settings
 
 if TYPE_CHECKING:
+    from pyflue.engine_watch import EngineWatch
     from pyflue.events import Event
     from pyflue.llm import ModelResolver
     from pyflue.models import Run
@@ -98,6 +99,32 @@ def docker_provider(settings: Settings) -> DockerProvider:
     return DockerProvider(
         settings.docker_host, scope=store_scope(settings), kill_grace=settings.sandbox.kill_grace
     )
+
+
+def engine_address(settings: Settings) -> str:
+    """Where the Docker engine is, for messages: PYFLUE_DOCKER_HOST, DOCKER_HOST, or the
+    local socket."""
+    return (settings.docker_host or os.environ.get("DOCKER_HOST")
+            or "unix:///var/run/docker.sock")
+
+
+def engine_watch(settings: Settings, provider: SandboxProvider) -> EngineWatch | None:
+    """A watch over the provider's engine (its ``ping``); None for a provider that has none
+    (a test's fake, which never goes away). Started and stopped by the caller.
+
+    A provider that keeps state on the engine (a warm pool of containers, which a daemon
+    restart kills) has ``async def on_engine(state: EngineState)``: it is subscribed here and
+    told of every change, down (stop refilling, forget what is pooled) and up (rebuild)."""
+    from pyflue.engine_watch import EngineWatch
+
+    ping = getattr(provider, "ping", None)
+    if ping is None:
+        return None
+    watch = EngineWatch(ping, engine=engine_address(settings))
+    on_engine = getattr(provider, "on_engine", None)
+    if on_engine is not None:
+        watch.subscribe(on_engine)
+    return watch
 
 
 @contextlib.asynccontextmanager

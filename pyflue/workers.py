@@ -20,7 +20,7 @@ from ulid import ULID
 
 from pyflue.errors import ConfigError, PyflueError, RunNotFound, RunStateConflict
 from pyflue.events import RunEnd, RunRequeued
-from pyflue.models import Run, RunStatus, utcnow
+from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
 from pyflue.store.base import NewEvent, RunStore, RunUpdate
 
 if TYPE_CHECKING:
@@ -136,16 +136,17 @@ class Workers:
             return RunStatus.interrupted
         return None
 
-    async def end_from_outside(self, run: Run, status: RunStatus, reason: str) -> Run | None:
-        """Ends a run that nothing runs (interrupted, or cancelled while queued): its record
-        and its ``run_end`` in one write, only while it is as ``run`` says. None if it changed
-        meanwhile (another worker ended or took it first): then nothing is written, so
-        ``run_end`` stays single."""
+    async def end_from_outside(self, run: Run, status: RunStatus, reason: str, *,
+                               error: ErrorInfo | None = None) -> Run | None:
+        """Ends a run that nothing runs (interrupted, cancelled while queued, or failed while
+        queued with ``error``): its record and its ``run_end`` in one write, only while it is as
+        ``run`` says. None if it changed meanwhile (another worker ended or took it first):
+        then nothing is written, so ``run_end`` stays single."""
         try:
             return await self.store.update_run(run.run_id, RunUpdate(
-                status=status, finished_at=utcnow(), reason=reason,
+                status=status, finished_at=utcnow(), reason=reason, error=error,
                 expect_status=run.status, expect_attempt=run.attempt,
-                events=[NewEvent.of(RunEnd.of(status, reason=reason))],
+                events=[NewEvent.of(RunEnd.of(status, error=error, reason=reason))],
             ))
         except RunStateConflict:
             return None

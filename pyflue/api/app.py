@@ -10,16 +10,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 
 from pyflue import __version__, wiring
 from pyflue.api import errors, openapi, runs, workflows, ws
+from pyflue.engine_watch import EngineWatch
 from pyflue.llm import ModelResolver
-from pyflue.responses import Health
+from pyflue.responses import EngineHealth, Health
 from pyflue.sandbox.base import SandboxProvider
 from pyflue.scheduler import Scheduler
 from pyflue.settings import Settings
 from pyflue.store import RunStore
+
+UNHEALTHY = ("the server's Docker engine does not answer: the body is a `Health` with `ok: false` "
+             "and a `reason`; no run starts until the engine answers again")
 
 
 def create_app(
@@ -33,13 +37,20 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with wiring.open_runner(settings, store=store, provider=provider,
                                       models=models) as runner:
-            scheduler = Scheduler(runner, max_concurrency=settings.server.max_concurrency)
+            engine = wiring.engine_watch(settings, runner.provider)
+            if engine is not None:
+                await engine.start()  # a first ping: admission waits for an engine that answers
+            scheduler = Scheduler(runner, max_concurrency=settings.server.max_concurrency,
+                                  engine=engine, engine_wait=settings.server.engine_wait)
             await scheduler.start()
             app.state.scheduler = scheduler
+            app.state.engine = engine
             try:
                 yield
             finally:
                 await scheduler.stop()
+                if engine is not None:
+                    await engine.stop()
 
     app = FastAPI(
         title="pyflue",
@@ -57,11 +68,33 @@ def create_app(
     openapi.install(app, settings)
 
     @app.get("/health", tags=["server"], operation_id="health", summary="Health",
-             responses=errors.documented(500), openapi_extra={"security": []})
-    async def health(request: Request) -> Health:
-        """Whether the server is up, and its load. Needs no token."""
+             responses={503: {"model": Health, "description": UNHEALTHY},
+                        **errors.documented(500)},
+             openapi_extra={"security": []})
+    async def health(request: Request, response: Response) -> Health:
+        """Whether the server can run workflows, and its load. Needs no token. 200 with
+        `ok: true`; 503 with `ok: false` and a `reason` while its Docker engine does not
+        answer (runs stay queued meanwhile, up to PYFLUE_ENGINE_WAIT seconds)."""
         scheduler: Scheduler = request.app.state.scheduler
-        return Health(ok=True, version=__version__, running=scheduler.running,
-                      max_concurrency=scheduler.max_concurrency)
+        engine: EngineWatch | None = request.app.state.engine
+        state = engine.state if engine is not None else None
+        reason = None
+        # Where the engine is and its own words are the operator's (this route needs no
+        # token): in the body only in debug mode, always in the server's log.
+        debug = settings.server.debug
+        if state is not None and not state.up:
+            response.status_code = 503
+            where = f" at {state.engine}" if debug else ""
+            why = f" ({state.reason})" if debug and state.reason else ""
+            reason = (f"the Docker engine{where} does not answer since "
+                      f"{state.since:%Y-%m-%dT%H:%M:%SZ}{why}: no run starts until it does; "
+                      f"queued runs wait up to {settings.server.engine_wait:g} s "
+                      "(PYFLUE_ENGINE_WAIT), then fail engine_unavailable")
+        return Health(
+            ok=reason is None, version=__version__, running=scheduler.running,
+            max_concurrency=scheduler.max_concurrency, reason=reason,
+            engine=None if state is None else EngineHealth(
+                up=state.up, since=state.since, reason=state.reason if debug else None),
+        )
 
     return app

@@ -140,9 +140,25 @@ class PyFlueClient:
         await self._http.aclose()
 
     async def health(self) -> dict[str, Any]:
-        """``GET /health``: ``{"ok": true, "version", "running", "max_concurrency"}``
-        (a :class:`~pyflue.responses.Health`, as a dict)."""
-        return await self._body(Health, "GET", "/health")
+        """``GET /health``: ``{"ok", "version", "running", "max_concurrency", "reason",
+        "engine"}`` (a :class:`~pyflue.responses.Health`, as a dict). A server whose Docker
+        engine does not answer (HTTP 503) gives its body too: ``ok`` false, and why in
+        ``reason``."""
+        try:
+            response = await self._http.request("GET", "/health", timeout=self.timeout)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        try:
+            body: dict[str, Any] = response.json()
+        except ValueError:
+            body = {}
+        # An error, or a 503 that is not the server's own (a proxy's): raised as usual.
+        if response.is_error and not (response.status_code == 503 and "ok" in body):
+            raise error_from(response)
+        if not body:
+            raise self._invalid(response, "is not JSON", response.text[:200] or None)
+        self._validated(Health, response, body)
+        return body
 
     async def _answer(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
         """Sends one request; returns its body validated into ``model``."""

@@ -100,9 +100,11 @@ def test_an_unreachable_engine_is_one_clear_line(env: dict[str, str]) -> None:
     done = pyflue("run", "hello", "-q", env=env)
     assert done.returncode == 3  # infrastructure
     assert "Docker engine not reachable" in done.stderr and "pyflue doctor" in done.stderr
+    assert "failed: engine_unavailable:" in done.stderr  # not a start error of the container
     doctor = pyflue("doctor", env=env)
     assert doctor.returncode == 1 and "FAIL  docker engine" in doctor.stdout
-    assert "fix: " in doctor.stdout
+    assert "DOWN: nothing answers at unix:///nonexistent/docker.sock" in doctor.stdout
+    assert "fix: start it" in doctor.stdout
 
 
 def test_ctrl_c_cancels_the_run_removes_its_container_and_exits_130(

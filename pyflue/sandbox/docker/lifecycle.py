@@ -18,7 +18,7 @@ import docker.errors
 import docker.types
 
 from pyflue._bridge import ThreadBridge, run_to_completion
-from pyflue.errors import ImageNotFound, SandboxError, SandboxStartError
+from pyflue.errors import EngineUnavailable, ImageNotFound, SandboxError, SandboxStartError
 from pyflue.events import ContainerCreated, ContainerExited, ContainerRemoved, ContainerStarted
 from pyflue.models import utcnow
 from pyflue.sandbox.base import Emit, Sandbox, SandboxSpec
@@ -230,7 +230,9 @@ class DockerProvider:
                     if exc.status_code == 409 and "already in use" in str(exc):
                         raise _NameTaken(spec.run_id) from exc
                     raise
-        except ImageNotFound:
+        # An engine that does not answer is said as such (the scheduler's engine watch reads it
+        # from the run's end), not as a start error.
+        except (ImageNotFound, EngineUnavailable):
             raise
         except SandboxError as exc:
             raise start_error(f"cannot create a container from {spec.image}", exc) from exc
@@ -239,6 +241,8 @@ class DockerProvider:
         try:
             with translated("starting the run's container", container=container.id):
                 container.start()
+        except EngineUnavailable:
+            raise
         except SandboxError as exc:
             if _no_shell(exc.message):
                 raise SandboxStartError(
