@@ -34,7 +34,7 @@ app = typer.Typer(
     name="pyflue",
     help="Python workflows for agent and CI work; every run gets a fresh Docker container.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion (docs/cli.md)
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: loading rich would double the start-up time
 )
