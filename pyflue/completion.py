@@ -72,9 +72,10 @@ def complete_run_id(ctx: Any, incomplete: str) -> list[tuple[str, str]]:
              if incomplete and run_id.startswith(incomplete)]
     if whole:
         return whole
-    return [(run_id.rsplit(":", 1)[-1], f"{workflow} {status}")
-            for run_id, workflow, status in runs
-            if run_id.rsplit(":", 1)[-1].upper().startswith(incomplete.upper())]
+    # a ULID in any case names the run; the typed part is kept as typed (shells filter on it)
+    return [(incomplete + ulid[len(incomplete):], f"{workflow} {status}")
+            for ulid, workflow, status in ((r.rsplit(":", 1)[-1], w, s) for r, w, s in runs)
+            if ulid.upper().startswith(incomplete.upper())]
 
 
 def complete_workflow(ctx: Any, incomplete: str) -> list[str]:
