@@ -1,8 +1,10 @@
 """Settings: one object, built at the edge (CLI, app factory) and passed in.
 
 Every field can be set from the environment with the ``PYFLUE_`` prefix, e.g.
-``PYFLUE_STORE_URL=postgresql+asyncpg://...`` or ``PYFLUE_SANDBOX_IMAGE=python:3.12-slim``.
-Library modules never read ``os.environ`` themselves.
+``PYFLUE_STORE_URL=postgresql+asyncpg://...`` or ``PYFLUE_SANDBOX_IMAGE=python:3.12-slim``, or
+(but for secrets) in the project's ``pyflue.toml`` / ``[tool.pyflue]`` under the variable's name
+without the prefix, in lower case (``sandbox_image = "python:3.12-slim"``); the environment wins
+(:func:`load_settings`). Library modules never read ``os.environ`` themselves.
 """
 
 from __future__ import annotations
