@@ -1,14 +1,20 @@
 """Settings: one object, built at the edge (CLI, app factory) and passed in.
 
 Every field can be set from the environment with the ``PYFLUE_`` prefix, e.g.
-``PYFLUE_STORE_URL=postgresql+asyncpg://...`` or ``PYFLUE_SANDBOX_IMAGE=python:3.12-slim``.
-Library modules never read ``os.environ`` themselves.
+``PYFLUE_STORE_URL=postgresql+asyncpg://...`` or ``PYFLUE_SANDBOX_IMAGE=python:3.12-slim``, or
+(but for secrets) in the project's ``pyflue.toml`` / ``[tool.pyflue]`` under the variable's name
+without the prefix, in lower case (``sandbox_image = "python:3.12-slim"``); the environment wins
+(:func:`load_settings`). Library modules never read ``os.environ`` themselves.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import (
     AliasChoices,
@@ -18,12 +24,20 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _EnvParseError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from pyflue.errors import InvalidSettings
+from pyflue.project import (  # noqa: F401  (find_project*: their old home, still imported)
+    PROJECT_MARKERS,
+    SettingsFile,
+    find_project,
+    find_project_here,
+    read_settings_file,
+)
 from pyflue.sandbox.base import CopyLimits
 
 DEFAULT_IMAGE = "pyflue/sandbox:latest"
@@ -33,48 +47,6 @@ SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
 MODEL_PROVIDERS = ("anthropic", "scripted")
 # Store URL schemes the store opens: SQLAlchemy async drivers, and the in-memory store.
 STORE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
-
-
-# What makes a folder a pyflue project, looked for upward from the current folder like git.
-PROJECT_MARKERS = ("workflows", "src/workflows", ".pyflue")
-
-
-def find_project(start: Path) -> Path:
-    """The project folder for work started in ``start``: the nearest of ``start`` and its
-    parents holding ``workflows/``, ``src/workflows/`` or ``.pyflue/`` (the run store), or a
-    ``pyproject.toml`` with a ``[tool.pyflue]`` table; ``start`` itself when none does."""
-    start = start.resolve()
-    for folder in (start, *start.parents):
-        if any((folder / marker).is_dir() for marker in PROJECT_MARKERS):
-            # src/ of a src/workflows/ project holds workflows/ too: the project is above it
-            if folder.name == "src" and not (folder / ".pyflue").is_dir() \
-                    and (folder / "workflows").is_dir():
-                return folder.parent
-            return folder
-        if _declares_pyflue(folder / "pyproject.toml"):
-            return folder
-    return start
-
-
-def find_project_here() -> Path:
-    """:func:`find_project` from the current folder (the default of ``PYFLUE_PROJECT_DIR``)."""
-    return find_project(Path.cwd())
-
-
-def _declares_pyflue(pyproject: Path) -> bool:
-    try:
-        text = pyproject.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return False
-    if "tool.pyflue" not in text:  # most pyproject.toml files: no need to parse them
-        return False
-    import tomllib
-
-    try:
-        tool = tomllib.loads(text).get("tool")
-    except tomllib.TOMLDecodeError:
-        return False
-    return isinstance(tool, dict) and "pyflue" in tool
 
 
 def _size(value: str) -> str:
@@ -293,33 +265,214 @@ _PARTS: dict[str, type[BaseSettings]] = {
 }
 _UNPARSED = re.compile(r'error parsing value for field "(\w+)"')
 _SECRET = ("key", "token", "password")
+# Examples for settings whose default is unset (the others' example is their default).
+_EXAMPLES: dict[str, Any] = {
+    "store_url": "sqlite+aiosqlite:///path/pyflue.db", "docker_host": "unix:///var/run/docker.sock",
+    "sandbox_runtime": "runsc", "model": "scripted/demo",
+    "anthropic_base_url": "https://api.anthropic.com",
+}
+# Read by the CLI from the environment only, never from a settings file.
+_CLI_ONLY = {"server_url": "set PYFLUE_SERVER_URL in the environment or pass --server URL"}
 
 
-def load_settings() -> Settings:
-    """The settings from the ``PYFLUE_*`` environment.
+@dataclass(frozen=True)
+class SettingKey:
+    """One setting: ``key`` is its name in a settings file (its first variable without
+    ``PYFLUE_``, in lower case), ``group`` the field of :class:`Settings` holding it ("" for
+    Settings' own), ``variables`` the environment variables that set it, first wins."""
 
-    Raises :class:`~pyflue.errors.InvalidSettings` listing every refused variable, one line
-    each, naming the variable and a valid example.
+    key: str
+    group: str
+    field: str
+    variables: tuple[str, ...]
+    secret: bool
+    default: Any
+
+    @property
+    def init_name(self) -> str:
+        """The keyword its group's model takes it by (the variable, for an aliased field)."""
+        return self.variables[0] if len(self.variables) > 1 else self.field
+
+    def example(self, *, in_file: bool) -> str | None:
+        """``key = value`` (in a file) or ``VARIABLE=value`` with a valid value, or None."""
+        value = self.default if self.default is not None else _EXAMPLES.get(self.key)
+        if value is None or self.secret:
+            return None
+        if in_file:
+            return f"{self.key} = {toml_value(value)}"
+        text = json.dumps(value) if isinstance(value, list) else toml_value(value).strip('"')
+        return f"{self.variables[0]}={text!r}" if isinstance(value, list) \
+            else f"{self.variables[0]}={text}"
+
+
+def setting_keys() -> dict[str, SettingKey]:
+    """Every setting by its file key, in the order docs/settings.md lists them."""
+    keys: dict[str, SettingKey] = {}
+    groups: list[tuple[str, type[BaseSettings]]] = [("", Settings), *_PARTS.items()]
+    for group, model in groups:
+        prefix = str(model.model_config.get("env_prefix", ""))
+        for name, info in model.model_fields.items():
+            if isinstance(info.default_factory, type):  # a group: its own keys follow
+                continue
+            alias = info.validation_alias
+            variables = tuple(str(c) for c in alias.choices) if isinstance(alias, AliasChoices) \
+                else (f"{prefix}{name}".upper(),)
+            default = None if info.default is PydanticUndefined else info.default
+            if default is None and info.default_factory is not None \
+                    and info.default_factory is not find_project_here:
+                default = info.default_factory()  # type: ignore[call-arg,unused-ignore]
+            key = variables[0].lower().removeprefix("pyflue_")
+            keys[key] = SettingKey(key, group, name, variables,
+                                   "SecretStr" in str(info.annotation), default)
+    return keys
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a setting's value came from: ``kind`` is ``default``, ``file``, ``env`` or
+    ``option``; ``where`` names the file, the variable or the option."""
+
+    kind: str
+    where: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    settings: Settings
+    sources: dict[str, Source]  # by file key
+    file: SettingsFile | None
+
+
+def load_settings(project: Path | None = None) -> Settings:
+    """The settings: the environment's ``PYFLUE_*`` variables over the project's settings file
+    (``pyflue.toml`` or ``[tool.pyflue]`` in ``pyproject.toml``) over the defaults.
+
+    ``project`` (``-C DIR``) overrides ``PYFLUE_PROJECT_DIR`` and the search upward. Raises
+    :class:`~pyflue.errors.InvalidSettings` listing every refused variable or file key, one
+    line each, naming it (and the file) and a valid example.
     """
+    return load_settings_with_sources(project).settings
+
+
+def load_settings_with_sources(project: Path | None = None) -> LoadedSettings:
+    """:func:`load_settings`, and where each value came from (``pyflue config`` shows it)."""
+    environ = {name.lower(): name for name in os.environ}  # pydantic reads them in any case
+    if project is not None:
+        project_dir, project_source = project.resolve(), Source("option", "--project")
+    elif "pyflue_project_dir" in environ:
+        name = environ["pyflue_project_dir"]
+        project_dir, project_source = Path(os.environ[name]), Source("env", name)
+    else:
+        project_dir, project_source = find_project_here(), Source("default", "found upward")
     problems: list[str] = []
-    parts: dict[str, BaseSettings] = {}
-    for field, part in _PARTS.items():
-        try:
-            parts[field] = part()
-        except (ValidationError, _EnvParseError) as exc:
-            problems += _problems(part, exc)
-            parts[field] = part.model_construct()
     try:
-        settings = Settings(**parts)  # type: ignore[arg-type]
+        file = read_settings_file(project_dir)
+    except InvalidSettings as exc:
+        problems += exc.problems
+        file = None
+    keys = setting_keys()
+    given: dict[str, dict[str, Any]] = {group: {} for group in ("", *_PARTS)}
+    from_file: dict[str, dict[str, str]] = {group: {} for group in given}  # init name -> key
+    for key, value in (file.values if file else {}).items():
+        assert file is not None
+        problem = _file_key_problem(file, key, value, keys)
+        if problem:
+            problems.append(problem)
+            continue
+        spec = keys[key]
+        if any(v.lower() in environ for v in spec.variables):
+            continue  # the environment overrides the file
+        given[spec.group][spec.init_name] = value
+        from_file[spec.group][spec.init_name] = key
+    label = file.label if file else ""
+    parts: dict[str, BaseSettings] = {}
+    for group, part in _PARTS.items():
+        try:
+            parts[group] = part(**given[group])
+        except (ValidationError, _EnvParseError) as exc:
+            problems += _problems(part, exc, label, from_file[group], keys)
+            parts[group] = part.model_construct()
+    try:
+        settings = Settings(project_dir=project_dir, **given[""], **parts)  # type: ignore[arg-type]
     except (ValidationError, _EnvParseError) as exc:
-        problems += _problems(Settings, exc)
+        problems += _problems(Settings, exc, label, from_file[""], keys)
     if problems:
         raise InvalidSettings(problems)
-    return settings
+    sources = {"project_dir": project_source}
+    for key, spec in keys.items():
+        if key == "project_dir":
+            continue
+        variable = next((environ[v.lower()] for v in spec.variables if v.lower() in environ),
+                        None)
+        sources[key] = (Source("env", variable) if variable
+                        else Source("file", label) if spec.init_name in from_file[spec.group]
+                        else Source("default"))
+    return LoadedSettings(settings, sources, file)
 
 
-def _problems(part: type[BaseSettings], exc: ValidationError | _EnvParseError) -> list[str]:
+def _file_key_problem(file: SettingsFile, key: str, value: Any,
+                      keys: dict[str, SettingKey]) -> str | None:
+    """Why the settings file may not hold ``key = value``, or None."""
+    where = f"{file.label}: {key}"
+    spec = keys.get(key)
+    if spec is not None:
+        if key == "project_dir":
+            return (f"{where} cannot be set in a settings file: the file's folder is the "
+                    "project (pass -C DIR or set PYFLUE_PROJECT_DIR for another)")
+        if spec.secret:
+            return (f"{where} is a secret, which pyflue never reads from a file (files end up "
+                    f"in version control): set {spec.variables[0]} in the environment")
+        if key == "store_url" and isinstance(value, str) and _password_of(value):
+            return (f"{where} holds a password, which pyflue never reads from a file: leave it "
+                    "out of the URL and set PYFLUE_STORE_PASSWORD in the environment")
+        return None
+    if key in _CLI_ONLY:
+        return f"{where} is not read from a settings file: {_CLI_ONLY[key]}"
+    if isinstance(value, dict):
+        inner = [f"{key}_{k}" for k in value if f"{key}_{k}" in keys]
+        example = keys[inner[0]].example(in_file=True) if inner else None
+        return (f"{where} is a table, but settings are plain keys: write them directly under "
+                f"the file's top level or [tool.pyflue], e.g. "
+                f"{example or keys['sandbox_memory'].example(in_file=True)}")
+    import difflib
+
+    plain = key.lower().replace("-", "_").removeprefix("pyflue_")
+    near = [plain] if plain in keys else difflib.get_close_matches(plain, list(keys), n=1)
+    spec = keys[near[0]] if near else None
+    if spec is not None and spec.key != "project_dir" and not spec.secret:
+        return (f"{where} is not a setting: did you mean {spec.example(in_file=True) or spec.key}?"
+                " (docs/settings.md lists every key)")
+    return (f"{where} is not a setting: keys are the PYFLUE_* variables' names without PYFLUE_, "
+            f"in lower case, e.g. {keys['sandbox_memory'].example(in_file=True)} "
+            "(docs/settings.md lists every key)")
+
+
+def _password_of(url: str) -> str | None:
+    try:
+        return make_url(url).password
+    except ArgumentError:
+        return None
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as TOML writes it (for examples and ``pyflue config``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def _problems(part: type[BaseSettings], exc: ValidationError | _EnvParseError, label: str = "",
+              from_file: dict[str, str] | None = None,
+              keys: dict[str, SettingKey] | None = None) -> list[str]:
+    """One line per refused value; a value from the settings file (``from_file``: the keyword
+    it was given as -> its file key) is named by its key, after the file's ``label``."""
     prefix = str(part.model_config.get("env_prefix", "")).upper()
+    from_file = from_file or {}
+    keys = keys or {}
     if isinstance(exc, _EnvParseError):
         found = _UNPARSED.search(str(exc))
         name = f"{prefix}{found[1].upper()}" if found else f"a {prefix}* variable"
@@ -328,17 +481,32 @@ def _problems(part: type[BaseSettings], exc: ValidationError | _EnvParseError) -
     for error in exc.errors():
         text = str(error["msg"]).removeprefix("Value error, ")
         if not error["loc"] or text.startswith("PYFLUE_"):  # a check across fields names them
-            lines.append(text)
+            named = [k for k in from_file.values() if keys[k].variables[0] in text]
+            for key in named:  # a value from the file is named as the file names it
+                variable = rf"\b{keys[key].variables[0]}\b"
+                text = re.sub(variable, key, re.sub(f"{variable}=", f"{key} = ", text))
+            lines.append(f"{label}: {text}" if named else text)
             continue
-        key = str(error["loc"][0])
+        loc = str(error["loc"][0])
+        file_key = from_file.get(loc)
+        key = file_key or loc
         name = key if key.startswith("PYFLUE_") else f"{prefix}{key.upper()}"
         value = error["input"]
         if key == "store_url" and isinstance(value, str):
             value = masked_url(value)
-        shown = "" if any(s in key.lower() for s in _SECRET) else f"={value!r}"
+        secret = any(s in key.lower() for s in _SECRET)
+        if file_key:
+            shown = "" if secret else f" = {toml_value(value)}"
+        else:
+            shown = "" if secret else f"={value!r}"
         if error["type"] != "value_error":
             text = f": {text[:1].lower()}{text[1:]}"
-        lines.append(f"{name}{shown} {text}".replace(" : ", ": "))
+            spec = keys.get(file_key or name.lower().removeprefix("pyflue_"))
+            example = spec.example(in_file=bool(file_key)) if spec else None
+            if example:
+                text += f"; write it like {example}"
+        line = f"{key if file_key else name}{shown} {text}".replace(" : ", ": ")
+        lines.append(f"{label}: {line}" if file_key else line)
     return lines
 
 

@@ -196,8 +196,18 @@ async def rerun_here(
 ) -> Run:
     """Runs ``run_id``'s workflow again in this process, with the same payload and the image
     its container used (``pyflue rerun``); returns the new run's final record. RunNotFound
-    when this machine's store does not know ``run_id``."""
+    when this machine's store does not know ``run_id``, whole or as a unique prefix (of the id
+    or of its ULID part, as shell completion offers them)."""
+    from pyflue.describe import StoreRuns, resolve
+    from pyflue.errors import RunIdUnknown, RunNotFound
+
     async with open_store(settings) as store:
-        original = await store.get_run(run_id)
+        try:
+            original = await store.get_run(run_id)
+        except RunNotFound as not_found:
+            try:
+                original = await resolve(StoreRuns(store), run_id)
+            except RunIdUnknown:
+                raise not_found from None
     return await run_here(settings, original.workflow, original.payload, image=original.image,
                           on_start=on_start, on_event=on_event)

@@ -92,5 +92,6 @@ def app_from_environment() -> FastAPI:
     restart imports it afresh): settings from the environment, as :func:`settings_environment`
     left them."""
     from pyflue.api.app import create_app
+    from pyflue.settings import load_settings
 
-    return create_app(Settings())
+    return create_app(load_settings())  # the project's settings file too

@@ -21,4 +21,4 @@ __all__ = ["admin", "app", "bind_problem", "main", "reading", "running"]
 
 
 def main() -> None:
-    app()
+    app(prog_name="pyflue")  # the same name (and completion variable) under python -m

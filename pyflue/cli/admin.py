@@ -15,6 +15,7 @@ from pyflue.cli.common import (
     app,
     between,
     die,
+    error_line,
     exit_code_for,
     images_app,
     run_async,
@@ -176,3 +177,26 @@ def images_list(
     for state in states:
         typer.echo(f"{state.tag:<32} {'present' if state.present else 'missing':<8} "
                    f"{state.context}")
+
+
+@app.command()
+def config(
+    as_json: Annotated[bool, typer.Option("--json", help='print {"project_dir", "file", '
+                                          '"settings": {KEY: {...}}} on stdout')] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Show the effective settings and where each comes from (secrets masked)."""
+    import os
+
+    from pyflue.errors import InvalidSettings
+    from pyflue.settings import load_settings_with_sources
+    from pyflue.settings_report import settings_document, settings_table
+
+    try:
+        loaded = load_settings_with_sources(project)
+    except InvalidSettings as exc:
+        for problem in exc.problems:
+            typer.echo(error_line(problem), err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    document = settings_document(loaded, os.environ)
+    typer.echo(json.dumps(document, indent=2) if as_json else settings_table(document))

@@ -34,7 +34,7 @@ app = typer.Typer(
     name="pyflue",
     help="Python workflows for agent and CI work; every run gets a fresh Docker container.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion (docs/cli.md)
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: loading rich would double the start-up time
 )
@@ -117,19 +117,17 @@ def error_line(message: str) -> str:
 
 
 def settings_for(project: Path | None) -> Settings:
-    """The settings from PYFLUE_* variables; exit 2 with one line per refused variable."""
+    """The settings from PYFLUE_* variables over the project's settings file (``project``, from
+    ``-C``, picks the project); exit 2 with one line per refused variable or file key."""
     from pyflue.errors import InvalidSettings
     from pyflue.settings import load_settings
 
     try:
-        settings = load_settings()
+        return load_settings(project)
     except InvalidSettings as exc:
         for problem in exc.problems:
             typer.echo(error_line(problem), err=True)
         raise typer.Exit(EXIT_USAGE) from None
-    if project is not None:
-        settings = settings.model_copy(update={"project_dir": project.resolve()})
-    return settings
 
 
 def payload_from(raw: str | None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from pyflue.cli.common import (
     run_line_text,
     settings_for,
 )
+from pyflue.completion import complete_run_id, complete_workflow
 from pyflue.errors import PyflueError
 from pyflue.status import MAX_EVENT_INDEX, RunStatus
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 @app.command()
 def logs(
-    run_id: Annotated[str, typer.Argument(metavar="RUN_ID",
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", autocompletion=complete_run_id,
                                           help="the run id printed by `pyflue run`, or a "
                                           "unique prefix of it or of its ULID part")],
     fmt: FormatOpt = Format.pretty,
@@ -129,7 +130,7 @@ async def _remote_logs(client: PyFlueClient, server: str, run_id: str, fmt: Form
 
 @app.command()
 def show(
-    run_id: Annotated[str, typer.Argument(metavar="RUN_ID",
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", autocompletion=complete_run_id,
                                           help="a run id, or a unique prefix of it or of its "
                                           "ULID part")],
     as_json: Annotated[bool, typer.Option("--json", help="print the run record (plus "
@@ -179,6 +180,7 @@ def run_details_text(details: RunDetails) -> str:
 def runs(
     status: Annotated[RunStatus | None, typer.Option(help="only runs with this status")] = None,
     workflow: Annotated[str | None, typer.Option(metavar="NAME",
+                                                 autocompletion=complete_workflow,
                                                  help="only runs of this workflow")] = None,
     limit: Annotated[int, typer.Option(metavar="N", callback=between(1, 1000),
                                           help="how many (1 to 1000)")] = 20,

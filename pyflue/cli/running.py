@@ -27,6 +27,7 @@ from pyflue.cli.common import (
     run_async,
     settings_for,
 )
+from pyflue.completion import complete_run_id, complete_workflow
 from pyflue.status import RunStatus
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
 
 @app.command()
 def run(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="workflow name, e.g. shell_steps")],
+    name: Annotated[str, typer.Argument(metavar="NAME", autocompletion=complete_workflow,
+                                        help="workflow name, e.g. shell_steps")],
     payload: Annotated[
         str | None, typer.Option("--payload", "-p", metavar="JSON",
                                  help="payload JSON object ('-' reads stdin)")
@@ -98,7 +100,9 @@ def _finish(final: Run, as_json: bool = False, ndjson: bool = False) -> NoReturn
 
 @app.command()
 def rerun(
-    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="the id of an earlier run")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", autocompletion=complete_run_id,
+                                          help="the id of an earlier run, or a unique prefix "
+                                          "of it or of its ULID part")],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live events")] = False,
     events_format: Annotated[
         StreamFormat, typer.Option("--events", help="live events on stderr: pretty or ndjson")
@@ -183,7 +187,7 @@ def _print_live(quiet: bool, fmt: StreamFormat) -> Callable[[Event], None]:
 
 @app.command()
 def invoke(
-    name: Annotated[str, typer.Argument(metavar="NAME",
+    name: Annotated[str, typer.Argument(metavar="NAME", autocompletion=complete_workflow,
                                         help="workflow name on the server, e.g. shell_steps")],
     payload: Annotated[
         str | None, typer.Option("--payload", "-p", metavar="JSON",
@@ -254,7 +258,7 @@ async def _invoke(
 
 @app.command()
 def cancel(
-    run_id: Annotated[str, typer.Argument(metavar="RUN_ID",
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", autocompletion=complete_run_id,
                                           help="the id of a queued or running run, or a "
                                           "unique prefix of it or of its ULID part")],
     server: ServerOpt = None,

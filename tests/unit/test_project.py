@@ -102,3 +102,18 @@ def test_dash_c_names_the_project_exactly(tmp_path: Path) -> None:
     listed = pyflue(tmp_path, "workflows", "-C", str(project / "pkg"), "--format", "json")
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout) == []
+
+
+def test_a_pyflue_toml_marks_a_project(tmp_path: Path) -> None:
+    (tmp_path / "p" / "sub").mkdir(parents=True)
+    (tmp_path / "p" / "pyflue.toml").write_text('sandbox_memory = "1g"\n')
+    assert find_project(tmp_path / "p" / "sub") == (tmp_path / "p").resolve()
+
+
+def test_a_pyproject_naming_tool_pyflue_that_does_not_parse_still_marks_the_project(
+    tmp_path: Path,
+) -> None:
+    # the settings loader then says what is wrong with it, instead of the search walking past
+    (tmp_path / "p" / "sub").mkdir(parents=True)
+    (tmp_path / "p" / "pyproject.toml").write_text("[tool.pyflue]\nsandbox_memory = \n")
+    assert find_project(tmp_path / "p" / "sub") == (tmp_path / "p").resolve()

@@ -1,5 +1,5 @@
 """docs/settings.md lists every ``PYFLUE_*`` variable of :class:`pyflue.settings.Settings`, with
-its default and description, word for word.
+its key in a settings file, its default and description, word for word.
 
 The table sits between ``<!-- settings -->`` and ``<!-- /settings -->``. After changing a
 setting, rewrite it with ``.venv/bin/python -m tests.unit.test_settings_docs --write``.
@@ -23,6 +23,7 @@ from pyflue.settings import (
     ServerSettings,
     Settings,
     find_project_here,
+    setting_keys,
 )
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
@@ -52,14 +53,26 @@ def default(field: FieldInfo) -> str:
     return f"`{value}`"
 
 
+def file_key(name: str) -> str:
+    """The setting's key in pyflue.toml / [tool.pyflue], or why it has none."""
+    spec = setting_keys()[name]
+    if spec.secret:
+        return "environment only (a secret)"
+    if name == "project_dir":
+        return "environment only (the file's folder is the project)"
+    return f"`{name}`"
+
+
 def table() -> str:
-    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    rows = ["| Variable | File key | Default | Meaning |", "| --- | --- | --- | --- |"]
     for part in PARTS:
         for name, field in part.model_fields.items():
             if isinstance(field.default_factory, type):  # a group: its own rows follow
                 continue
-            names = ", ".join(f"`{v}`" for v in variables(part, name, field))
-            rows.append(f"| {names} | {default(field)} | {field.description or ''} |")
+            found = variables(part, name, field)
+            names = ", ".join(f"`{v}`" for v in found)
+            key = file_key(found[0].lower().removeprefix("pyflue_"))
+            rows.append(f"| {names} | {key} | {default(field)} | {field.description or ''} |")
     return "\n".join(rows) + "\n"
 
 
