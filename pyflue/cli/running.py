@@ -194,7 +194,8 @@ def invoke(
         bool, typer.Option("--follow", help="show live events on stderr, then print the result")
     ] = False,
     events_format: Annotated[
-        StreamFormat, typer.Option("--events", help="--follow events: pretty or ndjson")
+        StreamFormat, typer.Option("--events", help="--follow events on stderr: pretty, or "
+                                   "ndjson for JSON lines only (as pyflue run)")
     ] = StreamFormat.pretty,
     idempotency_key: Annotated[
         str | None, typer.Option("--idempotency-key", metavar="KEY",
@@ -216,6 +217,8 @@ def invoke(
     if isinstance(outcome, str):  # neither --wait nor --follow: the run id of the run started
         typer.echo(outcome)
         raise typer.Exit(EXIT_OK)
+    if events_format is StreamFormat.ndjson:  # JSON lines only on stderr, as `pyflue run`
+        _finish(outcome, ndjson=True)
     from pyflue.render import status_word
 
     typer.echo(f"run {outcome.run_id} {status_word(outcome.status)}", err=True)
@@ -237,7 +240,7 @@ async def _invoke(
     seen: set[str] = set()
 
     def show(event: Event) -> None:
-        if event.run_id not in seen:
+        if event.run_id not in seen and fmt is StreamFormat.pretty:
             seen.add(event.run_id)
             typer.echo(f"run {event.run_id}", err=True)
         if (line := event_line(event, fmt)) is not None:
