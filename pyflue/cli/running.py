@@ -262,19 +262,55 @@ def cancel(
                                           "unique prefix of it or of its ULID part")],
     server: ServerOpt = None,
     token: TokenOpt = None,
+    project: ProjectOpt = None,
 ) -> None:
-    """Cancel a queued or running run on a pyflue server; its container is killed.
+    """Cancel a queued or running run; its command and container are killed.
 
-    A prefix is matched among the server's 1000 most recent runs."""
-    from pyflue.describe import ServerRuns, resolve
-
+    Without a server, a run of this project's store: a `pyflue run` in another terminal stops
+    within a second (exit 5) and this waits for its end. With --server (or PYFLUE_SERVER_URL),
+    a run of that server, matched by prefix among its 1000 most recent runs; one the server
+    does not know but this project's store does is cancelled here, with a note."""
+    if server is None:
+        _cancelled(run_async(_cancel_here(project, run_id)))
     client = client_for(server, token, "cancel")
-    assert server is not None  # client_for exits without one
+    body: dict[str, Any] | Run = run_async(as_usage_errors(
+        _cancel_remote_or_here(client, server, project, run_id)))
+    if isinstance(body, dict):
+        typer.echo(f"{body['status']} {body['run_id']}")
+        raise typer.Exit(EXIT_OK)
+    _cancelled(body)
 
-    async def _cancel() -> dict[str, Any]:
+
+async def _cancel_here(project: Path | None, run_id: str) -> Run:
+    from pyflue.wiring import cancel_here
+
+    return await cancel_here(settings_for(project), run_id)
+
+
+async def _cancel_remote_or_here(client: PyFlueClient, server: str, project: Path | None,
+                                 run_id: str) -> dict[str, Any] | Run:
+    from pyflue.client import NotFoundError
+    from pyflue.describe import ServerRuns, resolve
+    from pyflue.errors import RunIdUnknown
+    from pyflue.wiring import has_run
+
+    try:
         async with client:
             run = await resolve(ServerRuns(client, server), run_id)
             return await client.runs.cancel(run.run_id)
+    except (NotFoundError, RunIdUnknown):
+        if not await has_run(settings_for(project), run_id):
+            raise  # not here either: the server's answer
+    typer.echo(f"note: run {run_id} is not on {server}; cancelling it on this machine",
+               err=True)
+    return await _cancel_here(project, run_id)
 
-    body: dict[str, Any] = run_async(as_usage_errors(_cancel()))
-    typer.echo(f"{body['status']} {body['run_id']}")
+
+def _cancelled(run: Run) -> NoReturn:
+    """``cancelled RUN_ID`` (or the status it ended with), or ``cancelling RUN_ID`` for a run
+    whose process has not stopped it yet."""
+    from pyflue.render import status_word
+
+    word = status_word(run.status) if run.status.finished else "cancelling"
+    typer.echo(f"{word} {run.run_id}")
+    raise typer.Exit(EXIT_OK)
