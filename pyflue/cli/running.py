@@ -158,6 +158,7 @@ def _print_start_id(run_id: str) -> None:
 
 def _report(final: Run, as_json: bool, ndjson: bool) -> None:
     """The run's outcome: the result (or the --json document) on stdout, the error on stderr."""
+    from pyflue.models import end_error
     from pyflue.render import error_json_line, outcome_document, status_word
 
     doc = outcome_document(final)
@@ -168,9 +169,9 @@ def _report(final: Run, as_json: bool, ndjson: bool) -> None:
     if ndjson:
         if (line := error_json_line(final)) is not None:
             typer.echo(line, err=True)
-    elif doc["error"] is not None:
+    elif (error := end_error(final.status, final.error, final.reason)) is not None:
         typer.echo(error_line(f"run {final.run_id} {status_word(final.status)}: "
-                              f"{doc['error']['type']}: {doc['error']['message']}"), err=True)
+                              f"{error.text()}"), err=True)
 
 
 def _print_live(quiet: bool, fmt: StreamFormat) -> Callable[[Event], None]:
@@ -225,7 +226,7 @@ def invoke(
     if outcome.status is RunStatus.completed:
         typer.echo(json.dumps(outcome.result, indent=2, ensure_ascii=False))
         raise typer.Exit(EXIT_OK)
-    why = (f"{outcome.error.type}: {outcome.error.message}" if outcome.error
+    why = (outcome.error.text() if outcome.error
            else outcome.reason or outcome.status.value)
     typer.echo(error_line(f"run {outcome.run_id} {status_word(outcome.status)}: {why}"),
                err=True)
