@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pyflue.agents import Agent, create_agent
     from pyflue.client import PyFlueClient
     from pyflue.context import FlueContext
+    from pyflue.embedded import WorkflowRunner, run_workflow, run_workflow_sync
     from pyflue.errors import PyflueError
     from pyflue.events import Event, EventType
     from pyflue.harness import Harness, ShellResult
@@ -39,6 +40,9 @@ _LAZY = {
     "RunStatus": "pyflue.status",
     "Settings": "pyflue.settings",
     "ShellResult": "pyflue.harness",
+    "WorkflowRunner": "pyflue.embedded",
+    "run_workflow": "pyflue.embedded",
+    "run_workflow_sync": "pyflue.embedded",
 }
 
 
@@ -76,6 +80,9 @@ __all__ = [
     "RunStatus",
     "Settings",
     "ShellResult",
+    "WorkflowRunner",
     "__version__",
     "create_agent",
+    "run_workflow",
+    "run_workflow_sync",
 ]

@@ -45,8 +45,9 @@ class PyflueError(Exception):
 
     ``type`` is the stable, snake_case name used in error bodies and run records. ``hint`` is a
     next step for whoever runs this machine (a ``pyflue`` command, a path on it): ``message``
-    ends with it, ``public_message`` leaves it out (HTTP error bodies use that one, unless the
-    server runs with ``PYFLUE_DEBUG=1``).
+    ends with it, ``public_message`` (and ``str(exc)``, so a traceback or a message that quotes
+    the error) leaves it out; HTTP error bodies and stored run errors keep it apart (shown to
+    API clients only when the server runs with ``PYFLUE_DEBUG=1``).
     """
 
     type: str = "pyflue_error"
@@ -54,9 +55,10 @@ class PyflueError(Exception):
     def __init__(self, message: str, *, details: str | None = None,
                  hint: str | None = None) -> None:
         full = f"{message}; {hint}" if hint else message
-        super().__init__(full)
+        super().__init__(message)
         self.message = full
         self.public_message = message
+        self.hint = hint
         self.details = details
 
     def to_dict(self) -> dict[str, str | None]:

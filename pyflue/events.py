@@ -180,7 +180,9 @@ class RunEnd(EventData):
     error: ErrorInfo | None = Field(
         description="`null` for a completed run; `{\"type\", \"message\", \"details\"}` "
                     "otherwise: a failed run's exception (`details` is the traceback), or for "
-                    "a run ended from outside one naming its status and reason")
+                    "a run ended from outside one naming its status and reason; `hint`, a "
+                    "`pyflue` command for the machine's operator, where there is one (left out "
+                    "over HTTP and WebSocket unless the server runs with PYFLUE_DEBUG=1)")
     reason: str | None = _optional(
         "only when there is one: why a run was ended from outside (`interrupted by SIGTERM`, "
         "`cancelled by request`, `the run's deadline of 3 s passed`), or the sandbox limits it "
@@ -404,7 +406,7 @@ class ModelTurnEnd(EventData):
     text: str | None = _optional("only for a turn that succeeded: its text, cut at 2,000 "
                                  "characters")
     error: ErrorInfo | None = _optional("only for a turn that failed: `type`, `message`, "
-                                        "`details`")
+                                        "`details` (and `hint`, as in `run_end`)")
 
 
 class ToolStart(EventData):

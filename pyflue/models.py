@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from ulid import ULID
 
-from pyflue.errors import InvalidPayload
+from pyflue.errors import InvalidPayload, PyflueError
 from pyflue.status import RunStatus as RunStatus  # re-exported: the record names it
 
 
@@ -34,12 +34,34 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _absent(value: Any) -> bool:
+    return value is None
+
+
 class ErrorInfo(BaseModel):
-    """A failure as recorded on a run and sent to clients."""
+    """A failure as recorded on a run and sent to clients.
+
+    ``hint`` is a next step for whoever runs the machine (a ``pyflue`` command): the CLI shows
+    it; HTTP answers leave it out unless the server runs with ``PYFLUE_DEBUG=1``."""
 
     type: str
     message: str
     details: str | None = None
+    hint: str | None = Field(
+        None, exclude_if=_absent,
+        description="a next step for the operator of the machine that ran the run (a `pyflue` "
+                    "command); absent otherwise, and in HTTP answers unless the server runs "
+                    "with PYFLUE_DEBUG=1")
+
+    @classmethod
+    def of(cls, exc: PyflueError, details: str | None = None) -> ErrorInfo:
+        """A pyflue error as recorded: its message, and its hint apart."""
+        return cls(type=exc.type, message=exc.public_message, hint=exc.hint,
+                   details=exc.details or details)
+
+    def text(self) -> str:
+        """``type: message; hint``, as the CLI prints it on one line."""
+        return f"{self.type}: {self.message}" + (f"; {self.hint}" if self.hint else "")
 
 
 class Run(BaseModel):

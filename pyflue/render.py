@@ -111,7 +111,8 @@ def pretty_event(event: Event) -> str | None:
 
 def _turn_end(d: ModelTurnEnd) -> str:
     if d.error is not None:
-        return f"◆ turn failed: {d.error.message}"
+        hint = f"; {d.error.hint}" if d.error.hint else ""
+        return f"◆ turn failed: {d.error.message}{hint}"
     usage = d.usage or TokenUsage()
     text = _short((d.text or "").replace("\n", " ⏎ "), 200)
     return (f"◆ {text} [{d.stop_reason}, {usage.input_tokens} in / {usage.output_tokens} out, "
@@ -140,7 +141,7 @@ def _run_end(d: RunEnd) -> str:
     took = f" in {d.duration_ms} ms" if d.duration_ms is not None else ""
     line = f"■ {status_word(d.status)}{took}"
     if d.error is not None and d.error.type != d.status.value:  # else it restates the reason
-        line += f": {d.error.type}: {d.error.message}"
+        line += f": {d.error.text()}"
     elif d.reason:
         line += f": {d.reason}"
     return line
@@ -170,6 +171,8 @@ def run_details(details: RunDetails) -> str:
     error = end_error(run.status, run.error, run.reason)
     if error is not None:
         lines.append(f"{error_word('error'.ljust(10))}{error.type}: {error.message}")
+        if error.hint:
+            lines.append(f"{'hint':<10}{error.hint}")
         if error.details:
             lines.append(_indented(error.details.rstrip("\n")))
     return "\n".join(lines)

@@ -78,7 +78,7 @@ class StopRequest:
 def error_info(exc: BaseException) -> ErrorInfo:
     details = "".join(traceback.format_exception(exc))
     if isinstance(exc, PyflueError):
-        return ErrorInfo(type=exc.type, message=exc.message, details=exc.details or details)
+        return ErrorInfo.of(exc, details)
     return ErrorInfo(type=type(exc).__name__, message=str(exc), details=details)
 
 

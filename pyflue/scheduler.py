@@ -28,7 +28,6 @@ from pyflue.errors import EngineUnavailable, RunStateConflict
 from pyflue.events import EventType
 from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
 from pyflue.runs import Runner, StopRequest
-from pyflue.store.base import RunUpdate
 from pyflue.workers import local_owner
 
 log = logging.getLogger(__name__)
@@ -291,30 +290,8 @@ class Scheduler:
             task.cancel()
 
     async def _cancel_elsewhere(self, run: Run, reason: str) -> Run:
-        """A run another process runs: asked through the store; its worker acts on it
-        within a second. A run whose process is gone ends ``interrupted`` here."""
-        if await self.workers.owner_is_dead(run.owner):
-            # Recorded first, so the run is not put back in the queue (retry_interrupted).
-            try:
-                asked = await self.store.update_run(run.run_id, RunUpdate(
-                    extra={"cancel_requested": reason}, expect_status=RunStatus.running))
-            except RunStateConflict:
-                return await self.store.get_run(run.run_id)  # it ended meanwhile
-            await self.workers.take_back(asked)
-            return await self.store.get_run(run.run_id)
-        if run.owner is None or await self.store.worker_age(run.owner) is None:
-            # Not a worker (a `pyflue run` process): nothing would act on a request.
-            raise RunStateConflict(
-                f"run {run.run_id} is running in another process ({run.owner}) that takes no "
-                "cancel requests; stop it there (Ctrl-C)",
-                details=run.status.value,
-            )
-        try:
-            return await self.store.update_run(run.run_id, RunUpdate(
-                extra={"cancel_requested": reason}, expect_status=RunStatus.running,
-            ))
-        except RunStateConflict:
-            return await self.store.get_run(run.run_id)  # it finished meanwhile
+        """A run another process runs: asked through the store (see Workers.ask_to_cancel)."""
+        return await self.workers.ask_to_cancel(run, reason)
 
     async def _cancel_requested(self) -> None:
         """Acts on cancels other workers recorded for runs this scheduler runs (looked for at

@@ -198,7 +198,7 @@ class Session:
         except ModelError as exc:
             self._recorder.emit(ModelTurnEnd(
                 session=self.name, turn=turn, model=model_string,
-                error=ErrorInfo(type=exc.type, message=exc.message, details=exc.details),
+                error=ErrorInfo.of(exc),
                 duration_ms=int((time.monotonic() - started) * 1000),
             ))
             raise

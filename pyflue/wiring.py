@@ -154,39 +154,94 @@ async def open_runner(
         yield runner
 
 
+# How often a `pyflue run` looks in the store for a cancel asked from elsewhere (`pyflue
+# cancel` in another terminal, or a server sharing the store).
+CANCEL_POLL_SECONDS = 0.5
+
+
 async def run_here(
     settings: Settings, workflow: str, payload: dict[str, Any], *, image: str | None = None,
     on_start: Callable[[Run], None] = lambda _run: None,
     on_event: Callable[[Event], None] = lambda _event: None,
+    runner: Runner | None = None,
 ) -> Run:
     """Runs one workflow in this process (``pyflue run``) and returns its final record.
 
     ``on_start`` gets the recorded run before it starts, ``on_event`` each event as it is
     stored (``run_end`` included). A reaper pass runs alongside, for containers a crashed
-    earlier run left behind. Cancelling ends the run ``cancelled``, its container removed.
+    earlier run left behind. Cancelling ends the run ``cancelled``, its container removed; so
+    does a cancel asked through the store (``pyflue cancel``), which ends in the record
+    returned. ``runner``: an open one to use (else one is opened and closed here).
     """
-    async with open_runner(settings) as runner:
-        submitted = await runner.submit(workflow, payload, image=image)
-        on_start(submitted)
+    if runner is None:
+        async with open_runner(settings) as opened:
+            return await _run_with(opened, workflow, payload, image, on_start, on_event)
+    return await _run_with(runner, workflow, payload, image, on_start, on_event)
 
-        async def follow() -> None:
-            async for event in runner.store.subscribe(submitted.run_id):
-                on_event(event)
 
-        async def reap() -> None:
-            with contextlib.suppress(PyflueError):  # the run itself reports a dead engine
-                await runner.workers.reap()
+async def _run_with(
+    runner: Runner, workflow: str, payload: dict[str, Any], image: str | None,
+    on_start: Callable[[Run], None], on_event: Callable[[Event], None],
+) -> Run:
+    from pyflue.errors import RunStateConflict
+    from pyflue.workers import local_owner
 
-        helpers = {asyncio.create_task(follow()), asyncio.create_task(reap())}
-        try:
-            return await runner.execute(submitted.run_id)
-        finally:
-            # Let the follower show run_end and the reaper finish, briefly; then stop both
-            # before the store and the engine client close under them.
-            await asyncio.wait(helpers, timeout=5)
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+    store = runner.store
+    worker = local_owner()
+    submitted = await runner.submit(workflow, payload, image=image)
+    # A heartbeat tells whoever cancels through the store that this process acts on it.
+    await store.heartbeat(worker)
+    on_start(submitted)
+    execution = asyncio.create_task(runner.execute(submitted.run_id))
+    asked: list[str] = []
+
+    async def follow() -> None:
+        async for event in store.subscribe(submitted.run_id):
+            on_event(event)
+
+    async def reap() -> None:
+        with contextlib.suppress(PyflueError):  # the run itself reports a dead engine
+            await runner.workers.reap()
+
+    async def watch() -> None:
+        lease = runner.workers.lease
+        beat = asyncio.get_running_loop().time()
+        while not execution.done():
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            with contextlib.suppress(PyflueError):  # a store hiccup: look again next time
+                if asyncio.get_running_loop().time() - beat > lease / 3:
+                    beat = asyncio.get_running_loop().time()
+                    await store.heartbeat(worker)
+                reason = (await store.get_run(submitted.run_id)).cancel_requested
+                if reason and not execution.done():
+                    asked.append(reason)
+                    execution.cancel(reason)  # as Ctrl-C: command and container killed
+                    return
+
+    helpers = {asyncio.create_task(follow()), asyncio.create_task(reap()),
+               asyncio.create_task(watch())}
+    try:
+        return await execution
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not asked or (current is not None and current.cancelling()):
+            raise  # Ctrl-C or SIGTERM here: the caller's cancel
+        return await store.get_run(submitted.run_id)  # cancelled through the store
+    except RunStateConflict:
+        ended = await store.get_run(submitted.run_id)  # cancelled before it started
+        if ended.status.finished:
+            return ended
+        raise
+    finally:
+        # Let the follower show run_end and the reaper finish, briefly; then stop both
+        # before the store and the engine client close under them.
+        execution.cancel()
+        await asyncio.wait(helpers, timeout=5)
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await store.remove_worker(worker)
 
 
 async def rerun_here(
@@ -211,3 +266,31 @@ async def rerun_here(
                 raise not_found from None
     return await run_here(settings, original.workflow, original.payload, image=original.image,
                           on_start=on_start, on_event=on_event)
+
+
+async def cancel_here(settings: Settings, run_id: str, *, reason: str = "cancelled by request",
+                      wait: float = 30.0) -> Run:
+    """Cancels a queued or running run of this machine's store (``pyflue cancel`` without a
+    server): a queued one at once; a running one is asked through the store, and the process
+    running it (a ``pyflue run``, or a server sharing the store) stops it. Waits up to
+    ``wait`` seconds for its end and returns its record (still ``running`` if it has not
+    ended by then). ``run_id`` may be a prefix (:mod:`pyflue.describe`)."""
+    from pyflue.describe import StoreRuns, resolve
+    from pyflue.workers import Workers
+    from pyflue.workflows import WorkflowRegistry
+
+    require_store(settings)
+    async with open_store(settings) as store:
+        run = await resolve(StoreRuns(store), run_id)
+        provider = docker_provider(settings)  # not used to cancel: Workers' reaper has it
+        try:
+            workers = Workers(store=store, registry=WorkflowRegistry(settings.project_dir),
+                              provider=provider, lease=settings.server.worker_lease)
+            run = await workers.cancel(run, reason)
+        finally:
+            await provider.close()
+        deadline = asyncio.get_running_loop().time() + wait
+        while not run.status.finished and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
+            run = await store.get_run(run.run_id)
+        return run

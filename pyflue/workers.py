@@ -151,6 +151,50 @@ class Workers:
         except RunStateConflict:
             return None
 
+    async def ask_to_cancel(self, run: Run, reason: str) -> Run:
+        """Cancels a running run that another process runs, through the store: its worker (a
+        server's scheduler, or a `pyflue run`, both of which send heartbeats and watch for
+        ``cancel_requested``) acts on it within a second. A run whose process is gone ends
+        ``interrupted`` here. RunStateConflict when its process takes no requests (it sends
+        no heartbeat: an older pyflue)."""
+        if await self.owner_is_dead(run.owner):
+            # Recorded first, so the run is not put back in the queue (retry_interrupted).
+            try:
+                asked = await self.store.update_run(run.run_id, RunUpdate(
+                    extra={"cancel_requested": reason}, expect_status=RunStatus.running))
+            except RunStateConflict:
+                return await self.store.get_run(run.run_id)  # it ended meanwhile
+            await self.take_back(asked)
+            return await self.store.get_run(run.run_id)
+        if run.owner is None or await self.store.worker_age(run.owner) is None:
+            raise RunStateConflict(
+                f"run {run.run_id} is running in another process ({run.owner}) that takes no "
+                "cancel requests; stop it there (Ctrl-C)",
+                details=run.status.value,
+            )
+        try:
+            return await self.store.update_run(run.run_id, RunUpdate(
+                extra={"cancel_requested": reason}, expect_status=RunStatus.running,
+            ))
+        except RunStateConflict:
+            return await self.store.get_run(run.run_id)  # it finished meanwhile
+
+    async def cancel(self, run: Run, reason: str) -> Run:
+        """Cancels a run no task of this process runs: a queued one ends ``cancelled`` at
+        once, a running one is asked to (:meth:`ask_to_cancel`). RunStateConflict when it has
+        already finished."""
+        if run.status is RunStatus.queued:
+            if ended := await self.end_from_outside(run, RunStatus.cancelled, reason):
+                return ended
+            run = await self.store.get_run(run.run_id)  # started meanwhile
+        if run.status.finished:
+            raise RunStateConflict(
+                f"run {run.run_id} has already finished ({run.status.value}); only queued or "
+                "running runs can be cancelled",
+                details=run.status.value,
+            )
+        return await self.ask_to_cancel(run, reason)
+
     async def recover(self) -> list[str]:
         """Takes back the runs whose process died (see :meth:`owner_is_dead`): running ones
         go back to the queue if their workflow is safe to retry, and end ``interrupted`` (with

@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from pyflue.api import deps
 from pyflue.api.errors import HttpProblem, documented
+from pyflue.api.operator import public_event, public_run
 from pyflue.api.sse import SSE_RESPONSE, event_stream
 from pyflue.errors import RunNotFound
 from pyflue.events import EventType
@@ -53,14 +54,17 @@ async def list_runs(
         status=status, workflow=workflow, limit=limit + 1, before=cursor
     )
     page, more = runs[:limit], len(runs) > limit
-    return RunPage(runs=page, next_cursor=page[-1].run_id if more else None)
+    debug = deps.settings(request).server.debug
+    return RunPage(runs=[public_run(run, debug) for run in page],
+                   next_cursor=page[-1].run_id if more else None)
 
 
 @router.get("/runs/{run_id}", operation_id="get_run", summary="Get a run",
             responses=documented(401, 404, 500, 503))
 async def get_run(run_id: str, request: Request) -> Run:
     """The run record."""
-    return await deps.store(request).get_run(run_id)
+    return public_run(await deps.store(request).get_run(run_id),
+                      deps.settings(request).server.debug)
 
 
 def _types(raw: str | None) -> list[EventType] | None:
@@ -92,7 +96,8 @@ async def list_events(
     await store.get_run(run_id)
     wanted = _types(types)
     events = await store.list_events(run_id, after=after, limit=limit, types=wanted)
-    return EventPage(run_id=run_id, events=events,
+    debug = deps.settings(request).server.debug
+    return EventPage(run_id=run_id, events=[public_event(e, debug) for e in events],
                      next_after=events[-1].event_index if events else after)
 
 
@@ -125,8 +130,9 @@ async def stream(
                               "header 'Last-Event-ID' must be an event index (an integer "
                               f"from 0 to {MAX_EVENT_INDEX})")
         start = resumed
-    body = event_stream(store, run_id, after=start,
-                        heartbeat=deps.settings(request).server.heartbeat_seconds)
+    server = deps.settings(request).server
+    body = event_stream(store, run_id, after=start, heartbeat=server.heartbeat_seconds,
+                        debug=server.debug)
     return StreamingResponse(body, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Flue-Run-Id": run_id})
 

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pyflue.api.operator import public_event
 from pyflue.events import Event
 from pyflue.store.base import RunStore
 
@@ -44,13 +45,14 @@ SSE_RESPONSE: dict[str, Any] = {
 }
 
 
-def frame(event: Event) -> bytes:
+def frame(event: Event, debug: bool = False) -> bytes:
+    sent = public_event(event, debug)
     return (f"id: {event.event_index}\nevent: {event.type}\n"
-            f"data: {event.model_dump_json()}\n\n").encode()
+            f"data: {sent.model_dump_json()}\n\n").encode()
 
 
-async def event_stream(store: RunStore, run_id: str, *, after: int, heartbeat: float
-                       ) -> AsyncIterator[bytes]:
+async def event_stream(store: RunStore, run_id: str, *, after: int, heartbeat: float,
+                       debug: bool = False) -> AsyncIterator[bytes]:
     """Replays events after ``after``, then follows live until ``run_end``.
 
     Each event is sent only after it was stored, so a client resuming with ``Last-Event-ID``
@@ -80,7 +82,7 @@ async def event_stream(store: RunStore, run_id: str, *, after: int, heartbeat: f
                     raise task.exception()  # type: ignore[misc]
                 return
             assert isinstance(item, Event)
-            yield frame(item)
+            yield frame(item, debug)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

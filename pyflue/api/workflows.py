@@ -11,6 +11,7 @@ from starlette.types import Message
 
 from pyflue.api import deps
 from pyflue.api.errors import HttpProblem, documented, reply
+from pyflue.api.operator import public_message
 from pyflue.api.sse import SSE_RESPONSE, event_stream
 from pyflue.models import Run, RunStatus, check_payload, end_error
 from pyflue.responses import Accepted, Completed, WorkflowInfo, WorkflowList, error_body
@@ -160,7 +161,8 @@ async def invoke(
     headers = {"X-Flue-Run-Id": run.run_id}
     if "text/event-stream" in request.headers.get("accept", ""):
         stream = event_stream(scheduler.store, run.run_id, after=0,
-                              heartbeat=settings.server.heartbeat_seconds)
+                              heartbeat=settings.server.heartbeat_seconds,
+                              debug=settings.server.debug)
         return StreamingResponse(stream, media_type="text/event-stream",
                                  headers={**headers, "Cache-Control": "no-cache"})
     if wait == "result":
@@ -178,6 +180,7 @@ def _result_response(run: Run, headers: dict[str, str], *, debug: bool) -> JSONR
     assert error is not None  # only a completed run has none
     # The traceback of the workflow's code is for the server's log and `pyflue logs`, not for
     # every API client (PYFLUE_DEBUG=1 shows it).
-    return reply(error_body(error.type, error.message, error.details if debug else None,
+    return reply(error_body(error.type, public_message(error, debug),
+                            error.details if debug else None,
                             run_id=run.run_id,
                             status=run.status), FINISHED_STATUS.get(run.status, 500), headers)

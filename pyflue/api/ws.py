@@ -23,6 +23,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from pyflue.api.operator import public_error, public_event
 from pyflue.errors import ConfigError, InvalidPayload, PyflueError, RunNotFound, WorkflowNotFound
 from pyflue.events import Event, EventType
 from pyflue.models import Run, RunStatus, check_payload, end_error
@@ -100,7 +101,7 @@ async def invoke(ws: WebSocket, name: str) -> None:
                                       'expected a first message {"payload": {...}} within '
                                       f"{FIRST_MESSAGE_TIMEOUT:g} s")
     except PyflueError as exc:
-        return await _error_and_close(ws, CLOSE_BAD_MESSAGE, exc.type, exc.message)
+        return await _error_and_close(ws, CLOSE_BAD_MESSAGE, exc.type, _said(ws, exc))
     except ValueError as exc:
         return await _error_and_close(ws, CLOSE_BAD_MESSAGE, "invalid_message", str(exc))
     except WebSocketDisconnect:
@@ -108,15 +109,15 @@ async def invoke(ws: WebSocket, name: str) -> None:
     try:
         run, _new = await scheduler.submit(name, payload, source="websocket")
     except WorkflowNotFound as exc:
-        return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", exc.message)
+        return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", _said(ws, exc))
     except (InvalidPayload, ConfigError) as exc:
-        return await _error_and_close(ws, CLOSE_BAD_MESSAGE, exc.type, exc.message)
+        return await _error_and_close(ws, CLOSE_BAD_MESSAGE, exc.type, _said(ws, exc))
     except PyflueError as exc:  # a broken module, the store: the server's fault, not the client's
-        return await _error_and_close(ws, CLOSE_ERROR, exc.type, exc.message)
+        return await _error_and_close(ws, CLOSE_ERROR, exc.type, _said(ws, exc))
     if await _relay(ws, scheduler, run.run_id, 0):
         final = await scheduler.store.get_run(run.run_id)
         with contextlib.suppress(Exception):
-            await ws.send_text(json.dumps(_outcome(final)))
+            await ws.send_text(json.dumps(_outcome(final, _settings(ws).server.debug)))
             await ws.close(CLOSE_DONE, final.status.value)
 
 
@@ -131,10 +132,15 @@ def _payload(raw: str) -> dict[str, Any]:
     return check_payload(message["payload"])
 
 
-def _outcome(run: Run) -> dict[str, Any]:
+def _said(ws: WebSocket, exc: PyflueError) -> str:
+    """An error's message for the client: its hint only with PYFLUE_DEBUG=1."""
+    return exc.message if _settings(ws).server.debug else exc.public_message
+
+
+def _outcome(run: Run, debug: bool) -> dict[str, Any]:
     if run.status is RunStatus.completed:
         return {"type": "result", "run_id": run.run_id, "result": run.result}
-    error = end_error(run.status, run.error, run.reason)
+    error = public_error(end_error(run.status, run.error, run.reason), debug)
     return {"type": "error", "run_id": run.run_id, "status": run.status.value,
             "error": error.model_dump() if error is not None else None}
 
@@ -152,7 +158,7 @@ async def follow(ws: WebSocket, run_id: str) -> None:
     try:
         await scheduler.store.get_run(run_id)
     except RunNotFound as exc:
-        return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", exc.message)
+        return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", _said(ws, exc))
     if await _relay(ws, scheduler, run_id, after):
         with contextlib.suppress(Exception):
             await ws.close(CLOSE_DONE, "run_end")
@@ -193,7 +199,7 @@ async def _relay(ws: WebSocket, scheduler: Scheduler, run_id: str, after: int) -
                 # A send blocks once the client stops reading and the transport's buffer is
                 # full: a reader that stalls this long has fallen too far behind.
                 async with asyncio.timeout(server.ws_send_timeout):
-                    await ws.send_text(item.model_dump_json())
+                    await ws.send_text(public_event(item, server.debug).model_dump_json())
             except TimeoutError:
                 # The close frame queues behind what the reader has not read yet: give it a
                 # while to get through (memory stays bounded meanwhile), then drop the socket.

@@ -162,6 +162,7 @@ def _print_start_id(run_id: str) -> None:
 
 def _report(final: Run, as_json: bool, ndjson: bool) -> None:
     """The run's outcome: the result (or the --json document) on stdout, the error on stderr."""
+    from pyflue.models import end_error
     from pyflue.render import error_json_line, outcome_document, status_word
 
     doc = outcome_document(final)
@@ -172,9 +173,9 @@ def _report(final: Run, as_json: bool, ndjson: bool) -> None:
     if ndjson:
         if (line := error_json_line(final)) is not None:
             typer.echo(line, err=True)
-    elif doc["error"] is not None:
+    elif (error := end_error(final.status, final.error, final.reason)) is not None:
         typer.echo(error_line(f"run {final.run_id} {status_word(final.status)}: "
-                              f"{doc['error']['type']}: {doc['error']['message']}"), err=True)
+                              f"{error.text()}"), err=True)
 
 
 def _print_live(quiet: bool, fmt: StreamFormat) -> Callable[[Event], None]:
@@ -198,7 +199,8 @@ def invoke(
         bool, typer.Option("--follow", help="show live events on stderr, then print the result")
     ] = False,
     events_format: Annotated[
-        StreamFormat, typer.Option("--events", help="--follow events: pretty or ndjson")
+        StreamFormat, typer.Option("--events", help="--follow events on stderr: pretty, or "
+                                   "ndjson for JSON lines only (as pyflue run)")
     ] = StreamFormat.pretty,
     idempotency_key: Annotated[
         str | None, typer.Option("--idempotency-key", metavar="KEY",
@@ -220,13 +222,15 @@ def invoke(
     if isinstance(outcome, str):  # neither --wait nor --follow: the run id of the run started
         typer.echo(outcome)
         raise typer.Exit(EXIT_OK)
+    if events_format is StreamFormat.ndjson:  # JSON lines only on stderr, as `pyflue run`
+        _finish(outcome, ndjson=True)
     from pyflue.render import status_word
 
     typer.echo(f"run {outcome.run_id} {status_word(outcome.status)}", err=True)
     if outcome.status is RunStatus.completed:
         typer.echo(json.dumps(outcome.result, indent=2, ensure_ascii=False))
         raise typer.Exit(EXIT_OK)
-    why = (f"{outcome.error.type}: {outcome.error.message}" if outcome.error
+    why = (outcome.error.text() if outcome.error
            else outcome.reason or outcome.status.value)
     typer.echo(error_line(f"run {outcome.run_id} {status_word(outcome.status)}: {why}"),
                err=True)
@@ -241,7 +245,7 @@ async def _invoke(
     seen: set[str] = set()
 
     def show(event: Event) -> None:
-        if event.run_id not in seen:
+        if event.run_id not in seen and fmt is StreamFormat.pretty:
             seen.add(event.run_id)
             typer.echo(f"run {event.run_id}", err=True)
         if (line := event_line(event, fmt)) is not None:
@@ -263,19 +267,55 @@ def cancel(
                                           "unique prefix of it or of its ULID part")],
     server: ServerOpt = None,
     token: TokenOpt = None,
+    project: ProjectOpt = None,
 ) -> None:
-    """Cancel a queued or running run on a pyflue server; its container is killed.
+    """Cancel a queued or running run; its command and container are killed.
 
-    A prefix is matched among the server's 1000 most recent runs."""
-    from pyflue.describe import ServerRuns, resolve
-
+    Without a server, a run of this project's store: a `pyflue run` in another terminal stops
+    within a second (exit 5) and this waits for its end. With --server (or PYFLUE_SERVER_URL),
+    a run of that server, matched by prefix among its 1000 most recent runs; one the server
+    does not know but this project's store does is cancelled here, with a note."""
+    if server is None:
+        _cancelled(run_async(_cancel_here(project, run_id)))
     client = client_for(server, token, "cancel")
-    assert server is not None  # client_for exits without one
+    body: dict[str, Any] | Run = run_async(as_usage_errors(
+        _cancel_remote_or_here(client, server, project, run_id)))
+    if isinstance(body, dict):
+        typer.echo(f"{body['status']} {body['run_id']}")
+        raise typer.Exit(EXIT_OK)
+    _cancelled(body)
 
-    async def _cancel() -> dict[str, Any]:
+
+async def _cancel_here(project: Path | None, run_id: str) -> Run:
+    from pyflue.wiring import cancel_here
+
+    return await cancel_here(settings_for(project), run_id)
+
+
+async def _cancel_remote_or_here(client: PyFlueClient, server: str, project: Path | None,
+                                 run_id: str) -> dict[str, Any] | Run:
+    from pyflue.client import NotFoundError
+    from pyflue.describe import ServerRuns, resolve
+    from pyflue.errors import RunIdUnknown
+    from pyflue.wiring import has_run
+
+    try:
         async with client:
             run = await resolve(ServerRuns(client, server), run_id)
             return await client.runs.cancel(run.run_id)
+    except (NotFoundError, RunIdUnknown):
+        if not await has_run(settings_for(project), run_id):
+            raise  # not here either: the server's answer
+    typer.echo(f"note: run {run_id} is not on {server}; cancelling it on this machine",
+               err=True)
+    return await _cancel_here(project, run_id)
 
-    body: dict[str, Any] = run_async(as_usage_errors(_cancel()))
-    typer.echo(f"{body['status']} {body['run_id']}")
+
+def _cancelled(run: Run) -> NoReturn:
+    """``cancelled RUN_ID`` (or the status it ended with), or ``cancelling RUN_ID`` for a run
+    whose process has not stopped it yet."""
+    from pyflue.render import status_word
+
+    word = status_word(run.status) if run.status.finished else "cancelling"
+    typer.echo(f"{word} {run.run_id}")
+    raise typer.Exit(EXIT_OK)

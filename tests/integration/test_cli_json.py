@@ -87,3 +87,28 @@ def test_doctor_json_says_not_ok_and_exits_1_without_an_engine(env: dict[str, st
     doc = json.loads(done.stdout)
     engine = next(c for c in doc["checks"] if c["name"] == "docker engine")
     assert doc["ok"] is False and engine["ok"] is False and engine["fix"]
+
+
+def test_invoke_follow_ndjson_writes_json_lines_only(env: dict[str, str], tmp_path: Path,
+                                                     docker_client: Any) -> None:
+    from tests.integration.servers import Server
+
+    server = Server(REPO, tmp_path / "server.db", concurrency=2)
+    server.start()
+    try:
+        done = pyflue("invoke", "hello", "--server", server.url, "--follow", "--events",
+                      "ndjson", env=env)
+        assert done.returncode == 0, done.stderr
+        lines = json_lines(done.stderr)  # every line is JSON: no "run ..." text
+        assert lines[0]["type"] == "run_start" and lines[-1]["type"] == "run_end"
+        assert lines[-1]["data"]["result"] == json.loads(done.stdout)
+        failed = pyflue("invoke", "shell_steps", "-p", STEPS_FAIL, "--server", server.url,
+                        "--follow", "--events", "ndjson", env=env)
+        assert failed.returncode == 1 and failed.stdout == ""
+        lines = json_lines(failed.stderr)
+        assert lines[-2]["type"] == "run_end"
+        assert lines[-1]["type"] == "error" and lines[-1]["status"] == "failed"
+        assert lines[-1]["run_id"] == lines[0]["run_id"]
+        assert lines[-1]["error"]["type"] == "ValueError"
+    finally:
+        server.stop()

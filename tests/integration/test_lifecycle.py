@@ -161,7 +161,8 @@ async def test_a_missing_image_fails_the_run_with_how_to_fix_it(
     run = await runner.run("which", {}, image="pyflue/does-not-exist:1")
     assert run.status is RunStatus.failed and run.error is not None
     assert run.error.type == "image_not_found"
-    assert "pyflue images build" in run.error.message and "--image" in run.error.message
+    assert "pyflue images build" in (run.error.hint or "") and "--image" in (run.error.hint or "")
+    assert "pyflue images build" not in run.error.message  # the hint is kept apart
     assert containers_of(run.run_id) == [] and volumes_of(run.run_id) == []
 
 

@@ -19,8 +19,11 @@ def test_the_public_api_is_pinned() -> None:
         "RunStatus",
         "Settings",
         "ShellResult",
+        "WorkflowRunner",
         "__version__",
         "create_agent",
+        "run_workflow",
+        "run_workflow_sync",
     ]
     assert pyflue.__all__ == sorted(pyflue.__all__)
     for name in pyflue.__all__:
