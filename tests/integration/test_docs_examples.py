@@ -14,8 +14,9 @@ of the repository's ``workflows/``, with ``pyflue`` on ``PATH`` and ``PYFLUE_MOD
     ``...`` stands for anything and run ids, container ids, timestamps and durations may differ.
 ``<!-- docs-test: python [server] -->``
     the block runs as a Python script in the project.
-``<!-- docs-test: pytest PATH -->``
-    the block is written to ``PATH`` and run with pytest.
+``<!-- docs-test: pytest PATH [append] -->``
+    the block is written to ``PATH`` (with ``append``: added to the end of what an earlier block
+    wrote there) and run with pytest; ``file PATH append`` appends likewise.
 
 ``server`` starts one ``pyflue serve`` for the page (on a free port: ``127.0.0.1:2024`` and the
 other example addresses in the block are rewritten to it) and sets ``PYFLUE_SERVER_URL``. In a
@@ -81,7 +82,7 @@ def test_the_markers_are_understood() -> None:
         for block in blocks(page):
             assert block.kind in {"file", "sh", "python", "pytest"}, block
             if block.kind in {"file", "pytest"}:
-                assert len(block.args) == 1, f"{block}: needs one PATH"
+                assert block.args and set(block.args[1:]) <= {"append"}, f"{block}: needs a PATH"
 
 
 def test_the_pages_that_should_have_examples_have_them() -> None:
@@ -197,6 +198,8 @@ class Project:
         if block.kind in {"file", "pytest"}:
             path = self.root / block.args[0]
             path.parent.mkdir(parents=True, exist_ok=True)
+            if "append" in block.args:
+                block.body = path.read_text() + "\n\n" + block.body
             path.write_text(block.body)
             if block.kind == "pytest":
                 done = subprocess.run(
