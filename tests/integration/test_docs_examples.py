@@ -8,12 +8,13 @@ of the repository's ``workflows/``, with ``pyflue`` on ``PATH`` and ``PYFLUE_MOD
 ``<!-- docs-test: file PATH -->``
     the block is written to ``PATH`` in the project (a workflow, a test, a payload file).
 ``<!-- docs-test: sh [server] [check] [exit=N] -->``
-    the block runs under ``bash -e -o pipefail`` and must exit ``N`` (default 0). A block written
+    the block runs under ``bash -e`` and must exit ``N`` (default 0). A block written
     as a session (lines starting ``$ ``) runs only its commands (``\\``-continued lines
     included); with ``check`` each command's output must match the lines shown under it, where
     ``...`` stands for anything and run ids, container ids, timestamps and durations may differ.
 ``<!-- docs-test: python [server] -->``
-    the block runs as a Python script in the project.
+    the block runs as a Python script in the project; top-level ``await`` (as in a notebook or
+    ``python -m asyncio``) is allowed.
 ``<!-- docs-test: pytest PATH [append] -->``
     the block is written to ``PATH`` (with ``append``: added to the end of what an earlier block
     wrote there) and run with pytest; ``file PATH append`` appends likewise.
@@ -53,6 +54,16 @@ MARKER = re.compile(r"^<!-- docs-test: (?P<kind>\w+)(?P<args>[^>]*?)\s*-->\n"
 EXAMPLE_HOSTS = re.compile(r"https?://(?:127\.0\.0\.1|localhost|ci-runner):2024")
 RUN_ID = re.compile(r"workflow:(\w+):[0-9A-Z]{26}")
 TIMEOUT = 120
+# Runs a script that may use top-level await, as `python -m asyncio` would.
+TOP_LEVEL_AWAIT = """
+import ast, asyncio, sys
+path = sys.argv[1]
+code = compile(open(path).read(), path, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+scope = {"__name__": "__main__", "__file__": path}
+coroutine = eval(code, scope)
+if coroutine is not None:
+    asyncio.run(coroutine)
+"""
 
 
 @dataclass
@@ -132,7 +143,7 @@ def matches(expected: list[str], actual: str) -> bool:
     pattern = "\n".join(".*" if line.strip() == "..." else
                         ".*".join(re.escape(part) for part in normal(line).split("..."))
                         for line in expected)
-    got = "\n".join(normal(line) for line in actual.splitlines())
+    got = "\n".join(normal(line) for line in actual.splitlines()).rstrip("\n")
     return re.fullmatch(pattern, got, re.S) is not None
 
 
@@ -189,7 +200,7 @@ class Project:
         env = dict(self.env)
         if "" in (newest := self.newest_runs()):
             env["RUN_ID"] = newest[""]
-        return subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=self.root,
+        return subprocess.run(["bash", "-e", "-c", script], cwd=self.root,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=TIMEOUT)
 
@@ -209,8 +220,10 @@ class Project:
                 assert done.returncode == 0, f"{where}: the test failed\n{done.stdout}{done.stderr}"
             return
         if block.kind == "python":
-            script = self.prepare(block.body, block)
-            done = subprocess.run([sys.executable, "-c", script], cwd=self.root, env=self.env,
+            script = self.root / f".docs-block-{block.line}.py"
+            script.write_text(self.prepare(block.body, block))
+            done = subprocess.run([sys.executable, "-c", TOP_LEVEL_AWAIT, str(script)],
+                                  cwd=self.root, env=self.env,
                                   capture_output=True, text=True, timeout=TIMEOUT)
             assert done.returncode == 0, f"{where}: exit {done.returncode}\n{done.stderr}"
             return
