@@ -3,7 +3,7 @@
 A fenced block runs when the line right before its opening fence is a marker comment (invisible
 on the rendered page). Everything of one page runs in order in one fresh project folder, a copy
 of the repository's ``workflows/``, with ``pyflue`` on ``PATH`` and ``PYFLUE_MODEL=scripted/demo``
-(no model call leaves the machine):
+(no model call leaves the machine), and a ``payload.json`` for the pages that read one:
 
 ``<!-- docs-test: file PATH -->``
     the block is written to ``PATH`` in the project (a workflow, a test, a payload file).
@@ -20,7 +20,8 @@ of the repository's ``workflows/``, with ``pyflue`` on ``PATH`` and ``PYFLUE_MOD
     wrote there) and run with pytest; ``file PATH append`` appends likewise.
 
 ``server`` starts one ``pyflue serve`` for the page (on a free port: ``127.0.0.1:2024`` and the
-other example addresses in the block are rewritten to it) and sets ``PYFLUE_SERVER_URL``. In a
+other example addresses in the block are rewritten to it; in a block without ``server`` they
+point at a port nothing listens on) and sets ``PYFLUE_SERVER_URL``. In a
 command, a run id shown on the page (``workflow:hello:01M8...``) becomes the newest run of that
 workflow in the project's store, and ``$RUN_ID`` is the newest run of any workflow.
 
@@ -44,7 +45,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import REPO
-from tests.integration.servers import Server
+from tests.integration.servers import Server, free_port
 
 pytestmark = pytest.mark.docker
 
@@ -154,6 +155,7 @@ class Project:
         self.root = root / "project"
         shutil.copytree(REPO / "workflows", self.root / "workflows")
         (self.root / "pyproject.toml").write_text('[project]\nname = "docs-examples"\n')
+        (self.root / "payload.json").write_text('{"steps": ["echo from payload.json"]}\n')
         bin_dir = root / "bin"
         bin_dir.mkdir()
         shim = bin_dir / "pyflue"
@@ -166,6 +168,7 @@ class Project:
             "HOME": str(root), "BUILD_ID": "docs-test",
         }
         self.server: Server | None = None
+        self.closed_port = free_port()
 
     def serve(self) -> str:
         if self.server is None:
@@ -193,6 +196,9 @@ class Project:
         if "server" in block.args:
             url = self.serve()
             text = EXAMPLE_HOSTS.sub(url, text)
+        else:  # where the page means "no server there": a port nothing listens on
+            text = EXAMPLE_HOSTS.sub(lambda m: m[0].rsplit(":", 1)[0] + f":{self.closed_port}",
+                                     text)
         newest = self.newest_runs()
         return RUN_ID.sub(lambda m: newest.get(m[1], m[0]), text)
 
@@ -240,6 +246,7 @@ class Project:
                 f"{where}: `{command}` exit {done.returncode}, wanted {wanted}\n"
                 f"{done.stdout}")
             if "check" in block.args:
+                expected = self.prepare("\n".join(expected), block).split("\n")
                 assert matches(expected, done.stdout), (
                     f"{where}: `{command}` printed\n{done.stdout}\n"
                     "not what the page shows:\n" + "\n".join(expected))
