@@ -23,7 +23,8 @@ of the repository's ``workflows/``, with ``pyflue`` on ``PATH`` and ``PYFLUE_MOD
 other example addresses in the block are rewritten to it; in a block without ``server`` they
 point at a port nothing listens on) and sets ``PYFLUE_SERVER_URL``. In a
 command, a run id shown on the page (``workflow:hello:01M8...``) becomes the newest run of that
-workflow in the project's store, and ``$RUN_ID`` is the newest run of any workflow.
+workflow in the project's store, and ``$RUN_ID`` and the placeholder ``RUN_ID`` are the newest
+run of any workflow (a run of ``hello`` is made first when there is none).
 
 Blocks that need what a test cannot have (a registry, a model API key, root, a long-running
 server in the foreground) carry no marker: they were tried by hand (see the report of issue 12).
@@ -52,8 +53,9 @@ pytestmark = pytest.mark.docker
 PAGES = ["README.md", *sorted(f"docs/{p.name}" for p in (REPO / "docs").glob("*.md"))]
 MARKER = re.compile(r"^<!-- docs-test: (?P<kind>\w+)(?P<args>[^>]*?)\s*-->\n"
                     r"```(?P<lang>[\w-]*)\n(?P<body>.*?)^```$", re.M | re.S)
-EXAMPLE_HOSTS = re.compile(r"https?://(?:127\.0\.0\.1|localhost|ci-runner):2024")
+EXAMPLE_HOSTS = re.compile(r"(?:https?|wss?)://(?:127\.0\.0\.1|localhost|ci-runner):2024")
 RUN_ID = re.compile(r"workflow:(\w+):[0-9A-Z]{26}")
+PLACEHOLDER = re.compile(r"(?<![$\w])RUN_ID\b")
 TIMEOUT = 120
 # Runs a script that may use top-level await, as `python -m asyncio` would.
 TOP_LEVEL_AWAIT = """
@@ -195,10 +197,15 @@ class Project:
     def prepare(self, text: str, block: Block) -> str:
         if "server" in block.args:
             url = self.serve()
-            text = EXAMPLE_HOSTS.sub(url, text)
+            text = EXAMPLE_HOSTS.sub(
+                lambda m: ("ws" + url[4:]) if m[0].startswith("ws") else url, text)
         else:  # where the page means "no server there": a port nothing listens on
             text = EXAMPLE_HOSTS.sub(lambda m: m[0].rsplit(":", 1)[0] + f":{self.closed_port}",
                                      text)
+        if PLACEHOLDER.search(text) and block.kind == "sh":
+            if not self.newest_runs():  # the page speaks of a run: make one
+                self.sh("pyflue run hello -q", block)
+            text = PLACEHOLDER.sub(self.newest_runs()[""], text)
         newest = self.newest_runs()
         return RUN_ID.sub(lambda m: newest.get(m[1], m[0]), text)
 
