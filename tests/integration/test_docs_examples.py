@@ -55,7 +55,7 @@ MARKER = re.compile(r"^<!-- docs-test: (?P<kind>\w+)(?P<args>[^>]*?)\s*-->\n"
                     r"```(?P<lang>[\w-]*)\n(?P<body>.*?)^```$", re.M | re.S)
 EXAMPLE_HOSTS = re.compile(r"(?:https?|wss?)://(?:127\.0\.0\.1|localhost|ci-runner):2024")
 RUN_ID = re.compile(r"workflow:(\w+):[0-9A-Z]{26}")
-PLACEHOLDER = re.compile(r"(?<![$\w])RUN_ID\b")
+PLACEHOLDER = re.compile(r"(?<![$\w])RUN_ID\b(?!=)")
 TIMEOUT = 120
 # Runs a script that may use top-level await, as `python -m asyncio` would.
 TOP_LEVEL_AWAIT = """
