@@ -101,8 +101,18 @@ def test_the_markers_are_understood() -> None:
 
 def test_the_pages_that_should_have_examples_have_them() -> None:
     marked = {page for page in PAGES if blocks(page)}
-    assert {"README.md", "docs/getting-started.md", "docs/ci.md", "docs/server.md",
-            "docs/structured-results.md", "docs/sandbox.md"} <= marked
+    assert {"README.md", "docs/agents.md", "docs/ci.md", "docs/cli.md", "docs/events.md",
+            "docs/getting-started.md", "docs/models.md", "docs/sandbox.md", "docs/server.md",
+            "docs/settings.md", "docs/structured-results.md", "docs/tools.md",
+            "docs/websocket.md", "docs/workflows.md"} <= marked
+
+
+def test_a_page_showing_a_workflow_of_the_repository_shows_it_as_it_is() -> None:
+    for page in PAGES:
+        for block in blocks(page):
+            shipped = REPO / block.args[0] if block.kind == "file" else None
+            if shipped is not None and shipped.parent == REPO / "workflows" and shipped.exists():
+                assert block.body == shipped.read_text(), f"{block} differs from {shipped}"
 
 
 def session_commands(body: str) -> list[tuple[str, list[str]]]:
