@@ -46,17 +46,18 @@ class PyflueError(Exception):
     ``type`` is the stable, snake_case name used in error bodies and run records. ``hint`` is a
     next step for whoever runs this machine (a ``pyflue`` command, a path on it): ``message``
     ends with it, ``public_message`` leaves it out (HTTP error bodies use that one, unless the
-    server runs with ``PYFLUE_DEBUG=1``).
+    server runs with ``PYFLUE_DEBUG=1``). ``public`` replaces ``public_message`` where the
+    message itself names something of the server's (a file's absolute path).
     """
 
     type: str = "pyflue_error"
 
     def __init__(self, message: str, *, details: str | None = None,
-                 hint: str | None = None) -> None:
+                 hint: str | None = None, public: str | None = None) -> None:
         full = f"{message}; {hint}" if hint else message
         super().__init__(full)
         self.message = full
-        self.public_message = message
+        self.public_message = message if public is None else public
         self.details = details
 
     def to_dict(self) -> dict[str, str | None]:

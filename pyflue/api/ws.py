@@ -41,6 +41,12 @@ def too_large_message(limit: int) -> str:
     return (f"the message is over the limit of {limit} bytes (PYFLUE_MAX_BODY_BYTES on the "
             "server): send a smaller payload, or put large inputs in files the workflow fetches")
 
+def _said(ws: WebSocket, exc: PyflueError) -> str:
+    """An error's message for the client: without what is meant for the server's operator (a
+    ``pyflue`` command, a server path) unless the server runs in debug mode, as over HTTP."""
+    return exc.message if _settings(ws).server.debug else exc.public_message
+
+
 def _settings(ws: WebSocket) -> Settings:
     settings: Settings = ws.app.state.settings
     return settings
@@ -100,7 +106,7 @@ async def invoke(ws: WebSocket, name: str) -> None:
                                       'expected a first message {"payload": {...}} within '
                                       f"{FIRST_MESSAGE_TIMEOUT:g} s")
     except PyflueError as exc:
-        return await _error_and_close(ws, CLOSE_BAD_MESSAGE, exc.type, exc.message)
+        return await _error_and_close(ws, CLOSE_BAD_MESSAGE, exc.type, _said(ws, exc))
     except ValueError as exc:
         return await _error_and_close(ws, CLOSE_BAD_MESSAGE, "invalid_message", str(exc))
     except WebSocketDisconnect:
@@ -108,11 +114,11 @@ async def invoke(ws: WebSocket, name: str) -> None:
     try:
         run, _new = await scheduler.submit(name, payload, source="websocket")
     except WorkflowNotFound as exc:
-        return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", exc.message)
+        return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", _said(ws, exc))
     except (InvalidPayload, ConfigError) as exc:
-        return await _error_and_close(ws, CLOSE_BAD_MESSAGE, exc.type, exc.message)
+        return await _error_and_close(ws, CLOSE_BAD_MESSAGE, exc.type, _said(ws, exc))
     except PyflueError as exc:  # a broken module, the store: the server's fault, not the client's
-        return await _error_and_close(ws, CLOSE_ERROR, exc.type, exc.message)
+        return await _error_and_close(ws, CLOSE_ERROR, exc.type, _said(ws, exc))
     if await _relay(ws, scheduler, run.run_id, 0):
         final = await scheduler.store.get_run(run.run_id)
         with contextlib.suppress(Exception):
@@ -152,7 +158,7 @@ async def follow(ws: WebSocket, run_id: str) -> None:
     try:
         await scheduler.store.get_run(run_id)
     except RunNotFound as exc:
-        return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", exc.message)
+        return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", _said(ws, exc))
     if await _relay(ws, scheduler, run_id, after):
         with contextlib.suppress(Exception):
             await ws.close(CLOSE_DONE, "run_end")
