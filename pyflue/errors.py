@@ -47,17 +47,19 @@ class PyflueError(Exception):
     next step for whoever runs this machine (a ``pyflue`` command, a path on it): ``message``
     ends with it, ``public_message`` (and ``str(exc)``, so a traceback or a message that quotes
     the error) leaves it out; HTTP error bodies and stored run errors keep it apart (shown to
-    API clients only when the server runs with ``PYFLUE_DEBUG=1``).
+    API clients only when the server runs with ``PYFLUE_DEBUG=1``). ``public`` replaces
+    ``public_message`` where the message itself names something of the server's (a file's
+    absolute path).
     """
 
     type: str = "pyflue_error"
 
     def __init__(self, message: str, *, details: str | None = None,
-                 hint: str | None = None) -> None:
+                 hint: str | None = None, public: str | None = None) -> None:
         full = f"{message}; {hint}" if hint else message
         super().__init__(message)
         self.message = full
-        self.public_message = message
+        self.public_message = message if public is None else public
         self.hint = hint
         self.details = details
 

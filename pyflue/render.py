@@ -202,6 +202,15 @@ def outcome_document(run: Run) -> dict[str, Any]:
             "error": error.model_dump(mode="json") if error is not None else None}
 
 
+def why_not_completed(run: Run) -> str:
+    """Why a run did not complete, for the ``error: run ID STATUS: ...`` line: its error as
+    ``TYPE: MESSAGE``, or for a run ended from outside (cancelled, timed out, interrupted)
+    just the reason, which the status already names."""
+    if run.error is not None:
+        return run.error.text()
+    return run.reason or "no reason was recorded"
+
+
 def error_json_line(run: Run) -> str | None:
     """A run that did not complete as one JSON line, ``{"type": "error", "run_id", "status",
     "error"}``, for the ndjson event stream (None for a completed run)."""

@@ -42,6 +42,16 @@ class Redactor:
             )
         self._values[value] = name
 
+    def split_tail(self, text: str) -> int:
+        """How many characters at the end of ``text`` begin some secret without finishing it."""
+        longest = 0
+        for value in self._values:
+            for size in range(min(len(value) - 1, len(text)), longest, -1):
+                if text.endswith(value[:size]):
+                    longest = size
+                    break
+        return longest
+
     def text(self, text: str) -> str:
         for value in sorted(self._values, key=len, reverse=True):
             if value in text:
@@ -73,11 +83,10 @@ class StreamRedactor:
         if not self._redactor:
             return chunk
         text = self._redactor.text(self._pending + chunk)
-        keep = self._redactor.longest - 1
-        if keep <= 0 or len(text) <= keep:
-            self._pending, out = text, ""
-        else:
-            self._pending, out = text[-keep:], text[:-keep]
+        # Hold back only the end that could be the start of a secret finished by the next chunk:
+        # the rest (markers whole, a trailing newline) goes out now.
+        held = self._redactor.split_tail(text)
+        self._pending, out = text[len(text) - held:], text[:len(text) - held]
         return out
 
     def flush(self) -> str:

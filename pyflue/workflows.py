@@ -34,6 +34,12 @@ class WorkflowSource:
     path: Path
     root: Path
 
+    @property
+    def shown(self) -> str:
+        """The file as API clients may see it: relative to the project (``workflows/x.py``)."""
+        prefix = f"src/{self.root.name}" if self.root.parent.name == "src" else self.root.name
+        return f"{prefix}/{self.path.relative_to(self.root).as_posix()}"
+
 
 @dataclass(frozen=True)
 class Workflow:
@@ -60,6 +66,7 @@ class WorkflowSummary:
     path: Path
     description: str = ""
     error: str | None = None
+    public_error: str | None = None  # ``error`` without the server's paths, for API clients
 
 
 class WorkflowRegistry:
@@ -82,9 +89,12 @@ class WorkflowRegistry:
                     continue
                 name = ".".join((*parts[:-1], path.stem))
                 if name in found:
+                    source = WorkflowSource(name, path, root)
                     raise WorkflowLoadError(
                         f"workflow {name!r} is defined twice: {found[name].path} and {path}; "
-                        "rename or remove one of them"
+                        "rename or remove one of them",
+                        public=f"workflow {name!r} is defined twice: {found[name].shown} and "
+                               f"{source.shown}; rename or remove one of them",
                     )
                 found[name] = WorkflowSource(name, path, root)
         return found
@@ -100,7 +110,8 @@ class WorkflowRegistry:
             try:
                 out.append(WorkflowSummary(name, source.path, self.get(name).description))
             except WorkflowError as exc:
-                out.append(WorkflowSummary(name, source.path, error=exc.message))
+                out.append(WorkflowSummary(name, source.path, error=exc.message,
+                                           public_error=exc.public_message))
         return out
 
     def get(self, name: str) -> Workflow:
@@ -122,7 +133,9 @@ class WorkflowRegistry:
         try:
             code = source.path.read_bytes()
         except OSError as exc:
-            raise WorkflowLoadError(f"cannot read workflow file {source.path}: {exc}") from exc
+            raise WorkflowLoadError(f"cannot read workflow file {source.path}: {exc}",
+                                    public=f"cannot read workflow file {source.shown}: "
+                                           f"{exc.strerror or type(exc).__name__}") from exc
         workflow = _load(source, code)
         self._loaded[name] = (hashlib.sha256(code).hexdigest(), workflow)
         return workflow
@@ -136,6 +149,11 @@ def _digest(path: Path) -> str | None:
         return None
 
 
+def _without(exc: BaseException, source: WorkflowSource) -> str:
+    """The exception's text with the workflow file's absolute path made relative."""
+    return str(exc).replace(str(source.path), source.shown)
+
+
 def _load(source: WorkflowSource, code: bytes) -> Workflow:
     """Imports ``code`` (the file's bytes, as hashed) as the workflow's module. Compiled here,
     not through the import system, so a stale ``__pycache__`` entry (same size, same second)
@@ -143,7 +161,8 @@ def _load(source: WorkflowSource, code: bytes) -> Workflow:
     module_name = f"pyflue_workflows.{source.name}"
     spec = importlib.util.spec_from_file_location(module_name, source.path)
     if spec is None or spec.loader is None:
-        raise WorkflowLoadError(f"cannot load workflow file {source.path}")
+        raise WorkflowLoadError(f"cannot load workflow file {source.path}",
+                                public=f"cannot load workflow file {source.shown}")
     module = importlib.util.module_from_spec(spec)
     root = str(source.root)
     added = root not in sys.path
@@ -160,11 +179,15 @@ def _load(source: WorkflowSource, code: bytes) -> Workflow:
             f"workflow {source.name!r} failed to import from {source.path}: "
             f"{type(exc).__name__}: {exc}",
             details="".join(traceback.format_exception(exc)),
+            public=f"workflow {source.name!r} failed to import from {source.shown}: "
+                   f"{type(exc).__name__}: {_without(exc, source)}",
         ) from exc
     run = getattr(module, "run", None)
     if not callable(run):
         raise WorkflowLoadError(
             f"workflow file {source.path} does not define a run(ctx) function; "
-            "add `async def run(ctx): ...`"
+            "add `async def run(ctx): ...`",
+            public=f"workflow file {source.shown} does not define a run(ctx) function; "
+                   "add `async def run(ctx): ...`",
         )
     return Workflow(source.name, source.path, run, module)

@@ -1,3 +1,5 @@
+"""Classify a support ticket into a validated priority and summary (payload: ticket)."""
+
 from pydantic import BaseModel
 
 from pyflue import FlueContext, create_agent

@@ -1,3 +1,5 @@
+"""Have a model review a document in the container and write review.md (payload: document)."""
+
 from pyflue import FlueContext, create_agent
 
 reviewer = create_agent(lambda ctx: {"model": "anthropic/claude-sonnet-4-6", "cwd": "/workspace"})

@@ -1,3 +1,5 @@
+"""Summarize a text with a model (payload: text, audience)."""
+
 from pyflue import FlueContext, create_agent
 
 agent = create_agent(lambda ctx: {"model": "anthropic/claude-haiku-4-5"})

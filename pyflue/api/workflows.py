@@ -87,8 +87,10 @@ _INVOKE_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def list_workflows(request: Request) -> WorkflowList:
     """The workflows the server discovered; `error` says why one cannot be loaded."""
     found = deps.scheduler(request).runner.registry.summaries()
+    debug = deps.settings(request).server.debug
     return WorkflowList(workflows=[WorkflowInfo(name=w.name, description=w.description,
-                                                error=w.error) for w in found])
+                                                error=w.error if debug else w.public_error)
+                                   for w in found])
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -42,6 +42,12 @@ def too_large_message(limit: int) -> str:
     return (f"the message is over the limit of {limit} bytes (PYFLUE_MAX_BODY_BYTES on the "
             "server): send a smaller payload, or put large inputs in files the workflow fetches")
 
+def _said(ws: WebSocket, exc: PyflueError) -> str:
+    """An error's message for the client: without what is meant for the server's operator (a
+    ``pyflue`` command, a server path) unless the server runs in debug mode, as over HTTP."""
+    return exc.message if _settings(ws).server.debug else exc.public_message
+
+
 def _settings(ws: WebSocket) -> Settings:
     settings: Settings = ws.app.state.settings
     return settings

@@ -163,7 +163,7 @@ def _print_start_id(run_id: str) -> None:
 def _report(final: Run, as_json: bool, ndjson: bool) -> None:
     """The run's outcome: the result (or the --json document) on stdout, the error on stderr."""
     from pyflue.models import end_error
-    from pyflue.render import error_json_line, outcome_document, status_word
+    from pyflue.render import error_json_line, outcome_document, status_word, why_not_completed
 
     doc = outcome_document(final)
     if as_json:
@@ -173,9 +173,9 @@ def _report(final: Run, as_json: bool, ndjson: bool) -> None:
     if ndjson:
         if (line := error_json_line(final)) is not None:
             typer.echo(line, err=True)
-    elif (error := end_error(final.status, final.error, final.reason)) is not None:
+    elif end_error(final.status, final.error, final.reason) is not None:
         typer.echo(error_line(f"run {final.run_id} {status_word(final.status)}: "
-                              f"{error.text()}"), err=True)
+                              f"{why_not_completed(final)}"), err=True)
 
 
 def _print_live(quiet: bool, fmt: StreamFormat) -> Callable[[Event], None]:
@@ -224,16 +224,14 @@ def invoke(
         raise typer.Exit(EXIT_OK)
     if events_format is StreamFormat.ndjson:  # JSON lines only on stderr, as `pyflue run`
         _finish(outcome, ndjson=True)
-    from pyflue.render import status_word
+    from pyflue.render import status_word, why_not_completed
 
     typer.echo(f"run {outcome.run_id} {status_word(outcome.status)}", err=True)
     if outcome.status is RunStatus.completed:
         typer.echo(json.dumps(outcome.result, indent=2, ensure_ascii=False))
         raise typer.Exit(EXIT_OK)
-    why = (outcome.error.text() if outcome.error
-           else outcome.reason or outcome.status.value)
-    typer.echo(error_line(f"run {outcome.run_id} {status_word(outcome.status)}: {why}"),
-               err=True)
+    typer.echo(error_line(f"run {outcome.run_id} {status_word(outcome.status)}: "
+                          f"{why_not_completed(outcome)}"), err=True)
     raise typer.Exit(exit_code_for_run(outcome.status,
                                        outcome.error.type if outcome.error else None))
 

@@ -58,6 +58,22 @@ def test_an_edited_workflow_runs_its_new_code_and_a_broken_one_reports_the_impor
     assert _invoke(server, "greet").json()["result"] == "v3"
 
 
+def test_a_workflow_that_fails_to_import_is_reported_without_the_servers_paths(
+    server: Server, project: Path, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("greet", "def run(ctx):\n    return (\n")
+    write_workflow("norun", "x = 1\n")
+    error = _invoke(server, "greet").json()["error"]
+    assert error["type"] == "workflow_load_error" and error["details"] is None
+    assert error["message"].startswith(
+        "workflow 'greet' failed to import from workflows/greet.py: SyntaxError: ")
+    listed = {w["name"]: w["error"] for w in httpx.get(f"{server.url}/workflows").json()["workflows"]}
+    assert listed["greet"] == error["message"]
+    assert listed["norun"] == ("workflow file workflows/norun.py does not define a run(ctx) "
+                               "function; add `async def run(ctx): ...`")
+    assert str(project) not in str(listed)
+
+
 def test_serve_reload_restarts_when_a_helper_module_changes(
     project: Path, tmp_path: Path, write_workflow: WriteWorkflow
 ) -> None:

@@ -142,6 +142,23 @@ async def test_bad_invocations_get_an_error_frame_then_close(
         assert '{"payload"' in frames[-1]["error"]["message"]
 
 
+@pytest.mark.parametrize(("path", "message", "said"), [
+    ("/workflows/nope", json.dumps({"payload": {}}), "unknown workflow 'nope'; available: "),
+    ("/runs/workflow:nap:NOPE/stream", None, "no run 'workflow:nap:NOPE'"),
+])
+async def test_error_frames_carry_no_server_paths_nor_cli_commands(
+    server: Server, project: Path, path: str, message: str | None, said: str
+) -> None:
+    async with websockets.connect(ws_url(server, path)) as sock:
+        if message is not None:
+            await sock.send(message)
+        frames = await _frames(sock)
+        assert sock.close_code == 4404
+    text = frames[-1]["error"]["message"]
+    assert text.startswith(said)
+    assert str(project) not in text and "looked in" not in text and "pyflue runs" not in text
+
+
 async def test_following_a_running_run_from_the_middle_and_reconnecting(server: Server) -> None:
     async with httpx.AsyncClient(base_url=server.url) as client:
         run_id = (await client.post("/workflows/nap", json={"lines": 20, "pause": 0.05})

@@ -27,6 +27,18 @@ def test_a_value_split_across_chunks_is_still_redacted() -> None:
     assert text == "abc [REDACTED:TOKEN] xyz"
 
 
+def test_a_marker_is_never_cut_in_two_between_output_chunks() -> None:
+    redactor = Redactor()
+    redactor.add("TOKEN", CANARY)
+    stream = StreamRedactor(redactor)
+    chunks = [stream.feed(chunk) for chunk in [f"{CANARY}\n", f"x {CANARY}\n", "tail"]]
+    chunks.append(stream.flush())
+    assert chunks == ["[REDACTED:TOKEN]\n", "x [REDACTED:TOKEN]\n", "tail", ""]
+    for piece in chunks:  # each piece holds whole markers only
+        assert piece.count("[REDACTED:") == piece.count("[REDACTED:TOKEN]"), chunks
+        assert piece.count("]") == piece.count("[REDACTED:TOKEN]"), chunks
+
+
 def test_redaction_reaches_into_nested_data() -> None:
     redactor = Redactor()
     redactor.add("TOKEN", CANARY)

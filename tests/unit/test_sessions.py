@@ -262,3 +262,30 @@ async def run(ctx):
     ends = await runner.store.list_events(run.run_id, types=[EventType.tool_end])
     assert [e.data["name"] for e in ends] == ["final_result"] * 4
     assert all(e.data["is_error"] for e in ends)
+
+
+async def test_a_structured_prompt_counts_in_session_usage_and_records_its_result_call(
+    project: Path, write_workflow: WriteWorkflow
+) -> None:
+    """What docs/structured-results.md says: usage in model_turn_end and session.usage, the
+    final_result call as tool_start/tool_end, no event type of its own."""
+    write_workflow("judge", HEAD + """
+async def run(ctx):
+    s = await (await ctx.init(agent)).session()
+    await s.prompt("Judge this.", result=Verdict)
+    return s.usage.to_dict()
+""")
+    model = ScriptedModel([call("final_result", priority="high"),
+                           call("final_result", priority="high", score=2)])
+    runner = fake_runner(project, models=model)
+    run = await runner.run("judge", {})
+    turns = await runner.store.list_events(run.run_id, types=[EventType.model_turn_end])
+    assert run.result["output_tokens"] == sum(e.data["usage"]["output_tokens"] for e in turns) > 0
+    events = await runner.store.list_events(run.run_id)
+    calls = [(e.type, e.data.get("is_error")) for e in events
+             if e.type in (EventType.tool_start, EventType.tool_end)]
+    assert calls == [(EventType.tool_start, None), (EventType.tool_end, True),
+                     (EventType.tool_start, None), (EventType.tool_end, False)]
+    ends = [e for e in events if e.type == EventType.tool_end]
+    assert ends[1].data["output"] == "Result accepted." and ends[1].data["duration_ms"] == 0
+    assert "final_result" not in {e.type.value for e in events}
