@@ -42,6 +42,7 @@ def too_large_message(limit: int) -> str:
     return (f"the message is over the limit of {limit} bytes (PYFLUE_MAX_BODY_BYTES on the "
             "server): send a smaller payload, or put large inputs in files the workflow fetches")
 
+
 def _said(ws: WebSocket, exc: PyflueError) -> str:
     """An error's message for the client: without what is meant for the server's operator (a
     ``pyflue`` command, a server path) unless the server runs in debug mode, as over HTTP."""
@@ -136,11 +137,6 @@ def _payload(raw: str) -> dict[str, Any]:
     if not isinstance(message, dict) or "payload" not in message:
         raise ValueError('expected a JSON object {"payload": {...}} as the first message')
     return check_payload(message["payload"])
-
-
-def _said(ws: WebSocket, exc: PyflueError) -> str:
-    """An error's message for the client: its hint only with PYFLUE_DEBUG=1."""
-    return exc.message if _settings(ws).server.debug else exc.public_message
 
 
 def _outcome(run: Run, debug: bool) -> dict[str, Any]:
