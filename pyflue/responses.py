@@ -159,13 +159,24 @@ class EventPage(_Answer):
     next_after: int
 
 
+class PoolFillAnswer(_Answer):
+    """One warm pool: its image, the containers it keeps, those ready and those starting."""
+
+    image: str
+    size: int
+    ready: int
+    starting: int
+
+
 class Health(_Answer):
-    """``GET /health``: the server is up; how many runs it is executing, and its limit."""
+    """``GET /health``: the server is up; how many runs it is executing, and its limit; the
+    warm pool's fill per image (empty when the pool is off)."""
 
     ok: bool
     version: str
     running: int
     max_concurrency: int
+    pool: list[PoolFillAnswer] = Field(default_factory=list)
 
 
 __all__ = [
@@ -179,6 +190,7 @@ __all__ = [
     "EventPage",
     "Health",
     "ParameterProblem",
+    "PoolFillAnswer",
     "RunPage",
     "WorkflowInfo",
     "WorkflowList",

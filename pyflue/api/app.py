@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from pyflue import __version__, wiring
 from pyflue.api import errors, openapi, runs, workflows, ws
 from pyflue.llm import ModelResolver
-from pyflue.responses import Health
+from pyflue.responses import Health, PoolFillAnswer
 from pyflue.sandbox.base import SandboxProvider
 from pyflue.scheduler import Scheduler
 from pyflue.settings import Settings
@@ -32,7 +32,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with wiring.open_runner(settings, store=store, provider=provider,
-                                      models=models) as runner:
+                                      models=models, pool=True) as runner:
             scheduler = Scheduler(runner, max_concurrency=settings.server.max_concurrency)
             await scheduler.start()
             app.state.scheduler = scheduler
@@ -61,7 +61,9 @@ def create_app(
     async def health(request: Request) -> Health:
         """Whether the server is up, and its load. Needs no token."""
         scheduler: Scheduler = request.app.state.scheduler
+        fills = [PoolFillAnswer(**vars(fill))
+                 for fill in scheduler.runner.provider.pool_fills()]
         return Health(ok=True, version=__version__, running=scheduler.running,
-                      max_concurrency=scheduler.max_concurrency)
+                      max_concurrency=scheduler.max_concurrency, pool=fills)
 
     return app
