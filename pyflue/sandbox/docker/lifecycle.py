@@ -437,6 +437,20 @@ class DockerProvider:
                 found[run_id] = (run_id, None, v["Name"])
         return list(found.values())
 
+    async def pooled_running(self) -> dict[str, int]:
+        """Running warm-pool containers of this scope on the engine, per image (whatever
+        worker owns them, ready or claimed)."""
+        def _count() -> dict[str, int]:
+            with translated("listing pyflue's pooled containers"):
+                mine = {"label": [LABEL_POOL, f"{LABEL_SCOPE}={self.scope}"]}
+                found = self.client.api.containers(filters=mine)
+            counts: dict[str, int] = {}
+            for c in found:
+                counts[c["Image"]] = counts.get(c["Image"], 0) + 1
+            return counts
+
+        return await self.bridge.call(_count)
+
     def _pool_labelled(self) -> list[tuple[str, str, str | None, str]]:
         """(owner, placeholder id, container id, volume) of this scope's warm-pool resources."""
         with translated("listing pyflue's pooled containers"):
