@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 LABEL_POOL = "dev.pyflue.pool"  # value: the owning worker, host:pid:instance
 POOL_RUN_PREFIX = "pool-"  # the placeholder run id of a pooled container (and its name)
 SWEEP_SECONDS = 5.0  # how often the pool looks for containers that died while pooled
+MAX_BACKOFF_SECONDS = 60.0  # the longest wait after failed refills
 
 PoolKey = tuple[object, ...]
 
@@ -76,6 +77,8 @@ class _Slot:
         self.size = size
         self.ready: deque[Pooled] = deque()
         self.starting = 0
+        self.failures = 0  # refills failed in a row: backs off (a missing image, the engine)
+        self.retry_at = 0.0  # no refill before this time (time.monotonic)
 
     def fill(self) -> PoolFill:
         return PoolFill(image=self.template.image, size=self.size, ready=len(self.ready),
@@ -157,8 +160,10 @@ class WarmPool:
                 self._discard(slot.ready.popleft())
 
     def resume(self) -> None:
-        """Refills again after :meth:`pause` (e.g. the engine answers again)."""
+        """Refills again after :meth:`pause` (e.g. the engine answers again), at once."""
         self._paused = False
+        for slot in self._slots.values():
+            slot.failures, slot.retry_at = 0, 0.0
         self._wake.set()
 
     async def drain(self) -> None:
@@ -176,19 +181,25 @@ class WarmPool:
             await asyncio.gather(*self._removals, return_exceptions=True)
 
     async def _maintain(self) -> None:
+        swept = time.monotonic()
         while True:
             if not self._paused:
                 self._top_up()
             self._wake.clear()
+            now = time.monotonic()
+            retries = [s.retry_at - now for s in self._slots.values() if s.retry_at > now]
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SWEEP_SECONDS):
+                async with asyncio.timeout(min([SWEEP_SECONDS, *retries])):
                     await self._wake.wait()
-                    continue
-            if not self._paused:
+            if not self._paused and time.monotonic() - swept >= SWEEP_SECONDS:
                 await self._sweep()
+                swept = time.monotonic()
 
     def _top_up(self) -> None:
+        now = time.monotonic()
         for slot in self._slots.values():
+            if slot.retry_at > now:  # refills failed lately: wait before the next try
+                continue
             missing = slot.size - len(slot.ready) - slot.starting
             for _ in range(max(0, missing)):
                 slot.starting += 1
@@ -206,6 +217,7 @@ class WarmPool:
                 # Shielded: a container being made is always either pooled or removed.
                 cid, name = await asyncio.shield(self._ports.create(spec))
             pooled = Pooled(container_id=cid, name=name, spec=spec)
+            slot.failures = 0
             if self._paused:
                 self._discard(pooled)
             else:
@@ -213,8 +225,11 @@ class WarmPool:
         except asyncio.CancelledError:
             raise
         except PyflueError as exc:
+            slot.failures += 1
             log.warning("could not start a pooled container from %s: %s", spec.image, exc)
-            await asyncio.sleep(1.0)  # an engine or image problem: do not spin
+            # An engine or image problem: do not spin (1 s, 2 s, 4 s... up to a minute)
+            backoff = min(2.0 ** (slot.failures - 1), MAX_BACKOFF_SECONDS)
+            slot.retry_at = time.monotonic() + backoff
         finally:
             slot.starting -= 1
             self._wake.set()
