@@ -36,6 +36,9 @@ LABEL_POOL = "dev.pyflue.pool"  # value: the owning worker, host:pid:instance
 POOL_RUN_PREFIX = "pool-"  # the placeholder run id of a pooled container (and its name)
 SWEEP_SECONDS = 5.0  # how often the pool looks for containers that died while pooled
 MAX_BACKOFF_SECONDS = 60.0  # the longest wait after failed refills
+# Refills start this long after the last claim: a container start is CPU-heavy, and the run
+# that just claimed (or a burst still claiming) runs its first commands meanwhile.
+REFILL_DELAY_SECONDS = 0.25
 
 PoolKey = tuple[object, ...]
 
@@ -102,6 +105,7 @@ class WarmPool:
         self._paused = False
         self._removals: set[asyncio.Task[None]] = set()
         self._refills: set[asyncio.Task[None]] = set()
+        self._claimed_at = 0.0  # time.monotonic() of the last claim
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -112,11 +116,15 @@ class WarmPool:
         slot = self._slots.get(key) if key is not None and not self._paused else None
         while slot is not None and slot.ready:
             pooled = slot.ready.popleft()
+            self._claimed_at = time.monotonic()
             self._wake.set()
             try:
                 alive = await self._ports.running(pooled.container_id)
             except PyflueError:
                 alive = False
+            except BaseException:  # cancelled while checking: it is nobody's, remove it
+                self._discard(pooled)
+                raise
             if alive:
                 return pooled
             log.warning("pooled container %s died in the pool; not handing it out",
@@ -188,6 +196,8 @@ class WarmPool:
             self._wake.clear()
             now = time.monotonic()
             retries = [s.retry_at - now for s in self._slots.values() if s.retry_at > now]
+            if (settle := self._claimed_at + REFILL_DELAY_SECONDS - now) > 0:
+                retries.append(settle)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min([SWEEP_SECONDS, *retries])):
                     await self._wake.wait()
@@ -197,6 +207,8 @@ class WarmPool:
 
     def _top_up(self) -> None:
         now = time.monotonic()
+        if now - self._claimed_at < REFILL_DELAY_SECONDS:
+            return  # runs that just claimed go first
         for slot in self._slots.values():
             if slot.retry_at > now:  # refills failed lately: wait before the next try
                 continue
