@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,19 @@ async def launch_of(client: httpx.AsyncClient, run_id: str) -> str:
     return str(events[0]["data"]["launch"])
 
 
+PHASES = {  # name: (from event, to event), by the events' own timestamps
+    "container (claim or create+start)": ("run_start", "container_started"),
+    "the command (shell_start to shell_end)": ("shell_start", "shell_end"),
+    "end (container_exited, removal, run_end)": ("shell_end", "run_end"),
+}
+
+
+async def phases_of(client: httpx.AsyncClient, run_id: str) -> dict[str, float]:
+    events = (await client.get(f"/runs/{run_id}/events")).json()["events"]
+    at = {e["type"]: datetime.fromisoformat(e["timestamp"]) for e in events}
+    return {name: (at[b] - at[a]).total_seconds() for name, (a, b) in PHASES.items()}
+
+
 async def invoke(client: httpx.AsyncClient) -> tuple[float, str]:
     t0 = time.perf_counter()
     answer = await client.post("/workflows/trivial?wait=result", json={})
@@ -174,6 +188,7 @@ async def pairs(server: Server, docker_client: Any, n: int, pool: int,
     ours: list[float] = []
     raw: list[float] = []
     launches: list[str] = []
+    phases: dict[str, list[float]] = {name: [] for name in PHASES}
     async with httpx.AsyncClient(base_url=server.url, timeout=60, trust_env=False) as client:
         for i in range(warmup + n):
             if pool:
@@ -192,7 +207,10 @@ async def pairs(server: Server, docker_client: Any, n: int, pool: int,
                 ours.append(took)
                 raw.append(r)
                 launches.append(await launch_of(client, run_id))
-    return {"n": n, "pyflue_p50_ms": median_ms(ours), "pyflue_p90_ms": p90_ms(ours),
+                for name, took_s in (await phases_of(client, run_id)).items():
+                    phases[name].append(took_s)
+    return {"phases_p50_ms": {name: median_ms(xs) for name, xs in phases.items()},
+            "n": n, "pyflue_p50_ms": median_ms(ours), "pyflue_p90_ms": p90_ms(ours),
             "raw_p50_ms": median_ms(raw), "raw_p90_ms": p90_ms(raw),
             "ratio": statistics.median(ours) / statistics.median(raw),
             "launches": {k: launches.count(k) for k in sorted(set(launches))}}
@@ -303,9 +321,12 @@ def render(r: dict[str, Any]) -> str:
         f"| idle pooled container memory (median of {b['idle_containers_measured']}; max) | "
         f"{b['idle_mib_median']:.2f} MiB; {b['idle_mib_max']:.2f} | | | <= 5 MiB |",
     ]
-    lines = ["\n".join(rows), "",
-             f"launches: warm phase {w['launches']}, cold phase {c['launches']}, "
-             f"burst {b['launches']}"]
+    lines = ["\n".join(rows), "", "where a run's time goes, p50 (from its events' timestamps):"]
+    lines += [f"  {name}: warm {w['phases_p50_ms'][name]:.1f} ms, cold "
+              f"{c['phases_p50_ms'][name]:.1f} ms" for name in PHASES]
+    lines += ["",
+              f"launches: warm phase {w['launches']}, cold phase {c['launches']}, "
+              f"burst {b['launches']}"]
     lines += [f"{'met ' if ok else 'MISSED'}  {name}" for name, ok in r["verdicts"].items()]
     return "\n".join(lines)
 
