@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyflue.errors import PyflueError, WorkflowError
 from pyflue.models import Run, RunStatus, utcnow
@@ -12,6 +12,9 @@ from pyflue.settings import Settings, masked_url
 from pyflue.store.base import RunUpdate
 from pyflue.wiring import docker_provider, engine_address, open_store
 from pyflue.workflows import WorkflowRegistry
+
+if TYPE_CHECKING:
+    from pyflue.sandbox.docker import DockerProvider
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,28 @@ async def run_checks(settings: Settings) -> list[Check]:
         checks.append(Check("sandbox image", present,
                             f"{image} {'present' if present else 'missing'}",
                             "build it: `pyflue images build` (or set PYFLUE_SANDBOX_IMAGE)"))
+        checks.append(await _pool_check(settings, provider))
     await provider.close()
     checks.append(await _store_check(settings))
     checks.extend(_workflows_checks(settings))
     return checks
+
+
+async def _pool_check(settings: Settings, provider: DockerProvider) -> Check:
+    """The warm pool `pyflue serve` keeps: its sizes, and the pooled containers of this store
+    the engine has now (ready or claimed by a run)."""
+    sizes = settings.pool.sizes(settings.sandbox.image)
+    if not sizes:
+        return Check("warm pool", True, "off (PYFLUE_POOL_SIZE=0): every run starts cold",
+                     optional=True)
+    running = await provider.pooled_running()
+    missing = [image for image in sizes if not await provider.image_exists(image)]
+    detail = ", ".join(f"{image}: {running.get(image, 0)} running of {size}"
+                       for image, size in sizes.items())
+    return Check("warm pool", not missing,
+                 f"the server keeps {detail} (pooled containers of this store, ready or in use)",
+                 f"build or pull {', '.join(missing)}, or change PYFLUE_POOL_IMAGES"
+                 if missing else None, optional=True)
 
 
 async def _store_check(settings: Settings) -> Check:

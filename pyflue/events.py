@@ -249,7 +249,8 @@ class ContainerCreated(EventData):
     type = EventType.container_created
     container_id: str = Field(description="the full Docker container id")
     name: str = Field(description="the container's (and volume's) name, "
-                                  "`pyflue-<workflow>-<ulid>`")
+                                  "`pyflue-<workflow>-<ulid>` (`pyflue-pool-<ulid>` for a "
+                                  "container from the warm pool)")
     image: str = Field(description="the image it was created from")
     network: str = Field(description="the network mode, e.g. `none`")
     runtime: str = Field(description="`runc`, or the runtime asked for (e.g. `runsc`)")
@@ -258,6 +259,9 @@ class ContainerCreated(EventData):
 class ContainerStarted(EventData):
     type = EventType.container_started
     container_id: str = Field(description="the full Docker container id")
+    launch: Literal["warm", "cold"] = Field(
+        "cold", description="`warm`: claimed from the warm pool (created and started before "
+                            "the run); `cold`: created and started for this run")
 
 
 class ContainerExited(EventData):
@@ -279,6 +283,10 @@ class ContainerRemoved(EventData):
     type = EventType.container_removed
     container_id: str = Field(description="the full Docker container id")
     removed: bool = Field(description="`true` unless removing the container failed")
+    deferred: bool = Field(
+        False, description="`true` when the removal finishes in the background after the run's "
+                           "end (a warm container: the result does not wait for it); the run's "
+                           "`container_removed_at` says when it was done")
 
 
 # -- shell commands ----------------------------------------------------------------------------

@@ -88,6 +88,11 @@ class Run(BaseModel):
     # 1, then one more each time the run went back to the queue (a workflow safe to retry
     # whose worker was lost or stopped).
     attempt: int = 1
+    # The run's container (its last one, for a run that was retried) and when it was removed:
+    # unset while removal is still under way (a warm container is removed in the background
+    # after the run's end; the reaper removes it if this worker dies first).
+    container_id: str | None = None
+    container_removed_at: datetime | None = None
 
 
 def end_error(status: RunStatus, error: ErrorInfo | None, reason: str | None) -> ErrorInfo | None:

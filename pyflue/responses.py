@@ -169,10 +169,20 @@ class EngineHealth(_Answer):
     reason: str | None = None
 
 
+class PoolFillAnswer(_Answer):
+    """One warm pool: its image, the containers it keeps, those ready and those starting."""
+
+    image: str
+    size: int
+    ready: int
+    starting: int
+
+
 class Health(_Answer):
     """``GET /health``: whether the server can run workflows (``ok``; false while its Docker
     engine does not answer, with ``reason`` saying why and what to do); how many runs it is
-    executing, its limit, and its engine (null when the server has no engine to watch)."""
+    executing, its limit, its engine (null when the server has no engine to watch), and the
+    warm pool's fill per image (empty when the pool is off)."""
 
     ok: bool
     version: str
@@ -180,6 +190,7 @@ class Health(_Answer):
     max_concurrency: int
     reason: str | None = None
     engine: EngineHealth | None = None
+    pool: list[PoolFillAnswer] = Field(default_factory=list)
 
 
 __all__ = [
@@ -194,6 +205,7 @@ __all__ = [
     "EventPage",
     "Health",
     "ParameterProblem",
+    "PoolFillAnswer",
     "RunPage",
     "WorkflowInfo",
     "WorkflowList",

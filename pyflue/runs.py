@@ -18,7 +18,7 @@ import logging
 import math
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +103,7 @@ class Runner:
         self.env = dict(env if env is not None else {})
         self.workers = Workers(store=store, registry=registry, provider=provider,
                                lease=settings.server.worker_lease)
+        self._removals: set[asyncio.Task[None]] = set()  # see _note_removed
 
     async def submit(
         self,
@@ -278,17 +279,42 @@ class Runner:
         # outcome. Only from `running` at this attempt: a worker that took this run as lost (see
         # owner_is_dead) has ended it already, run_end and all, or put it back in the queue for
         # a next attempt that may be running elsewhere by now; either stands.
+        container: dict[str, Any] = {}
+        pending = None
+        if scope.box_id is not None:
+            pending = self.provider.removal(scope.box_id)
+            container = {"container_id": scope.box_id,
+                         "container_removed_at": None if pending else utcnow()}
         try:
-            return await self.store.update_run(run_id, RunUpdate(
+            final = await self.store.update_run(run_id, RunUpdate(
                 status=status, result=result, has_result=status is RunStatus.completed,
                 error=error, reason=reason, finished_at=utcnow(), duration_ms=duration_ms,
                 image=scope.image, expect_status=RunStatus.running, expect_attempt=run.attempt,
-                events=[recorder.stored(end)],
+                events=[recorder.stored(end)], extra=container,
             ))
+            if pending is not None:
+                task = asyncio.ensure_future(self._note_removed(run_id, pending))
+                self._removals.add(task)
+                task.add_done_callback(self._removals.discard)
+            return final
         except RunStateConflict:
             log.warning("run %s was taken back by another worker while it ran here (this "
                         "worker was taken for lost); its outcome here is dropped", run_id)
             return await self.store.get_run(run_id)
+
+    async def _note_removed(self, run_id: str, removal: Awaitable[bool]) -> None:
+        """Records when a container removed in the background after its run's end is gone."""
+        try:
+            if await removal:
+                await self.store.update_run(run_id, RunUpdate(
+                    extra={"container_removed_at": utcnow()}))
+        except Exception as exc:  # the run's outcome stands; its record lacks the time only
+            log.warning("could not record the container removal of %s: %s", run_id, exc)
+
+    async def settle(self) -> None:
+        """Waits for the container removals still to be recorded (before the store closes)."""
+        if self._removals:
+            await asyncio.wait(list(self._removals), timeout=30)
 
     async def run(self, workflow: str, payload: Any, **kwargs: Any) -> Run:
         """``submit`` then ``execute``."""
@@ -365,6 +391,11 @@ class _SandboxScope:
     @property
     def image(self) -> str | None:
         return self._spec.image if self._spec else None
+
+    @property
+    def box_id(self) -> str | None:
+        """The run's container id, once it has one."""
+        return self._box.id if self._box is not None else None
 
     async def close(self) -> None:
         await self._stack.aclose()

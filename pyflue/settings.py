@@ -127,6 +127,45 @@ class SandboxDefaults(BaseSettings):
     )
 
 
+POOL_IMAGES_EXAMPLE = "python:3.12=4,node:20=1"
+
+
+class PoolSettings(BaseSettings):
+    """The warm pool of `pyflue serve`: started containers waiting for runs (docs/sandbox.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="PYFLUE_POOL_", extra="forbid")
+
+    size: int = Field(2, ge=0, description="started containers kept ready for runs of the "
+                                           "default sandbox image; `0` turns the pool off")
+    images: str = Field("", description="other images to pool, each with its size, e.g. "
+                                        f"`{POOL_IMAGES_EXAMPLE}`")
+    refill_concurrency: int = Field(2, ge=1, description="pooled containers started at once "
+                                                         "when refilling")
+
+    @field_validator("images")
+    @classmethod
+    def _image_sizes(cls, value: str) -> str:
+        pool_sizes(value)
+        return value
+
+    def sizes(self, default_image: str) -> dict[str, int]:
+        """Pool size per image: the default image's, then PYFLUE_POOL_IMAGES (which may
+        resize the default image's pool); images with size 0 are left out."""
+        sizes = {default_image: self.size, **pool_sizes(self.images)}
+        return {image: size for image, size in sizes.items() if size > 0}
+
+
+def pool_sizes(text: str) -> dict[str, int]:
+    """``python:3.12=4,node:20=1`` as {image: size}; ValueError naming an example."""
+    sizes: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        image, sep, size = item.rpartition("=")
+        if not sep or not image.strip() or not size.strip().isdigit():
+            raise ValueError(f"is not a list of IMAGE=SIZE: write it like {POOL_IMAGES_EXAMPLE}")
+        sizes[image.strip()] = int(size)
+    return sizes
+
+
 class ModelSettings(BaseSettings):
     """Model clients and the agent loop (see docs/models.md)."""
 
@@ -219,6 +258,7 @@ class Settings(BaseSettings):
     sandbox: SandboxDefaults = Field(default_factory=SandboxDefaults)
     models: ModelSettings = Field(default_factory=ModelSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    pool: PoolSettings = Field(default_factory=PoolSettings)
 
     @field_validator("store_url")
     @classmethod
@@ -262,6 +302,7 @@ class Settings(BaseSettings):
 
 _PARTS: dict[str, type[BaseSettings]] = {
     "sandbox": SandboxDefaults, "models": ModelSettings, "server": ServerSettings,
+    "pool": PoolSettings,
 }
 _UNPARSED = re.compile(r'error parsing value for field "(\w+)"')
 _SECRET = ("key", "token", "password")

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from pyflue.llm import ModelResolver
     from pyflue.models import Run
     from pyflue.runs import Runner
-    from pyflue.sandbox.base import SandboxProvider
+    from pyflue.sandbox.base import SandboxProvider, SandboxSpec
     from pyflue.sandbox.docker import DockerProvider
     from pyflue.store import RunStore
 
@@ -127,6 +127,22 @@ def engine_watch(settings: Settings, provider: SandboxProvider) -> EngineWatch |
     return watch
 
 
+class _NoAsks:
+    """An agent that asks nothing of its sandbox: what a pooled container is made for."""
+
+    image = network = memory = cpus = pids = runtime = None
+
+
+def pool_templates(settings: Settings) -> list[tuple[SandboxSpec, int]]:
+    """The warm pool's template specs and sizes (PYFLUE_POOL_SIZE, PYFLUE_POOL_IMAGES): the
+    spec a run gets for each image when its agent asks for nothing else."""
+    from pyflue.sandbox.policy import spec_for
+
+    sizes = settings.pool.sizes(settings.sandbox.image)
+    return [(spec_for(_NoAsks(), settings.sandbox, run_id="pool", workflow="",
+                      image_override=image), size) for image, size in sizes.items()]
+
+
 @contextlib.asynccontextmanager
 async def open_runner(
     settings: Settings,
@@ -134,23 +150,33 @@ async def open_runner(
     store: RunStore | None = None,
     provider: SandboxProvider | None = None,
     models: ModelResolver | None = None,
+    pool: bool = False,
 ) -> AsyncIterator[Runner]:
     """A Runner over the settings' store, the Docker engine and the model clients (or those
-    given); on exit, closes what it built here."""
+    given); on exit, closes what it built here. ``pool``: the Docker provider built here keeps
+    a warm pool (the server's; a one-shot ``pyflue run`` gains nothing from one)."""
     from pyflue.runs import Runner
+    from pyflue.workers import local_owner
     from pyflue.workflows import WorkflowRegistry
 
     async with contextlib.AsyncExitStack() as stack:
         if store is None:
             store = await stack.enter_async_context(open_store(settings))
         if provider is None:
-            provider = docker_provider(settings)
-            stack.push_async_callback(provider.close)
+            docker = docker_provider(settings)
+            stack.push_async_callback(docker.close)  # drains the pool, if any
+            templates = pool_templates(settings) if pool else []
+            if templates:
+                docker.enable_pool(templates, owner=local_owner(),
+                                   refill_concurrency=settings.pool.refill_concurrency)
+                docker.start_pool()
+            provider = docker
         runner = Runner(settings=settings, store=store, provider=provider,
                         registry=WorkflowRegistry(settings.project_dir), env=os.environ,
                         models=models)
         if models is None:
             stack.push_async_callback(runner.models.close)
+        stack.push_async_callback(runner.settle)  # first: removals recorded while all is open
         yield runner
 
 

@@ -219,7 +219,7 @@ class Workers:
         if taken:
             log.warning("took back %d run(s) whose process is gone (interrupted, or requeued "
                         "when safe to retry)", len(taken))
-        return await self.provider.reap(self.is_live)
+        return await self.provider.reap(self.is_live, self.owner_is_dead)
 
 
 def _owner_is_dead(owner: str | None) -> bool:

@@ -16,7 +16,7 @@ from pyflue import __version__, wiring
 from pyflue.api import errors, openapi, runs, workflows, ws
 from pyflue.engine_watch import EngineWatch
 from pyflue.llm import ModelResolver
-from pyflue.responses import EngineHealth, Health
+from pyflue.responses import EngineHealth, Health, PoolFillAnswer
 from pyflue.sandbox.base import SandboxProvider
 from pyflue.scheduler import Scheduler
 from pyflue.settings import Settings
@@ -36,7 +36,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with wiring.open_runner(settings, store=store, provider=provider,
-                                      models=models) as runner:
+                                      models=models, pool=True) as runner:
             engine = wiring.engine_watch(settings, runner.provider)
             if engine is not None:
                 await engine.start()  # a first ping: admission waits for an engine that answers
@@ -90,11 +90,14 @@ def create_app(
                       f"{state.since:%Y-%m-%dT%H:%M:%SZ}{why}: no run starts until it does; "
                       f"queued runs wait up to {settings.server.engine_wait:g} s "
                       "(PYFLUE_ENGINE_WAIT), then fail engine_unavailable")
+        fills = [PoolFillAnswer(**vars(fill))
+                 for fill in scheduler.runner.provider.pool_fills()]
         return Health(
             ok=reason is None, version=__version__, running=scheduler.running,
             max_concurrency=scheduler.max_concurrency, reason=reason,
             engine=None if state is None else EngineHealth(
                 up=state.up, since=state.since, reason=state.reason if debug else None),
+            pool=fills,
         )
 
     return app

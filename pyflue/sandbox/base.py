@@ -145,6 +145,16 @@ class ExecStatus:
     stopped: str | None = None
 
 
+@dataclass(frozen=True)
+class PoolFill:
+    """How full one warm pool is: the containers wanted, ready to claim, being started."""
+
+    image: str
+    size: int
+    ready: int
+    starting: int
+
+
 class Sandbox(Protocol):
     """One run's workspace. Every method raises :class:`pyflue.errors.SandboxError` subclasses."""
 
@@ -195,8 +205,19 @@ class SandboxProvider(Protocol):
         """The run's sandbox, removed on exit whatever the outcome."""
         ...
 
-    async def reap(self, is_live: Callable[[str], Awaitable[bool]]) -> list[str]:
-        """Removes sandboxes whose run is not live; returns the run ids reaped."""
+    async def reap(self, is_live: Callable[[str], Awaitable[bool]],
+                   owner_is_dead: Callable[[str], Awaitable[bool]] | None = None) -> list[str]:
+        """Removes sandboxes whose run is not live, and (given ``owner_is_dead``) pre-started
+        ones of workers that are gone; returns the run ids reaped."""
+        ...
+
+    def pool_fills(self) -> list[PoolFill]:
+        """The warm pools' fill, per image (empty without a pool)."""
+        ...
+
+    def removal(self, sandbox_id: str) -> Awaitable[bool] | None:
+        """The removal of a sandbox still under way after its ``open`` ended (set off in the
+        background; True once removed), or None when there is none."""
         ...
 
     async def close(self) -> None: ...

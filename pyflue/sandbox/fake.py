@@ -31,6 +31,7 @@ from pyflue.sandbox.base import (
     ExecStatus,
     FileStat,
     OutputHandler,
+    PoolFill,
     PutEntry,
     SandboxSpec,
 )
@@ -222,7 +223,14 @@ class FakeSandboxProvider:
                                  stopped_by="pyflue"))
             emit(ContainerRemoved(container_id=box.id, removed=True))
 
-    async def reap(self, is_live: Callable[[str], Awaitable[bool]]) -> list[str]:
+    def pool_fills(self) -> list[PoolFill]:
+        return []  # no warm pool: every fake sandbox starts "cold"
+
+    def removal(self, sandbox_id: str) -> Awaitable[bool] | None:
+        return None  # removed when its open() ends
+
+    async def reap(self, is_live: Callable[[str], Awaitable[bool]],
+                   owner_is_dead: Callable[[str], Awaitable[bool]] | None = None) -> list[str]:
         reaped = [run_id for run_id in list(self.live) if not await is_live(run_id)]
         for run_id in reaped:
             del self.live[run_id]

@@ -41,6 +41,9 @@ runs = Table(
     # A cancel asked of a run another worker runs; that worker acts on it (migration 0003).
     Column("cancel_requested", Text, nullable=True),
     Column("attempt", Integer, nullable=False, server_default="1"),
+    # The run's container and when it was removed (migration 0005).
+    Column("container_id", String(100), nullable=True),
+    Column("container_removed_at", DateTime(timezone=True), nullable=True),
     Index("ix_runs_created", "created_at", "run_id"),
     Index("ix_runs_idempotency", "workflow", "idempotency_key", unique=True),
     Index("ix_runs_status_created", "status", "created_at"),

@@ -99,6 +99,8 @@ def _run_from_row(row: Any) -> Run:
         idempotency_key=m["idempotency_key"],
         cancel_requested=m["cancel_requested"],
         attempt=m["attempt"],
+        container_id=m["container_id"],
+        container_removed_at=_maybe_aware(m["container_removed_at"]),
     )
 
 

@@ -14,6 +14,11 @@ from typing import Any
 
 import httpx
 
+# For tests that find a run's container by its run-id label: a container from the warm pool
+# carries its pool's placeholder id instead (the run record's container_id names it), so
+# those servers start every container cold. tests/integration/test_pool.py covers the pool.
+COLD = {"PYFLUE_POOL_SIZE": "0"}
+
 
 def free_port() -> int:
     with socket.socket() as s:

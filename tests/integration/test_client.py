@@ -207,12 +207,19 @@ async def test_cancelling_a_running_run_ends_it_cancelled_and_removes_its_contai
     run_id = (await client.workflows.invoke(
         "shell_steps", {"steps": ["sleep 60"], "timeout": 120}, wait=False))["run_id"]
     await started_shell(client, run_id)
-    label = f"dev.pyflue.run-id={run_id}"
-    assert docker_client.containers.list(filters={"label": label})
+    # Its container by the id its events name (a warm one carries its pool's labels)
+    created = await client.runs.events(run_id, types=[EventType.container_created])
+    cid = created[0].data.container_id  # type: ignore[union-attr]
+    assert docker_client.api.containers(filters={"id": cid})
     assert (await client.runs.cancel(run_id)) == {"status": "cancelling", "run_id": run_id}
     final = await client.runs.wait(run_id)
     assert final.status is RunStatus.cancelled and final.reason == "cancelled by request"
-    assert docker_client.containers.list(all=True, filters={"label": label}) == []
+    assert final.container_id == cid
+    for _ in range(300):  # a warm container's removal may end after the run's end
+        if (await client.runs.get(run_id)).container_removed_at is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert docker_client.api.containers(all=True, filters={"id": cid}) == []
 
 
 async def test_an_unknown_workflow_is_a_not_found_error(client: PyFlueClient) -> None:

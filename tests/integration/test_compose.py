@@ -68,6 +68,11 @@ async def test_the_compose_fleet_runs_follows_and_cancels_across_workers(
         # Invoked on an idle worker a run starts there, so this cancel goes through the other.
         assert (await b.post(f"/runs/{long}/cancel")).status_code == 202
         final = await until_finished(b, long)
-    assert final["status"] == "cancelled"
-    leftover = docker_client.containers.list(all=True, filters={"label": f"dev.pyflue.run-id={long}"})
+        assert final["status"] == "cancelled" and final["container_id"]
+        for _ in range(300):  # a warm container's removal may end just after the run's end
+            if final["container_removed_at"] is not None:
+                break
+            await asyncio.sleep(0.1)
+            final = (await b.get(f"/runs/{long}")).json()
+    leftover = docker_client.api.containers(all=True, filters={"id": final["container_id"]})
     assert leftover == []

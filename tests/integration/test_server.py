@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import WriteWorkflow
-from tests.integration.servers import Server, until_finished
+from tests.integration.servers import COLD, Server, until_finished
 
 pytestmark = pytest.mark.docker
 
@@ -69,7 +69,7 @@ def _workflows(write_workflow: WriteWorkflow) -> None:
 
 @pytest.fixture
 def server(project: Path, tmp_path: Path) -> Iterator[Server]:
-    srv = Server(project, tmp_path / "store.db", concurrency=4)
+    srv = Server(project, tmp_path / "store.db", concurrency=4, env=COLD)
     srv.start()
     yield srv
     if srv.proc is not None and srv.proc.poll() is None:
@@ -110,7 +110,7 @@ async def test_fifty_invocations_with_a_limit_of_four_all_complete(
 async def test_cancel_races_all_end_cancelled_with_no_container(
     project: Path, tmp_path: Path, docker_client: Any
 ) -> None:
-    srv = Server(project, tmp_path / "cancel.db", concurrency=1)
+    srv = Server(project, tmp_path / "cancel.db", concurrency=1, env=COLD)
     srv.start()
     try:
         async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
@@ -201,7 +201,7 @@ async def test_a_sigkilled_server_recovers_running_and_queued_runs(
     project: Path, tmp_path: Path, docker_client: Any
 ) -> None:
     store = tmp_path / "crash.db"
-    srv = Server(project, store, concurrency=2)
+    srv = Server(project, store, concurrency=2, env=COLD)
     srv.start()
     async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
         long_ids = [(await client.post("/workflows/nap", json={"seconds": 120})).json()["run_id"]
@@ -215,7 +215,7 @@ async def test_a_sigkilled_server_recovers_running_and_queued_runs(
     assert len(_containers(docker_client, set(long_ids))) == 2
     srv.stop(signal.SIGKILL)
 
-    again = Server(project, store, concurrency=2)
+    again = Server(project, store, concurrency=2, env=COLD)
     again.start()
     try:
         async with httpx.AsyncClient(base_url=again.url, timeout=60) as client:
@@ -247,7 +247,7 @@ async def test_a_running_server_reaps_containers_its_runs_left_behind(
     store = tmp_path / "reaped.db"
     spec = SandboxSpec(run_id="workflow:ghost:01TESTLIVEREAPER", workflow="ghost",
                        image="pyflue/sandbox:latest")
-    srv = Server(project, store, concurrency=2, env={"PYFLUE_WORKER_LEASE": "3"})
+    srv = Server(project, store, concurrency=2, env={**COLD, "PYFLUE_WORKER_LEASE": "3"})
     srv.start()
     try:
         async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
@@ -308,12 +308,12 @@ async def test_a_retry_safe_run_survives_a_server_stop_and_a_crash(
         assert _containers(docker_client, {run_id}) == []
 
     # A stop (a deploy): the attempt is cut short, its container removed, the run queued.
-    first = Server(project, store, concurrency=2)
+    first = Server(project, store, concurrency=2, env=COLD)
     first.start()
     stopped = await started(first, "stopped")
     first.stop()
     assert _containers(docker_client, {stopped}) == []
-    second = Server(project, store, concurrency=2)
+    second = Server(project, store, concurrency=2, env=COLD)
     second.start()
     try:
         await finished_on(second, stopped, "the server stopped")
@@ -323,7 +323,7 @@ async def test_a_retry_safe_run_survives_a_server_stop_and_a_crash(
     finally:
         second.stop(signal.SIGKILL)
     assert _containers(docker_client, {crashed})
-    third = Server(project, store, concurrency=2)
+    third = Server(project, store, concurrency=2, env=COLD)
     third.start()
     try:
         await finished_on(third, crashed, "is gone")

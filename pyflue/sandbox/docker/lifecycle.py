@@ -7,6 +7,7 @@ Both carry labels naming the run, so :meth:`DockerProvider.reap` finds whatever 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -18,13 +19,15 @@ import docker.errors
 import docker.types
 
 from pyflue._bridge import ThreadBridge, run_to_completion
+from pyflue.engine_watch import EngineState
 from pyflue.errors import EngineUnavailable, ImageNotFound, SandboxError, SandboxStartError
 from pyflue.events import ContainerCreated, ContainerExited, ContainerRemoved, ContainerStarted
 from pyflue.models import utcnow
-from pyflue.sandbox.base import Emit, Sandbox, SandboxSpec
+from pyflue.sandbox.base import Emit, PoolFill, Sandbox, SandboxSpec
 from pyflue.sandbox.docker.box import IMAGE_REQUIREMENTS, DockerSandbox
 from pyflue.sandbox.docker.engine import connect, is_gvisor, start_error, translated
 from pyflue.sandbox.docker.exec_channel import ExecChannel
+from pyflue.sandbox.docker.pool import LABEL_POOL, Pooled, PoolPorts, WarmPool
 from pyflue.sandbox.docker.probe import ContainerProbe
 
 log = logging.getLogger(__name__)
@@ -77,8 +80,10 @@ def resource_name(run_id: str) -> str:
     return "pyflue-" + re.sub(r"[^a-zA-Z0-9_.-]+", "-", run_id.removeprefix("workflow:")).lower()
 
 
-def container_config(spec: SandboxSpec, volume: str, scope: str = "default") -> dict[str, Any]:
-    """The hardened ``containers.create`` arguments for a run (see docs/sandbox.md)."""
+def container_config(spec: SandboxSpec, volume: str, scope: str = "default",
+                     pool_owner: str | None = None) -> dict[str, Any]:
+    """The hardened ``containers.create`` arguments for a run (see docs/sandbox.md); with
+    ``pool_owner``, for a warm pool's container (the same hardening, one more label)."""
     config: dict[str, Any] = {
         "image": spec.image,
         "command": ["/bin/sh", "-c", INIT, "pyflue-init", PY_INIT],
@@ -105,6 +110,8 @@ def container_config(spec: SandboxSpec, volume: str, scope: str = "default") -> 
         "mounts": [docker.types.Mount(spec.workdir, volume, type="volume")],
         "detach": True,
     }
+    if pool_owner is not None:
+        config["labels"][LABEL_POOL] = pool_owner
     if spec.runtime:
         config["runtime"] = spec.runtime
     if is_gvisor(spec.runtime):
@@ -116,6 +123,9 @@ def container_config(spec: SandboxSpec, volume: str, scope: str = "default") -> 
         config["pids_limit"] = spec.pids * GVISOR_HOST_PIDS_PER_TASK + GVISOR_HOST_PIDS_BASE
     return config
 
+
+REMOVAL_ATTEMPTS = 3  # a warm container's removal in the background, before the reaper's turn
+CLOSE_WAIT_SECONDS = 30.0  # how long closing waits for removals still under way
 
 GVISOR_HOST_PIDS_PER_TASK = 12  # measured about 8 (50 tasks: 451 host pids; 512: 4094), plus room
 GVISOR_HOST_PIDS_BASE = 512
@@ -146,6 +156,71 @@ class DockerProvider:
         self._owns_bridge = bridge is None
         self._client: Any = None
         self._client_lock = threading.Lock()
+        self.pool: WarmPool | None = None
+        self.pool_owner: str | None = None
+        self._removing: dict[str, asyncio.Task[bool]] = {}  # container id: its removal
+
+    # -- the warm pool ----------------------------------------------------------------------
+
+    def enable_pool(self, templates: list[tuple[SandboxSpec, int]], *, owner: str,
+                    refill_concurrency: int = 2) -> WarmPool:
+        """Keeps ``size`` started containers per template spec for matching runs to claim
+        (see :mod:`.pool`); ``owner`` (host:pid:instance) labels them for the reaper. Filling
+        starts with :meth:`start_pool`."""
+        self.pool_owner = owner
+        self.pool = WarmPool(templates, PoolPorts(
+            create=self._pooled_create, remove=self._pooled_remove, running=self._running,
+        ), refill_concurrency=refill_concurrency)
+        return self.pool
+
+    def start_pool(self) -> None:
+        if self.pool is not None:
+            self.pool.start()
+
+    def pool_fills(self) -> list[PoolFill]:
+        """Per pooled image: size, ready, starting (empty when there is no pool)."""
+        return self.pool.fills() if self.pool is not None else []
+
+    def pause_pool(self) -> None:
+        """The engine went away: stop refilling, drop what is pooled (it may be dead)."""
+        if self.pool is not None:
+            self.pool.pause()
+
+    def resume_pool(self) -> None:
+        """The engine answers again: rebuild the pool in the background."""
+        if self.pool is not None:
+            self.pool.resume()
+
+    async def on_engine(self, state: EngineState) -> None:
+        """Told by the engine watch (``wiring.engine_watch``) of every change: down pauses the
+        pool (a daemon restart kills what is pooled), up rebuilds it."""
+        if state.up:
+            self.resume_pool()
+        else:
+            self.pause_pool()
+
+    async def _pooled_create(self, spec: SandboxSpec) -> tuple[str, str]:
+        volume = resource_name(spec.run_id)
+        container = await self.bridge.call(self._create_once, spec, volume, self.pool_owner)
+        try:
+            await self.bridge.call(self._start, container, spec)
+        except BaseException:
+            await self.bridge.call(self._remove_sync, container.id, volume)
+            raise
+        return container.id, volume
+
+    async def _pooled_remove(self, cid: str, volume: str) -> None:
+        await self.bridge.call(self._remove_sync, cid, volume)
+
+    async def _running(self, cid: str) -> bool:
+        state = await self.bridge.call(self._state, cid)
+        return bool(state.get("Running")) and not state.get("Paused") \
+            and not state.get("Restarting") and not state.get("OOMKilled")
+
+    def removal(self, sandbox_id: str) -> asyncio.Task[bool] | None:
+        """The background removal of a sandbox's container still under way (a warm
+        container's, set off when its run ended), or None when none is."""
+        return self._removing.get(sandbox_id)
 
     @property
     def client(self) -> Any:
@@ -182,6 +257,47 @@ class DockerProvider:
 
     @contextlib.asynccontextmanager
     async def open(self, spec: SandboxSpec, emit: Emit) -> AsyncIterator[Sandbox]:
+        pooled = await self.pool.claim(spec) if self.pool is not None else None
+        if pooled is not None:
+            async with self._open_warm(pooled, spec, emit) as box:
+                yield box
+            return
+        async with self._open_cold(spec, emit) as box:
+            yield box
+
+    @contextlib.asynccontextmanager
+    async def _open_warm(self, pooled: Pooled, spec: SandboxSpec,
+                         emit: Emit) -> AsyncIterator[Sandbox]:
+        """A container claimed from the pool: this run's alone; removed in the background
+        when the run ends (``container_removed`` says ``deferred``)."""
+        cid = pooled.container_id
+        try:
+            emit(ContainerCreated(container_id=cid, name=pooled.name, image=spec.image,
+                                  network=spec.network, runtime=spec.runtime or "runc"))
+            emit(ContainerStarted(container_id=cid, launch="warm"))
+            yield self._sandbox(cid, spec)
+        finally:
+            await run_to_completion(self._release(pooled, emit))
+
+    async def _release(self, pooled: Pooled, emit: Emit) -> None:
+        cid = pooled.container_id
+        emit(self._exited(cid, await self.bridge.call(self._state, cid)))
+        task = asyncio.create_task(self._remove_soon(cid, pooled.name))
+        self._removing[cid] = task
+        task.add_done_callback(lambda _: self._removing.pop(cid, None))
+        emit(ContainerRemoved(container_id=cid, removed=True, deferred=True))
+
+    async def _remove_soon(self, cid: str, volume: str) -> bool:
+        for attempt in range(REMOVAL_ATTEMPTS):
+            if await self.bridge.call(self._remove_sync, cid, volume):
+                return True
+            await asyncio.sleep(1.0 + attempt)
+        # Left for the reaper, which removes it once this worker is gone.
+        log.error("could not remove container %s after its run", cid[:12])
+        return False
+
+    @contextlib.asynccontextmanager
+    async def _open_cold(self, spec: SandboxSpec, emit: Emit) -> AsyncIterator[Sandbox]:
         volume = resource_name(spec.run_id)
         container: Any = None
         try:
@@ -191,7 +307,7 @@ class DockerProvider:
             emit(ContainerCreated(container_id=container.id, name=volume, image=spec.image,
                                   network=spec.network, runtime=spec.runtime or "runc"))
             await self.bridge.call(self._start, container, spec)
-            emit(ContainerStarted(container_id=container.id))
+            emit(ContainerStarted(container_id=container.id, launch="cold"))
             yield self._sandbox(container.id, spec)
         finally:
             await run_to_completion(self._remove(container, volume, emit))
@@ -214,8 +330,10 @@ class DockerProvider:
         self._remove_sync(volume, volume)
         return self._create_once(spec, volume)
 
-    def _create_once(self, spec: SandboxSpec, volume: str) -> Any:
+    def _create_once(self, spec: SandboxSpec, volume: str, pool_owner: str | None = None) -> Any:
         labels = {LABEL_RUN: spec.run_id, LABEL_WORKFLOW: spec.workflow, LABEL_SCOPE: self.scope}
+        if pool_owner is not None:
+            labels[LABEL_POOL] = pool_owner
         try:
             with translated("creating the run's workspace volume"):
                 self.client.volumes.create(
@@ -224,7 +342,7 @@ class DockerProvider:
             with translated("creating the run's container", image=spec.image):
                 try:
                     return self.client.containers.create(
-                        **container_config(spec, volume, self.scope)
+                        **container_config(spec, volume, self.scope, pool_owner)
                     )
                 except docker.errors.APIError as exc:
                     if exc.status_code == 409 and "already in use" in str(exc):
@@ -254,18 +372,21 @@ class DockerProvider:
 
     async def _remove(self, container: Any, volume: str, emit: Emit) -> None:
         if container is not None:
-            state = await self.bridge.call(self._state, container.id)
-            emit(ContainerExited(
-                container_id=container.id,
-                exit_code=state.get("ExitCode") if not state.get("Running") else 137,
-                oom_killed=bool(state.get("OOMKilled")),
-                stopped_by="pyflue" if state.get("Running") else "itself",
-            ))
+            emit(self._exited(container.id, await self.bridge.call(self._state, container.id)))
         # Without a container object (creation failed or was cut short) remove by name.
         removed = await self.bridge.call(self._remove_sync, container.id if container else volume,
                                          volume)
         if container is not None:
             emit(ContainerRemoved(container_id=container.id, removed=removed))
+
+    @staticmethod
+    def _exited(cid: str, state: dict[str, Any]) -> ContainerExited:
+        return ContainerExited(
+            container_id=cid,
+            exit_code=state.get("ExitCode") if not state.get("Running") else 137,
+            oom_killed=bool(state.get("OOMKilled")),
+            stopped_by="pyflue" if state.get("Running") else "itself",
+        )
 
     def _state(self, cid: str) -> dict[str, Any]:
         try:
@@ -292,8 +413,11 @@ class DockerProvider:
                 log.warning("could not remove volume %s: %s", volume, exc)
         return ok
 
-    async def reap(self, is_live: Callable[[str], Awaitable[bool]]) -> list[str]:
-        """Removes this scope's containers and volumes whose run is not live."""
+    async def reap(self, is_live: Callable[[str], Awaitable[bool]],
+                   owner_is_dead: Callable[[str], Awaitable[bool]] | None = None) -> list[str]:
+        """Removes this scope's containers and volumes whose run is not live; with
+        ``owner_is_dead``, also the warm-pool containers (pooled or claimed) of workers that
+        are gone. A live worker's pool is never touched: it removes its own."""
         found = await self.bridge.call(self._labelled)
         reaped = []
         for run_id, cid, volume in found:
@@ -301,6 +425,11 @@ class DockerProvider:
                 continue
             await self.bridge.call(self._remove_sync, cid, volume)
             reaped.append(run_id)
+        if owner_is_dead is not None:
+            for owner, pool_id, cid, volume in await self.bridge.call(self._pool_labelled):
+                if owner != self.pool_owner and await owner_is_dead(owner):
+                    await self.bridge.call(self._remove_sync, cid, volume)
+                    reaped.append(pool_id)
         return sorted(set(reaped))
 
     def _labelled(self) -> list[tuple[str, str | None, str]]:
@@ -310,15 +439,55 @@ class DockerProvider:
             volumes = self.client.api.volumes(filters=mine).get("Volumes") or []
         found: dict[str, tuple[str, str | None, str]] = {}
         for c in containers:
+            if LABEL_POOL in c["Labels"]:  # a warm pool's: see _pool_labelled
+                continue
             run_id = c["Labels"][LABEL_RUN]
             found[run_id] = (run_id, c["Id"], resource_name(run_id))
         for v in volumes:
-            run_id = (v.get("Labels") or {}).get(LABEL_RUN)
-            if run_id and run_id not in found:
+            labels = v.get("Labels") or {}
+            run_id = labels.get(LABEL_RUN)
+            if run_id and run_id not in found and LABEL_POOL not in labels:
                 found[run_id] = (run_id, None, v["Name"])
         return list(found.values())
 
+    async def pooled_running(self) -> dict[str, int]:
+        """Running warm-pool containers of this scope on the engine, per image (whatever
+        worker owns them, ready or claimed)."""
+        def _count() -> dict[str, int]:
+            with translated("listing pyflue's pooled containers"):
+                mine = {"label": [LABEL_POOL, f"{LABEL_SCOPE}={self.scope}"]}
+                found = self.client.api.containers(filters=mine)
+            counts: dict[str, int] = {}
+            for c in found:
+                counts[c["Image"]] = counts.get(c["Image"], 0) + 1
+            return counts
+
+        return await self.bridge.call(_count)
+
+    def _pool_labelled(self) -> list[tuple[str, str, str | None, str]]:
+        """(owner, placeholder id, container id, volume) of this scope's warm-pool resources."""
+        with translated("listing pyflue's pooled containers"):
+            mine = {"label": [LABEL_POOL, f"{LABEL_SCOPE}={self.scope}"]}
+            containers = self.client.api.containers(all=True, filters=mine)
+            volumes = self.client.api.volumes(filters=mine).get("Volumes") or []
+        found: dict[str, tuple[str, str, str | None, str]] = {}
+        for c in containers:
+            labels = c["Labels"]
+            pool_id = labels.get(LABEL_RUN, "")
+            found[pool_id] = (labels[LABEL_POOL], pool_id, c["Id"], resource_name(pool_id))
+        for v in volumes:
+            labels = v.get("Labels") or {}
+            pool_id = labels.get(LABEL_RUN, "")
+            if pool_id not in found:
+                found[pool_id] = (labels[LABEL_POOL], pool_id, None, v["Name"])
+        return list(found.values())
+
     async def close(self) -> None:
+        """Drains the pool and waits (briefly) for removals still under way."""
+        if self.pool is not None:
+            await self.pool.drain()
+        if self._removing:
+            await asyncio.wait(list(self._removing.values()), timeout=CLOSE_WAIT_SECONDS)
         if self._client is not None:
             await self.bridge.call(self._client.close)
             self._client = None
