@@ -64,6 +64,10 @@ class DockerSandbox:
         self._stopped: str | None = None  # why the container stopped under a command, if it did
 
     @property
+    def channel(self) -> Channel:
+        return self._channel
+
+    @property
     def id(self) -> str:
         return self._probe.container_id
 

@@ -19,12 +19,14 @@ import docker.types
 
 from pyflue._bridge import ThreadBridge, run_to_completion
 from pyflue.errors import ImageNotFound, SandboxError, SandboxStartError
-from pyflue.events import ContainerCreated, ContainerExited, ContainerRemoved, ContainerStarted
+from pyflue.events import ContainerCreated, ContainerExited, ContainerRemoved, ContainerStarted, Log
 from pyflue.models import utcnow
 from pyflue.sandbox.base import Emit, Sandbox, SandboxSpec
 from pyflue.sandbox.docker.box import IMAGE_REQUIREMENTS, DockerSandbox
 from pyflue.sandbox.docker.engine import connect, is_gvisor, start_error, translated
-from pyflue.sandbox.docker.exec_channel import ExecChannel
+from pyflue.sandbox.docker.helper_channel import HelperChannel
+from pyflue.sandbox.docker.helper_setup import MOUNT as HELPER_MOUNT
+from pyflue.sandbox.docker.helper_setup import HelperSetup
 from pyflue.sandbox.docker.probe import ContainerProbe
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,8 @@ def resource_name(run_id: str) -> str:
     return "pyflue-" + re.sub(r"[^a-zA-Z0-9_.-]+", "-", run_id.removeprefix("workflow:")).lower()
 
 
-def container_config(spec: SandboxSpec, volume: str, scope: str = "default") -> dict[str, Any]:
+def container_config(spec: SandboxSpec, volume: str, scope: str = "default",
+                     helper_volume: str | None = None) -> dict[str, Any]:
     """The hardened ``containers.create`` arguments for a run (see docs/sandbox.md)."""
     config: dict[str, Any] = {
         "image": spec.image,
@@ -107,6 +110,9 @@ def container_config(spec: SandboxSpec, volume: str, scope: str = "default") -> 
     }
     if spec.runtime:
         config["runtime"] = spec.runtime
+    if helper_volume is not None:  # the channel helper, read-only (see helper_setup.py)
+        config["mounts"].append(docker.types.Mount(HELPER_MOUNT, helper_volume, type="volume",
+                                                   read_only=True))
     if is_gvisor(spec.runtime):
         # gVisor's own kernel counts the sandbox's processes against RLIMIT_NPROC (only those:
         # it is not the host's per-uid count), so that is where the pids limit holds. The host
@@ -146,6 +152,7 @@ class DockerProvider:
         self._owns_bridge = bridge is None
         self._client: Any = None
         self._client_lock = threading.Lock()
+        self.helper = HelperSetup(lambda: self.client, self.bridge, base_url)
 
     @property
     def client(self) -> Any:
@@ -184,23 +191,39 @@ class DockerProvider:
     async def open(self, spec: SandboxSpec, emit: Emit) -> AsyncIterator[Sandbox]:
         volume = resource_name(spec.run_id)
         container: Any = None
+        box: DockerSandbox | None = None
         try:
+            await self.helper.prepare(spec.image)
             # Creation runs to its end even when the run is cancelled meanwhile, so the
             # cleanup below always knows what exists and removes it.
             container = await run_to_completion(self.bridge.call(self._create, spec, volume))
             emit(ContainerCreated(container_id=container.id, name=volume, image=spec.image,
                                   network=spec.network, runtime=spec.runtime or "runc"))
             await self.bridge.call(self._start, container, spec)
-            emit(ContainerStarted(container_id=container.id))
-            yield self._sandbox(container.id, spec)
+            box = await self._sandbox(container.id, spec, emit)
+            yield box
         finally:
+            if box is not None and isinstance(box.channel, HelperChannel):
+                await run_to_completion(box.channel.close())
             await run_to_completion(self._remove(container, volume, emit))
 
-    def _sandbox(self, container_id: str, spec: SandboxSpec) -> DockerSandbox:
-        """The work inside a started container, over ``docker exec`` and the archive API."""
+    async def _sandbox(self, container_id: str, spec: SandboxSpec, emit: Emit) -> DockerSandbox:
+        """The work inside a started container, over its channel (helper or docker exec);
+        emits ``container_started`` saying which, and a warning should it fall back later."""
         api = self.client.api
-        return DockerSandbox(ExecChannel(api, self.bridge, container_id),
-                             ContainerProbe(api, self.bridge, container_id),
+        said: list[bool] = []
+
+        def told(channel: str, reason: str | None) -> None:
+            if not said:
+                said.append(True)
+                emit(ContainerStarted(container_id=container_id, channel=channel,
+                                      channel_reason=reason))
+            else:
+                emit(Log(level="warn", message=f"sandbox channel: falling back to docker exec: "
+                                               f"{reason}", fields={"channel": channel}))
+
+        channel = await self.helper.channel(api, container_id, spec.user, told)
+        return DockerSandbox(channel, ContainerProbe(api, self.bridge, container_id),
                              self.bridge, spec, self.kill_grace)
 
     def _create(self, spec: SandboxSpec, volume: str) -> Any:
@@ -224,7 +247,7 @@ class DockerProvider:
             with translated("creating the run's container", image=spec.image):
                 try:
                     return self.client.containers.create(
-                        **container_config(spec, volume, self.scope)
+                        **container_config(spec, volume, self.scope, self.helper.volume)
                     )
                 except docker.errors.APIError as exc:
                     if exc.status_code == 409 and "already in use" in str(exc):
