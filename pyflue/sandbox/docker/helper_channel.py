@@ -113,12 +113,13 @@ class HelperChannel:
 
     # -- starting and stopping ----------------------------------------------------------------
 
-    async def start(self, helper_path: str, socket_path: str) -> None:
-        """Starts the helper and waits for its greeting; HelperUnavailable when it cannot run."""
+    async def start(self, argv: Sequence[str], socket_path: str) -> None:
+        """Starts the helper (``argv``) and waits for its greeting; HelperUnavailable when it
+        cannot run."""
         self._loop = asyncio.get_running_loop()
         with translated("starting the sandbox's channel helper", container=self._cid):
             created = await self._bridge.call(
-                self._api.exec_create, self._cid, [helper_path], stdin=True, stdout=True,
+                self._api.exec_create, self._cid, list(argv), stdin=True, stdout=True,
                 stderr=True, user=self._user)
         exec_id = str(created["Id"])
         try:

@@ -38,6 +38,7 @@ from pyflue.sandbox.docker.helper_channel import HelperChannel, HelperUnavailabl
 log = logging.getLogger(__name__)
 
 MOUNT = "/.pyflue"
+HELPER = f"{MOUNT}/pyflue-helper"  # the helper's path in every sandbox
 LABEL_HELPER = "dev.pyflue.helper"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 _ARCH = {"amd64": "x86_64", "arm64": "aarch64"}
@@ -136,7 +137,7 @@ class HelperSetup:
         channel = HelperChannel(api, self._bridge, container_id, user=user, fallback=fallback,
                                 on_fallback=lambda why: on_event("exec", why))
         try:
-            await channel.start(f"{MOUNT}/pyflue-helper", self._socket)
+            await channel.start([HELPER], self._socket)
         except HelperUnavailable as exc:
             on_event("exec", f"the helper cannot run in this sandbox: {exc}")
             return fallback
