@@ -300,15 +300,23 @@ class HelperChannel:
                 deliver(_Broken(SandboxError("the sandbox's channel was closed"),
                                 container_stopped=True))
             return
+        # The stream of a container that is being killed can end before the engine marks it
+        # stopped: a container still running is looked at again for a while.
         gone = "is no longer running"
-        try:
-            with translated("inspecting the run's container", container=self._cid):
-                running = bool((await self._bridge.call(self._api.inspect_container, self._cid))
-                               .get("State", {}).get("Running"))
-        except SandboxGone:
-            running, gone = False, "no longer exists"
-        except SandboxError:
-            running = False
+        running = False
+        for attempt in range(6):
+            if attempt:
+                await asyncio.sleep(0.1)
+            try:
+                with translated("inspecting the run's container", container=self._cid):
+                    running = bool((await self._bridge.call(
+                        self._api.inspect_container, self._cid)).get("State", {}).get("Running"))
+            except SandboxGone:
+                running, gone = False, "no longer exists"
+            except SandboxError:
+                running = False
+            if not running:
+                break
         if running:
             self.dead = reason
             error: SandboxError = SandboxError(f"{reason}; later calls go through docker exec")
