@@ -122,15 +122,15 @@ def test_kill_takes_the_commands_whole_process_group(h: Helper, tmp_path: Path) 
 
 
 def test_output_beyond_the_credit_waits_for_more(h: Helper) -> None:
-    h.send(encode_exec(4, ["sh", "-c", "head -c 3000000 /dev/zero"], cwd="", env={}))
+    h.send(encode_exec(4, ["sh", "-c", "head -c 6000000 /dev/zero"], cwd="", env={}))
     time.sleep(0.5)
     with pytest.raises(AssertionError, match="no EXIT"):
         h.until(4, Kind.EXIT, timeout=0.5)
     got = sum(len(f.payload) for f in h.frames if f.id == 4 and f.kind == Kind.STDOUT)
-    assert got == 1 << 20  # the first window, and no more
-    h.send(encode_u32(Kind.CREDIT, 4, 4_000_000))
+    assert got == 4 << 20  # the first window, and no more
+    h.send(encode_u32(Kind.CREDIT, 4, 2_000_000))
     frames = h.until(4, Kind.EXIT)
-    assert len(output(frames, Kind.STDOUT)) == 3_000_000
+    assert len(output(frames, Kind.STDOUT)) == 6_000_000
 
 
 def test_files_are_written_stated_and_tarred(h: Helper, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 HEADER = struct.Struct(">IB3xI")
 MAX_FRAME = 1 << 20
-DATA_CHUNK = 512 << 10  # the payload of one DATA frame of a file sent in
+DATA_CHUNK = MAX_FRAME  # the payload of one DATA frame of a file sent in
 PROTOCOL_VERSION = 1
 
 

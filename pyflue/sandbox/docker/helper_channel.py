@@ -46,6 +46,7 @@ from pyflue.sandbox.docker.engine import translated
 from pyflue.sandbox.docker.exec_channel import ExecChannel
 from pyflue.sandbox.docker.frames import (
     DATA_CHUNK,
+    HEADER,
     Frame,
     FrameDecoder,
     FrameError,
@@ -67,6 +68,8 @@ T = TypeVar("T")
 ENGINE_HEADER = struct.Struct(">BxxxL")
 HELLO_TIMEOUT = 10.0
 CREDIT_BATCH = 256 << 10  # output granted back to the helper in batches of this much
+INLINE_BYTES = 256 << 10  # archives this small are planned and read on the event loop
+INLINE_WAIT = 0.05  # how long a copy out waits to see whether it is small
 SIGKILL = 9
 
 
@@ -335,7 +338,7 @@ class HelperChannel:
         return self.dead is None and self._writer is not None and (
             user is None or user == self._user)
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes | memoryview) -> None:
         assert self._writer is not None
         if not self._writer.is_closing():
             self._writer.write(data)
@@ -432,7 +435,10 @@ class HelperChannel:
         plan = None
         if self._usable():
             assert self._uid_gid is not None
-            plan = await self._bridge.call(_plan_put, archive, self._uid_gid)
+            if isinstance(archive, bytes) and len(archive) <= INLINE_BYTES:
+                plan = _plan_put(archive, self._uid_gid)  # a few headers: not worth a thread
+            else:
+                plan = await self._bridge.call(_plan_put, archive, self._uid_gid)
         if plan is None or not await self._put(dest_dir, archive, plan):
             if not isinstance(archive, bytes):
                 await self._bridge.call(archive.seek, 0)
@@ -459,13 +465,15 @@ class HelperChannel:
                 offset, left = member.offset, member.size
                 while left > 0:
                     n = min(left, DATA_CHUNK)
+                    data: bytes | memoryview
                     if view is not None:
-                        data = bytes(view[offset:offset + n])
+                        data = view[offset:offset + n]  # no copy: the transport takes views
                     else:
                         data = await self._bridge.call(_read_at, archive, offset, n)
                     if len(data) != n:
                         raise SandboxError("the archive to copy in ended early")
-                    self._send(encode(Kind.DATA, rid, data))
+                    self._send(HEADER.pack(n, Kind.DATA, rid))
+                    self._send(data)
                     offset += n
                     left -= n
                     assert self._writer is not None
@@ -507,6 +515,10 @@ class HelperChannel:
                 self._forget(rid)
                 return await self.fallback.get_archive(path, read)
             _expect_started(first, "tar")
+            if await sink.small_and_whole():
+                # All of a small tar is in (a 1 KiB read_file): read it here, where it is,
+                # rather than pay two thread hand-offs for it.
+                return read(sink.chunks(self, rid, path))
             return await self._bridge.call(read, sink.chunks(self, rid, path))
         finally:
             self._forget(rid, kill=True, drop=True)
@@ -643,16 +655,40 @@ class _TarSink:
         self.first: asyncio.Future[Item] = loop.create_future()
         self._loop = loop
         self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        self._buffered = 0
+        self._whole = False  # the tar's end (or an error) is in the queue
+        self._waiter: asyncio.Future[None] | None = None
 
     def deliver(self, item: Item) -> None:
         if not self.first.done():
             self.first.set_result(item)
+            return
+        self._queue.put(item)
+        if isinstance(item, Frame) and item.kind in (Kind.STDOUT, Kind.STDERR):
+            self._buffered += len(item.payload)
         else:
-            self._queue.put(item)
+            self._whole = True
+        if self._waiter is not None and not self._waiter.done() and (
+                self._whole or self._buffered > INLINE_BYTES):
+            self._waiter.set_result(None)
+
+    async def small_and_whole(self) -> bool:
+        """Waits briefly for the whole tar; True when it came and is small."""
+        if not self._whole and self._buffered <= INLINE_BYTES:
+            self._waiter = self._loop.create_future()
+            try:
+                async with asyncio.timeout(INLINE_WAIT):
+                    await self._waiter
+            except TimeoutError:
+                return False
+            finally:
+                self._waiter = None
+        return self._whole and self._buffered <= INLINE_BYTES
 
     def chunks(self, channel: HelperChannel, rid: int, path: str) -> Iterator[bytes]:
         """Runs on the worker thread: the tar's bytes, granting the helper more as they go."""
         errors = bytearray()
+        owed = 0
         while True:
             item = self._queue.get()
             if isinstance(item, _Broken):
@@ -660,7 +696,10 @@ class _TarSink:
             assert isinstance(item, Frame)
             if item.kind == Kind.STDOUT:
                 if item.payload:
-                    self._loop.call_soon_threadsafe(channel.grant, rid, len(item.payload))
+                    owed += len(item.payload)
+                    if owed >= CREDIT_BATCH:
+                        self._loop.call_soon_threadsafe(channel.grant, rid, owed)
+                        owed = 0
                     yield item.payload
             elif item.kind == Kind.STDERR:
                 errors += item.payload[:4096 - len(errors)]

@@ -39,11 +39,12 @@
 #define HDR 12
 #define MAX_FRAME (1u << 20)
 #define MAX_SLOTS 256
-#define CHUNK 65536
+#define CHUNK (256u << 10)
+#define PIPE_SIZE (1 << 20)
 #define OUT_HIGH (1u << 20)
 #define OUT_CAP (OUT_HIGH + 4u * (MAX_FRAME + HDR))
 #define IN_CAP (MAX_FRAME + HDR)
-#define START_CREDIT (1u << 20)
+#define START_CREDIT (4u << 20)
 #define MAX_STRINGS 65536
 
 enum {
@@ -436,6 +437,7 @@ static int start_child(struct slot *s, int detached, const char *cwd, char **arg
         close(po[1]); close(pe[1]);
         fcntl(po[0], F_SETFL, O_NONBLOCK);
         fcntl(pe[0], F_SETFL, O_NONBLOCK);
+        fcntl(po[0], F_SETPIPE_SZ, PIPE_SIZE); /* fewer, larger reads; refused above the cap */
         s->fds[0] = po[0]; s->fds[1] = pe[0];
     } else {
         s->discard = 1;
@@ -695,6 +697,8 @@ int main(void) {
     sigemptyset(&sa.sa_mask);
     if (sigaction(SIGCHLD, &sa, NULL) < 0) die("sigaction");
     fcntl(1, F_SETFL, fcntl(1, F_GETFL) | O_NONBLOCK);
+    fcntl(0, F_SETPIPE_SZ, PIPE_SIZE); /* larger reads and writes when they are pipes */
+    fcntl(1, F_SETPIPE_SZ, PIPE_SIZE);
     fcntl(0, F_SETFD, FD_CLOEXEC);
     fcntl(1, F_SETFD, FD_CLOEXEC);
 
