@@ -93,8 +93,13 @@ async def test_a_command_that_kills_the_helper_gets_a_clear_error_then_docker_ex
         channel = box.channel
         assert isinstance(channel, HelperChannel) and channel.pid is not None
         async with asyncio.timeout(30):  # never a hang
+            # The command's stream ends with the helper (no exit code: -1), like a command
+            # killed under docker exec; what is waiting for a reply fails clearly.
+            pending = asyncio.ensure_future(channel.run(["sleep", "5"], user=USER))
+            await asyncio.sleep(0.2)
+            assert (await shell(box, f"kill -9 {channel.pid}; sleep 1"))[0] == -1
             with pytest.raises(SandboxError, match="helper in the sandbox ended"):
-                await shell(box, f"kill -9 {channel.pid}; sleep 1")
+                await pending
             assert await shell(box, "echo still here") == (0, b"still here\n")
             assert (await box.lstat(WS)) is not None
         assert channel.dead is not None

@@ -112,6 +112,7 @@ class HelperChannel:
         self.dead: str | None = None  # why the helper no longer serves, once it does not
         self._stderr = bytearray()
         self._closing = False
+        self._broken_error: SandboxError | None = None
         self._watch: asyncio.Task[None] | None = None
 
     # -- starting and stopping ----------------------------------------------------------------
@@ -326,6 +327,7 @@ class HelperChannel:
         else:
             self.dead = "the container stopped"
             error = SandboxGone(f"the run's container {self._cid[:12]} {gone}")
+        self._broken_error = error
         pending, self._pending = self._pending, {}
         for deliver in pending.values():
             deliver(_Broken(error, container_stopped=not running))
@@ -399,6 +401,8 @@ class HelperChannel:
         out, err = bytearray(), bytearray()
         async for stream, data in command.output():
             (out if stream == "stdout" else err).extend(data)
+        if command.exit_code is None and self._broken_error is not None:
+            raise self._broken_error  # a helper command must end with its code, or fail
         return Completed(exit_code=command.exit_code, stdout=bytes(out), stderr=bytes(err))
 
     async def spawn(self, argv: Sequence[str], *, user: str) -> None:
@@ -618,8 +622,12 @@ class HelperCommand:
                     return
                 if isinstance(item, _Broken):
                     finished = True
-                    if item.container_stopped and started:
-                        return  # the sandbox reports the container's stop
+                    if started:
+                        # A stream broken once started just ends (the contract), with no exit
+                        # code: the container stopped (the sandbox reports why), or the helper
+                        # was killed, most often with the command (the init's kill of every
+                        # process on a timeout or a `kill -USR1 1`; on_fallback says so).
+                        return
                     raise item.error
                 assert isinstance(item, Frame)
                 if item.kind in (Kind.STDOUT, Kind.STDERR):
