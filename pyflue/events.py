@@ -262,6 +262,13 @@ class ContainerStarted(EventData):
     launch: Literal["warm", "cold"] = Field(
         "cold", description="`warm`: claimed from the warm pool (created and started before "
                             "the run); `cold`: created and started for this run")
+    channel: Literal["helper", "exec"] | None = _optional(
+        "how commands and files reach the container: `helper` (the persistent channel, see "
+        "docs/sandbox.md#the-channel) or `exec` (one `docker exec` per command); absent for "
+        "sandboxes that are not Docker containers")
+    channel_reason: str | None = _optional(
+        "why the channel is `exec` (no helper binary, an engine not on a unix socket, an image "
+        "where the helper cannot run); absent otherwise")
 
 
 class ContainerExited(EventData):

@@ -23,6 +23,7 @@ from pyflue.models import new_run_id
 from pyflue.sandbox.base import PutEntry, SandboxSpec
 from pyflue.sandbox.docker.channel import Channel, Chunk, Command, Completed
 from pyflue.sandbox.docker.exec_channel import ExecChannel
+from pyflue.sandbox.docker.helper_channel import HelperChannel
 from pyflue.sandbox.docker.lifecycle import DockerProvider
 from pyflue.sandbox.tario import ChunkReader, build_tar
 from pyflue.settings import DEFAULT_IMAGE
@@ -38,8 +39,22 @@ async def _exec_channel(provider: DockerProvider, container_id: str) -> AsyncIte
     yield ExecChannel(provider.client.api, provider.bridge, container_id)
 
 
+@contextlib.asynccontextmanager
+async def _helper_channel(provider: DockerProvider, container_id: str) -> AsyncIterator[Channel]:
+    api = provider.client.api
+    kinds: list[str] = []
+    channel = await provider.helper.channel(api, container_id, USER,
+                                            lambda kind, _reason: kinds.append(kind))
+    assert kinds[0] == "helper" and isinstance(channel, HelperChannel), kinds
+    try:
+        yield channel
+    finally:
+        await channel.close()
+
+
 ADAPTERS: dict[str, Callable[[DockerProvider, str], AbstractAsyncContextManager[Channel]]] = {
     "exec": _exec_channel,
+    "helper": _helper_channel,
 }
 
 

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 # Where an image lacking what the sandbox needs is told what it needs (errors name it).
 IMAGE_REQUIREMENTS = "docs/sandbox.md#image-requirements"
 
+# Data of a copy in up to this size is made into a tar on the event loop, not on a thread.
+SMALL_PUT = 64 << 10
+
 # A command's own cgroup counters: cgroup v1 first, else v2 (see DockerSandbox._new_limit_hits).
 LIMIT_COUNTERS = ("cat /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/pids/pids.events"
                   " 2>/dev/null || cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/pids.events")
@@ -62,6 +65,10 @@ class DockerSandbox:
         self._shell: str | None = None
         self._limit_counts: dict[str, int] = {}
         self._stopped: str | None = None  # why the container stopped under a command, if it did
+
+    @property
+    def channel(self) -> Channel:
+        return self._channel
 
     @property
     def id(self) -> str:
@@ -277,7 +284,10 @@ class DockerSandbox:
         # Built off the event loop. Data already in memory goes as one buffer; host files (an
         # upload) are spilled to disk past 16 MiB and streamed from there.
         if not any(e.source is not None for e in entries):
-            tar = await self._bridge.call(partial(build_tar, entries, uid=uid, gid=gid))
+            if sum(len(e.data or b"") for e in entries) <= SMALL_PUT:
+                tar = build_tar(entries, uid=uid, gid=gid)  # cheaper than a thread hand-off
+            else:
+                tar = await self._bridge.call(partial(build_tar, entries, uid=uid, gid=gid))
             await self._channel.put_archive(dest_dir, tar)
             return
         with tempfile.SpooledTemporaryFile(max_size=16 << 20) as spooled:

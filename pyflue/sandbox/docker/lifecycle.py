@@ -13,7 +13,7 @@ import logging
 import re
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import docker.errors
 import docker.types
@@ -21,12 +21,14 @@ import docker.types
 from pyflue._bridge import ThreadBridge, run_to_completion
 from pyflue.engine_watch import EngineState
 from pyflue.errors import EngineUnavailable, ImageNotFound, SandboxError, SandboxStartError
-from pyflue.events import ContainerCreated, ContainerExited, ContainerRemoved, ContainerStarted
+from pyflue.events import ContainerCreated, ContainerExited, ContainerRemoved, ContainerStarted, Log
 from pyflue.models import utcnow
 from pyflue.sandbox.base import Emit, PoolFill, Sandbox, SandboxSpec
 from pyflue.sandbox.docker.box import IMAGE_REQUIREMENTS, DockerSandbox
 from pyflue.sandbox.docker.engine import connect, is_gvisor, start_error, translated
-from pyflue.sandbox.docker.exec_channel import ExecChannel
+from pyflue.sandbox.docker.helper_channel import HelperChannel
+from pyflue.sandbox.docker.helper_setup import MOUNT as HELPER_MOUNT
+from pyflue.sandbox.docker.helper_setup import HelperSetup
 from pyflue.sandbox.docker.pool import LABEL_POOL, Pooled, PoolPorts, WarmPool
 from pyflue.sandbox.docker.probe import ContainerProbe
 
@@ -81,7 +83,8 @@ def resource_name(run_id: str) -> str:
 
 
 def container_config(spec: SandboxSpec, volume: str, scope: str = "default",
-                     pool_owner: str | None = None) -> dict[str, Any]:
+                     pool_owner: str | None = None,
+                     helper_volume: str | None = None) -> dict[str, Any]:
     """The hardened ``containers.create`` arguments for a run (see docs/sandbox.md); with
     ``pool_owner``, for a warm pool's container (the same hardening, one more label)."""
     config: dict[str, Any] = {
@@ -114,6 +117,9 @@ def container_config(spec: SandboxSpec, volume: str, scope: str = "default",
         config["labels"][LABEL_POOL] = pool_owner
     if spec.runtime:
         config["runtime"] = spec.runtime
+    if helper_volume is not None:  # the channel helper, read-only (see helper_setup.py)
+        config["mounts"].append(docker.types.Mount(HELPER_MOUNT, helper_volume, type="volume",
+                                                   read_only=True))
     if is_gvisor(spec.runtime):
         # gVisor's own kernel counts the sandbox's processes against RLIMIT_NPROC (only those:
         # it is not the host's per-uid count), so that is where the pids limit holds. The host
@@ -156,6 +162,7 @@ class DockerProvider:
         self._owns_bridge = bridge is None
         self._client: Any = None
         self._client_lock = threading.Lock()
+        self.helper = HelperSetup(lambda: self.client, self.bridge, base_url)
         self.pool: WarmPool | None = None
         self.pool_owner: str | None = None
         self._removing: dict[str, asyncio.Task[bool]] = {}  # container id: its removal
@@ -201,6 +208,7 @@ class DockerProvider:
 
     async def _pooled_create(self, spec: SandboxSpec) -> tuple[str, str]:
         volume = resource_name(spec.run_id)
+        await self.helper.prepare(spec.image)
         container = await self.bridge.call(self._create_once, spec, volume, self.pool_owner)
         try:
             await self.bridge.call(self._start, container, spec)
@@ -271,12 +279,15 @@ class DockerProvider:
         """A container claimed from the pool: this run's alone; removed in the background
         when the run ends (``container_removed`` says ``deferred``)."""
         cid = pooled.container_id
+        box: DockerSandbox | None = None
         try:
             emit(ContainerCreated(container_id=cid, name=pooled.name, image=spec.image,
                                   network=spec.network, runtime=spec.runtime or "runc"))
-            emit(ContainerStarted(container_id=cid, launch="warm"))
-            yield self._sandbox(cid, spec)
+            box = await self._sandbox(cid, spec, emit, launch="warm")
+            yield box
         finally:
+            if box is not None and isinstance(box.channel, HelperChannel):
+                await run_to_completion(box.channel.close())
             await run_to_completion(self._release(pooled, emit))
 
     async def _release(self, pooled: Pooled, emit: Emit) -> None:
@@ -300,23 +311,40 @@ class DockerProvider:
     async def _open_cold(self, spec: SandboxSpec, emit: Emit) -> AsyncIterator[Sandbox]:
         volume = resource_name(spec.run_id)
         container: Any = None
+        box: DockerSandbox | None = None
         try:
+            await self.helper.prepare(spec.image)
             # Creation runs to its end even when the run is cancelled meanwhile, so the
             # cleanup below always knows what exists and removes it.
             container = await run_to_completion(self.bridge.call(self._create, spec, volume))
             emit(ContainerCreated(container_id=container.id, name=volume, image=spec.image,
                                   network=spec.network, runtime=spec.runtime or "runc"))
             await self.bridge.call(self._start, container, spec)
-            emit(ContainerStarted(container_id=container.id, launch="cold"))
-            yield self._sandbox(container.id, spec)
+            box = await self._sandbox(container.id, spec, emit, launch="cold")
+            yield box
         finally:
+            if box is not None and isinstance(box.channel, HelperChannel):
+                await run_to_completion(box.channel.close())
             await run_to_completion(self._remove(container, volume, emit))
 
-    def _sandbox(self, container_id: str, spec: SandboxSpec) -> DockerSandbox:
-        """The work inside a started container, over ``docker exec`` and the archive API."""
+    async def _sandbox(self, container_id: str, spec: SandboxSpec, emit: Emit, *,
+                       launch: Literal["warm", "cold"]) -> DockerSandbox:
+        """The work inside a started container, over its channel (helper or docker exec);
+        emits ``container_started`` saying which, and a warning should it fall back later."""
         api = self.client.api
-        return DockerSandbox(ExecChannel(api, self.bridge, container_id),
-                             ContainerProbe(api, self.bridge, container_id),
+        said: list[bool] = []
+
+        def told(channel: str, reason: str | None) -> None:
+            if not said:
+                said.append(True)
+                emit(ContainerStarted(container_id=container_id, launch=launch,
+                                      channel=channel, channel_reason=reason))
+            else:
+                emit(Log(level="warn", message=f"sandbox channel: falling back to docker exec: "
+                                               f"{reason}", fields={"channel": channel}))
+
+        channel = await self.helper.channel(api, container_id, spec.user, told)
+        return DockerSandbox(channel, ContainerProbe(api, self.bridge, container_id),
                              self.bridge, spec, self.kill_grace)
 
     def _create(self, spec: SandboxSpec, volume: str) -> Any:
@@ -342,7 +370,8 @@ class DockerProvider:
             with translated("creating the run's container", image=spec.image):
                 try:
                     return self.client.containers.create(
-                        **container_config(spec, volume, self.scope, pool_owner)
+                        **container_config(spec, volume, self.scope, pool_owner,
+                                           self.helper.volume)
                     )
                 except docker.errors.APIError as exc:
                     if exc.status_code == 409 and "already in use" in str(exc):

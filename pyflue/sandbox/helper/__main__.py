@@ -1,0 +1,3 @@
+from pyflue.sandbox.helper import main
+
+main()

@@ -1,0 +1,197 @@
+"""The helper channel in real sandboxes, beyond the channel contract (test_channel.py): which
+channel a run gets and how it says so, images without Python, a helper killed by a command,
+garbage and forged frames from the container, and the fallback to docker exec."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from pyflue.errors import SandboxError
+from pyflue.events import ContainerStarted, EventData, EventType, Log
+from pyflue.models import RunStatus, new_run_id
+from pyflue.runs import Runner
+from pyflue.sandbox.base import SandboxSpec
+from pyflue.sandbox.docker.box import DockerSandbox
+from pyflue.sandbox.docker.exec_channel import ExecChannel
+from pyflue.sandbox.docker.helper_channel import HelperChannel, HelperUnavailable
+from pyflue.sandbox.docker.helper_setup import HELPER, HelperSetup, socket_path
+from pyflue.sandbox.docker.lifecycle import DockerProvider
+from pyflue.settings import DEFAULT_IMAGE
+from tests.conftest import WriteWorkflow
+
+pytestmark = pytest.mark.docker
+
+NO_PYTHON = "pyflue/bookworm-base:latest"  # built by `pyflue images build`; has no python3
+USER = "1000:1000"
+WS = "/workspace"
+
+WORKFLOW = """
+from pyflue import create_agent
+agent = create_agent(lambda ctx: {"image": ctx.payload["image"], "runtime": ctx.payload["runtime"]})
+
+async def run(ctx):
+    h = await ctx.init(agent)
+    await h.fs.write_file("note.txt", "written through the channel")
+    shell = await h.shell("cat note.txt; command -v python3 || echo no-python")
+    return {"out": shell["stdout"], "read": await h.fs.read_file("note.txt")}
+"""
+
+
+@pytest.mark.parametrize("image", [DEFAULT_IMAGE, NO_PYTHON])
+async def test_a_run_gets_the_helper_channel_in_any_image_and_says_so(
+    runner: Runner, write_workflow: WriteWorkflow, docker_client: Any, runtime: str, image: str
+) -> None:
+    if image == NO_PYTHON:
+        try:
+            docker_client.images.get(image)
+        except Exception:
+            pytest.skip(f"{image} is not built here (`pyflue images build` makes it)")
+    write_workflow("chan", WORKFLOW)
+    run = await runner.run("chan", {"image": image, "runtime": runtime})
+    assert run.status is RunStatus.completed, run.error
+    assert run.result["read"] == "written through the channel"
+    if image == NO_PYTHON:
+        assert run.result["out"].endswith("no-python\n")
+    [started] = await runner.store.list_events(run.run_id, types=[EventType.container_started])
+    assert started.data["channel"] == "helper" and "channel_reason" not in started.data
+
+
+@contextlib.asynccontextmanager
+async def sandbox(runtime: str) -> AsyncIterator[tuple[DockerSandbox, list[EventData]]]:
+    provider = DockerProvider(scope=f"test-helper-{uuid.uuid4().hex[:12]}")
+    events: list[EventData] = []
+    spec = SandboxSpec(run_id=new_run_id("helper"), workflow="helper", image=DEFAULT_IMAGE,
+                       runtime=runtime)
+    try:
+        async with provider.open(spec, events.append) as box:
+            assert isinstance(box, DockerSandbox)
+            yield box, events
+    finally:
+        await provider.close()
+
+
+async def shell(box: DockerSandbox, command: str, timeout: float = 30) -> tuple[int, bytes]:
+    out = bytearray()
+
+    def on_output(stream: str, data: bytes) -> None:
+        out.extend(data)
+
+    status = await box.exec(command, cwd=WS, env={}, timeout=timeout, on_output=on_output)
+    return status.exit_code, bytes(out)
+
+
+async def test_a_command_that_kills_the_helper_gets_a_clear_error_then_docker_exec(
+    runtime: str,
+) -> None:
+    async with sandbox(runtime) as (box, events):
+        channel = box.channel
+        assert isinstance(channel, HelperChannel) and channel.pid is not None
+        async with asyncio.timeout(30):  # never a hang
+            # The command's stream ends with the helper (no exit code: -1), like a command
+            # killed under docker exec; what is waiting for a reply fails clearly.
+            pending = asyncio.ensure_future(channel.run(["sleep", "5"], user=USER))
+            await asyncio.sleep(0.2)
+            assert (await shell(box, f"kill -9 {channel.pid}; sleep 1"))[0] == -1
+            with pytest.raises(SandboxError, match="helper in the sandbox ended"):
+                await pending
+            assert await shell(box, "echo still here") == (0, b"still here\n")
+            assert (await box.lstat(WS)) is not None
+        assert channel.dead is not None
+        started = [e for e in events if isinstance(e, ContainerStarted)]
+        assert [e.channel for e in started] == ["helper"]
+        warnings = [e for e in events if isinstance(e, Log) and e.level == "warn"]
+        assert any("falling back to docker exec" in w.message for w in warnings)
+
+
+async def _injecting_channel(provider: DockerProvider, container_id: str,
+                             inject: str) -> HelperChannel:
+    """A helper whose stdout gets ``inject`` (printf format) spliced in after its greeting,
+    once the file WS/go exists: what a compromised or broken helper could send."""
+    api = provider.client.api
+    channel = HelperChannel(api, provider.bridge, container_id, user=USER,
+                            fallback=ExecChannel(api, provider.bridge, container_id))
+    socket = socket_path(provider.base_url)
+    assert socket is not None
+    script = (f"{HELPER} | {{ head -c 28; until [ -e {WS}/go ]; do sleep 0.02; done; "
+              f"printf '{inject}'; cat; }}")
+    await channel.start(["/bin/sh", "-c", script], socket)
+    return channel
+
+
+@pytest.fixture
+async def provider_and_container(runtime: str) -> AsyncIterator[tuple[DockerProvider, str]]:
+    provider = DockerProvider(scope=f"test-helper-{uuid.uuid4().hex[:12]}")
+    spec = SandboxSpec(run_id=new_run_id("garbage"), workflow="garbage", image=DEFAULT_IMAGE,
+                       runtime=runtime)
+    try:
+        async with provider.open(spec, lambda event: None) as box:
+            yield provider, box.id
+    finally:
+        await provider.close()
+
+
+async def test_garbage_from_the_helper_fails_the_call_and_later_calls_use_docker_exec(
+    provider_and_container: tuple[DockerProvider, str],
+) -> None:
+    provider, cid = provider_and_container
+    channel = await _injecting_channel(provider, cid, "GARBAGE GARBAGE GARBAGE")
+    try:
+        pending = asyncio.ensure_future(channel.stat(WS))
+        await asyncio.sleep(0.3)
+        await channel.fallback.run(["touch", f"{WS}/go"], user=USER)
+        async with asyncio.timeout(30):
+            with pytest.raises(SandboxError, match="garbage"):
+                await pending
+            assert channel.dead is not None and "garbage" in channel.dead
+            done = await channel.run(["echo", "via docker exec"], user=USER)
+        assert done.stdout == b"via docker exec\n"
+    finally:
+        await channel.close()
+
+
+async def test_a_forged_reply_fails_only_its_call(
+    provider_and_container: tuple[DockerProvider, str],
+) -> None:
+    provider, cid = provider_and_container
+    # A well-formed frame claiming to answer request 1 (the stat below) with a bad payload.
+    forged = r"\000\000\000\003\210\000\000\000\000\000\000\001abc"
+    channel = await _injecting_channel(provider, cid, forged)
+    try:
+        pending = asyncio.ensure_future(channel.stat(WS))
+        await asyncio.sleep(0.3)
+        await channel.fallback.run(["touch", f"{WS}/go"], user=USER)
+        async with asyncio.timeout(30):
+            with pytest.raises(SandboxError, match="bad reply"):
+                await pending
+            stat = await channel.stat(WS)  # the helper's real reply to 1 was ignored
+        assert stat is not None and stat.kind == "dir"
+        assert channel.dead is None
+    finally:
+        await channel.close()
+
+
+async def test_a_helper_that_cannot_start_is_refused_and_the_sandbox_uses_docker_exec(
+    provider_and_container: tuple[DockerProvider, str],
+) -> None:
+    provider, cid = provider_and_container
+    api = provider.client.api
+    channel = HelperChannel(api, provider.bridge, cid, user=USER,
+                            fallback=ExecChannel(api, provider.bridge, cid))
+    socket = socket_path(provider.base_url)
+    assert socket is not None
+    with pytest.raises(HelperUnavailable):
+        await channel.start(["/no/such/helper"], socket)
+    with pytest.raises(HelperUnavailable, match="greeting"):
+        await channel.start(["/bin/echo", "hello"], socket)
+    told: list[tuple[str, str | None]] = []
+    setup = HelperSetup(lambda: provider.client, provider.bridge, "tcp://127.0.0.1:2375")
+    await setup.prepare(DEFAULT_IMAGE)
+    chosen = await setup.channel(api, cid, USER, lambda kind, why: told.append((kind, why)))
+    assert isinstance(chosen, ExecChannel)
+    assert told == [("exec", "the engine is not on a local unix socket")]
