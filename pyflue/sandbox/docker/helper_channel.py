@@ -39,7 +39,7 @@ from functools import partial
 from typing import IO, Any, TypeVar
 
 from pyflue._bridge import ThreadBridge
-from pyflue.errors import SandboxError, SandboxGone
+from pyflue.errors import EngineUnavailable, SandboxError, SandboxGone
 from pyflue.sandbox.base import FileStat
 from pyflue.sandbox.docker.channel import Archive, Chunk, Command, Completed
 from pyflue.sandbox.docker.engine import translated
@@ -308,6 +308,7 @@ class HelperChannel:
         # stopped: a container still running is looked at again for a while.
         gone = "is no longer running"
         running = False
+        engine_lost: EngineUnavailable | None = None
         for attempt in range(6):
             if attempt:
                 await asyncio.sleep(0.1)
@@ -317,10 +318,19 @@ class HelperChannel:
                         self._api.inspect_container, self._cid)).get("State", {}).get("Running"))
             except SandboxGone:
                 running, gone = False, "no longer exists"
+            except EngineUnavailable as exc:  # the engine itself went away, not the helper
+                running, engine_lost = False, exc
             except SandboxError:
                 running = False
             if not running:
                 break
+        if engine_lost is not None:
+            self.dead = "the engine does not answer"
+            self._broken_error = engine_lost
+            pending, self._pending = self._pending, {}
+            for deliver in pending.values():
+                deliver(_Broken(engine_lost, container_stopped=False))
+            return
         if running:
             self.dead = reason
             error: SandboxError = SandboxError(f"{reason}; later calls go through docker exec")
@@ -622,7 +632,7 @@ class HelperCommand:
                     return
                 if isinstance(item, _Broken):
                     finished = True
-                    if started:
+                    if started and not isinstance(item.error, EngineUnavailable):
                         # A stream broken once started just ends (the contract), with no exit
                         # code: the container stopped (the sandbox reports why), or the helper
                         # was killed, most often with the command (the init's kill of every
