@@ -621,7 +621,7 @@ class HelperCommand:
         with self._lock:
             self._wake = partial(loop.call_soon_threadsafe, items.put_nowait, _ABORT)
             aborted = self._aborted
-        finished = started = False
+        finished = started = redo = False
         try:
             if aborted:
                 return
@@ -632,6 +632,12 @@ class HelperCommand:
                     return
                 if isinstance(item, _Broken):
                     finished = True
+                    if (not started and not item.container_stopped
+                            and not isinstance(item.error, EngineUnavailable)):
+                        # The helper died (swept by the init's kill of every process) before
+                        # it started the command: nothing ran, so docker exec runs it instead.
+                        redo = True
+                        break
                     if started and not isinstance(item.error, EngineUnavailable):
                         # A stream broken once started just ends (the contract), with no exit
                         # code: the container stopped (the sandbox reports why), or the helper
@@ -663,6 +669,13 @@ class HelperCommand:
                 channel._forget(rid, drop=True)
             else:  # the reader went away (cancelled): the command goes too
                 channel._forget(rid, kill=True, drop=True)
+        if redo:
+            delegate = channel.fallback.command(self._argv, cwd=self._cwd, env=self._env,
+                                                user=self._user)
+            with self._lock:
+                self._delegate = delegate
+            async for chunk in delegate.output():
+                yield chunk
 
 
 class _TarSink:
