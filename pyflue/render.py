@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pyflue.events import (
+    ArtifactSavedEvent,
     ContainerCreatedEvent,
     ContainerExitedEvent,
     ContainerRemovedEvent,
@@ -105,6 +106,8 @@ def pretty_event(event: Event) -> str | None:
             return f"{head} container {d.container_id[:12]} started"
         case ContainerRemovedEvent(data=d):
             return f"{head} container {d.container_id[:12]} removed"
+        case ArtifactSavedEvent(data=d):
+            return f"{head} ⇪ artifact {d.name} ({d.size} bytes, sha256 {d.sha256[:12]})"
     rest = " ".join(f"{k}={_short(v, 60)}" for k, v in event.data.wire.items())
     return f"{head} {event.type} {rest}"
 
