@@ -16,7 +16,6 @@ from pyflue.api.app import create_app
 from pyflue.artifacts import ArtifactLimits, ArtifactStore, check_name, content_type
 from pyflue.artifacts.folder import FolderArtifactStore
 from pyflue.errors import (
-    ArtifactNotFound,
     ArtifactTooLarge,
     ArtifactUnavailable,
     ConfigError,
@@ -96,8 +95,8 @@ async def test_saving_a_name_again_replaces_it(store: FolderArtifactStore, runs:
 async def test_an_artifact_over_its_cap_is_refused_and_nothing_is_kept(
         store: FolderArtifactStore, runs: RunStore, tmp_path: Path) -> None:
     run_id = await _new_run(runs)
-    with pytest.raises(ArtifactTooLarge, match="over the cap of 1000 bytes per artifact.*"
-                                               "PYFLUE_ARTIFACTS_MAX_BYTES"):
+    with pytest.raises(ArtifactTooLarge, match=r"over the cap of 1000 bytes per artifact.*"
+                                               r"PYFLUE_ARTIFACTS_MAX_BYTES"):
         await store.save(run_id, "big.bin", _file(tmp_path, b"x" * 1001), path="/w/big.bin")
     assert await store.list(run_id) == []
     run_dir = store.root / run_id.replace(":", "%3A")
