@@ -25,9 +25,10 @@ _DOWNLOAD: dict[int | str, dict[str, Any]] = {
     200: {"description": "the artifact's bytes (its `Content-Type`), or a folder of artifacts "
                          "as one `application/x-tar`; `X-Artifact-Sha256` and `ETag` carry a "
                          "file's SHA-256",
-          "content": {"application/octet-stream": _BINARY, "application/x-tar": _BINARY}},
-    206: {"description": "the bytes a `Range: bytes=START-END` asked for (`Content-Range`)",
-          "content": {"application/octet-stream": _BINARY}},
+          "content": {"*/*": _BINARY}},
+    206: {"description": "the bytes a `Range: bytes=START-END` asked for (`Content-Range`), "
+                         "in the artifact's `Content-Type`",
+          "content": {"*/*": _BINARY}},
 }
 
 
