@@ -339,11 +339,15 @@ async def _remote_artifacts(client: PyFlueClient, server: str, run_id: str,
 async def _fetch(source: Any, run_id: str, folder: Path | None, names: list[str]
                  ) -> tuple[tuple[str, list[Any]], list[Path]]:
     from pyflue.artifacts.download import chosen, download
+    from pyflue.errors import ArtifactNotFound, ConfigError
 
     listed = await source.list(run_id)
     if folder is None:
         return (run_id, listed), []
-    picked = chosen(listed, names, run_id)
+    try:
+        picked = chosen(listed, names, run_id)
+    except ArtifactNotFound as exc:  # a --name of the user's: bad input (exit 2)
+        raise ConfigError(exc.message) from None
     return (run_id, picked), await download(source, run_id, picked, folder)
 
 
