@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pyflue.artifacts.base import ArtifactLimits, ArtifactStore, check_name, content_type, pick
+from pyflue.artifacts.base import (
+    ArtifactLimits,
+    ArtifactStore,
+    NewFile,
+    check_name,
+    content_type,
+    pick,
+)
 
 if TYPE_CHECKING:
     from pyflue.settings import Settings
@@ -25,5 +32,5 @@ def artifact_store(settings: Settings, runs: RunStore) -> ArtifactStore:
         max_bytes=caps.max_bytes, run_max_bytes=caps.run_max_bytes, max_count=caps.max_count))
 
 
-__all__ = ["ArtifactLimits", "ArtifactStore", "artifact_store", "check_name", "content_type",
-           "pick"]
+__all__ = ["ArtifactLimits", "ArtifactStore", "NewFile", "artifact_store", "check_name",
+           "content_type", "pick"]

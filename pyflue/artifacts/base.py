@@ -17,7 +17,7 @@ answers alike (``tests/unit/test_artifacts.py`` runs one contract over each):
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,15 @@ class ArtifactLimits:
     max_bytes: int
     run_max_bytes: int
     max_count: int
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """A local file to keep as the artifact ``name``; ``path``: where in the workspace it was."""
+
+    name: str
+    source: Path
+    path: str
 
 
 def check_name(name: str) -> str:
@@ -100,6 +109,11 @@ class ArtifactStore(Protocol):
     async def save(self, run_id: str, name: str, source: Path, *, path: str) -> Artifact:
         """Keeps the local file ``source`` as the run's artifact ``name`` (``path``: where in
         the workspace it came from), replacing one of that name; returns its record."""
+        ...
+
+    async def save_all(self, run_id: str, files: Sequence[NewFile]) -> list[Artifact]:
+        """:meth:`save` for several files at once (a folder): the caps are checked for all of
+        them before any is kept."""
         ...
 
     async def list(self, run_id: str) -> list[Artifact]:

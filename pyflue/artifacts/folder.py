@@ -16,11 +16,12 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from pyflue.artifacts.base import ArtifactLimits, check_name, content_type
+from pyflue.artifacts.base import ArtifactLimits, NewFile, check_name, content_type
 from pyflue.errors import ArtifactError, ArtifactTooLarge, ArtifactUnavailable
 from pyflue.models import Artifact, utcnow
 from pyflue.store.base import RunStore
@@ -30,6 +31,30 @@ CHUNK = 1 << 20
 
 class _Over(Exception):
     """The content passed the cap it was written under (internal)."""
+
+
+class _Tally:
+    """A run's artifacts as a save goes: sizes by name, and how many names share a content."""
+
+    def __init__(self, kept: dict[str, Artifact]) -> None:
+        self.sizes = {name: a.size for name, a in kept.items()}
+        self._shas = {name: a.sha256 for name, a in kept.items()}
+        self.shas: Counter[str] = Counter(self._shas.values())
+        self.used = sum(self.sizes.values())
+
+    def used_without(self, name: str) -> int:
+        return self.used - self.sizes.get(name, 0)
+
+    def add(self, name: str, size: int, sha256: str) -> str | None:
+        """Counts ``name`` as saved; the content it replaced, if any."""
+        self.used += size - self.sizes.get(name, 0)
+        self.sizes[name] = size
+        old = self._shas.get(name)
+        if old is not None:
+            self.shas[old] -= 1
+        self._shas[name] = sha256
+        self.shas[sha256] += 1
+        return old if old != sha256 else None
 
 
 class FolderArtifactStore:
@@ -64,34 +89,52 @@ class FolderArtifactStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     async def save(self, run_id: str, name: str, source: Path, *, path: str) -> Artifact:
-        check_name(name)
-        kept = await self._runs.list_artifacts(run_id)  # RunNotFound first
-        others = [a for a in kept if a.name != name]
-        if len(others) >= self._limits.max_count:
-            raise ArtifactTooLarge(
-                f"run {run_id} keeps {len(others)} artifacts already, the most "
-                f"PYFLUE_ARTIFACTS_MAX_COUNT allows: save fewer files (a folder's files count "
-                "one each), or raise PYFLUE_ARTIFACTS_MAX_COUNT")
-        used = sum(a.size for a in others)
-        size = source.stat().st_size
-        self._check_size(run_id, name, size, used)
+        return (await self.save_all(run_id, [NewFile(name, source, path)]))[0]
+
+    async def save_all(self, run_id: str, files: Sequence[NewFile]) -> list[Artifact]:
+        for file in files:
+            check_name(file.name)
+        kept = {a.name: a for a in await self._runs.list_artifacts(run_id)}  # RunNotFound first
+        sizes = await asyncio.to_thread(lambda: [f.source.stat().st_size for f in files])
+        tally = _Tally(kept)
+        for file, size in zip(files, sizes, strict=True):  # all checked before any is written
+            self._check(run_id, file.name, size, tally)
+            tally.add(file.name, size, "")
+        tally = _Tally(kept)
+        saved = []
+        for file in files:
+            saved.append(await self._save_one(run_id, file, tally))
+        return saved
+
+    async def _save_one(self, run_id: str, file: NewFile, tally: _Tally) -> Artifact:
+        used = tally.used_without(file.name)
         cap = min(self._limits.max_bytes, self._limits.run_max_bytes - used)
         try:
-            digest, size = await asyncio.to_thread(self._write, self._run_dir(run_id), source,
-                                                   cap)
-        except _Over:  # it grew while copied: over one cap or the other all the same
-            self._check_size(run_id, name, cap + 1, used)
+            digest, size = await asyncio.to_thread(self._write, self._run_dir(run_id),
+                                                   file.source, cap)
+        except _Over:  # it grew since it was measured: over one cap or the other all the same
+            self._check(run_id, file.name, cap + 1, tally)
             raise
         except OSError as exc:
             raise self._failed(exc, "writing to") from exc
-        artifact = Artifact(name=name, size=size, sha256=digest, content_type=content_type(name),
-                            path=path, saved_at=utcnow())
+        artifact = Artifact(name=file.name, size=size, sha256=digest,
+                            content_type=content_type(file.name), path=file.path,
+                            saved_at=utcnow())
         await self._runs.put_artifact(run_id, artifact)
-        replaced = next((a for a in kept if a.name == name), None)
-        if replaced is not None and all(a.sha256 != replaced.sha256 for a in [*others, artifact]):
-            with contextlib.suppress(OSError):  # content no other name has: no longer needed
-                (self._run_dir(run_id) / replaced.sha256).unlink()
+        replaced = tally.add(file.name, size, digest)
+        if replaced is not None and not tally.shas[replaced]:  # content no other name has
+            with contextlib.suppress(OSError):
+                (self._run_dir(run_id) / replaced).unlink()
         return artifact
+
+    def _check(self, run_id: str, name: str, size: int, tally: _Tally) -> None:
+        if name not in tally.sizes and len(tally.sizes) >= self._limits.max_count:
+            raise ArtifactTooLarge(
+                f"saving {name!r} would make {len(tally.sizes) + 1} artifacts of run {run_id}, "
+                f"over the cap of {self._limits.max_count} (PYFLUE_ARTIFACTS_MAX_COUNT): save "
+                "fewer files (a folder's files count one each), or raise "
+                "PYFLUE_ARTIFACTS_MAX_COUNT")
+        self._check_size(run_id, name, size, tally.used_without(name))
 
     def _check_size(self, run_id: str, name: str, size: int, used: int) -> None:
         limits = self._limits

@@ -10,6 +10,7 @@ one tar.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import os
 import posixpath
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyflue.artifacts.base import ArtifactStore, check_name
+from pyflue.artifacts.base import ArtifactStore, NewFile, check_name
 from pyflue.errors import (
     ArtifactTooLarge,
     ConfigError,
@@ -171,19 +172,22 @@ class WorkspaceArtifacts:
                 await self._box.copy_out(st.path, staged, limits=caps)
             except CopyTooLarge as exc:
                 raise _too_large(label, exc) from None
-            files = [staged] if st.kind == "file" else sorted(
-                (Path(d) / f for d, _, fs in os.walk(staged) for f in fs), key=str)
-            saved = []
+            files = [staged] if st.kind == "file" else await asyncio.to_thread(_files, staged)
+            batch = []
             for file in files:
                 inner = file.relative_to(staged).as_posix() if st.kind == "dir" else ""
-                name = f"{label}/{inner}" if inner else label
-                where = posixpath.join(st.path, inner) if inner else st.path
-                artifact = await store.save(self.run_id, check_name(name), file, path=where)
-                self._recorder.emit(ArtifactSaved(
-                    name=artifact.name, path=where, size=artifact.size, sha256=artifact.sha256,
-                    content_type=artifact.content_type))
-                saved.append(artifact)
+                batch.append(NewFile(check_name(f"{label}/{inner}" if inner else label), file,
+                                     posixpath.join(st.path, inner) if inner else st.path))
+            saved = await store.save_all(self.run_id, batch)
+        for artifact, new in zip(saved, batch, strict=True):
+            self._recorder.emit(ArtifactSaved(
+                name=artifact.name, path=new.path, size=artifact.size, sha256=artifact.sha256,
+                content_type=artifact.content_type))
         return saved
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted((Path(d) / f for d, _, fs in os.walk(folder) for f in fs), key=str)
 
 
 def _too_large(label: str, exc: CopyTooLarge) -> ArtifactTooLarge:

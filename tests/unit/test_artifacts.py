@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from pyflue.api.app import create_app
-from pyflue.artifacts import ArtifactLimits, ArtifactStore, check_name, content_type
+from pyflue.artifacts import ArtifactLimits, ArtifactStore, NewFile, check_name, content_type
 from pyflue.artifacts.folder import FolderArtifactStore
 from pyflue.errors import (
     ArtifactTooLarge,
@@ -114,6 +114,26 @@ async def test_a_run_over_its_byte_or_count_cap_is_refused(
     with pytest.raises(ArtifactTooLarge, match="PYFLUE_ARTIFACTS_MAX_COUNT"):
         await store.save(run_id, "d", _file(tmp_path, b"x"), path="/w/d")
     assert [a.name for a in await store.list(run_id)] == ["a", "b", "c"]
+
+
+async def test_a_batch_over_a_cap_keeps_none_of_it(store: FolderArtifactStore, runs: RunStore,
+                                                   tmp_path: Path) -> None:
+    run_id = await _new_run(runs)
+    files = [NewFile(f"d/{i}", _file(tmp_path, b"x" * 600, f"f{i}"), f"/w/d/{i}")
+             for i in range(3)]
+    with pytest.raises(ArtifactTooLarge, match="PYFLUE_ARTIFACTS_RUN_MAX_BYTES"):
+        await store.save_all(run_id, files)
+    assert await store.list(run_id) == []
+
+
+async def test_replacing_one_of_two_names_with_the_same_content_keeps_the_other(
+        store: FolderArtifactStore, runs: RunStore, tmp_path: Path) -> None:
+    run_id = await _new_run(runs)
+    same = _file(tmp_path, b"same bytes")
+    await store.save_all(run_id, [NewFile("a", same, "/w/a"), NewFile("b", same, "/w/b")])
+    await store.save(run_id, "a", _file(tmp_path, b"new", "other"), path="/w/a")
+    assert await _read(store, run_id, "b") == b"same bytes"
+    assert await _read(store, run_id, "a") == b"new"
 
 
 async def test_an_unknown_run_is_run_not_found(store: FolderArtifactStore,
