@@ -173,11 +173,13 @@ class WorkspaceArtifacts:
             except CopyTooLarge as exc:
                 raise _too_large(label, exc) from None
             files = [staged] if st.kind == "file" else await asyncio.to_thread(_files, staged)
+            redact = self._recorder.redactor.text  # names and paths are streamed: no secrets
             batch = []
             for file in files:
                 inner = file.relative_to(staged).as_posix() if st.kind == "dir" else ""
-                batch.append(NewFile(check_name(f"{label}/{inner}" if inner else label), file,
-                                     posixpath.join(st.path, inner) if inner else st.path))
+                name = redact(f"{label}/{inner}" if inner else label)
+                where = redact(posixpath.join(st.path, inner) if inner else st.path)
+                batch.append(NewFile(check_name(name), file, where))
             saved = await store.save_all(self.run_id, batch)
         for artifact, new in zip(saved, batch, strict=True):
             self._recorder.emit(ArtifactSaved(

@@ -290,3 +290,25 @@ async def run(ctx):
     assert runner.store is not None
     events = await runner.store.list_events(run.run_id, types=[EventType.artifact_saved])
     assert not [e for e in events if isinstance(e, ArtifactSavedEvent)]
+
+
+async def test_a_granted_secret_in_a_name_is_redacted_and_the_content_kept_as_written(
+        project: Path, write_workflow: WriteWorkflow) -> None:
+    write_workflow("leaky", '''
+from pyflue import create_agent
+agent = create_agent(lambda ctx: {"secrets": ["DEPLOY_TOKEN"]})
+async def run(ctx):
+    harness = await ctx.init(agent)
+    await harness.fs.write_file("out/s3cr3t-value.txt", "token=s3cr3t-value")
+    return [a.name for a in await harness.artifacts.save("out")]
+''')
+    runner = fake_runner(project)
+    runner.env = {"DEPLOY_TOKEN": "s3cr3t-value"}
+    run = await runner.run("leaky", {})
+    assert run.result == ["out/[REDACTED:DEPLOY_TOKEN].txt"]
+    (event,) = await runner.store.list_events(run.run_id, types=[EventType.artifact_saved])
+    assert "s3cr3t" not in event.model_dump_json()
+    assert await _read(runner.artifacts, run.run_id, "out/[REDACTED:DEPLOY_TOKEN].txt") == (
+        b"token=s3cr3t-value")
+    (listed,) = await runner.artifacts.list(run.run_id)
+    assert listed.path == "/workspace/out/[REDACTED:DEPLOY_TOKEN].txt"
