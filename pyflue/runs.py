@@ -416,14 +416,21 @@ class _SandboxScope:
 
     async def _collect(self) -> None:
         """Saves what the agents' ``artifacts`` patterns match, before the container goes:
-        whatever the run's outcome, within COLLECT_SECONDS."""
-        patterns = list(dict.fromkeys(p for h in self._harnesses for p in h.config.artifacts))
-        if not patterns or self._box is None:
+        whatever the run's outcome, within COLLECT_SECONDS. A failure is a log event."""
+        if self._box is None:
             return
-        harness = next(h for h in self._harnesses if h.config.artifacts)
         try:
             async with asyncio.timeout(COLLECT_SECONDS):
-                await harness.artifacts.collect(patterns)
+                done: set[tuple[str, str]] = set()  # an agent initialized twice saves once
+                for harness in self._harnesses:
+                    todo = [p for p in harness.config.artifacts
+                            if (harness.fs.cwd, p) not in done]
+                    done.update((harness.fs.cwd, p) for p in todo)
+                    if todo:
+                        await harness.artifacts.collect(todo)
         except TimeoutError:
             self._recorder.emit(Log(level="error", message="artifacts: collecting the agent's "
                                     f"artifacts took over {COLLECT_SECONDS:g} s; stopped"))
+        except Exception as exc:  # the run's outcome is its workflow's; its container still goes
+            self._recorder.emit(Log(level="error",
+                                    message=f"artifacts: collecting failed: {exc}"))
