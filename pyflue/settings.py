@@ -312,10 +312,11 @@ class Settings(BaseSettings):
 
     @property
     def artifacts_dir(self) -> Path:
-        """Where artifacts are kept: PYFLUE_ARTIFACTS_DIR, else ``artifacts/`` beside the SQLite
-        store's file (``.pyflue/artifacts`` for the default store and for PostgreSQL)."""
-        if self.artifacts.dir is not None:
-            return self.artifacts.dir
+        """Where artifacts are kept: PYFLUE_ARTIFACTS_DIR (relative to the project), else
+        ``artifacts/`` beside the SQLite store's file (``.pyflue/artifacts`` for the default
+        store and for PostgreSQL)."""
+        if self.artifacts.dir is not None:  # a relative one is the project's
+            return self.project_dir / self.artifacts.dir
         if self.store_url and self.store_url.startswith("sqlite"):
             database = make_url(self.store_url).database
             if database and database != ":memory:":

@@ -23,7 +23,7 @@ from pyflue.errors import (
 )
 from pyflue.events import ArtifactSavedEvent, EventType
 from pyflue.models import Run, RunStatus, new_run_id, utcnow
-from pyflue.settings import Settings
+from pyflue.settings import ArtifactSettings, Settings
 from pyflue.store import MemoryStore, RunStore, SqlStore
 from pyflue.testing import FakeSandboxProvider, fake_runner
 from tests.conftest import WriteWorkflow
@@ -312,3 +312,14 @@ async def run(ctx):
         b"token=s3cr3t-value")
     (listed,) = await runner.artifacts.list(run.run_id)
     assert listed.path == "/workspace/out/[REDACTED:DEPLOY_TOKEN].txt"
+
+
+def test_the_artifact_folder_is_beside_the_sqlite_store_unless_set(tmp_path: Path) -> None:
+    assert Settings(project_dir=tmp_path).artifacts_dir == tmp_path / ".pyflue" / "artifacts"
+    db = f"sqlite+aiosqlite:///{tmp_path / 'db' / 'runs.db'}"
+    in_db_folder = Settings(project_dir=tmp_path, store_url=db).artifacts_dir
+    assert in_db_folder == tmp_path / "db" / "artifacts"
+    shared = Settings(project_dir=tmp_path, artifacts=ArtifactSettings(dir=Path("/srv/shared")))
+    assert shared.artifacts_dir == Path("/srv/shared")
+    relative = Settings(project_dir=tmp_path, artifacts=ArtifactSettings(dir=Path("arts")))
+    assert relative.artifacts_dir == tmp_path / "arts"
