@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, run_benchmark, say  # noqa: E402
+from _common import machine, run_benchmark, say
 
 WORKFLOW = '''
 import time
