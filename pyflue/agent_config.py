@@ -32,6 +32,24 @@ class AgentConfig(BaseModel):
     secrets: list[str] = Field(
         default_factory=list, description="names of host environment variables to grant"
     )
+    artifacts: list[str] = Field(
+        default_factory=list, description="paths or globs saved as the run's artifacts when "
+                                          "it ends, whatever its outcome (docs/artifacts.md)"
+    )
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifact_paths(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not pattern.strip():
+                raise ValueError("an artifacts pattern must not be empty: write e.g. "
+                                 "\"reports/*.xml\"")
+            try:
+                confine(pattern, root="/workspace", cwd="/workspace")
+            except WorkspacePathError:
+                raise ValueError(f"artifacts pattern {pattern!r} leaves the workspace: use a "
+                                 "path inside it, e.g. \"reports/*.xml\"") from None
+        return value
 
     @field_validator("cwd")
     @classmethod

@@ -19,6 +19,10 @@ into this tree at the adapter edge and never escape it.
     ├── RunNotFound              no run with that id in the store
     ├── RunStateConflict         the run is not in the status the operation needs
     ├── StoreError               the run store cannot be opened or written
+    ├── ArtifactError            an artifact cannot be saved or read
+    │   ├── ArtifactNotFound     no artifact (or folder of them) of that name in the run
+    │   ├── ArtifactTooLarge     over the per-artifact, per-run size or count cap
+    │   └── ArtifactUnavailable  listed, but its content is not in this worker's artifact store
     ├── ModelError               a model call failed (after retries where retrying helps)
     │   ├── ModelAuthError       the API key is missing or refused
     │   ├── ModelNotFound        the model string or model id is unknown
@@ -124,6 +128,22 @@ class StoreError(PyflueError):
     type = "store_error"
 
 
+class ArtifactError(PyflueError):
+    type = "artifact_error"
+
+
+class ArtifactNotFound(ArtifactError):
+    type = "not_found"
+
+
+class ArtifactTooLarge(ArtifactError):
+    type = "artifact_too_large"
+
+
+class ArtifactUnavailable(ArtifactError):
+    type = "artifact_unavailable"
+
+
 class ModelError(PyflueError):
     type = "model_error"
 
@@ -185,12 +205,16 @@ class FileNotFoundInSandbox(WorkspacePathError):
 # exits 3 for them (docs/cli.md, exit codes). ``server_unreachable`` is pyflue.client's.
 INFRASTRUCTURE_TYPES = frozenset({
     EngineUnavailable.type, ImageNotFound.type, SandboxStartError.type, StoreError.type,
-    ModelUnavailable.type, "server_unreachable",
+    ModelUnavailable.type, ArtifactUnavailable.type, "server_unreachable",
 })
 
 
 __all__ = [
     "INFRASTRUCTURE_TYPES",
+    "ArtifactError",
+    "ArtifactNotFound",
+    "ArtifactTooLarge",
+    "ArtifactUnavailable",
     "ConfigError",
     "EngineUnavailable",
     "FileNotFoundInSandbox",

@@ -60,6 +60,7 @@ class EventType(StrEnum):
     tool_end = "tool_end"
     sandbox_limit = "sandbox_limit"
     run_requeued = "run_requeued"
+    artifact_saved = "artifact_saved"
 
 
 def _absent(value: Any) -> bool:
@@ -377,6 +378,16 @@ class FileOp(EventData):
     skipped_count: int | None = _optional("`upload` and `download`: how many were skipped")
 
 
+class ArtifactSaved(EventData):
+    type = EventType.artifact_saved
+    name: str = Field(description="the artifact's name (`GET /runs/{run_id}/artifacts/{name}`), "
+                                  "secrets redacted")
+    path: str = Field(description="the workspace path it was copied from, absolute")
+    size: int = Field(description="its size in bytes")
+    sha256: str = Field(description="the SHA-256 of its content, hex")
+    content_type: str = Field(description="its media type, guessed from the name")
+
+
 # -- model turns and tool calls ----------------------------------------------------------------
 
 
@@ -532,6 +543,11 @@ class FileOpEvent(Event):
     data: FileOp
 
 
+class ArtifactSavedEvent(Event):
+    type: Literal[EventType.artifact_saved] = EventType.artifact_saved
+    data: ArtifactSaved
+
+
 class ModelTurnStartEvent(Event):
     type: Literal[EventType.model_turn_start] = EventType.model_turn_start
     data: ModelTurnStart
@@ -572,7 +588,7 @@ EVENT_CLASSES: dict[EventType, type[Event]] = {
         ContainerStartedEvent, ContainerExitedEvent, ContainerRemovedEvent, ShellStartEvent,
         ShellOutputEvent, ShellEndEvent, SandboxLimitEvent, FileReadEvent, FileWriteEvent,
         FileOpEvent, ModelTurnStartEvent, ModelTextDeltaEvent, ModelTurnEndEvent,
-        ToolStartEvent, ToolEndEvent,
+        ToolStartEvent, ToolEndEvent, ArtifactSavedEvent,
     )
 }
 # The payload model of each type (what ``recorder.emit`` takes).
@@ -594,7 +610,7 @@ KnownEvent = Annotated[
     | ContainerStartedEvent | ContainerExitedEvent | ContainerRemovedEvent | ShellStartEvent
     | ShellOutputEvent | ShellEndEvent | SandboxLimitEvent | FileReadEvent | FileWriteEvent
     | FileOpEvent | ModelTurnStartEvent | ModelTextDeltaEvent | ModelTurnEndEvent
-    | ToolStartEvent | ToolEndEvent,
+    | ToolStartEvent | ToolEndEvent | ArtifactSavedEvent,
     Field(discriminator="type"),
 ]
 
@@ -629,6 +645,8 @@ __all__ = [
     "DATA_CLASSES",
     "EVENT_CLASSES",
     "AnyEvent",
+    "ArtifactSaved",
+    "ArtifactSavedEvent",
     "ContainerCreated",
     "ContainerCreatedEvent",
     "ContainerExited",

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from pyflue.artifacts.workspace import WorkspaceArtifacts
 from pyflue.compat import HARNESS, missing, upstream_options
 from pyflue.errors import ConfigError, FileNotFoundInSandbox, SandboxGone, WorkspacePathError
 from pyflue.events import FileOp, FileRead, FileWrite, ShellEnd, ShellOutput, ShellStart
@@ -26,6 +27,7 @@ from pyflue.secrets import StreamRedactor, grant
 
 if TYPE_CHECKING:  # annotations only: sessions and tools build on the harness, not the reverse
     from pyflue.agent_config import AgentConfig
+    from pyflue.artifacts.base import ArtifactStore
     from pyflue.recorder import RunRecorder
     from pyflue.sessions import Session
     from pyflue.settings import Settings
@@ -278,8 +280,9 @@ def _with_parents(real: str, root: str, data: bytes | None, mode: int) -> list[P
 
 
 class Harness:
-    """What ``ctx.init(agent)`` returns: sessions with the agent's model, and the run's
-    workspace as ``fs`` and ``shell`` (which never add messages to a session)."""
+    """What ``ctx.init(agent)`` returns: sessions with the agent's model, the run's
+    workspace as ``fs`` and ``shell`` (which never add messages to a session), and
+    ``artifacts`` to save files of it as the run's artifacts."""
 
     def __init__(
         self,
@@ -289,6 +292,7 @@ class Harness:
         settings: Settings,
         open_session: SessionOpener,
         env: Mapping[str, str] | None = None,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         env = env or {}
         self._box = box
@@ -302,6 +306,9 @@ class Harness:
                                  "agent config \"secrets\"")
         self.fs = WorkspaceFS(box, recorder, config.cwd or box.workdir,
                               copy_limits=settings.sandbox.copy_limits)
+        # Files of the workspace saved as the run's artifacts (docs/artifacts.md).
+        self.artifacts = WorkspaceArtifacts(self.fs, box, recorder, artifacts,
+                                            copy_limits=settings.sandbox.copy_limits)
 
     @upstream_options("harness.session", session_id="pass the name positionally: "
                       "`await harness.session(\"name\")`")

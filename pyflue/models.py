@@ -95,6 +95,19 @@ class Run(BaseModel):
     container_removed_at: datetime | None = None
 
 
+class Artifact(BaseModel):
+    """One file a run saved (``harness.artifacts.save``, the agent's ``artifacts`` option):
+    listed by ``GET /runs/{run_id}/artifacts``, downloaded by name."""
+
+    name: str = Field(description="its name in the run: a relative path such as "
+                                  "`reports/junit.xml` (secrets redacted)")
+    size: int = Field(description="bytes")
+    sha256: str = Field(description="the SHA-256 of its content, hex")
+    content_type: str = Field(description="its media type, guessed from the name")
+    path: str = Field(description="the workspace path it was copied from")
+    saved_at: datetime
+
+
 def end_error(status: RunStatus, error: ErrorInfo | None, reason: str | None) -> ErrorInfo | None:
     """The error a finished run reports: its own, or for a run ended from outside (cancelled,
     timed out, interrupted) one that names the status and why; None for a completed run."""

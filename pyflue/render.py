@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pyflue.events import (
+    ArtifactSavedEvent,
     ContainerCreatedEvent,
     ContainerExitedEvent,
     ContainerRemovedEvent,
@@ -34,7 +35,7 @@ from pyflue.events import (
     ToolEndEvent,
     ToolStartEvent,
 )
-from pyflue.models import Run, RunStatus, end_error
+from pyflue.models import Artifact, Run, RunStatus, end_error
 
 if TYPE_CHECKING:
     from pyflue.describe import RunDetails
@@ -105,6 +106,8 @@ def pretty_event(event: Event) -> str | None:
             return f"{head} container {d.container_id[:12]} started"
         case ContainerRemovedEvent(data=d):
             return f"{head} container {d.container_id[:12]} removed"
+        case ArtifactSavedEvent(data=d):
+            return f"{head} ⇪ artifact {d.name} ({d.size} bytes, sha256 {d.sha256[:12]})"
     rest = " ".join(f"{k}={_short(v, 60)}" for k, v in event.data.wire.items())
     return f"{head} {event.type} {rest}"
 
@@ -219,3 +222,14 @@ def error_json_line(run: Run) -> str | None:
         return None
     return json.dumps({"type": "error", "run_id": doc["run_id"], "status": doc["status"],
                        "error": doc["error"]}, ensure_ascii=False)
+
+
+def artifact_rows(artifacts: list[Artifact]) -> str:
+    """A table of artifacts: name, size, sha256 (short), content type, when saved."""
+    rows = [("NAME", "SIZE", "SHA256", "TYPE", "SAVED")] + [
+        (a.name, str(a.size), a.sha256[:12], a.content_type,
+         a.saved_at.strftime("%Y-%m-%d %H:%M:%S")) for a in artifacts]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join([*(c.ljust(w) if i != 1 else c.rjust(w)
+                                  for i, (c, w) in enumerate(zip(r[:4], widths, strict=True))),
+                                r[4]]) for r in rows)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from pyflue.events import KnownEvent
-from pyflue.models import Run
+from pyflue.models import Artifact, Run
 from pyflue.status import RunStatus
 
 # The element type of every list or stream of events the server sends (EventPage, SSE frames,
@@ -45,6 +45,11 @@ ERROR_TYPES: dict[str, str] = {
     "workflow_load_error": "the workflow module cannot be imported or has no run(ctx)",
     "engine_unavailable": "the Docker engine is not reachable",
     "store_error": "the run store cannot be read or written",
+    "artifact_unavailable": "an artifact is listed but its content is not in the server's "
+                            "artifact folder (workers must share PYFLUE_ARTIFACTS_DIR)",
+    "artifact_too_large": "an artifact is over PYFLUE_ARTIFACTS_MAX_BYTES, or a run's over "
+                          "PYFLUE_ARTIFACTS_RUN_MAX_BYTES / PYFLUE_ARTIFACTS_MAX_COUNT",
+    "range_not_satisfiable": "a Range header past the artifact's end",
     "failed": "the run failed (usually its own exception class name is the type instead)",
     "timed_out": "the run passed its deadline",
     "cancelled": "the run was cancelled",
@@ -160,6 +165,13 @@ class EventPage(_Answer):
     next_after: int
 
 
+class ArtifactList(_Answer):
+    """``GET /runs/{run_id}/artifacts``: the run's artifacts, by name."""
+
+    run_id: str
+    artifacts: list[Artifact]
+
+
 class EngineHealth(_Answer):
     """The sandbox engine as the server last saw it: ``up``, since when, and (while down, in
     debug mode only) the last failure's own words."""
@@ -196,6 +208,7 @@ class Health(_Answer):
 __all__ = [
     "ERROR_TYPES",
     "Accepted",
+    "ArtifactList",
     "CancelAnswer",
     "Completed",
     "EngineHealth",

@@ -27,6 +27,7 @@ from pydantic_core import to_jsonable_python
 from pyflue._bridge import in_daemon_thread, run_to_completion
 from pyflue.agent_config import AgentConfig
 from pyflue.agents import Agent
+from pyflue.artifacts import ArtifactStore, artifact_store
 from pyflue.context import FlueContext
 from pyflue.errors import (
     ConfigError,
@@ -55,6 +56,10 @@ from pyflue.workers import Workers, local_owner, retries_for
 from pyflue.workflows import Workflow, WorkflowRegistry
 
 log = logging.getLogger(__name__)
+
+
+# How long collecting the agents' `artifacts` at a run's end may take.
+COLLECT_SECONDS = 300.0
 
 
 class DeadlinePassed(Exception):
@@ -94,8 +99,11 @@ class Runner:
         registry: WorkflowRegistry,
         env: Mapping[str, str] | None = None,
         models: ModelResolver | None = None,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.settings = settings
+        # Where runs' saved files go: PYFLUE_ARTIFACTS_DIR unless one is given.
+        self.artifacts = artifacts or artifact_store(settings, store)
         self.models: ModelResolver = models or ModelRegistry(settings.models)
         self.store = store
         self.provider = provider
@@ -354,6 +362,7 @@ class _SandboxScope:
         self._lock = asyncio.Lock()
         self._box: Sandbox | None = None
         self._spec: SandboxSpec | None = None
+        self._harnesses: list[Harness] = []
 
     async def init(self, agent: Agent, ctx: FlueContext) -> Harness:
         if not isinstance(agent, Agent):
@@ -374,7 +383,9 @@ class _SandboxScope:
                     f"({spec.image}, network {spec.network}) than the first one initialized"
                 )
         harness = Harness(self._box, self._recorder, config, self._runner.settings,
-                          self._open_session, env=self._runner.env)
+                          self._open_session, env=self._runner.env,
+                          artifacts=self._runner.artifacts)
+        self._harnesses.append(harness)
         if harness.fs.cwd != self._box.workdir:
             await harness.fs.mkdir(harness.fs.cwd)  # an agent's cwd exists when it starts
         return harness
@@ -398,4 +409,28 @@ class _SandboxScope:
         return self._box.id if self._box is not None else None
 
     async def close(self) -> None:
-        await self._stack.aclose()
+        try:
+            await self._collect()
+        finally:
+            await self._stack.aclose()
+
+    async def _collect(self) -> None:
+        """Saves what the agents' ``artifacts`` patterns match, before the container goes:
+        whatever the run's outcome, within COLLECT_SECONDS. A failure is a log event."""
+        if self._box is None:
+            return
+        try:
+            async with asyncio.timeout(COLLECT_SECONDS):
+                done: set[tuple[str, str]] = set()  # an agent initialized twice saves once
+                for harness in self._harnesses:
+                    todo = [p for p in harness.config.artifacts
+                            if (harness.fs.cwd, p) not in done]
+                    done.update((harness.fs.cwd, p) for p in todo)
+                    if todo:
+                        await harness.artifacts.collect(todo)
+        except TimeoutError:
+            self._recorder.emit(Log(level="error", message="artifacts: collecting the agent's "
+                                    f"artifacts took over {COLLECT_SECONDS:g} s; stopped"))
+        except Exception as exc:  # the run's outcome is its workflow's; its container still goes
+            self._recorder.emit(Log(level="error",
+                                    message=f"artifacts: collecting failed: {exc}"))

@@ -240,6 +240,21 @@ class ServerSettings(BaseSettings):
     )
 
 
+class ArtifactSettings(BaseSettings):
+    """Where runs' artifacts are kept and how much they may hold (see docs/artifacts.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="PYFLUE_ARTIFACTS_", extra="forbid")
+
+    dir: Path | None = Field(
+        None, description="the folder artifacts are kept in; default `artifacts/` next to the "
+                          "SQLite store. Workers sharing PostgreSQL must all mount one shared "
+                          "folder here")
+    max_bytes: int = Field(1 << 30, ge=1, description="largest single artifact, in bytes")
+    run_max_bytes: int = Field(4 << 30, ge=1, description="most bytes of artifacts one run "
+                                                          "may keep")
+    max_count: int = Field(10_000, ge=1, description="most artifacts one run may keep")
+
+
 class Settings(BaseSettings):
     """Process-wide settings for the CLI, the library runtime and (later) the server."""
 
@@ -259,6 +274,7 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     pool: PoolSettings = Field(default_factory=PoolSettings)
+    artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
 
     @field_validator("store_url")
     @classmethod
@@ -295,6 +311,19 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{self.default_store_file}"
 
     @property
+    def artifacts_dir(self) -> Path:
+        """Where artifacts are kept: PYFLUE_ARTIFACTS_DIR (relative to the project), else
+        ``artifacts/`` beside the SQLite store's file (``.pyflue/artifacts`` for the default
+        store and for PostgreSQL)."""
+        if self.artifacts.dir is not None:  # a relative one is the project's
+            return self.project_dir / self.artifacts.dir
+        if self.store_url and self.store_url.startswith("sqlite"):
+            database = make_url(self.store_url).database
+            if database and database != ":memory:":
+                return Path(database).parent / "artifacts"
+        return self.state_dir / "artifacts"
+
+    @property
     def default_store_file(self) -> Path:
         """The SQLite file of the run store when PYFLUE_STORE_URL is not set."""
         return self.state_dir / "pyflue.db"
@@ -302,7 +331,7 @@ class Settings(BaseSettings):
 
 _PARTS: dict[str, type[BaseSettings]] = {
     "sandbox": SandboxDefaults, "models": ModelSettings, "server": ServerSettings,
-    "pool": PoolSettings,
+    "pool": PoolSettings, "artifacts": ArtifactSettings,
 }
 _UNPARSED = re.compile(r'error parsing value for field "(\w+)"')
 _SECRET = ("key", "token", "password")
@@ -310,7 +339,7 @@ _SECRET = ("key", "token", "password")
 _EXAMPLES: dict[str, Any] = {
     "store_url": "sqlite+aiosqlite:///path/pyflue.db", "docker_host": "unix:///var/run/docker.sock",
     "sandbox_runtime": "runsc", "model": "scripted/demo",
-    "anthropic_base_url": "https://api.anthropic.com",
+    "anthropic_base_url": "https://api.anthropic.com", "artifacts_dir": "/shared/pyflue-artifacts",
 }
 # Read by the CLI from the environment only, never from a settings file.
 _CLI_ONLY = {"server_url": "set PYFLUE_SERVER_URL in the environment or pass --server URL"}

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request, Response
 
 from pyflue import __version__, wiring
-from pyflue.api import errors, openapi, runs, workflows, ws
+from pyflue.api import artifacts, errors, openapi, runs, workflows, ws
 from pyflue.engine_watch import EngineWatch
 from pyflue.llm import ModelResolver
 from pyflue.responses import EngineHealth, Health, PoolFillAnswer
@@ -64,6 +64,7 @@ def create_app(
     errors.install(app, debug=settings.server.debug)
     app.include_router(workflows.router)
     app.include_router(runs.router)
+    app.include_router(artifacts.router)
     app.include_router(ws.router)
     openapi.install(app, settings)
 

@@ -21,6 +21,9 @@ from pyflue.responses import ErrorBody, error_body
 STATUS: list[tuple[type[errors.PyflueError], int]] = [
     (errors.WorkflowNotFound, 404),
     (errors.RunNotFound, 404),
+    (errors.ArtifactNotFound, 404),
+    (errors.ArtifactTooLarge, 413),
+    (errors.ArtifactUnavailable, 503),
     (errors.InvalidPayload, 400),
     (errors.ConfigError, 400),
     (errors.RunStateConflict, 409),
@@ -45,12 +48,16 @@ ERROR_STATUSES: dict[int, str] = {
     400: "`invalid_parameter`: a query, path or header parameter out of its bounds (`details` "
          "lists the refused ones)",
     401: "`unauthorized`: missing or wrong `Authorization: Bearer <token>`",
-    404: "`not_found`: no workflow or run of that name (the message lists the workflows)",
+    404: "`not_found`: no workflow, run or artifact of that name (the message lists the "
+         "workflows)",
     409: "`conflict`: the run is not in a status that allows it",
     413: "`payload_too_large`: the body is over PYFLUE_MAX_BODY_BYTES",
     415: "`unsupported_media_type`: a body that is not `Content-Type: application/json`",
+    416: "`range_not_satisfiable`: the `Range` asks for bytes past the artifact's end",
     500: "`internal_error` (a bug: the server's log has it), `workflow_load_error`",
-    503: "`store_error` (the run store cannot be read or written), `engine_unavailable`",
+    503: "`store_error` (the run store cannot be read or written), `engine_unavailable`, "
+         "`artifact_unavailable` (listed, but its content is not in this server's "
+         "PYFLUE_ARTIFACTS_DIR)",
 }
 
 

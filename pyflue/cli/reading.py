@@ -271,3 +271,87 @@ def _print_workflows(rows: list[dict[str, Any]], fmt: Format, empty: str) -> Non
         width = max(len(r["name"]) for r in rows)
         for r in rows:
             typer.echo(f"{r['name']:<{width}}  {r['description']}")
+
+
+@app.command()
+def artifacts(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", autocompletion=complete_run_id,
+                                          help="a run id, or a unique prefix of it or of its "
+                                          "ULID part")],
+    download: Annotated[Path | None, typer.Option(
+        "--download", metavar="DIR", help="write the artifacts to DIR/<name> (all of them, or "
+        "those --name picks), each checked against its sha256")] = None,
+    names: Annotated[list[str] | None, typer.Option(
+        "--name", metavar="NAME", help="with --download: only this artifact, or the folder of "
+        "artifacts of this name (repeatable)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the list as JSON (the body "
+                                          "of GET /runs/{run_id}/artifacts)")] = False,
+    project: ProjectOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List a run's artifacts (name, size, sha256, type, when saved), or fetch them with
+    --download DIR: from this machine's store, or from a server with --server."""
+    if names and download is None:
+        die("--name picks what --download fetches: add --download DIR", EXIT_USAGE)
+    if server:
+        found, written = run_async(_remote_artifacts(client_for(server, token), server, run_id,
+                                                     download, names or []))
+    else:
+        found, written = run_async(_local_artifacts(settings_for(project), run_id, download,
+                                                    names or []))
+    run, listed = found
+    if as_json:
+        typer.echo(json.dumps({"run_id": run, "artifacts": [
+            a.model_dump(mode="json") for a in listed]}, indent=2, ensure_ascii=False))
+    elif download is None:
+        typer.echo(artifact_table(listed) if listed else f"run {run} has no artifacts")
+    for path in written:
+        typer.echo(f"downloaded {path}", err=as_json)
+    if download is not None and not as_json:
+        typer.echo(f"{len(written)} artifact(s) of {run} in {download}")
+
+
+async def _local_artifacts(settings: Settings, run_id: str, folder: Path | None,
+                           names: list[str]) -> tuple[tuple[str, list[Any]], list[Path]]:
+    from pyflue.artifacts import artifact_store
+    from pyflue.artifacts.download import StoreSource
+    from pyflue.describe import StoreRuns, resolve
+    from pyflue.wiring import open_store, require_store
+
+    require_store(settings)
+    async with open_store(settings) as store:
+        run_id = (await resolve(StoreRuns(store), run_id)).run_id
+        return await _fetch(StoreSource(artifact_store(settings, store)), run_id, folder, names)
+
+
+async def _remote_artifacts(client: PyFlueClient, server: str, run_id: str,
+                            folder: Path | None, names: list[str]
+                            ) -> tuple[tuple[str, list[Any]], list[Path]]:
+    from pyflue.artifacts.download import ServerSource
+    from pyflue.describe import ServerRuns, resolve
+
+    async with client:
+        run_id = (await resolve(ServerRuns(client, server), run_id)).run_id
+        return await _fetch(ServerSource(client), run_id, folder, names)
+
+
+async def _fetch(source: Any, run_id: str, folder: Path | None, names: list[str]
+                 ) -> tuple[tuple[str, list[Any]], list[Path]]:
+    from pyflue.artifacts.download import chosen, download
+    from pyflue.errors import ArtifactNotFound, ConfigError
+
+    listed = await source.list(run_id)
+    if folder is None:
+        return (run_id, listed), []
+    try:
+        picked = chosen(listed, names, run_id)
+    except ArtifactNotFound as exc:  # a --name of the user's: bad input (exit 2)
+        raise ConfigError(exc.message) from None
+    return (run_id, picked), await download(source, run_id, picked, folder)
+
+
+def artifact_table(listed: list[Any]) -> str:
+    from pyflue.render import artifact_rows
+
+    return artifact_rows(listed)

@@ -23,8 +23,11 @@ import asyncio
 import builtins
 import contextlib
 import functools
+import hashlib
+import os
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -42,9 +45,10 @@ from pyflue.client.errors import (
 )
 from pyflue.client.ws import WorkflowConnection, follow
 from pyflue.events import AnyEvent, Event, EventType, parse_event_json
-from pyflue.models import Run, RunStatus
+from pyflue.models import Artifact, Run, RunStatus
 from pyflue.responses import (
     Accepted,
+    ArtifactList,
     CancelAnswer,
     Completed,
     EventPage,
@@ -138,6 +142,15 @@ class PyFlueClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def list_artifacts(self, run_id: str) -> builtins.list[Artifact]:
+        """:meth:`Runs.list_artifacts`."""
+        return await self.runs.list_artifacts(run_id)
+
+    async def download_artifact(self, run_id: str, name: str,
+                                dest: str | os.PathLike[str]) -> Path:
+        """:meth:`Runs.download_artifact`."""
+        return await self.runs.download_artifact(run_id, name, dest)
 
     async def health(self) -> dict[str, Any]:
         """``GET /health``: ``{"ok", "version", "running", "max_concurrency", "reason",
@@ -455,6 +468,51 @@ class Runs:
         """``WS /runs/{id}/stream``: like :meth:`stream`, over a WebSocket. A dropped socket
         (or one closed for reading too slowly) is reopened with ``?after=`` the last index."""
         return follow(self._client, run_id, after)
+
+    async def list_artifacts(self, run_id: str) -> builtins.list[Artifact]:
+        """``GET /runs/{id}/artifacts``: the files the run saved, by name."""
+        page = await self._client._answer(ArtifactList, "GET", _run_path(run_id, "/artifacts"))
+        return page.artifacts
+
+    async def download_artifact(self, run_id: str, name: str,
+                                dest: str | os.PathLike[str]) -> Path:
+        """``GET /runs/{id}/artifacts/{name}`` streamed into the new local file ``dest``
+        (a folder of artifacts arrives as one tar), checked against its ``Content-Length``
+        and SHA-256; returns ``dest``. A transfer cut short or not matching leaves nothing
+        behind and raises :class:`ServerError`. Unknown run or name: :class:`NotFoundError`."""
+        target = Path(dest)
+        part = target.with_name(f".{target.name}.part")
+        path = _run_path(run_id, "/artifacts/" + quote(name, safe="/"))
+        try:
+            async with self._client._stream("GET", path) as response:
+                if response.is_error:
+                    await response.aread()
+                    raise error_from(response)
+                expected = response.headers.get("X-Artifact-Sha256")
+                length = response.headers.get("Content-Length")
+                digest, size = hashlib.sha256(), 0
+                with part.open("wb") as out:
+                    async for chunk in response.aiter_bytes():
+                        digest.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+        except httpx.TransportError as exc:
+            part.unlink(missing_ok=True)
+            raise self._client._unreachable(exc) from exc
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        wrong = ((length is not None and int(length) != size and f"{size} bytes, not {length}")
+                 or (expected and digest.hexdigest() != expected
+                     and f"sha256 {digest.hexdigest()}, not {expected}"))
+        if wrong:
+            part.unlink(missing_ok=True)
+            raise ServerError(502, {"error": {
+                "type": "invalid_response", "details": None,
+                "message": f"artifact {name!r} of {run_id} arrived as {wrong}: download it "
+                           "again"}})
+        os.replace(part, target)
+        return target
 
     async def wait(self, run_id: str) -> Run:
         """Follows the run until ``run_end`` and returns its final record."""

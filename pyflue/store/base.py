@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from pyflue.errors import RunNotFound, RunStateConflict
 from pyflue.events import Event, EventData, EventType, parse_event
-from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
+from pyflue.models import Artifact, ErrorInfo, Run, RunStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,20 @@ class RunStore(Protocol):
     async def delete_run(self, run_id: str) -> None:
         """Deletes a run and its events; a missing run is not an error. Its followers
         (:meth:`subscribe`) are woken, and raise RunNotFound."""
+        ...
+
+    async def put_artifact(self, run_id: str, artifact: Artifact) -> None:
+        """Records an artifact of the run (its content is the artifact store's), replacing
+        one of the same name. RunNotFound for a missing run."""
+        ...
+
+    async def list_artifacts(self, run_id: str) -> list[Artifact]:
+        """The run's artifacts by name (code point order). RunNotFound for a missing run."""
+        ...
+
+    async def delete_artifacts(self, run_id: str) -> None:
+        """Forgets the run's artifacts (:meth:`delete_run` does too); no run is not an
+        error."""
         ...
 
     async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> list[Event]:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from datetime import datetime
 
 from pyflue.events import Event, EventType
-from pyflue.models import Run, RunStatus, utcnow
+from pyflue.models import Artifact, Run, RunStatus, utcnow
 from pyflue.store.base import (
     NewEvent,
     Notifier,
@@ -35,6 +35,7 @@ class MemoryStore:
         self._notifier = Notifier()
         self._workers: dict[str, datetime] = {}
         self._queue = QueueSignal()
+        self._artifacts: dict[str, dict[str, Artifact]] = {}
 
     async def open(self) -> None:
         return None
@@ -127,7 +128,20 @@ class MemoryStore:
     async def delete_run(self, run_id: str) -> None:
         self._runs.pop(run_id, None)
         self._events.pop(run_id, None)
+        self._artifacts.pop(run_id, None)
         self._notifier.publish(run_id)  # its followers look again, and find it gone
+
+    async def put_artifact(self, run_id: str, artifact: Artifact) -> None:
+        self._run(run_id)
+        self._artifacts.setdefault(run_id, {})[artifact.name] = artifact.model_copy()
+
+    async def list_artifacts(self, run_id: str) -> list[Artifact]:
+        self._run(run_id)
+        kept = self._artifacts.get(run_id, {})
+        return [kept[name].model_copy() for name in sorted(kept)]
+
+    async def delete_artifacts(self, run_id: str) -> None:
+        self._artifacts.pop(run_id, None)
 
     async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> list[Event]:
         told = new_events(events)

@@ -74,3 +74,18 @@ workers = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("seen_at", DateTime(timezone=True), nullable=False),
 )
+
+# The artifacts a run saved (migration 0007): their contents are in the artifact store
+# (pyflue.artifacts), by sha256; these rows are what lists and serves them.
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("run_id", String(200), ForeignKey("runs.run_id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("name", String(1000), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("content_type", String(200), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("saved_at", DateTime(timezone=True), nullable=False),
+)

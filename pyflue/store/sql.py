@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from pyflue.errors import RunStateConflict, StoreError
 from pyflue.events import Event, EventType, parse_event
-from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
+from pyflue.models import Artifact, ErrorInfo, Run, RunStatus, utcnow
 from pyflue.store.base import (
     NewEvent,
     Notifier,
@@ -50,7 +50,7 @@ from pyflue.store.base import (
     missing_run,
     run_id_taken,
 )
-from pyflue.store.schema import events, runs, workers
+from pyflue.store.schema import artifacts, events, runs, workers
 from pyflue.store.updates import conflict, update_fields
 from pyflue.store.values import MAX_BOUND, check_worker, new_events, new_run
 
@@ -454,10 +454,37 @@ class SqlStore:
             return
         async with self._write() as conn:
             await conn.execute(delete(events).where(events.c.run_id == run_id))
+            await conn.execute(delete(artifacts).where(artifacts.c.run_id == run_id))
             await conn.execute(delete(runs).where(runs.c.run_id == run_id))
             if self._is_postgres:  # followers in other processes look again, and find it gone
                 await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, run_id)))
         self._notifier.publish(run_id)
+
+    async def put_artifact(self, run_id: str, artifact: Artifact) -> None:
+        if _absent(run_id):
+            raise missing_run(run_id)
+        await self.get_run(run_id)
+        row = artifact.model_dump()
+        async with self._write() as conn:  # replaced in one write: never two of one name
+            await conn.execute(delete(artifacts).where(artifacts.c.run_id == run_id,
+                                                       artifacts.c.name == artifact.name))
+            await conn.execute(insert(artifacts).values(run_id=run_id, **row))
+
+    async def list_artifacts(self, run_id: str) -> list[Artifact]:
+        await self.get_run(run_id)
+        name = artifacts.c.name.collate("C") if self._is_postgres else artifacts.c.name
+        query = select(artifacts).where(artifacts.c.run_id == run_id).order_by(name)
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [Artifact(name=r.name, size=r.size, sha256=r.sha256,
+                         content_type=r.content_type, path=r.path,
+                         saved_at=_aware(r.saved_at)) for r in rows]
+
+    async def delete_artifacts(self, run_id: str) -> None:
+        if _absent(run_id):
+            return
+        async with self._write() as conn:
+            await conn.execute(delete(artifacts).where(artifacts.c.run_id == run_id))
 
     async def append_events(self, run_id: str, new: Sequence[NewEvent]) -> list[Event]:
         told = new_events(new)

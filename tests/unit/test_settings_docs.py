@@ -18,6 +18,7 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
 from pyflue.settings import (
+    ArtifactSettings,
     ModelSettings,
     PoolSettings,
     SandboxDefaults,
@@ -30,7 +31,7 @@ from pyflue.settings import (
 DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 BLOCK = re.compile(r"<!-- settings -->\n(.*?)<!-- /settings -->\n", re.S)
 PARTS: list[type[BaseSettings]] = [Settings, SandboxDefaults, ModelSettings, ServerSettings,
-                                   PoolSettings]
+                                   PoolSettings, ArtifactSettings]
 
 
 def variables(part: type[BaseSettings], name: str, field: FieldInfo) -> list[str]:
