@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -42,8 +43,19 @@ async def list_runs(
     cursor: Annotated[str | None, Query(
         description="the `next_cursor` of the previous page (a run id); 404 when it names "
                     "no run")] = None,
+    created_after: Annotated[datetime | None, Query(
+        description="only runs created at or after this time (ISO 8601; UTC when it has no "
+                    "offset)")] = None,
+    created_before: Annotated[datetime | None, Query(
+        description="only runs created before this time (ISO 8601; UTC when it has no "
+                    "offset)")] = None,
+    run_id: Annotated[str | None, Query(
+        min_length=1, max_length=200,
+        description="only runs whose id contains this text (letter case ignored), e.g. a "
+                    "part of the ULID")] = None,
 ) -> RunPage:
-    """Runs, newest first. `next_cursor` pages on (pass it as `cursor`)."""
+    """Runs, newest first. `next_cursor` pages on (pass it as `cursor`, with the same
+    filters)."""
     if cursor is not None:
         try:
             await deps.store(request).get_run(cursor)
@@ -51,7 +63,8 @@ async def list_runs(
             raise RunNotFound(f"query parameter 'cursor': no run {cursor!r}; pass the "
                               "next_cursor of the previous page") from None
     runs = await deps.store(request).list_runs(
-        status=status, workflow=workflow, limit=limit + 1, before=cursor
+        status=status, workflow=workflow, limit=limit + 1, before=cursor,
+        created_after=created_after, created_before=created_before, id_contains=run_id,
     )
     page, more = runs[:limit], len(runs) > limit
     debug = deps.settings(request).server.debug
