@@ -9,9 +9,16 @@ import {
 
 const PAGE = 25;
 const REFRESH_MS = 2000;
-const LATE_SECONDS = 30;     // queued longer than this: late
-const STUCK_SECONDS = 120;   // running with no event for this long: stuck
+// Queued longer than `late` seconds: late; running with no event for `stuck` seconds: stuck.
+// Both can be set in the page's URL (?late=60&stuck=300) and are kept with the filters.
 const FIELDS = ["status", "workflow", "after", "before", "id"];
+const KEPT = [...FIELDS, "cursor", "late", "stuck"];
+const threshold = (name, fallback) => {
+  const value = Number(new URLSearchParams(location.search).get(name));
+  return value > 0 ? value : fallback;
+};
+const LATE_SECONDS = threshold("late", 30);
+const STUCK_SECONDS = threshold("stuck", 120);
 
 start();
 const form = $("#filters");
@@ -22,7 +29,7 @@ let firstRender = true;
 
 function current() {
   const q = new URLSearchParams(location.search);
-  return Object.fromEntries([...FIELDS, "cursor"].map((k) => [k, q.get(k) || ""]));
+  return Object.fromEntries(KEPT.map((k) => [k, q.get(k) || ""]));
 }
 
 // datetime-local inputs speak local time; the URL and the API speak UTC (ISO 8601).
@@ -47,7 +54,7 @@ function fillForm(filters) {
 
 function navigate(filters, push = true) {
   const q = new URLSearchParams();
-  for (const key of [...FIELDS, "cursor"]) if (filters[key]) q.set(key, filters[key]);
+  for (const key of KEPT) if (filters[key]) q.set(key, filters[key]);
   const url = `${location.pathname}${q.toString() ? `?${q}` : ""}`;
   if (push) history.pushState(null, "", url);
   else history.replaceState(null, "", url);
@@ -59,11 +66,13 @@ form.addEventListener("submit", (event) => {
   navigate({
     status: form.status.value, workflow: form.workflow.value.trim(),
     after: fromLocalInput(form.after.value), before: fromLocalInput(form.before.value),
-    id: form.id.value.trim(), cursor: "",
+    id: form.id.value.trim(), cursor: "", late: current().late, stuck: current().stuck,
   });
 });
 form.status.addEventListener("change", () => form.requestSubmit());
-$("#f-clear").addEventListener("click", () => navigate({}));
+$("#f-clear").addEventListener("click", () => {
+  navigate({ late: current().late, stuck: current().stuck });
+});
 $("#newest").addEventListener("click", () => navigate({ ...current(), cursor: "" }));
 $("#newer").addEventListener("click", () => history.back());
 $("#older").addEventListener("click", (event) => {
