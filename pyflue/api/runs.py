@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BeforeValidator
 
 from pyflue.api import deps
 from pyflue.api.errors import HttpProblem, documented
@@ -33,6 +35,17 @@ _LAST_EVENT_ID = {
 }
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_time(value: object) -> object:
+    """Times are ISO 8601 text: a bare number (which pydantic would take for a Unix time) is
+    refused, as the document's `date-time` format says."""
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("expected an ISO 8601 time such as 2026-01-31T12:00:00Z")
+    return value
+
+
 @router.get("/runs", operation_id="list_runs", summary="List runs", responses=documented(
     400, 401, 404, 500, 503, _404="`not_found`: the `cursor` names no run"))
 async def list_runs(
@@ -45,10 +58,10 @@ async def list_runs(
                     "no run")] = None,
     created_after: Annotated[datetime | None, Query(
         description="only runs created at or after this time (ISO 8601; UTC when it has no "
-                    "offset)")] = None,
+                    "offset)"), BeforeValidator(_iso_time)] = None,
     created_before: Annotated[datetime | None, Query(
         description="only runs created before this time (ISO 8601; UTC when it has no "
-                    "offset)")] = None,
+                    "offset)"), BeforeValidator(_iso_time)] = None,
     run_id: Annotated[str | None, Query(
         min_length=1, max_length=200,
         description="only runs whose id contains this text (letter case ignored), e.g. a "

@@ -7,12 +7,15 @@ Screenshots of each page are written only when PYFLUE_SCREENSHOTS names a folder
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -242,6 +245,56 @@ def test_the_runs_page_and_the_health_page_show_the_server(
           or " s" in page.locator("#card-p50").inner_text(), page, "a start latency")
     assert page.locator("#card-queue .v").inner_text() == "0"
     shoot(page, "health")
+
+
+def test_the_log_resumes_after_a_dropped_stream_from_the_last_event_it_has(
+    page: Any, api: httpx.Client, server: Server,
+) -> None:
+    run_id = start_run(api, ticks=8)
+    run = wait_finished(api, run_id)
+    resumed: list[str | None] = []
+
+    def drop_after_three(route: Any) -> None:
+        if resumed:  # the reconnection: to the real server, as the page sends it
+            resumed.append(route.request.headers.get("last-event-id"))
+            route.continue_()
+            return
+        resumed.append(None)
+        first = api.get(f"/runs/{run_id}/events", params={"limit": 3}).json()["events"]
+        body = "".join(f"id: {e['event_index']}\nevent: {e['type']}\ndata: {json.dumps(e)}\n\n"
+                       for e in first)
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+
+    page.route("**/stream*", drop_after_three)
+    page.goto(f"{server.url}/ui/run.html?id={run_id}")
+    page.locator("#log .line[data-type=run_end]").wait_for()
+    assert resumed[1:] == ["3"]
+    indexes = page.locator("#log .line").evaluate_all("rows => rows.map(r => r.dataset.index)")
+    assert indexes == [str(i) for i in range(1, run["event_count"] + 1)]
+
+
+def test_rerun_starts_the_same_payload_and_the_copied_curl_works(
+    page: Any, api: httpx.Client, server: Server,
+) -> None:
+    first = start_run(api, ticks=1, note="it's quoted")
+    wait_finished(api, first)
+    page.goto(f"{server.url}/ui/run.html?id={first}")
+    page.locator("#run-status .badge.completed").wait_for()
+    page.click("#copy-curl")
+    page.locator("#copy-result").wait_for()
+    command = page.locator("#curl").text_content()
+    assert TOKEN not in command  # the token stays in the browser
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYFLUE_API_TOKEN": TOKEN})
+    assert done.returncode == 0, done.stderr
+    by_curl = json.loads(done.stdout)["run_id"]
+    page.click("#rerun")
+    page.wait_for_url(re.compile(r"run\.html\?id=(?!" + re.escape(quote(first)) + ")"))
+    page.locator("#run-status .badge.completed").wait_for()
+    again = parse_qs(urlsplit(page.url).query)["id"][0]
+    assert again not in (first, by_curl)
+    for run_id in (again, by_curl):
+        assert wait_finished(api, run_id)["payload"] == {"ticks": 1, "note": "it's quoted"}
 
 
 def test_late_and_stuck_runs_stand_out(page: Any, api: httpx.Client, server: Server) -> None:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from pyflue.api.app import create_app
+from pyflue.client import PyFlueClient
 from pyflue.models import Run, RunStatus, new_run_id, utcnow
 from pyflue.sandbox.fake import FakeSandboxProvider
 from pyflue.settings import ServerSettings, Settings
@@ -77,7 +78,7 @@ def test_the_dashboard_loads_nothing_from_elsewhere() -> None:
 
 
 async def test_runs_filter_by_creation_time(client: httpx.AsyncClient, store: MemoryStore) -> None:
-    old, mid, new = await _runs(store, [30, 3, 0])
+    _old, mid, new = await _runs(store, [30, 3, 0])
     since = (utcnow() - timedelta(hours=5)).isoformat()
     page = (await client.get("/runs", params={"created_after": since}, headers=AUTH)).json()
     assert [r["run_id"] for r in page["runs"]] == [new.run_id, mid.run_id]
@@ -109,8 +110,9 @@ async def test_the_time_filters_keep_paging_with_the_cursor(
     assert len(first["runs"]) == 2 and len(rest["runs"]) == 1 and rest["next_cursor"] is None
 
 
-async def test_a_bad_time_is_a_clear_400(client: httpx.AsyncClient) -> None:
-    answer = await client.get("/runs", params={"created_after": "yesterday"}, headers=AUTH)
+@pytest.mark.parametrize("bad", ["yesterday", "0.5", "1733400000", "2026-13-01T00:00:00Z"])
+async def test_a_bad_time_is_a_clear_400(client: httpx.AsyncClient, bad: str) -> None:
+    answer = await client.get("/runs", params={"created_after": bad}, headers=AUTH)
     assert answer.status_code == 400
     assert answer.json()["error"]["type"] == "invalid_parameter"
     assert "created_after" in answer.text
@@ -121,3 +123,15 @@ async def test_workers_lists_the_servers_own_heartbeat(client: httpx.AsyncClient
     assert answer["lease_seconds"] == 30
     (me,) = answer["workers"]
     assert me["lost"] is False and me["running"] == 0 and me["age_seconds"] < 30
+
+
+async def test_the_python_client_passes_the_new_filters(app: FastAPI, store: MemoryStore) -> None:
+    runs = await _runs(store, [30, 3, 0])
+    transport = httpx.ASGITransport(app=app)
+    async with PyFlueClient("http://t", token="s3cret", transport=transport) as client:
+        naive_utc = (utcnow() - timedelta(hours=5)).replace(tzinfo=None)
+        page = await client.runs.list(created_after=naive_utc,
+                                      created_before=utcnow() - timedelta(hours=1))
+        assert [r.run_id for r in page.runs] == [runs[1].run_id]
+        part = runs[0].run_id[-6:]
+        assert [r.run_id for r in (await client.runs.list(run_id=part)).runs] == [runs[0].run_id]
