@@ -126,7 +126,7 @@ function text(ev) {
     case "shell_end": return `${d.shell_id} exit ${d.exit_code ?? "–"} after ${seconds(d.duration_ms)}` +
       `${d.timed_out ? " (timed out)" : ""}${d.error ? `: ${d.error}` : ""}`;
     case "run_start": return `run started: attempt ${d.attempt ?? 1}, from ${d.source}`;
-    case "run_end": return `run ${statusLabel(d.status)}${d.error ? `: ${d.error.type}: ${d.error.message}` : ""}`;
+    case "run_end": return endText(d);
     case "run_requeued": return `requeued (${d.reason}): attempt ${d.attempt} to come`;
     case "container_created": return `container ${short(d.container_id)} created from ${d.image} (network ${d.network}, ${d.runtime})`;
     case "container_started": return `container started ${d.launch}${d.channel ? `, channel ${d.channel}` : ""}`;
@@ -144,6 +144,15 @@ function text(ev) {
     case "sandbox_limit": return d.message;
     default: return JSON.stringify(d);
   }
+}
+
+// "run cancelled: cancelled by request", not the error's type and message saying it twice.
+function endText(d) {
+  const said = `run ${statusLabel(d.status)}`;
+  if (!d.error) return said;
+  const message = String(d.error.message).replace(new RegExp(`^run ${d.status}: `), "");
+  const type = d.error.type === d.status ? "" : `${d.error.type}: `;
+  return `${said}: ${type}${message}`;
 }
 
 function tone(ev) {
@@ -405,7 +414,9 @@ $("#copy-curl").addEventListener("click", async () => {
   const command = curl();
   let told = "Copied the curl command (it reads the token from $PYFLUE_API_TOKEN).";
   try {
-    await navigator.clipboard.writeText(command);
+    // A browser that neither copies nor refuses (a pending permission) gets 2 s.
+    await Promise.race([navigator.clipboard.writeText(command),
+      sleep(2000).then(() => { throw new Error("the clipboard did not answer"); })]);
   } catch {
     const pre = $("#curl");
     pre.closest("details").open = true;
