@@ -161,7 +161,7 @@ def test_a_new_run_appears_live_and_its_page_follows_the_log(
 ) -> None:
     page.goto(f"{server.url}/ui/")
     page.locator("#live").filter(has_text="live").wait_for()
-    run_id = start_run(api, ticks=25, delay=0.25, shell=True)
+    run_id = start_run(api, ticks=12, delay=0.25, shell=True)
     row = page.locator(f"#runs tr[data-run-id='{run_id}']")
     row.wait_for()  # appeared without a reload
     row.get_by_role("link", name=run_id).click()
@@ -169,19 +169,26 @@ def test_a_new_run_appears_live_and_its_page_follows_the_log(
     page.locator("#log .line[data-type=log]").first.wait_for()
     first = log_lines(page)
     until(lambda: log_lines(page) > first, page, "the log growing")
-    assert first < 25  # it was followed while the run went on, not loaded at the end
+    assert first < 12  # it was followed while the run went on, not loaded at the end
     page.locator("#run-status .badge.completed").wait_for()
-    assert log_lines(page) == 25
-    assert '"ticks": 25' in page.locator("#result").inner_text()
+    assert log_lines(page) == 12
+    assert '"ticks": 12' in page.locator("#result").inner_text()
     assert page.locator("#timeline li[data-type=run_end]").count() == 1
     # search and the type filter
     page.fill("#log-search", "tick 3 of")
-    assert page.locator("#log .line").all_inner_texts()[0].endswith("tick 3 of 25")
+    assert page.locator("#log .line").all_inner_texts()[0].endswith("tick 3 of 12")
     assert page.locator("#log .line").count() == 1
     page.fill("#log-search", "")
     page.select_option("#log-type", "run_end")
     assert page.locator("#log .line").count() == 1
     page.select_option("#log-type", "")
+    # resources and artifacts show exactly when this server has them (hidden on a 404)
+    has_artifacts = api.get(f"/runs/{run_id}/artifacts").status_code == 200
+    until(lambda: page.locator("#artifacts").is_visible() == has_artifacts, page,
+          "the artifacts panel as the server has it")
+    metrics = api.get(f"/runs/{run_id}/metrics")
+    if metrics.status_code == 404:
+        assert page.locator("#resources").is_hidden()
     page.locator("h1").click()  # no focus ring in the picture
     shoot(page, "run")
 
@@ -297,10 +304,71 @@ def test_rerun_starts_the_same_payload_and_the_copied_curl_works(
         assert wait_finished(api, run_id)["payload"] == {"ticks": 1, "note": "it's quoted"}
 
 
+# The shapes of GET /runs/{id}/metrics and GET /runs/{id}/artifacts, as the branches that add
+# those routes answer them: stand-ins served by the browser while this server has neither route.
+SAMPLES = {"run_id": "", "status": "completed", "resources": None, "metrics": [
+    {"timestamp": f"2026-01-01T00:00:0{i}Z", "cpuCount": 1.0, "cpuUsedPct": pct,
+     "memUsed": mem << 20, "memTotal": 512 << 20, "diskUsed": 4096, "diskTotal": 64 << 20}
+    for i, (pct, mem) in enumerate([(5.0, 10), (80.0, 40), (35.0, 25)])]}
+ARTIFACTS = {"run_id": "", "artifacts": [
+    {"name": "reports/junit.xml", "path": "/workspace/reports/junit.xml", "size": 11,
+     "sha256": "0" * 64, "content_type": "application/xml"}]}
+
+
+def test_resources_and_artifacts_show_when_the_server_has_them(
+    page: Any, api: httpx.Client, server: Server,
+) -> None:
+    run_id = start_run(api, ticks=1)
+    wait_finished(api, run_id)
+    asked: list[str] = []
+
+    def serve(route: Any) -> None:
+        path = urlsplit(route.request.url).path
+        asked.append(route.request.headers.get("authorization", ""))
+        if path.endswith("/metrics"):
+            route.fulfill(json={**SAMPLES, "run_id": run_id})
+        elif path.endswith("/artifacts"):
+            route.fulfill(json={**ARTIFACTS, "run_id": run_id})
+        else:
+            route.fulfill(body="<junit/>\n", content_type="application/xml")
+
+    page.route(re.compile(r".*/runs/[^/]+/(metrics|artifacts)(/.*)?$"), serve)
+    page.goto(f"{server.url}/ui/run.html?id={quote(run_id)}")
+    page.locator("#resources").filter(has_text="peak 80.0").wait_for()
+    assert "Memory, peak 40.0 MiB" in page.locator("#resources").inner_text()
+    assert page.locator("#resources svg.spark").count() == 2
+    row = page.locator("#artifacts tr[data-artifact='reports/junit.xml']")
+    row.wait_for()
+    assert "application/xml" in row.inner_text()
+    with page.expect_download() as download:
+        row.get_by_role("button", name="Download reports/junit.xml").click()
+    assert download.value.suggested_filename == "junit.xml"
+    assert Path(download.value.path()).read_text() == "<junit/>\n"
+    assert set(asked) == {f"Bearer {TOKEN}"}  # every call carries the token
+
+
+def test_the_runs_page_pages_with_the_cursor(page: Any, api: httpx.Client, server: Server) -> None:
+    for _ in range(3):
+        wait_finished(api, start_run(api, ticks=1))
+    newest = [r["run_id"] for r in api.get("/runs", params={"limit": 4}).json()["runs"]]
+    page.goto(f"{server.url}/ui/?limit=2")
+    rows = page.locator("#runs tbody tr[data-run-id]")
+    ids = lambda: rows.evaluate_all("rows => rows.map(r => r.dataset.runId)")  # noqa: E731
+    until(lambda: ids() == newest[:2], page, "the first page")
+    assert page.locator("#newer").is_disabled()
+    page.click("#older")
+    page.wait_for_url(re.compile(r"cursor="))
+    until(lambda: ids() == newest[2:4], page, "the second page")
+    assert "limit=2" in page.url
+    page.click("#newer")
+    until(lambda: ids() == newest[:2], page, "the first page again")
+    assert "cursor=" not in page.url
+
+
 def test_late_and_stuck_runs_stand_out(page: Any, api: httpx.Client, server: Server) -> None:
-    # Four slow runs fill the server's four slots (a tick every 2 s: "stuck" past 1 s without
+    # Four slow runs fill the server's four slots (a tick every 4 s: "stuck" past 1 s without
     # an event), so a fifth waits in the queue ("late" past 1 s).
-    slow = [start_run(api, ticks=30, delay=2) for _ in range(4)]
+    slow = [start_run(api, ticks=15, delay=4) for _ in range(4)]
     queued = start_run(api, ticks=1)
     try:
         page.goto(f"{server.url}/ui/?late=1&stuck=1")

@@ -142,6 +142,9 @@ function text(ev) {
     case "file_read": case "file_write": return `${d.path} (${bytes(d.bytes)})`;
     case "file_op": return `${d.op} ${d.path}${d.dest ? ` → ${d.dest}` : ""}`;
     case "sandbox_limit": return d.message;
+    case "artifact_saved": return `${d.name} saved from ${d.path} (${bytes(d.size)})`;
+    case "egress": return `${d.decision} ${d.method} ${d.host}:${d.port}` +
+      (d.decision === "allowed" ? ` (${bytes(d.bytes_up)} up, ${bytes(d.bytes_down)} down)` : "");
     default: return JSON.stringify(d);
   }
 }
@@ -161,6 +164,7 @@ function tone(ev) {
   if (ev.type === "shell_output") return d.stream;
   if (ev.type === "run_end" && d.is_error) return "error";
   if (ev.type === "sandbox_limit") return "error";
+  if (ev.type === "egress" && d.decision === "denied") return "warn";
   return "";
 }
 
@@ -262,7 +266,8 @@ async function follow() {
 // ---- resources and artifacts (when the server has them) ----------------------------------
 
 function definitionList(object) {
-  return el("dl", { class: "facts" }, ...Object.entries(object).map(([key, value]) => {
+  const known = Object.entries(object).filter(([, value]) => value !== null && value !== undefined);
+  return el("dl", { class: "facts" }, ...known.map(([key, value]) => {
     const big = /byte|mem|disk/i.test(key) && typeof value === "number";
     const shown = big ? bytes(value) : (typeof value === "object" ? JSON.stringify(value) : String(value));
     return el("div", {}, el("dt", {}, key.replace(/_/g, " ")), el("dd", {}, shown));
@@ -290,7 +295,7 @@ let samplesShown = null;
 
 function resourcesFromRecord() {
   const parts = [];
-  if (run.resources && typeof run.resources === "object") {
+  if (run.resources && typeof run.resources === "object" && run.resources.samples !== 0) {
     parts.push(el("h3", {}, "Summary"), definitionList(run.resources));
   }
   if (samplesShown) parts.push(samplesShown);
@@ -320,7 +325,8 @@ async function loadMetrics() {
 }
 
 async function download(name) {
-  const data = await blob(`${runPath}/artifacts/${encodeURIComponent(name)}`);
+  const path = name.split("/").map(encodeURIComponent).join("/");
+  const data = await blob(`${runPath}/artifacts/${path}`);
   const url = URL.createObjectURL(data);
   const link = el("a", { href: url, download: name.split("/").pop() });
   document.body.append(link);
@@ -340,12 +346,15 @@ async function loadArtifacts() {
   }
   $("#artifacts-body").replaceChildren(el("table", {},
     el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Name"),
-      el("th", { scope: "col" }, "Size"), el("th", { scope: "col" }, ""))),
+      el("th", { scope: "col" }, "Size"), el("th", { scope: "col" }, "Type"),
+      el("th", { scope: "col" }, el("span", { class: "muted" }, "Download")))),
     el("tbody", {}, ...list.map((item) => {
       const name = typeof item === "string" ? item : (item.name || item.path);
       const size = item.size ?? item.bytes ?? item.size_bytes;
-      return el("tr", {}, el("td", { class: "mono" }, name), el("td", {}, bytes(size)),
-        el("td", {}, el("button", { type: "button", onclick: () => download(name)
+      return el("tr", { "data-artifact": name }, el("td", { class: "mono", title: item.path || null }, name),
+        el("td", {}, bytes(size)), el("td", {}, item.content_type || "–"),
+        el("td", {}, el("button", { type: "button", "aria-label": `Download ${name}`,
+          onclick: () => download(name)
           .catch((err) => say(`Download failed: ${err.message}`, "bad")) }, "Download")));
     }))));
 }

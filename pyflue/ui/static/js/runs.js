@@ -7,18 +7,18 @@ import {
   $, ago, badge, el, every, runDuration, runLink, say, seconds, start, STATUSES, when,
 } from "./page.js";
 
-const PAGE = 25;
 const REFRESH_MS = 2000;
 // Queued longer than `late` seconds: late; running with no event for `stuck` seconds: stuck.
 // Both can be set in the page's URL (?late=60&stuck=300) and are kept with the filters.
 const FIELDS = ["status", "workflow", "after", "before", "id"];
-const KEPT = [...FIELDS, "cursor", "late", "stuck"];
+const KEPT = [...FIELDS, "cursor", "late", "stuck", "limit"];
 const threshold = (name, fallback) => {
   const value = Number(new URLSearchParams(location.search).get(name));
   return value > 0 ? value : fallback;
 };
 const LATE_SECONDS = threshold("late", 30);
 const STUCK_SECONDS = threshold("stuck", 120);
+const PAGE = Math.min(threshold("limit", 25), 500);  // runs a page (?limit=, up to 500)
 
 start();
 const form = $("#filters");
@@ -67,11 +67,12 @@ form.addEventListener("submit", (event) => {
     status: form.status.value, workflow: form.workflow.value.trim(),
     after: fromLocalInput(form.after.value), before: fromLocalInput(form.before.value),
     id: form.id.value.trim(), cursor: "", late: current().late, stuck: current().stuck,
+    limit: current().limit,
   });
 });
 form.status.addEventListener("change", () => form.requestSubmit());
 $("#f-clear").addEventListener("click", () => {
-  navigate({ late: current().late, stuck: current().stuck });
+  navigate({ late: current().late, stuck: current().stuck, limit: current().limit });
 });
 $("#newest").addEventListener("click", () => navigate({ ...current(), cursor: "" }));
 $("#newer").addEventListener("click", () => history.back());
@@ -81,7 +82,7 @@ $("#older").addEventListener("click", (event) => {
 window.addEventListener("popstate", () => refresh());
 
 function apiQuery(filters) {
-  const q = new URLSearchParams({ limit: String(PAGE) });
+  const q = new URLSearchParams({ limit: String(Math.floor(PAGE)) });
   if (filters.status) q.set("status", filters.status);
   if (filters.workflow) q.set("workflow", filters.workflow);
   if (filters.after) q.set("created_after", filters.after);
