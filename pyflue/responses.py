@@ -190,6 +190,28 @@ class PoolFillAnswer(_Answer):
     starting: int
 
 
+class WorkerInfo(_Answer):
+    """A worker sharing the run store (a server's scheduler or a `pyflue run`), as its
+    heartbeats tell of it: its id (``host:pid:instance``), its first and last heartbeat, the
+    seconds since the last, whether that is past the lease (``lost``: its runs are taken
+    back), and how many runs it is running now."""
+
+    worker: str
+    started_at: datetime
+    seen_at: datetime
+    age_seconds: float
+    lost: bool
+    running: int
+
+
+class WorkerList(_Answer):
+    """``GET /workers``: every worker that sent a heartbeat and did not sign off, and the
+    lease (``PYFLUE_WORKER_LEASE``) after which a silent one is taken for lost."""
+
+    workers: list[WorkerInfo]
+    lease_seconds: float
+
+
 class Health(_Answer):
     """``GET /health``: whether the server can run workflows (``ok``; false while its Docker
     engine does not answer, with ``reason`` saying why and what to do); how many runs it is
@@ -220,6 +242,8 @@ __all__ = [
     "ParameterProblem",
     "PoolFillAnswer",
     "RunPage",
+    "WorkerInfo",
+    "WorkerList",
     "WorkflowInfo",
     "WorkflowList",
     "error_body",

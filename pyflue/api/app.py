@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request, Response
 
 from pyflue import __version__, wiring
-from pyflue.api import artifacts, errors, openapi, runs, workflows, ws
+from pyflue.api import artifacts, errors, openapi, runs, ui, workers, workflows, ws
 from pyflue.engine_watch import EngineWatch
 from pyflue.llm import ModelResolver
 from pyflue.responses import EngineHealth, Health, PoolFillAnswer
@@ -66,6 +66,8 @@ def create_app(
     app.include_router(runs.router)
     app.include_router(artifacts.router)
     app.include_router(ws.router)
+    app.include_router(workers.router)
+    ui.install(app)
     openapi.install(app, settings)
 
     @app.get("/health", tags=["server"], operation_id="health", summary="Health",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BeforeValidator
 
 from pyflue.api import deps
 from pyflue.api.errors import HttpProblem, documented
@@ -32,6 +35,17 @@ _LAST_EVENT_ID = {
 }
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_time(value: object) -> object:
+    """Times are ISO 8601 text: a bare number (which pydantic would take for a Unix time) is
+    refused, as the document's `date-time` format says."""
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("expected an ISO 8601 time such as 2026-01-31T12:00:00Z")
+    return value
+
+
 @router.get("/runs", operation_id="list_runs", summary="List runs", responses=documented(
     400, 401, 404, 500, 503, _404="`not_found`: the `cursor` names no run"))
 async def list_runs(
@@ -42,8 +56,19 @@ async def list_runs(
     cursor: Annotated[str | None, Query(
         description="the `next_cursor` of the previous page (a run id); 404 when it names "
                     "no run")] = None,
+    created_after: Annotated[datetime | None, Query(
+        description="only runs created at or after this time (ISO 8601; UTC when it has no "
+                    "offset)"), BeforeValidator(_iso_time)] = None,
+    created_before: Annotated[datetime | None, Query(
+        description="only runs created before this time (ISO 8601; UTC when it has no "
+                    "offset)"), BeforeValidator(_iso_time)] = None,
+    run_id: Annotated[str | None, Query(
+        min_length=1, max_length=200,
+        description="only runs whose id contains this text (letter case ignored), e.g. a "
+                    "part of the ULID")] = None,
 ) -> RunPage:
-    """Runs, newest first. `next_cursor` pages on (pass it as `cursor`)."""
+    """Runs, newest first. `next_cursor` pages on (pass it as `cursor`, with the same
+    filters)."""
     if cursor is not None:
         try:
             await deps.store(request).get_run(cursor)
@@ -51,7 +76,8 @@ async def list_runs(
             raise RunNotFound(f"query parameter 'cursor': no run {cursor!r}; pass the "
                               "next_cursor of the previous page") from None
     runs = await deps.store(request).list_runs(
-        status=status, workflow=workflow, limit=limit + 1, before=cursor
+        status=status, workflow=workflow, limit=limit + 1, before=cursor,
+        created_after=created_after, created_before=created_before, id_contains=run_id,
     )
     page, more = runs[:limit], len(runs) > limit
     debug = deps.settings(request).server.debug

@@ -27,6 +27,7 @@ import hashlib
 import os
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -72,6 +73,13 @@ class _EventPage(EventPage):
     parses too (as :class:`pyflue.events.UnknownEvent`)."""
 
     events: builtins.list[AnyEvent]  # type: ignore[assignment]
+
+
+def _iso(when: datetime | None) -> str | None:
+    """A time as the API takes it: ISO 8601 with its offset (a naive time is UTC)."""
+    if when is None:
+        return None
+    return (when.replace(tzinfo=UTC) if when.tzinfo is None else when).isoformat()
 
 
 def _run_path(run_id: str, suffix: str = "") -> str:
@@ -401,10 +409,16 @@ class Runs:
 
     async def list(
         self, status: RunStatus | str | None = None, workflow: str | None = None,
-        limit: int = 50, cursor: str | None = None,
+        limit: int = 50, cursor: str | None = None, *,
+        created_after: datetime | None = None, created_before: datetime | None = None,
+        run_id: str | None = None,
     ) -> RunPage:
-        """``GET /runs``: one page of runs, newest first (``limit`` 1 to 500)."""
-        params = {"status": status, "workflow": workflow, "limit": limit, "cursor": cursor}
+        """``GET /runs``: one page of runs, newest first (``limit`` 1 to 500); created from
+        ``created_after`` (inclusive) to ``created_before`` (exclusive), whose id contains
+        ``run_id`` (letter case ignored), when given. Naive times are UTC."""
+        params = {"status": status, "workflow": workflow, "limit": limit, "cursor": cursor,
+                  "created_after": _iso(created_after), "created_before": _iso(created_before),
+                  "run_id": run_id}
         return await self._client._answer(RunPage, "GET", "/runs", params=params)
 
     async def recent(

@@ -90,6 +90,16 @@ class RunUpdate:
     events: Sequence[NewEvent] = ()
 
 
+@dataclass(frozen=True)
+class WorkerSeen:
+    """A worker as its heartbeats tell of it."""
+
+    worker: str
+    started_at: datetime
+    seen_at: datetime
+    age_seconds: float
+
+
 class RunStore(Protocol):
     async def open(self) -> None: ...
 
@@ -119,11 +129,16 @@ class RunStore(Protocol):
         before: str | None = None,
         oldest_first: bool = False,
         owner: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        id_contains: str | None = None,
     ) -> list[Run]:
         """Newest first (or oldest first) by ``created_at``, runs created at the same instant
         by ``run_id`` (code point order); at most ``limit`` of them (none for a ``limit``
         below 1). ``before`` is the run id to page after, in that order: RunNotFound when no
-        run has it. ``status``, ``workflow`` and ``owner`` filter, together."""
+        run has it. ``status``, ``workflow`` and ``owner`` filter, together, and so do
+        ``created_after`` (inclusive), ``created_before`` (exclusive; naive times are UTC)
+        and ``id_contains`` (a part of the run id, letter case ignored)."""
         ...
 
     async def claim_runs(self, owner: str, limit: int,
@@ -201,6 +216,12 @@ class RunStore(Protocol):
 
     async def remove_worker(self, worker: str) -> None:
         """Forgets a worker that stopped cleanly; an unknown worker is not an error."""
+        ...
+
+    async def list_workers(self) -> list[WorkerSeen]:
+        """The workers that sent a heartbeat and did not sign off, by id; each with its
+        first and last heartbeat and the seconds since the last (by the store's clock, as
+        :meth:`worker_age`)."""
         ...
 
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:

@@ -13,13 +13,14 @@ from pyflue.store.base import (
     Notifier,
     QueueSignal,
     RunUpdate,
+    WorkerSeen,
     follow,
     key_taken,
     missing_run,
     run_id_taken,
 )
 from pyflue.store.updates import conflict, update_fields
-from pyflue.store.values import check_worker, new_events, new_run
+from pyflue.store.values import check_worker, new_events, new_run, utc
 
 
 def _order(run: Run) -> tuple[datetime, str]:
@@ -34,6 +35,7 @@ class MemoryStore:
         self._events: dict[str, list[NewEvent]] = {}
         self._notifier = Notifier()
         self._workers: dict[str, datetime] = {}
+        self._started: dict[str, datetime] = {}
         self._queue = QueueSignal()
         self._artifacts: dict[str, dict[str, Artifact]] = {}
 
@@ -79,6 +81,9 @@ class MemoryStore:
         before: str | None = None,
         oldest_first: bool = False,
         owner: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        id_contains: str | None = None,
     ) -> list[Run]:
         runs = sorted(self._runs.values(), key=_order, reverse=not oldest_first)
         if before is not None:
@@ -88,6 +93,12 @@ class MemoryStore:
         runs = [r for r in runs if status is None or r.status is status]
         runs = [r for r in runs if workflow is None or r.workflow == workflow]
         runs = [r for r in runs if owner is None or r.owner == owner]
+        if created_after is not None:
+            runs = [r for r in runs if r.created_at >= utc(created_after)]
+        if created_before is not None:
+            runs = [r for r in runs if r.created_at < utc(created_before)]
+        if id_contains is not None:
+            runs = [r for r in runs if id_contains.lower() in r.run_id.lower()]
         return [r.model_copy(deep=True) for r in runs[:max(limit, 0)]]
 
     async def claim_runs(self, owner: str, limit: int,
@@ -173,7 +184,9 @@ class MemoryStore:
         return [_event(run_id, index, e) for index, e in picked]
 
     async def heartbeat(self, worker: str) -> None:
-        self._workers[check_worker(worker)] = utcnow()
+        now = utcnow()
+        self._workers[check_worker(worker)] = now
+        self._started.setdefault(worker, now)
 
     async def worker_age(self, worker: str) -> float | None:
         seen = self._workers.get(worker)
@@ -181,6 +194,12 @@ class MemoryStore:
 
     async def remove_worker(self, worker: str) -> None:
         self._workers.pop(worker, None)
+        self._started.pop(worker, None)
+
+    async def list_workers(self) -> list[WorkerSeen]:
+        now = utcnow()
+        return [WorkerSeen(worker, self._started[worker], seen, (now - seen).total_seconds())
+                for worker, seen in sorted(self._workers.items())]
 
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
         return follow(self, self._notifier, run_id, after)

@@ -45,6 +45,7 @@ from pyflue.store.base import (
     Notifier,
     QueueSignal,
     RunUpdate,
+    WorkerSeen,
     follow,
     key_taken,
     missing_run,
@@ -52,7 +53,7 @@ from pyflue.store.base import (
 )
 from pyflue.store.schema import artifacts, events, runs, workers
 from pyflue.store.updates import conflict, update_fields
-from pyflue.store.values import MAX_BOUND, check_worker, new_events, new_run
+from pyflue.store.values import MAX_BOUND, check_worker, new_events, new_run, utc
 
 log = logging.getLogger(__name__)
 
@@ -344,8 +345,11 @@ class SqlStore:
         before: str | None = None,
         oldest_first: bool = False,
         owner: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        id_contains: str | None = None,
     ) -> list[Run]:
-        if limit <= 0 or _absent(workflow, owner):
+        if limit <= 0 or _absent(workflow, owner, id_contains):
             if before is not None:
                 await self.get_run(before)  # an unknown cursor is RunNotFound all the same
             return []
@@ -361,6 +365,13 @@ class SqlStore:
             query = query.where(runs.c.workflow == workflow)
         if owner is not None:
             query = query.where(runs.c.owner == owner)
+        if created_after is not None:
+            query = query.where(runs.c.created_at >= utc(created_after))
+        if created_before is not None:
+            query = query.where(runs.c.created_at < utc(created_before))
+        if id_contains is not None:
+            query = query.where(func.lower(runs.c.run_id).contains(id_contains.lower(),
+                                                                  autoescape=True))
         if before is not None:
             pivot = (await self.get_run(before)).created_at
             if oldest_first:
@@ -592,6 +603,19 @@ class SqlStore:
             return
         async with self._write() as conn:
             await conn.execute(delete(workers).where(workers.c.worker == worker))
+
+    async def list_workers(self) -> list[WorkerSeen]:
+        columns: list[Any] = [workers.c.worker, workers.c.started_at, workers.c.seen_at]
+        if self._is_postgres:
+            columns.append(func.extract("epoch", func.now() - workers.c.seen_at))
+        query = select(*columns).order_by(workers.c.worker)
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        now = utcnow()
+        return [WorkerSeen(row[0], _aware(row[1]), _aware(row[2]),
+                           float(row[3]) if self._is_postgres
+                           else (now - _aware(row[2])).total_seconds())
+                for row in rows]
 
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
         return follow(self, self._notifier, run_id, after, poll=self._poll_seconds)

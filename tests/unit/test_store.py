@@ -107,6 +107,37 @@ async def test_runs_list_newest_first_with_filters_and_paging(store: RunStore) -
     assert [r.run_id for r in await store.list_runs(owner="h:1:x")] == [runs[0].run_id]
 
 
+async def test_runs_list_filters_by_creation_time_and_a_part_of_the_id(
+    store: RunStore,
+) -> None:
+    runs = [await store.create_run(_run(offset=-3600 * h)) for h in (30, 3, 0)]
+    now = utcnow()
+    since = now - timedelta(hours=5)
+    assert [r.run_id for r in await store.list_runs(created_after=since)] == [
+        runs[2].run_id, runs[1].run_id]
+    # naive times are UTC; the upper bound is exclusive
+    naive = (now - timedelta(hours=1)).replace(tzinfo=None)
+    assert [r.run_id for r in await store.list_runs(created_before=naive)] == [
+        runs[1].run_id, runs[0].run_id]
+    assert await store.list_runs(created_before=runs[0].created_at) == []
+    part = runs[1].run_id[-10:].lower()
+    assert [r.run_id for r in await store.list_runs(id_contains=part)] == [runs[1].run_id]
+    assert await store.list_runs(id_contains="%") == []  # no wildcard: matched as text
+    assert await store.list_runs(id_contains="\x00") == []
+
+
+async def test_workers_are_listed_with_their_heartbeats(store: RunStore) -> None:
+    assert await store.list_workers() == []
+    await store.heartbeat("h:2:b")
+    await store.heartbeat("h:1:a")
+    await store.heartbeat("h:1:a")
+    seen = await store.list_workers()
+    assert [w.worker for w in seen] == ["h:1:a", "h:2:b"]
+    assert all(0 <= w.age_seconds < 5 and w.started_at <= w.seen_at for w in seen)
+    await store.remove_worker("h:1:a")
+    assert [w.worker for w in await store.list_workers()] == ["h:2:b"]
+
+
 async def test_subscribe_replays_then_follows_live_until_run_end(store: RunStore) -> None:
     run = await store.create_run(_run())
     await store.append_events(run.run_id, [_ev(1), _ev(2)])
