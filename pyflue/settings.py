@@ -295,6 +295,11 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{self.default_store_file}"
 
     @property
+    def spool_dir(self) -> Path:
+        """Where uploads are spooled on this host on their way in and out of the store."""
+        return self.state_dir / "spool"
+
+    @property
     def default_store_file(self) -> Path:
         """The SQLite file of the run store when PYFLUE_STORE_URL is not set."""
         return self.state_dir / "pyflue.db"
