@@ -31,7 +31,7 @@ async def place_uploads(store: RunStore, run_id: str, box: Sandbox,
     try:
         for position, info in enumerate(uploads):
             archive = work / f"{position}.archive"
-            with open(archive, "wb") as out:  # noqa: ASYNC230 (each chunk written in a thread)
+            with open(archive, "wb") as out:
                 async for chunk in store.read_upload(run_id, position):
                     await asyncio.to_thread(out.write, chunk)
             tree = work / str(position)

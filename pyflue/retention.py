@@ -10,6 +10,8 @@ write (:meth:`pyflue.store.base.RunStore.delete_run`). ``DELETE /runs/{run_id}``
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
@@ -18,6 +20,8 @@ from datetime import datetime, timedelta
 from pyflue.errors import ConfigError, RunStateConflict
 from pyflue.models import Run, RunStatus, utcnow
 from pyflue.store.base import RunStore
+
+log = logging.getLogger(__name__)
 
 # Told the id of a finished run before its record is deleted; deletes what it keeps of it.
 ForgetHook = Callable[[str], Awaitable[None]]
@@ -95,3 +99,17 @@ async def forget_run(store: RunStore, run: Run, hooks: Collection[ForgetHook] = 
         await hook(run.run_id)
     await store.delete_run(run.run_id)
     return run
+
+
+async def keep_pruning(retention: Retention, older_than: timedelta, every: float) -> None:
+    """``pyflue serve``'s schedule (PYFLUE_RETENTION): a pass at once, then every ``every``
+    seconds, until cancelled. A pass that fails is logged and tried again next time."""
+    while True:
+        try:
+            gone = await retention.prune(older_than)
+            if gone:
+                log.info("retention: deleted %d run(s) finished over %s ago", len(gone),
+                         older_than)
+        except Exception:  # the store may be down for a while: the next pass tries again
+            log.exception("retention: a pass failed")
+        await asyncio.sleep(every)

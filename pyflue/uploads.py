@@ -31,10 +31,10 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import IO, Literal
+from typing import IO, BinaryIO, Literal, cast
 
 from pyflue.errors import ConfigError, UploadRefused
 from pyflue.models import UploadInfo
@@ -315,7 +315,7 @@ def pack_folder(src: Path, spool: Path, *, dest: str, limits: CopyLimits) -> Sta
     os.close(fd)
     inside = [replace(e, path=e.path[len(top):].lstrip("/")) for e in entries]
     with gzip.open(name, "wb", compresslevel=6) as out:
-        write_tar([e for e in inside if e.path], out, uid=0, gid=0)
+        write_tar([e for e in inside if e.path], cast(BinaryIO, out), uid=0, gid=0)
     path = Path(name)
     info = UploadInfo(dest=dest, kind="tar.gz", filename=top, files=report.files,
                       folders=report.folders, bytes=report.bytes, size=path.stat().st_size,
@@ -323,7 +323,7 @@ def pack_folder(src: Path, spool: Path, *, dest: str, limits: CopyLimits) -> Sta
     return StagedUpload(path, info)
 
 
-def spooled(path: Path) -> Iterator[bytes]:
+def spooled(path: Path) -> Generator[bytes, None, None]:
     """A spool file's bytes in chunks."""
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):

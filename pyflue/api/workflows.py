@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message
 
-from pyflue.api import deps
+from pyflue.api import deps, multipart
 from pyflue.api.errors import HttpProblem, documented, reply
 from pyflue.api.operator import public_message
 from pyflue.api.sse import SSE_RESPONSE, event_stream
@@ -151,15 +151,33 @@ async def invoke(
         description="a second invocation of the workflow with the same key starts nothing "
                     "and answers about the first one's run")
     ] = None,
+    uploads_from: Annotated[str | None, Query(
+        description="the id of an earlier run whose uploads this run gets too (a rerun "
+                    "sends the same files); 404 when no run has it")] = None,
 ) -> Response:
     """Start a run of the workflow. 202 at once; `?wait=result` answers with the outcome;
     `Accept: text/event-stream` streams the run's events instead."""
     settings = deps.settings(request)
-    body = await read_body(request, settings.server.max_body_bytes)
-    payload = parse_payload(body, request.headers.get("content-type", ""))
     scheduler = deps.scheduler(request)
-    run, _new = await scheduler.submit(name, payload, req=replayed(request, body),
-                                       idempotency_key=idempotency_key)
+    scheduler.runner.registry.get(name)  # 404 before an upload is read
+    if uploads_from is not None:
+        await scheduler.store.get_run(uploads_from)  # 404 for a run that is not here
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() == "multipart/form-data":
+        async with multipart.received(request, spool=settings.spool_dir,
+                                      max_json=settings.server.max_body_bytes,
+                                      limits=settings.sandbox.copy_limits) as got:
+            payload = parse_payload(got.payload, "application/json")
+            run, _new = await scheduler.submit(
+                name, payload, req=replayed(request, got.payload),
+                idempotency_key=idempotency_key, uploads=got.uploads,
+                uploads_from=uploads_from)
+    else:
+        body = await read_body(request, settings.server.max_body_bytes)
+        payload = parse_payload(body, content_type)
+        run, _new = await scheduler.submit(name, payload, req=replayed(request, body),
+                                           idempotency_key=idempotency_key,
+                                           uploads_from=uploads_from)
     headers = {"X-Flue-Run-Id": run.run_id}
     if "text/event-stream" in request.headers.get("accept", ""):
         stream = event_stream(scheduler.store, run.run_id, after=0,

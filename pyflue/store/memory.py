@@ -6,8 +6,8 @@ import copy
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Sequence
 from datetime import datetime
 
-from pyflue.events import Event, EventType
 from pyflue.errors import RunNotFound
+from pyflue.events import Event, EventType
 from pyflue.models import Run, RunStatus, UploadInfo, utcnow
 from pyflue.store.base import (
     NewEvent,
