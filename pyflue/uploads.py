@@ -141,7 +141,7 @@ def _zip_members(path: Path) -> Iterator[_Member]:
                 yield _Member(info.filename, "symlink", 0, target)
             elif info.is_dir():
                 yield _Member(info.filename, "dir", 0)
-            elif mode and not stat.S_ISREG(mode):
+            elif stat.S_IFMT(mode) and not stat.S_ISREG(mode):
                 yield _Member(info.filename, "other", 0)
             else:
                 with archive.open(info) as data:
@@ -262,9 +262,9 @@ class _Refusal(Exception):
 
 def _refused(part: str, exc: BaseException) -> UploadRefused:
     if isinstance(exc, _Refusal):
-        return UploadRefused(f"upload {part}: member {exc.member!r} is refused: {exc.why}; "
+        return UploadRefused(f"{part}: member {exc.member!r} is refused: {exc.why}; "
                              "nothing was written and no run was created")
-    return UploadRefused(f"upload {part}: the archive cannot be read ({exc}); send a tar, "
+    return UploadRefused(f"{part}: the archive cannot be read ({exc}); send a tar, "
                          "tar.gz or zip archive")
 
 
@@ -276,7 +276,7 @@ def check_archive(path: Path, *, dest: str, part: str, filename: str | None,
                   limits: CopyLimits) -> UploadInfo:
     """Reads the archive at ``path`` through (writing nothing) and returns what it holds.
 
-    ``part`` names it in errors (``upload:src (checkout.tar.gz)``). Raises UploadRefused naming
+    ``part`` names it in errors (``upload:src (checkout.tar.gz)``, ``--upload ci:src``). Raises UploadRefused naming
     the member and why, or saying the archive cannot be read."""
     try:
         kind = sniff(path)
@@ -318,7 +318,7 @@ def pack_folder(src: Path, spool: Path, *, dest: str, limits: CopyLimits) -> Sta
         write_tar([e for e in inside if e.path], cast(BinaryIO, out), uid=0, gid=0)
     path = Path(name)
     info = UploadInfo(dest=dest, kind="tar.gz", filename=top, files=report.files,
-                      folders=report.folders, bytes=report.bytes, size=path.stat().st_size,
+                      folders=report.folders - 1, bytes=report.bytes, size=path.stat().st_size,
                       skipped=list(report.skipped))
     return StagedUpload(path, info)
 
