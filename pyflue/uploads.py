@@ -276,8 +276,8 @@ def check_archive(path: Path, *, dest: str, part: str, filename: str | None,
                   limits: CopyLimits) -> UploadInfo:
     """Reads the archive at ``path`` through (writing nothing) and returns what it holds.
 
-    ``part`` names it in errors (``upload:src (checkout.tar.gz)``, ``--upload ci:src``). Raises UploadRefused naming
-    the member and why, or saying the archive cannot be read."""
+    ``part`` names it in errors (``upload:src (checkout.tar.gz)``). Raises UploadRefused
+    naming the member and why, or saying the archive cannot be read."""
     try:
         kind = sniff(path)
         tally = _walk(path, kind, limits, None)
