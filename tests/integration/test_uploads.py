@@ -229,3 +229,24 @@ async def test_on_postgres_the_worker_that_runs_it_is_not_the_one_that_took_the_
         a.stop()
         b.stop()
         shutil.rmtree(tmp_path / "a", ignore_errors=True)
+
+
+async def test_a_server_with_a_retention_deletes_finished_runs_on_its_own(
+        tmp_path: Path) -> None:
+    env = {**COLD, "PYFLUE_RETENTION": "1s", "PYFLUE_RETENTION_INTERVAL": "0.5"}
+    server = Server(_project(tmp_path / "p"), tmp_path / "s.db", 1, env=env)
+    server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+            r = await http.post("/workflows/ci", files=_multipart(
+                {}, _tar_gz(_checkout(tmp_path / "checkout"))))
+            run_id = r.json()["run_id"]
+            assert (await until_finished(http, run_id))["status"] == "completed"
+            for _ in range(100):  # gone within a few passes, its events with it
+                if (await http.get(f"/runs/{run_id}")).status_code == 404:
+                    break
+                await asyncio.sleep(0.1)
+            assert (await http.get(f"/runs/{run_id}")).status_code == 404
+            assert (await http.get(f"/runs/{run_id}/events")).status_code == 404
+    finally:
+        server.stop()

@@ -3,21 +3,27 @@ runner putting them in the workspace before the workflow sees it."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import re
 import tarfile
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import text
 
 from pyflue.errors import ConfigError, RunStateConflict, UploadRefused
 from pyflue.events import EventType
-from pyflue.models import RunStatus, UploadInfo
+from pyflue.models import Run, RunStatus, UploadInfo, new_run_id, utcnow
+from pyflue.retention import Retention, keep_pruning, parse_age
 from pyflue.sandbox.base import CopyLimits
+from pyflue.settings import ServerSettings
 from pyflue.store import MemoryStore, SqlStore
+from pyflue.store.base import RunUpdate
 from pyflue.testing import fake_runner
 from pyflue.uploads import check_archive, check_dest, pack_folder, unpack
 from tests.conftest import WriteWorkflow
@@ -209,3 +215,33 @@ async def test_a_large_payload_is_stored_once(
         assert grown < 1.25 * size, f"the store grew by {grown / size:.2f}x the payload"
     finally:
         await store.close()
+
+
+async def test_the_retention_schedule_forgets_old_runs_until_stopped() -> None:
+    store = MemoryStore()
+    old = Run(run_id=new_run_id("w"), workflow="w", status=RunStatus.queued,
+              created_at=utcnow() - timedelta(hours=3))
+    await store.create_run(old)
+    await store.update_run(old.run_id, RunUpdate(status=RunStatus.completed,
+                                                 finished_at=utcnow() - timedelta(hours=2)))
+    task = asyncio.create_task(keep_pruning(Retention(store), timedelta(hours=1), 0.05))
+    try:
+        for _ in range(200):
+            if not await store.list_runs():
+                break
+            await asyncio.sleep(0.05)
+        assert await store.list_runs() == []
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize(("text_", "seconds"), [("30d", 30 * 86400), ("12h", 43200),
+                                                ("90m", 5400), ("2w", 1209600), ("0s", 0)])
+def test_ages_read_as_durations(text_: str, seconds: float) -> None:
+    assert parse_age(text_).total_seconds() == seconds
+
+
+def test_a_retention_that_is_no_age_is_refused_at_start() -> None:
+    with pytest.raises(ValidationError, match="write it like 30d"):
+        ServerSettings(retention="a month")
