@@ -8,7 +8,6 @@ Body: :class:`pyflue.responses.ErrorBody`, ``{"error": {"type", "message", "deta
 from __future__ import annotations
 
 import re
-
 from typing import Any
 
 from fastapi import FastAPI, Request
