@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
@@ -69,6 +70,7 @@ class _Reader:
         self._pending: list[tuple[IO[bytes], bytes | None]] = []
         self._json = bytearray()
         self._seen_payload = False
+        self._in_part = False
 
     def callbacks(self) -> dict[str, Any]:
         return {
@@ -84,6 +86,7 @@ class _Reader:
     def _begin(self) -> None:
         self.part = _Part()
         self._headers = {}
+        self._in_part = True
 
     def _header_end(self) -> None:
         self._headers[self._header_field.decode("latin-1").lower()] = \
@@ -129,6 +132,7 @@ class _Reader:
                                   f"{self.max_json} bytes (PYFLUE_MAX_BODY_BYTES)")
 
     def _end(self) -> None:
+        self._in_part = False
         if self.part.name == "payload":
             self.received.payload = bytes(self._json)
         elif self.part.file is not None:
@@ -140,6 +144,11 @@ class _Reader:
                 raise HttpProblem(400, "invalid_parameter", f"part {self.part.name!r}: "
                                   f"{exc.message}") from None
             self.received.archives[-1] = (dest, self.part.filename, self.received.archives[-1][2])
+
+    @property
+    def open_part(self) -> bool:
+        """Whether the body ended inside a part (one begun and never ended)."""
+        return self._in_part
 
     @property
     def pending(self) -> bool:
@@ -184,11 +193,18 @@ async def received(request: Request, *, spool: Path, max_json: int,
     parser = MultipartParser(_boundary(request.headers.get("content-type", "")),
                              cast("MultipartCallbacks", reader.callbacks()))
     try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-            if reader.pending:
-                await asyncio.to_thread(reader.flush)
-        parser.finalize()
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+                if reader.pending:
+                    await asyncio.to_thread(reader.flush)
+            parser.finalize()
+        except FormParserError as exc:
+            raise HttpProblem(400, "invalid_parameter", f"the multipart body cannot be read "
+                              f"({exc}); send multipart/form-data as curl -F does") from None
+        if reader.open_part:
+            raise HttpProblem(400, "invalid_parameter", "the multipart body ends inside a "
+                              "part: send it whole")
         await asyncio.to_thread(reader.flush)
         if not reader.received.archives and not reader.received.payload:
             raise HttpProblem(400, "invalid_parameter", "the multipart body has no `payload` "

@@ -12,16 +12,19 @@ import zipfile
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
 
+from pyflue.api.app import create_app
 from pyflue.errors import ConfigError, RunStateConflict, UploadRefused
 from pyflue.events import EventType
 from pyflue.models import Run, RunStatus, UploadInfo, new_run_id, utcnow
 from pyflue.retention import Retention, keep_pruning, parse_age
 from pyflue.sandbox.base import CopyLimits
-from pyflue.settings import ServerSettings
+from pyflue.sandbox.fake import FakeSandboxProvider
+from pyflue.settings import ServerSettings, Settings
 from pyflue.store import MemoryStore, SqlStore
 from pyflue.store.base import RunUpdate
 from pyflue.testing import fake_runner
@@ -245,3 +248,26 @@ def test_ages_read_as_durations(text_: str, seconds: float) -> None:
 def test_a_retention_that_is_no_age_is_refused_at_start() -> None:
     with pytest.raises(ValidationError, match="write it like 30d"):
         ServerSettings(retention="a month")
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (b"garbage", "cannot be read"),
+    (b'--xx\r\nContent-Disposition: form-data; name="upload:a"\r\n\r\nabc', "ends inside a part"),
+    (b"--xx--\r\n", "no `payload` part and no `upload` part"),
+    (b'--xx\r\nContent-Disposition: form-data; name="upload:../a"\r\n\r\nabc\r\n--xx--\r\n',
+     "holds '..'"),
+    (b'--xx\r\nContent-Disposition: form-data; name="other"\r\n\r\nabc\r\n--xx--\r\n',
+     "unknown part 'other'"),
+])
+async def test_a_malformed_multipart_body_is_a_400_and_leaves_no_spool_file(
+        project: Path, write_workflow: WriteWorkflow, body: bytes, says: str) -> None:
+    write_workflow("w", "async def run(ctx):\n    return 1\n")
+    settings = Settings(project_dir=project)
+    app = create_app(settings, store=MemoryStore(), provider=FakeSandboxProvider())
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        r = await client.post("/workflows/w", content=body,
+                              headers={"content-type": "multipart/form-data; boundary=xx"})
+        assert r.status_code == 400 and says in r.json()["error"]["message"], r.text
+        assert (await client.get("/runs")).json()["runs"] == []
+    assert list(settings.spool_dir.iterdir()) == []
