@@ -52,6 +52,23 @@ _BODY = {
         },
         "examples": {"payload": {"value": {"name": "Ada"}},
                      "wrapped": {"value": {"payload": {"name": "Ada"}}}},
+    }, "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "description": "Files sent with the invocation: a `payload` part (the payload "
+                           "JSON object) and archive parts `upload:DEST` (tar, tar.gz or zip; "
+                           "`upload` alone: the workspace itself), unpacked into the run's "
+                           "workspace at DEST before its workflow gets its container. Each "
+                           "archive is checked before the run is created: a member with `..` "
+                           "or an absolute name, a link leaving the tree, a device, too many "
+                           "members or bytes is a 400 `upload_refused` naming it, and no run "
+                           "is created (docs/ci.md, \"Sending files\").",
+            "properties": {"payload": {"type": "string",
+                                       "description": "the payload, a JSON object"}},
+            "patternProperties": {"^upload(:.*)?$": {"type": "string", "format": "binary"}},
+            "additionalProperties": False,
+        },
+        "encoding": {"payload": {"contentType": "application/json"}},
     }},
 }
 
@@ -64,7 +81,14 @@ _INVOKE_RESPONSES: dict[int | str, dict[str, Any]] = {
           "content": {"text/event-stream": SSE_RESPONSE["content"]}},
     **documented(400, 401, 404, 413, 415, _400=(
         "`invalid_json` (the body is not JSON), `invalid_payload` (not an object), "
-        "`invalid_parameter` (`wait`, `Idempotency-Key`; `details` lists them), `config_error`")),
+        "`invalid_parameter` (`wait`, `Idempotency-Key`; `details` lists them; a multipart "
+        "body that cannot be read, an unknown part, a DEST outside the workspace), "
+        "`upload_refused` (an archive part that is unsafe, too large or unreadable: the "
+        "message names the part, the member and why), `config_error`"),
+        _404="`not_found`: no workflow of that name (the message lists them), or no run "
+             "`uploads_from` names",
+        _413="`payload_too_large`: the body (or a multipart `payload` part) is over "
+             "PYFLUE_MAX_BODY_BYTES, or an archive part is over PYFLUE_SANDBOX_COPY_MAX_BYTES"),
     # A run that did not complete, answering ?wait=result (its run id in body and header).
     **{status: entry | {"headers": _RUN_ID_IF_RUN} for status, entry in documented(
         409, 500, 503, 504,
