@@ -221,8 +221,8 @@ def _take(member: _Member, parts: list[str], name: str, tally: _Tally, limits: C
     size = member.size
     source: Path | None = None
     if member.kind == "hardlink":
-        target = posixpath.normpath(member.link.replace("\\", "/").lstrip("./")) \
-            if member.link else ""
+        linked = _parts(member.link)
+        target = "/".join(linked) if isinstance(linked, list) else ""
         if target not in tally.file_names:
             raise _Refusal(member.name, f"it is a hard link to {member.link!r}, which is not a "
                                         "file earlier in the archive")

@@ -271,3 +271,11 @@ async def test_a_malformed_multipart_body_is_a_400_and_leaves_no_spool_file(
         assert r.status_code == 400 and says in r.json()["error"]["message"], r.text
         assert (await client.get("/runs")).json()["runs"] == []
     assert list(settings.spool_dir.iterdir()) == []
+
+
+def test_a_hard_link_to_a_dotfile_earlier_in_the_archive_is_a_copy(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "a.tar.gz", _file("./.env.example", b"A=1\n"),
+                   ("./.env", tarfile.LNKTYPE, None, "./.env.example"))
+    out = tmp_path / "out"
+    unpack(archive, out, limits=LIMITS)
+    assert (out / ".env").read_bytes() == b"A=1\n"
