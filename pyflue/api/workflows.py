@@ -63,7 +63,7 @@ _BODY = {
                            "or an absolute name, a link leaving the tree, a device, too many "
                            "members or bytes is a 400 `upload_refused` naming it, and no run "
                            "is created (docs/ci.md, \"Sending files\").",
-            "properties": {"payload": {"type": "string",
+            "properties": {"payload": {"type": "object",
                                        "description": "the payload, a JSON object"}},
             "patternProperties": {"^upload(:.*)?$": {"type": "string", "format": "binary"}},
             "additionalProperties": False,
