@@ -3,7 +3,7 @@
 ``POST /workflows/{name}`` with ``Content-Type: multipart/form-data`` takes:
 
 - ``payload`` (at most one): the payload JSON object, as a JSON body would be (at most
-  PYFLUE_MAX_BODY_BYTES);
+  PYFLUE_MAX_BODY_BYTES; none is ``{}``);
 - ``upload`` or ``upload:DEST`` (any number up to :data:`MAX_ARCHIVES`): a tar, tar.gz or zip
   archive, unpacked at DEST in the workspace (``upload`` alone: the workspace itself).
 
@@ -206,9 +206,6 @@ async def received(request: Request, *, spool: Path, max_json: int,
             raise HttpProblem(400, "invalid_parameter", "the multipart body ends inside a "
                               "part: send it whole")
         await asyncio.to_thread(reader.flush)
-        if not reader.received.archives and not reader.received.payload:
-            raise HttpProblem(400, "invalid_parameter", "the multipart body has no `payload` "
-                              "part and no `upload` part")
         for dest, filename, path in reader.received.archives:
             part = f"{UPLOAD_FIELD}{':' + dest if dest else ''}"
             part += f" ({filename})" if filename else ""
