@@ -125,7 +125,9 @@ async def test_a_ci_pipeline_sends_its_checkout_and_its_tests_run_in_the_contain
         # A rerun sends the same files (the server copies them from the first run).
         async with PyFlueClient(server.url) as client:
             again = await client.runs.rerun(first)
-        assert again.status is RunStatus.completed and again.result == result
+        assert again.status is RunStatus.completed, again.error
+        # The same files again (the test output differs only in its timing line).
+        assert again.result["uploads"] == result["uploads"] and again.result["exit_code"] == 0
         # Deleting the first run takes its events and uploads; the rerun keeps its own.
         deleted = await http.delete(f"/runs/{first}")
         assert deleted.status_code == 200 and deleted.json() == {"status": "deleted",
