@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pyflue.compat import CONTEXT, missing, upstream_options
@@ -12,12 +12,16 @@ from pyflue.errors import NotSupported
 if TYPE_CHECKING:  # a workflow file imports this module: it loads nothing heavy
     from pyflue.agents import Agent
     from pyflue.harness import Harness
+    from pyflue.models import UploadInfo
     from pyflue.recorder import RunLog
 
 
 class FlueContext:
     """The invocation: ``id`` (the run id), ``payload``, ``env``, ``req``, ``log``, ``init``;
-    ``attempt`` is 1, or which attempt of a requeued run this is (``retry_interrupted``)."""
+    ``attempt`` is 1, or which attempt of a requeued run this is (``retry_interrupted``);
+    ``uploads`` the archives sent with it (``--upload``, multipart parts), each an
+    :class:`~pyflue.models.UploadInfo` (``dest``, ``files``, ``bytes``, ``path()``...), whose
+    files are in the workspace once ``ctx.init(agent)`` has returned."""
 
     def __init__(
         self,
@@ -29,9 +33,11 @@ class FlueContext:
         log: RunLog,
         init: Callable[[Agent, FlueContext], Awaitable[Harness]],
         attempt: int = 1,
+        uploads: Sequence[UploadInfo] = (),
     ) -> None:
         self.id = id
         self.attempt = attempt
+        self.uploads: list[UploadInfo] = list(uploads)
         self.payload = payload
         self.env = dict(env)
         self.req = req

@@ -12,6 +12,7 @@ into this tree at the adapter edge and never escape it.
     │   ├── InvalidPayload       a payload that is not a JSON object
     │   ├── NotSupported         a PyFlue 0.2 name or option pyflue lacks (names the replacement)
     │   ├── RunIdUnknown         no run matches a run id or prefix the user gave
+    │   ├── UploadRefused        an uploaded archive that is unsafe, too large or unreadable
     │   └── RunIdAmbiguous       several runs match a prefix the user gave
     ├── WorkflowError            a workflow module cannot be used
     │   ├── WorkflowNotFound     no workflow of that name (lists the available ones)
@@ -98,6 +99,13 @@ class InvalidPayload(ConfigError):
 
 class RunIdUnknown(ConfigError):
     type = "not_found"
+
+
+class UploadRefused(ConfigError):
+    """An uploaded archive (``--upload``, a multipart part) that is not unpacked: which part,
+    which member and why; nothing of it is written and no run is created."""
+
+    type = "upload_refused"
 
 
 class RunIdAmbiguous(ConfigError):

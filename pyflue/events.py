@@ -34,7 +34,7 @@ from pydantic import (
     ValidationError,
 )
 
-from pyflue.models import ErrorInfo, RunStatus, end_error
+from pyflue.models import ErrorInfo, RunStatus, UploadInfo, end_error
 
 
 class EventType(StrEnum):
@@ -159,12 +159,35 @@ class RunStart(EventData):
 
     type = EventType.run_start
     workflow: str = Field(description="the workflow name")
-    payload: dict[str, Any] = Field(description="the payload object")
+    payload: dict[str, Any] | MISSING = Field(
+        MISSING, description="the payload object, when it is at most 64 KiB of JSON (the run "
+        "record keeps it once: a larger one is read from there)")
+    payload_truncated: bool | None = _optional(
+        "only for a payload over 64 KiB of JSON: `true`, and `payload` is left out; read it "
+        "from the run record at `run_path`")
+    run_path: str | None = _optional(
+        "only with `payload_truncated`: `/runs/{run_id}`, the path of the run record (its "
+        "`payload` key) on the server")
     image: str | None = Field(description="the `--image` override, or `null`")
     source: str = Field(description="who started it: `cli` (`pyflue run`), `http` or "
                                     "`websocket`")
     attempt: int = Field(1, description="1, or which attempt of a requeued run this is (see "
                                         "`run_requeued`)")
+    uploads: list[UploadInfo] | None = _optional(
+        "only for a run invoked with uploads (`--upload`, multipart archive parts): each one's "
+        "`dest`, `kind`, `files`, `bytes`...; they are unpacked into the workspace when the "
+        "run's container starts")
+
+    @classmethod
+    def of(cls, *, workflow: str, payload: dict[str, Any], run_id: str, image: str | None,
+           source: str, attempt: int, uploads: list[UploadInfo]) -> RunStart:
+        """The start of a run: its payload carried when it is at most
+        :data:`RESULT_INLINE_LIMIT` bytes of JSON, else a pointer to ``/runs/{run_id}``."""
+        carried: dict[str, Any] = {"payload": payload}
+        if len(json.dumps(payload, ensure_ascii=False).encode()) > RESULT_INLINE_LIMIT:
+            carried = {"payload_truncated": True, "run_path": f"/runs/{run_id}"}
+        return cls(workflow=workflow, image=image, source=source, attempt=attempt,
+                   uploads=uploads or None, **carried)
 
 
 # The largest result run_end carries itself, in bytes of JSON; a larger one is read from the run.

@@ -106,6 +106,24 @@ class Artifact(BaseModel):
     content_type: str = Field(description="its media type, guessed from the name")
     path: str = Field(description="the workspace path it was copied from")
     saved_at: datetime
+class UploadInfo(BaseModel):
+    """One archive sent with an invocation (``--upload DIR[:DEST]``, a multipart part), as
+    stored with its run and unpacked into the workspace when the run's container starts."""
+
+    dest: str = Field(description="where it is unpacked, relative to the workspace (`\"\"`: "
+                                  "the workspace itself)")
+    kind: str = Field(description="`tar`, `tar.gz` or `zip`")
+    filename: str | None = Field(None, description="the part's file name, or the folder's name")
+    files: int = Field(description="regular files it holds")
+    folders: int = Field(0, description="folders it holds")
+    bytes: int = Field(description="bytes of its files, unpacked")
+    size: int = Field(description="bytes of the archive as stored")
+    skipped: list[str] = Field(default_factory=list,
+                               description="symlinks inside the tree, not unpacked")
+
+    def path(self, workdir: str = "/workspace") -> str:
+        """Where it is unpacked: the absolute path in the workspace."""
+        return f"{workdir.rstrip('/')}/{self.dest}" if self.dest else workdir
 
 
 def end_error(status: RunStatus, error: ErrorInfo | None, reason: str | None) -> ErrorInfo | None:

@@ -35,6 +35,8 @@ ERROR_TYPES: dict[str, str] = {
     "invalid_payload": "the payload is not a JSON object",
     "invalid_parameter": "a query, path or header parameter is out of its bounds",
     "config_error": "a setting or option of the invocation is wrong",
+    "upload_refused": "an uploaded archive is unsafe, too large or unreadable (the message "
+                      "names the part, the member and why); no run was created",
     "unsupported_media_type": "the request body is not application/json",
     "payload_too_large": "the request body is over PYFLUE_MAX_BODY_BYTES",
     "unauthorized": "missing or wrong API token",
@@ -136,6 +138,13 @@ class CancelAnswer(_Answer):
     run_id: str
 
 
+class DeleteAnswer(_Answer):
+    """``DELETE /runs/{run_id}``: the run, its events and its uploads are gone."""
+
+    status: Literal["deleted"]
+    run_id: str
+
+
 class WorkflowInfo(_Answer):
     """A discovered workflow; ``error`` says why it cannot be loaded (None when it can)."""
 
@@ -233,6 +242,7 @@ __all__ = [
     "ArtifactList",
     "CancelAnswer",
     "Completed",
+    "DeleteAnswer",
     "EngineHealth",
     "ErrorBody",
     "ErrorDetail",

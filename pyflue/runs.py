@@ -18,8 +18,10 @@ import logging
 import math
 import time
 import traceback
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic_core import to_jsonable_python
@@ -41,17 +43,21 @@ from pyflue.models import (
     ErrorInfo,
     Run,
     RunStatus,
+    UploadInfo,
     check_payload,
     new_run_id,
     utcnow,
 )
+from pyflue.placing import place_uploads
 from pyflue.recorder import RunLog, RunRecorder
+from pyflue.retention import Retention
 from pyflue.sandbox.base import Sandbox, SandboxProvider, SandboxSpec
 from pyflue.sandbox.policy import spec_for
 from pyflue.sessions import Session
 from pyflue.settings import Settings
 from pyflue.store.base import RunStore, RunUpdate
 from pyflue.tools import as_tool
+from pyflue.uploads import StagedUpload, spooled
 from pyflue.workers import Workers, local_owner, retries_for
 from pyflue.workflows import Workflow, WorkflowRegistry
 
@@ -112,6 +118,9 @@ class Runner:
         self.workers = Workers(store=store, registry=registry, provider=provider,
                                lease=settings.server.worker_lease)
         self._removals: set[asyncio.Task[None]] = set()  # see _note_removed
+        # Deleting runs (DELETE /runs/{id}, prune, PYFLUE_RETENTION): what a run keeps outside
+        # the run store (its artifacts' files) goes first, then its record.
+        self.retention = Retention(store, [self.artifacts.delete_run])
 
     async def submit(
         self,
@@ -123,17 +132,41 @@ class Runner:
         owner: str | None = "",
         idempotency_key: str | None = None,
         taken: bool = False,
+        uploads: Sequence[StagedUpload] = (),
+        uploads_from: str | None = None,
     ) -> Run:
         """Validates the invocation and records the run as ``queued``. Nothing runs yet.
 
         ``owner`` defaults to this process (it will run it); ``None`` leaves the run for a
         scheduler to claim. ``taken``: record it as already claimed by ``owner``
         (``running``), for :meth:`execute` with ``claimed=``; no other worker sees it queued.
+        ``uploads`` (checked archives on this host's disk) and the uploads of the run
+        ``uploads_from`` (a rerun) are stored with the run before its record exists, so
+        whichever worker takes it finds them; the caller removes its spool files.
         """
         self.registry.get(workflow)  # WorkflowNotFound / WorkflowLoadError before any record
+        payload = check_payload(payload)
         now = utcnow()
+        run_id = new_run_id(workflow)
+        try:
+            if uploads_from is not None:
+                await self.store.copy_uploads(uploads_from, run_id)
+            for staged in uploads:
+                await self.store.add_upload(run_id, staged.info, _read_spool(staged.path))
+            return await self._record(workflow, payload, run_id, now, image=image,
+                                      source=source, owner=owner,
+                                      idempotency_key=idempotency_key, taken=taken)
+        except BaseException:
+            if uploads or uploads_from is not None:  # the run was not created: nor are they
+                with contextlib.suppress(Exception):
+                    await self.store.delete_run(run_id)
+            raise
+
+    async def _record(self, workflow: str, payload: Any, run_id: str, now: datetime, *,
+                      image: str | None, source: str, owner: str | None,
+                      idempotency_key: str | None, taken: bool) -> Run:
         run = Run(
-            run_id=new_run_id(workflow),
+            run_id=run_id,
             workflow=workflow,
             status=RunStatus.running if taken else RunStatus.queued,
             payload=check_payload(payload),
@@ -176,9 +209,13 @@ class Runner:
             except asyncio.CancelledError as exc:
                 run, early_cancel = await claim, exc
         recorder = RunRecorder(self.store, run_id)
-        recorder.emit(RunStart(workflow=run.workflow, payload=run.payload, image=run.image,
-                               source=run.source, attempt=run.attempt))
-        scope = _SandboxScope(self, run, recorder)
+        uploads: list[UploadInfo] = []
+        with contextlib.suppress(Exception):  # a store failure shows in the run's own writes
+            uploads = await self.store.list_uploads(run_id)
+        recorder.emit(RunStart.of(workflow=run.workflow, payload=run.payload, run_id=run_id,
+                                  image=run.image, source=run.source, attempt=run.attempt,
+                                  uploads=uploads))
+        scope = _SandboxScope(self, run, recorder, uploads)
         t0 = time.monotonic()
         result: Any = None
         error: ErrorInfo | None = None
@@ -189,7 +226,7 @@ class Runner:
                 raise early_cancel
             ctx = FlueContext(
                 id=run_id, payload=run.payload, env=self.env, req=req,
-                log=RunLog(recorder), init=scope.init, attempt=run.attempt,
+                log=RunLog(recorder), init=scope.init, attempt=run.attempt, uploads=uploads,
             )
             workflow = self.registry.get(run.workflow)
             deadline = self.deadline_for(workflow)
@@ -330,6 +367,17 @@ class Runner:
         return await self.execute(run.run_id)
 
 
+async def _read_spool(path: Path) -> AsyncIterator[bytes]:
+    """A spool file's chunks, each read off the event loop."""
+    chunks = spooled(path)
+    sentinel = b""
+    try:
+        while chunk := await asyncio.to_thread(next, chunks, sentinel):
+            yield chunk
+    finally:
+        chunks.close()
+
+
 async def _call_workflow(fn: Any, ctx: FlueContext) -> Any:
     if inspect.iscoroutinefunction(fn):
         value = await fn(ctx)
@@ -354,10 +402,12 @@ async def _call_workflow(fn: Any, ctx: FlueContext) -> Any:
 class _SandboxScope:
     """The run's one container, created on the first ``ctx.init`` and removed at the end."""
 
-    def __init__(self, runner: Runner, run: Run, recorder: RunRecorder) -> None:
+    def __init__(self, runner: Runner, run: Run, recorder: RunRecorder,
+                 uploads: Sequence[UploadInfo] = ()) -> None:
         self._runner = runner
         self._run = run
         self._recorder = recorder
+        self._uploads = list(uploads)
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
         self._box: Sandbox | None = None
@@ -373,10 +423,15 @@ class _SandboxScope:
         spec = self._spec_for(config)
         async with self._lock:
             if self._box is None:
-                self._box = await self._stack.enter_async_context(
+                box = await self._stack.enter_async_context(
                     self._runner.provider.open(spec, self._recorder.emit)
                 )
-                self._spec = spec
+                if self._uploads:  # in place before the workflow sees the container
+                    await place_uploads(self._runner.store, self._run.run_id, box,
+                                        self._uploads, self._recorder.emit,
+                                        limits=self._runner.settings.sandbox.copy_limits,
+                                        spool=self._runner.settings.spool_dir)
+                self._box, self._spec = box, spec
             elif spec != self._spec:
                 raise ConfigError(
                     "a run has one container: this agent asks for different sandbox settings "

@@ -21,7 +21,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from pyflue.engine_watch import EngineState, EngineWatch
 from pyflue.errors import EngineUnavailable, RunStateConflict
@@ -29,6 +30,9 @@ from pyflue.events import EventType
 from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
 from pyflue.runs import Runner, StopRequest
 from pyflue.workers import local_owner
+
+if TYPE_CHECKING:
+    from pyflue.uploads import StagedUpload
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +215,8 @@ class Scheduler:
         image: str | None = None,
         idempotency_key: str | None = None,
         source: str = "http",
+        uploads: Sequence[StagedUpload] = (),
+        uploads_from: str | None = None,
     ) -> tuple[Run, bool]:
         """Records a run, queued or (a free slot, nothing older waiting) taken by this
         scheduler and started; returns it and whether it is new (False: same key seen)."""
@@ -227,7 +233,8 @@ class Scheduler:
         # here with no task to run it.
         recording = asyncio.ensure_future(self.runner.submit(
             workflow, payload, image=image, source=source, idempotency_key=idempotency_key,
-            owner=self.worker if take else None, taken=take,
+            owner=self.worker if take else None, taken=take, uploads=uploads,
+            uploads_from=uploads_from,
         ))
         cancelled: asyncio.CancelledError | None = None
         try:

@@ -234,6 +234,21 @@ class ServerSettings(BaseSettings):
         description="seconds a queued run may wait while the Docker engine does not answer "
                     "(nothing is admitted meanwhile) before it fails engine_unavailable",
     )
+    retention: str | None = Field(
+        None, description="`pyflue serve` deletes finished runs (their events and uploads) "
+                          "older than this, e.g. `30d` (units s, m, h, d, w); unset keeps them")
+    retention_interval: float = Field(
+        3600.0, gt=0, description="seconds between two retention passes of `pyflue serve`")
+
+    @field_validator("retention")
+    @classmethod
+    def _an_age(cls, value: str | None) -> str | None:
+        if value is not None:
+            from pyflue.retention import parse_age
+
+            parse_age(value)
+        return value
+
     ws_queue_events: int = Field(100, ge=1, description="events queued per WebSocket")
     ws_send_timeout: float = Field(
         10.0, gt=0, description="seconds a WebSocket send may block before the reader is closed"
@@ -324,6 +339,11 @@ class Settings(BaseSettings):
         return self.state_dir / "artifacts"
 
     @property
+    def spool_dir(self) -> Path:
+        """Where uploads are spooled on this host on their way in and out of the store."""
+        return self.state_dir / "spool"
+
+    @property
     def default_store_file(self) -> Path:
         """The SQLite file of the run store when PYFLUE_STORE_URL is not set."""
         return self.state_dir / "pyflue.db"
@@ -340,6 +360,7 @@ _EXAMPLES: dict[str, Any] = {
     "store_url": "sqlite+aiosqlite:///path/pyflue.db", "docker_host": "unix:///var/run/docker.sock",
     "sandbox_runtime": "runsc", "model": "scripted/demo",
     "anthropic_base_url": "https://api.anthropic.com", "artifacts_dir": "/shared/pyflue-artifacts",
+    "retention": "30d",
 }
 # Read by the CLI from the environment only, never from a settings file.
 _CLI_ONLY = {"server_url": "set PYFLUE_SERVER_URL in the environment or pass --server URL"}

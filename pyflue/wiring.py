@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pyflue.errors import PyflueError
@@ -23,10 +24,12 @@ if TYPE_CHECKING:
     from pyflue.events import Event
     from pyflue.llm import ModelResolver
     from pyflue.models import Run
+    from pyflue.retention import ForgetHook
     from pyflue.runs import Runner
     from pyflue.sandbox.base import SandboxProvider, SandboxSpec
     from pyflue.sandbox.docker import DockerProvider
     from pyflue.store import RunStore
+    from pyflue.uploads import StagedUpload
 
 
 @contextlib.asynccontextmanager
@@ -143,6 +146,15 @@ def pool_templates(settings: Settings) -> list[tuple[SandboxSpec, int]]:
                       image_override=image), size) for image, size in sizes.items()]
 
 
+def forget_hooks(settings: Settings, store: RunStore) -> list[ForgetHook]:
+    """What deletes the parts of a run kept outside the run store, told before its record
+    goes (:func:`pyflue.retention.forget_run`): its artifacts' files. ``pyflue runs prune``
+    uses it; a :class:`~pyflue.runs.Runner` (the server) hooks its own artifact store."""
+    from pyflue.artifacts import artifact_store
+
+    return [artifact_store(settings, store).delete_run]
+
+
 @contextlib.asynccontextmanager
 async def open_runner(
     settings: Settings,
@@ -190,6 +202,8 @@ async def run_here(
     on_start: Callable[[Run], None] = lambda _run: None,
     on_event: Callable[[Event], None] = lambda _event: None,
     runner: Runner | None = None,
+    uploads: Sequence[StagedUpload] = (),
+    uploads_from: str | None = None,
 ) -> Run:
     """Runs one workflow in this process (``pyflue run``) and returns its final record.
 
@@ -198,23 +212,35 @@ async def run_here(
     earlier run left behind. Cancelling ends the run ``cancelled``, its container removed; so
     does a cancel asked through the store (``pyflue cancel``), which ends in the record
     returned. ``runner``: an open one to use (else one is opened and closed here).
+    ``uploads`` (checked archives, :func:`pyflue.uploads.pack_folder`) and ``uploads_from``
+    (a run whose uploads to send again) go into the run's workspace, as over HTTP.
     """
+    sent = Sent(uploads, uploads_from)
     if runner is None:
         async with open_runner(settings) as opened:
-            return await _run_with(opened, workflow, payload, image, on_start, on_event)
-    return await _run_with(runner, workflow, payload, image, on_start, on_event)
+            return await _run_with(opened, workflow, payload, image, on_start, on_event, sent)
+    return await _run_with(runner, workflow, payload, image, on_start, on_event, sent)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The files sent with a run here: archives staged on disk, and a run to copy from."""
+
+    uploads: Sequence[StagedUpload] = ()
+    uploads_from: str | None = None
 
 
 async def _run_with(
     runner: Runner, workflow: str, payload: dict[str, Any], image: str | None,
-    on_start: Callable[[Run], None], on_event: Callable[[Event], None],
+    on_start: Callable[[Run], None], on_event: Callable[[Event], None], sent: Sent = Sent(),
 ) -> Run:
     from pyflue.errors import RunStateConflict
     from pyflue.workers import local_owner
 
     store = runner.store
     worker = local_owner()
-    submitted = await runner.submit(workflow, payload, image=image)
+    submitted = await runner.submit(workflow, payload, image=image, uploads=sent.uploads,
+                                    uploads_from=sent.uploads_from)
     # A heartbeat tells whoever cancels through the store that this process acts on it.
     await store.heartbeat(worker)
     on_start(submitted)
@@ -275,8 +301,9 @@ async def rerun_here(
     on_start: Callable[[Run], None] = lambda _run: None,
     on_event: Callable[[Event], None] = lambda _event: None,
 ) -> Run:
-    """Runs ``run_id``'s workflow again in this process, with the same payload and the image
-    its container used (``pyflue rerun``); returns the new run's final record. RunNotFound
+    """Runs ``run_id``'s workflow again in this process, with the same payload, the same
+    uploads and the image its container used (``pyflue rerun``); returns the new run's final
+    record. RunNotFound
     when this machine's store does not know ``run_id``, whole or as a unique prefix (of the id
     or of its ULID part, as shell completion offers them)."""
     from pyflue.describe import StoreRuns, resolve
@@ -291,7 +318,7 @@ async def rerun_here(
             except RunIdUnknown:
                 raise not_found from None
     return await run_here(settings, original.workflow, original.payload, image=original.image,
-                          on_start=on_start, on_event=on_event)
+                          on_start=on_start, on_event=on_event, uploads_from=original.run_id)
 
 
 async def cancel_here(settings: Settings, run_id: str, *, reason: str = "cancelled by request",

@@ -7,6 +7,7 @@ call the scheduler or the store, and serialize.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -17,6 +18,7 @@ from pyflue.api import artifacts, errors, openapi, runs, ui, workers, workflows,
 from pyflue.engine_watch import EngineWatch
 from pyflue.llm import ModelResolver
 from pyflue.responses import EngineHealth, Health, PoolFillAnswer
+from pyflue.retention import keep_pruning, parse_age
 from pyflue.sandbox.base import SandboxProvider
 from pyflue.scheduler import Scheduler
 from pyflue.settings import Settings
@@ -45,9 +47,17 @@ def create_app(
             await scheduler.start()
             app.state.scheduler = scheduler
             app.state.engine = engine
+            pruning = None
+            if settings.server.retention is not None:
+                pruning = asyncio.create_task(keep_pruning(
+                    runner.retention, parse_age(settings.server.retention),
+                    settings.server.retention_interval))
             try:
                 yield
             finally:
+                if pruning is not None:
+                    pruning.cancel()
+                    await asyncio.gather(pruning, return_exceptions=True)
                 await scheduler.stop()
                 if engine is not None:
                     await engine.stop()

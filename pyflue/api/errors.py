@@ -7,6 +7,7 @@ Body: :class:`pyflue.responses.ErrorBody`, ``{"error": {"type", "message", "deta
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -114,7 +115,24 @@ def install(app: FastAPI, *, debug: bool = False) -> None:
             "its log has the details"), 500)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return reply(error_body(kind, str(exc.detail)), exc.status_code,
-                     getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405 and (allowed := _allowed(request)):
+            # Every method of the path, not only its first route's.
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        return reply(error_body(kind, str(exc.detail)), exc.status_code, headers)
+
+
+def _allowed(request: Request) -> list[str]:
+    """The methods the API documents at the request's path (Starlette's own 405 names only
+    the first route matching the path, where several routes share it)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {m.upper() for m in operations if m.upper() in _METHODS}
+    return sorted(methods)
+
+
+_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}

@@ -1,4 +1,4 @@
-"""``/runs``: list, get, events, live stream, cancel."""
+"""``/runs``: list, get, events, live stream, cancel, delete."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pyflue.api.sse import SSE_RESPONSE, event_stream
 from pyflue.errors import RunNotFound
 from pyflue.events import EventType
 from pyflue.models import Run
-from pyflue.responses import CancelAnswer, EventPage, RunPage
+from pyflue.responses import CancelAnswer, DeleteAnswer, EventPage, RunPage
 from pyflue.status import MAX_EVENT_INDEX, RunStatus, parse_event_index
 
 router = APIRouter(dependencies=[Depends(deps.require_token)], tags=["runs"])
@@ -172,3 +172,14 @@ async def cancel(run_id: str, request: Request) -> CancelAnswer:
     run = await deps.scheduler(request).cancel(run_id)
     return CancelAnswer(status="cancelled" if run.status is RunStatus.cancelled else "cancelling",
                         run_id=run_id)
+
+
+@router.delete("/runs/{run_id}", operation_id="delete_run", summary="Delete a run",
+               responses=documented(401, 404, 409, 500, 503,
+                                    _409="`conflict`: the run has not finished (cancel it "
+                                         "first)"))
+async def delete(run_id: str, request: Request) -> DeleteAnswer:
+    """Delete a finished run: its record, its events, its uploads (and what else it owns).
+    A queued or running run is refused with 409: cancel it first."""
+    await deps.scheduler(request).runner.retention.forget(run_id)
+    return DeleteAnswer(status="deleted", run_id=run_id)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message
 
-from pyflue.api import deps
+from pyflue.api import deps, multipart
 from pyflue.api.errors import HttpProblem, documented, reply
 from pyflue.api.operator import public_message
 from pyflue.api.sse import SSE_RESPONSE, event_stream
@@ -52,6 +52,23 @@ _BODY = {
         },
         "examples": {"payload": {"value": {"name": "Ada"}},
                      "wrapped": {"value": {"payload": {"name": "Ada"}}}},
+    }, "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "description": "Files sent with the invocation: a `payload` part (the payload "
+                           "JSON object) and archive parts `upload:DEST` (tar, tar.gz or zip; "
+                           "`upload` alone: the workspace itself), unpacked into the run's "
+                           "workspace at DEST before its workflow gets its container. Each "
+                           "archive is checked before the run is created: a member with `..` "
+                           "or an absolute name, a link leaving the tree, a device, too many "
+                           "members or bytes is a 400 `upload_refused` naming it, and no run "
+                           "is created (docs/ci.md, \"Sending files\").",
+            "properties": {"payload": {"type": "object",
+                                       "description": "the payload, a JSON object"}},
+            "patternProperties": {"^upload(:.*)?$": {"type": "string", "format": "binary"}},
+            "additionalProperties": False,
+        },
+        "encoding": {"payload": {"contentType": "application/json"}},
     }},
 }
 
@@ -64,7 +81,14 @@ _INVOKE_RESPONSES: dict[int | str, dict[str, Any]] = {
           "content": {"text/event-stream": SSE_RESPONSE["content"]}},
     **documented(400, 401, 404, 413, 415, _400=(
         "`invalid_json` (the body is not JSON), `invalid_payload` (not an object), "
-        "`invalid_parameter` (`wait`, `Idempotency-Key`; `details` lists them), `config_error`")),
+        "`invalid_parameter` (`wait`, `Idempotency-Key`; `details` lists them; a multipart "
+        "body that cannot be read, an unknown part, a DEST outside the workspace), "
+        "`upload_refused` (an archive part that is unsafe, too large or unreadable: the "
+        "message names the part, the member and why), `config_error`"),
+        _404="`not_found`: no workflow of that name (the message lists them), or no run "
+             "`uploads_from` names",
+        _413="`payload_too_large`: the body (or a multipart `payload` part) is over "
+             "PYFLUE_MAX_BODY_BYTES, or an archive part is over PYFLUE_SANDBOX_COPY_MAX_BYTES"),
     # A run that did not complete, answering ?wait=result (its run id in body and header).
     **{status: entry | {"headers": _RUN_ID_IF_RUN} for status, entry in documented(
         409, 500, 503, 504,
@@ -151,15 +175,33 @@ async def invoke(
         description="a second invocation of the workflow with the same key starts nothing "
                     "and answers about the first one's run")
     ] = None,
+    uploads_from: Annotated[str | None, Query(
+        description="the id of an earlier run whose uploads this run gets too (a rerun "
+                    "sends the same files); 404 when no run has it")] = None,
 ) -> Response:
     """Start a run of the workflow. 202 at once; `?wait=result` answers with the outcome;
     `Accept: text/event-stream` streams the run's events instead."""
     settings = deps.settings(request)
-    body = await read_body(request, settings.server.max_body_bytes)
-    payload = parse_payload(body, request.headers.get("content-type", ""))
     scheduler = deps.scheduler(request)
-    run, _new = await scheduler.submit(name, payload, req=replayed(request, body),
-                                       idempotency_key=idempotency_key)
+    scheduler.runner.registry.get(name)  # 404 before an upload is read
+    if uploads_from is not None:
+        await scheduler.store.get_run(uploads_from)  # 404 for a run that is not here
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() == "multipart/form-data":
+        async with multipart.received(request, spool=settings.spool_dir,
+                                      max_json=settings.server.max_body_bytes,
+                                      limits=settings.sandbox.copy_limits) as got:
+            payload = parse_payload(got.payload, "application/json")
+            run, _new = await scheduler.submit(
+                name, payload, req=replayed(request, got.payload),
+                idempotency_key=idempotency_key, uploads=got.uploads,
+                uploads_from=uploads_from)
+    else:
+        body = await read_body(request, settings.server.max_body_bytes)
+        payload = parse_payload(body, content_type)
+        run, _new = await scheduler.submit(name, payload, req=replayed(request, body),
+                                           idempotency_key=idempotency_key,
+                                           uploads_from=uploads_from)
     headers = {"X-Flue-Run-Id": run.run_id}
     if "text/event-stream" in request.headers.get("accept", ""):
         stream = event_stream(scheduler.store, run.run_id, after=0,

@@ -1,9 +1,10 @@
-"""Running the machine: ``pyflue doctor``, ``serve``, ``reap`` and ``images build|list``."""
+"""Running the machine: ``pyflue doctor``, ``serve``, ``reap``, ``runs prune`` and ``images
+build|list``."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,9 +20,17 @@ from pyflue.cli.common import (
     exit_code_for,
     images_app,
     run_async,
+    runs_app,
     settings_for,
 )
 from pyflue.errors import PyflueError
+from pyflue.status import RunStatus
+
+if TYPE_CHECKING:
+    from datetime import timedelta
+
+    from pyflue.models import Run
+    from pyflue.settings import Settings
 
 
 @app.command()
@@ -200,3 +209,49 @@ def config(
         raise typer.Exit(EXIT_USAGE) from None
     document = settings_document(loaded, os.environ)
     typer.echo(json.dumps(document, indent=2) if as_json else settings_table(document))
+
+
+@runs_app.command("prune")
+def runs_prune(
+    older_than: Annotated[str, typer.Option(
+        "--older-than", metavar="AGE", help="delete runs that finished longer ago than this, "
+        "e.g. 30d, 12h, 90m, 2w")],
+    status: Annotated[list[RunStatus] | None, typer.Option(
+        "--status", metavar="STATUS", help="only runs that ended so: completed, failed, "
+        "cancelled, timed_out, interrupted (repeatable; default: every finished run)")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list them, delete nothing")]
+    = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help='print {"deleted" | "would_delete": [RUN_ID, ...]} on stdout')] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Delete finished runs older than AGE from this machine's store (PYFLUE_STORE_URL):
+    their records, events and uploads. Queued and running runs are never touched."""
+    from pyflue.retention import parse_age
+
+    try:
+        age = parse_age(older_than)
+    except ValueError as exc:
+        die(f"--older-than: {exc}", EXIT_USAGE)
+    settings = settings_for(project)
+    gone: list[Run] = run_async(_prune(settings, age, status or None, dry_run))
+    key = "would_delete" if dry_run else "deleted"
+    if as_json:
+        typer.echo(json.dumps({key: [r.run_id for r in gone]}, indent=2))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{verb} {len(gone)} run(s) finished over {older_than} ago"
+               + "".join(f"\n  {r.run_id}  {r.status.value}" for r in gone))
+
+
+async def _prune(settings: Settings, age: timedelta, statuses: list[RunStatus] | None,
+                 dry_run: bool) -> list[Run]:
+    from pyflue.retention import Retention
+    from pyflue.wiring import forget_hooks, has_store, open_store
+
+    if not has_store(settings):  # looking makes no store
+        return []
+    async with open_store(settings) as store:
+        retention = Retention(store, forget_hooks(settings, store))
+        return await retention.prune(age, statuses=statuses, dry_run=dry_run)

@@ -40,6 +40,9 @@ app = typer.Typer(
 )
 images_app = typer.Typer(help="Build and list the sandbox images in images/.", no_args_is_help=True)
 app.add_typer(images_app, name="images")
+# `pyflue runs` lists (its callback, in reading.py); `pyflue runs prune` deletes (admin.py).
+runs_app = typer.Typer(invoke_without_command=True, rich_markup_mode=None)
+app.add_typer(runs_app, name="runs")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA, EXIT_TIMED_OUT, EXIT_CANCELLED = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130

@@ -24,6 +24,7 @@ from pyflue.cli.common import (
     events_document_text,
     run_async,
     run_line_text,
+    runs_app,
     settings_for,
 )
 from pyflue.completion import complete_run_id, complete_workflow
@@ -176,8 +177,9 @@ def run_details_text(details: RunDetails) -> str:
     return run_details(details)
 
 
-@app.command()
+@runs_app.callback()
 def runs(
+    ctx: typer.Context,
     status: Annotated[RunStatus | None, typer.Option(help="only runs with this status")] = None,
     workflow: Annotated[str | None, typer.Option(metavar="NAME",
                                                  autocompletion=complete_workflow,
@@ -189,7 +191,10 @@ def runs(
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """List recent runs, newest first: this machine's, or a server's with --server."""
+    """List recent runs, newest first: this machine's, or a server's with --server.
+    `pyflue runs prune` deletes old ones."""
+    if ctx.invoked_subcommand is not None:
+        return
     found: list[Run]
     if server:
         found = run_async(_remote_runs(client_for(server, token), status, workflow, limit))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -28,6 +28,7 @@ from pyflue.cli.common import (
     settings_for,
 )
 from pyflue.completion import complete_run_id, complete_workflow
+from pyflue.errors import PyflueError
 from pyflue.status import RunStatus
 
 if TYPE_CHECKING:
@@ -36,6 +37,14 @@ if TYPE_CHECKING:
     from pyflue.client import PyFlueClient
     from pyflue.events import Event
     from pyflue.models import Run
+    from pyflue.settings import Settings
+    from pyflue.uploads import StagedUpload
+
+
+UploadOpt = Annotated[list[str] | None, typer.Option(
+    "--upload", "-u", metavar="DIR[:DEST]",
+    help="copy a local folder into the run's workspace before it starts, at DEST (default: "
+         "the folder's name; '.' or '' for the workspace itself); repeatable")]
 
 
 @app.command()
@@ -57,6 +66,7 @@ def run(
     as_json: Annotated[bool, typer.Option(
         "--json", help='print {"run_id", "status", "result", "error"} on stdout, whatever the '
         "outcome")] = False,
+    upload: UploadOpt = None,
     project: ProjectOpt = None,
 ) -> None:
     """Run one workflow on this machine: events on stderr, the result JSON on stdout.
@@ -69,17 +79,39 @@ def run(
       pyflue run hello
       pyflue run hello --payload '{"name": "Ada"}'
       echo '{"steps": ["uname -a"]}' | pyflue run shell_steps --payload - --quiet
-      pyflue run shell_steps -C path/to/project --json -q -p '{"steps": ["ls"]}'"""
+      pyflue run shell_steps -C path/to/project --json -q -p '{"steps": ["ls"]}'
+      pyflue run ci --upload .:src"""
     settings = settings_for(project)
     raw = sys.stdin.read() if payload == "-" else payload
     body = payload_from(raw)
     from pyflue.wiring import run_here
 
     ndjson = events_format is StreamFormat.ndjson
-    final: Run = run_async(run_here(
+    final: Run = run_async(_staged(settings, upload or [], lambda staged: run_here(
         settings, name, body, image=image, on_event=_print_live(quiet, events_format),
-        on_start=lambda run: None if ndjson else _print_start(run)))
+        on_start=lambda run: None if ndjson else _print_start(run), uploads=staged)))
     _finish(final, as_json, ndjson)
+
+
+async def _staged(settings: Settings, folders: list[str],
+                  main: Callable[[list[StagedUpload]], Awaitable[Run]]) -> Run:
+    """Packs each ``--upload DIR[:DEST]`` into the spool, runs ``main`` with them, and removes
+    the spool files whatever happens."""
+    import asyncio
+
+    from pyflue.uploads import pack_folder, parse_upload_arg
+
+    staged: list[StagedUpload] = []
+    try:
+        for text in folders:
+            folder, dest = parse_upload_arg(text)
+            staged.append(await asyncio.to_thread(
+                pack_folder, folder, settings.spool_dir, dest=dest,
+                limits=settings.sandbox.copy_limits))
+        return await main(staged)
+    finally:
+        for one in staged:
+            one.path.unlink(missing_ok=True)
 
 
 def _print_start(run: Run) -> None:
@@ -206,6 +238,7 @@ def invoke(
         str | None, typer.Option("--idempotency-key", metavar="KEY",
                                  help="the same key returns the same run")
     ] = None,
+    upload: UploadOpt = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -217,7 +250,8 @@ def invoke(
     raw = sys.stdin.read() if payload == "-" else payload
     body = payload_from(raw)
     client = client_for(server, token, "invoke")
-    main = _invoke(client, name, body, wait, follow, events_format, idempotency_key)
+    main = _invoke(client, name, body, wait, follow, events_format, idempotency_key,
+                   [_upload_pair(text) for text in upload or []])
     outcome: Run | str = run_async(as_usage_errors(main, not_found=True))
     if isinstance(outcome, str):  # neither --wait nor --follow: the run id of the run started
         typer.echo(outcome)
@@ -238,7 +272,7 @@ def invoke(
 
 async def _invoke(
     client: PyFlueClient, name: str, payload: dict[str, Any], wait: bool, follow: bool,
-    fmt: StreamFormat, key: str | None,
+    fmt: StreamFormat, key: str | None, upload: list[tuple[str, str]],
 ) -> Run | str:
     seen: set[str] = set()
 
@@ -252,10 +286,21 @@ async def _invoke(
     async with client:
         if not (wait or follow):
             started = await client.workflows.invoke(name, payload, wait=False,
-                                                    idempotency_key=key)
+                                                    idempotency_key=key, upload=upload)
             return str(started["run_id"])
         return await client.workflows.run(name, payload, idempotency_key=key,
-                                          on_event=show if follow else None)
+                                          on_event=show if follow else None, upload=upload)
+
+
+def _upload_pair(text: str) -> tuple[str, str]:
+    """``--upload DIR[:DEST]`` as (folder, destination), checked here."""
+    from pyflue.uploads import parse_upload_arg
+
+    try:
+        folder, dest = parse_upload_arg(text)
+    except PyflueError as exc:
+        die(exc.message, EXIT_USAGE)
+    return str(folder), dest
 
 
 @app.command()

@@ -44,6 +44,7 @@ from pyflue.client.errors import (
     error_from,
     unreadable_event,
 )
+from pyflue.client.uploads import Uploads, multipart_body
 from pyflue.client.ws import WorkflowConnection, follow
 from pyflue.events import AnyEvent, Event, EventType, parse_event_json
 from pyflue.models import Artifact, Run, RunStatus
@@ -204,12 +205,12 @@ class PyFlueClient:
     async def _exchange(
         self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
         json: Any = None, headers: Mapping[str, str] | None = None,
-        timeout: httpx.Timeout | None = None,
+        timeout: httpx.Timeout | None = None, files: Any = None,
     ) -> tuple[httpx.Response, Any]:
         try:
             response = await self._http.request(
                 method, path, params=_params(params), json=json, headers=headers,
-                timeout=timeout if timeout is not None else self.timeout,
+                timeout=timeout if timeout is not None else self.timeout, files=files,
             )
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
@@ -313,7 +314,8 @@ class Workflows:
 
     async def invoke(
         self, name: str, payload: Mapping[str, Any] | None = None, *, wait: bool = True,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, upload: Uploads = (),
+        uploads_from: str | None = None,
     ) -> dict[str, Any]:
         """``POST /workflows/{name}``.
 
@@ -325,46 +327,62 @@ class Workflows:
         workflow returns the run it started first. Unknown workflow: :class:`NotFoundError`.
         The body is returned as a dict, once it validates as
         :class:`~pyflue.responses.Completed` (or :class:`~pyflue.responses.Accepted`).
+
+        ``upload``: folders (each a path, unpacked under its own name, or ``(path, dest)``)
+        or archive files (``.tar``, ``.tar.gz``/``.tgz``, ``.zip``, sent as they are) that the
+        server unpacks into the run's workspace before it starts; a folder is packed into a
+        temporary tar.gz first, and everything is streamed from disk (a multipart body).
+        ``uploads_from``: an earlier run whose uploads the new run gets too.
         """
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         timeout = self._client.timeout
         if wait:  # the run's own deadline bounds the wait, not the client's read timeout
             timeout = httpx.Timeout(connect=timeout.connect, read=None, write=timeout.write,
                                     pool=timeout.pool)
-        return await self._client._body(
-            Completed if wait else Accepted,
-            "POST", f"/workflows/{quote(name)}", params={"wait": "result" if wait else None},
-            json={"payload": dict(payload or {})}, headers=headers, timeout=timeout,
-        )
+        params = {"wait": "result" if wait else None, "uploads_from": uploads_from}
+        async with multipart_body(payload, upload) as body:
+            return await self._client._body(
+                Completed if wait else Accepted,
+                "POST", f"/workflows/{quote(name)}", params=params, headers=headers,
+                timeout=timeout, **body,
+            )
 
     async def stream(
         self, name: str, payload: Mapping[str, Any] | None = None, *,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, upload: Uploads = (),
+        uploads_from: str | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Invokes the workflow and yields its events (``Accept: text/event-stream``) from
         ``run_start`` to ``run_end``; resumes through ``GET /runs/{id}/stream`` if the
-        connection drops. Break out early inside ``contextlib.aclosing(...)``."""
+        connection drops. Break out early inside ``contextlib.aclosing(...)``. ``upload``
+        and ``uploads_from`` as in :meth:`invoke`."""
         headers = {"Accept": SSE}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
+        async with multipart_body(payload, upload) as body:
 
-        def first() -> AbstractAsyncContextManager[httpx.Response]:
-            return self._client._stream("POST", f"/workflows/{quote(name)}", headers=headers,
-                                       json={"payload": dict(payload or {})})
+            def first() -> AbstractAsyncContextManager[httpx.Response]:
+                return self._client._stream(
+                    "POST", f"/workflows/{quote(name)}", headers=headers,
+                    params=_params({"uploads_from": uploads_from}), **body)
 
-        async for event in self._client._follow(None, 0, first):
-            yield event
+            async for event in self._client._follow(None, 0, first):
+                yield event
 
     async def run(
         self, name: str, payload: Mapping[str, Any] | None = None, *,
         idempotency_key: str | None = None, on_event: Callable[[Event], None] | None = None,
+        upload: Uploads = (), uploads_from: str | None = None,
     ) -> Run:
         """Invokes the workflow, waits for its end and returns its final record, whatever the
         outcome (check ``run.status``: a failed or cancelled run raises nothing here). With
-        ``on_event``, each of the run's events is handed to it live as it comes (SSE)."""
+        ``on_event``, each of the run's events is handed to it live as it comes (SSE).
+        ``upload`` and ``uploads_from`` as in :meth:`invoke`."""
+        sent: dict[str, Any] = {"upload": upload, "uploads_from": uploads_from}
         if on_event is not None:
             run_id = None
-            async for event in self.stream(name, payload, idempotency_key=idempotency_key):
+            async for event in self.stream(name, payload, idempotency_key=idempotency_key,
+                                           **sent):
                 run_id = event.run_id
                 on_event(event)
             if run_id is None:
@@ -372,7 +390,8 @@ class Workflows:
                                         "events for the run")
             return await self._client.runs.get(run_id)
         try:
-            body = await self.invoke(name, payload, wait=True, idempotency_key=idempotency_key)
+            body = await self.invoke(name, payload, wait=True, idempotency_key=idempotency_key,
+                                     **sent)
         except (ServerError, ConflictError) as exc:
             if exc.run_id is None:  # no run came of it: the server's own failure
                 raise
@@ -402,10 +421,11 @@ class Runs:
                     ) -> Run:
         """Invokes ``run_id``'s workflow again with the same payload and waits for the new
         run's end, as :meth:`Workflows.run` does (``on_event`` gets its events live). The new
-        run's image is the one the workflow asks for now: the HTTP API takes no image."""
+        run's image is the one the workflow asks for now: the HTTP API takes no image. The
+        earlier run's uploads go with it (the server copies them: ``?uploads_from=``)."""
         original = await self.get(run_id)
         return await self._client.workflows.run(original.workflow, original.payload,
-                                                on_event=on_event)
+                                                on_event=on_event, uploads_from=run_id)
 
     async def list(
         self, status: RunStatus | str | None = None, workflow: str | None = None,

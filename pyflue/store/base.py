@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from pyflue.errors import RunNotFound, RunStateConflict
 from pyflue.events import Event, EventData, EventType, parse_event
-from pyflue.models import Artifact, ErrorInfo, Run, RunStatus, utcnow
+from pyflue.models import Artifact, ErrorInfo, Run, RunStatus, UploadInfo, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,31 @@ class RunStore(Protocol):
         ...
 
     async def delete_run(self, run_id: str) -> None:
-        """Deletes a run and its events; a missing run is not an error. Its followers
-        (:meth:`subscribe`) are woken, and raise RunNotFound."""
+        """Deletes a run and everything the store keeps of it (its events, its uploads) in
+        one write; a missing run is not an error (its uploads, if any, go all the same). Its
+        followers (:meth:`subscribe`) are woken, and raise RunNotFound. What lives outside the
+        store (artifacts) is deleted first by :func:`pyflue.retention.forget_run`."""
+        ...
+
+    async def add_upload(self, run_id: str, info: UploadInfo,
+                         chunks: AsyncIterable[bytes]) -> int:
+        """Stores an archive sent with the invocation of ``run_id``, as its next upload, and
+        returns its position (0, 1, ...). Called before the run's record is created, so the
+        run need not exist yet; all of it is stored in one write, or nothing."""
+        ...
+
+    async def list_uploads(self, run_id: str) -> list[UploadInfo]:
+        """The run's uploads, by position (none for an unknown run)."""
+        ...
+
+    def read_upload(self, run_id: str, position: int) -> AsyncIterator[bytes]:
+        """The bytes of one upload, in the chunks it was stored in; RunNotFound (at the first
+        iteration) when there is no such upload."""
+        ...
+
+    async def copy_uploads(self, from_run: str, to_run: str) -> int:
+        """Gives ``to_run`` (not created yet) the uploads of ``from_run`` (a rerun sends the
+        same files); returns how many."""
         ...
 
     async def put_artifact(self, run_id: str, artifact: Artifact) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Sequence
 from datetime import datetime
 
+from pyflue.errors import RunNotFound
 from pyflue.events import Event, EventType
-from pyflue.models import Artifact, Run, RunStatus, utcnow
+from pyflue.models import Artifact, Run, RunStatus, UploadInfo, utcnow
 from pyflue.store.base import (
     NewEvent,
     Notifier,
@@ -20,7 +21,7 @@ from pyflue.store.base import (
     run_id_taken,
 )
 from pyflue.store.updates import conflict, update_fields
-from pyflue.store.values import check_worker, new_events, new_run, utc
+from pyflue.store.values import check_upload_owner, check_worker, new_events, new_run, utc
 
 
 def _order(run: Run) -> tuple[datetime, str]:
@@ -38,6 +39,7 @@ class MemoryStore:
         self._started: dict[str, datetime] = {}
         self._queue = QueueSignal()
         self._artifacts: dict[str, dict[str, Artifact]] = {}
+        self._uploads: dict[str, list[tuple[UploadInfo, list[bytes]]]] = {}
 
     async def open(self) -> None:
         return None
@@ -140,6 +142,7 @@ class MemoryStore:
         self._runs.pop(run_id, None)
         self._events.pop(run_id, None)
         self._artifacts.pop(run_id, None)
+        self._uploads.pop(run_id, None)
         self._notifier.publish(run_id)  # its followers look again, and find it gone
 
     async def put_artifact(self, run_id: str, artifact: Artifact) -> None:
@@ -153,6 +156,32 @@ class MemoryStore:
 
     async def delete_artifacts(self, run_id: str) -> None:
         self._artifacts.pop(run_id, None)
+
+    async def add_upload(self, run_id: str, info: UploadInfo,
+                         chunks: AsyncIterable[bytes]) -> int:
+        check_upload_owner(run_id)
+        data = [bytes(chunk) async for chunk in chunks]
+        stored = self._uploads.setdefault(run_id, [])
+        stored.append((info.model_copy(deep=True), data))
+        return len(stored) - 1
+
+    async def list_uploads(self, run_id: str) -> list[UploadInfo]:
+        return [info.model_copy(deep=True) for info, _ in self._uploads.get(run_id, [])]
+
+    async def read_upload(self, run_id: str, position: int) -> AsyncIterator[bytes]:
+        stored = self._uploads.get(run_id, [])
+        if not 0 <= position < len(stored):
+            raise RunNotFound(f"run {run_id!r} has no upload {position}")
+        for chunk in stored[position][1]:
+            yield chunk
+
+    async def copy_uploads(self, from_run: str, to_run: str) -> int:
+        check_upload_owner(to_run)
+        copied = [(info.model_copy(deep=True), list(data))
+                  for info, data in self._uploads.get(from_run, [])]
+        if copied:
+            self._uploads.setdefault(to_run, []).extend(copied)
+        return len(copied)
 
     async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> list[Event]:
         told = new_events(events)

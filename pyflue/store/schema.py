@@ -10,7 +10,9 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -88,4 +90,26 @@ artifacts = Table(
     Column("content_type", String(200), nullable=False),
     Column("path", Text, nullable=False),
     Column("saved_at", DateTime(timezone=True), nullable=False),
+)
+
+# Archives sent with an invocation (migration 0006): what each holds, and its bytes in chunks,
+# so that any worker sharing the store can unpack them. Written before the run's record (so a
+# worker that claims the run finds them) and deleted with it (RunStore.delete_run).
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("run_id", String(200), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("info", JSON, nullable=False),
+    PrimaryKeyConstraint("run_id", "position", name="pk_uploads"),
+)
+
+upload_chunks = Table(
+    "upload_chunks",
+    metadata,
+    Column("run_id", String(200), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("run_id", "position", "seq", name="pk_upload_chunks"),
 )

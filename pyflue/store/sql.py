@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from pyflue.errors import RunStateConflict, StoreError
+from pyflue.errors import RunNotFound, RunStateConflict, StoreError
 from pyflue.events import Event, EventType, parse_event
-from pyflue.models import Artifact, ErrorInfo, Run, RunStatus, utcnow
+from pyflue.models import Artifact, ErrorInfo, Run, RunStatus, UploadInfo, utcnow
 from pyflue.store.base import (
     NewEvent,
     Notifier,
@@ -51,9 +51,16 @@ from pyflue.store.base import (
     missing_run,
     run_id_taken,
 )
-from pyflue.store.schema import artifacts, events, runs, workers
+from pyflue.store.schema import artifacts, events, runs, upload_chunks, uploads, workers
 from pyflue.store.updates import conflict, update_fields
-from pyflue.store.values import MAX_BOUND, check_worker, new_events, new_run, utc
+from pyflue.store.values import (
+    MAX_BOUND,
+    check_upload_owner,
+    check_worker,
+    new_events,
+    new_run,
+    utc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -466,6 +473,8 @@ class SqlStore:
         async with self._write() as conn:
             await conn.execute(delete(events).where(events.c.run_id == run_id))
             await conn.execute(delete(artifacts).where(artifacts.c.run_id == run_id))
+            await conn.execute(delete(upload_chunks).where(upload_chunks.c.run_id == run_id))
+            await conn.execute(delete(uploads).where(uploads.c.run_id == run_id))
             await conn.execute(delete(runs).where(runs.c.run_id == run_id))
             if self._is_postgres:  # followers in other processes look again, and find it gone
                 await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, run_id)))
@@ -496,6 +505,61 @@ class SqlStore:
             return
         async with self._write() as conn:
             await conn.execute(delete(artifacts).where(artifacts.c.run_id == run_id))
+    async def add_upload(self, run_id: str, info: UploadInfo,
+                         chunks: AsyncIterable[bytes]) -> int:
+        check_upload_owner(run_id)
+        async with self._write() as conn:
+            position = (await conn.execute(
+                select(func.count()).select_from(uploads).where(uploads.c.run_id == run_id)
+            )).scalar_one()
+            await conn.execute(insert(uploads).values(
+                run_id=run_id, position=position, info=info.model_dump(mode="json")))
+            seq = 0
+            async for chunk in chunks:
+                await conn.execute(insert(upload_chunks).values(
+                    run_id=run_id, position=position, seq=seq, data=chunk))
+                seq += 1
+        return int(position)
+
+    async def list_uploads(self, run_id: str) -> list[UploadInfo]:
+        if _absent(run_id):
+            return []
+        query = select(uploads.c.info).where(uploads.c.run_id == run_id).order_by(
+            uploads.c.position)
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [UploadInfo.model_validate(r[0]) for r in rows]
+
+    async def read_upload(self, run_id: str, position: int) -> AsyncIterator[bytes]:
+        if not 0 <= position < len(await self.list_uploads(run_id)):
+            raise RunNotFound(f"run {run_id!r} has no upload {position}")
+        seq = 0
+        while True:  # one chunk per query: a large upload is never held whole
+            query = select(upload_chunks.c.data).where(
+                upload_chunks.c.run_id == run_id, upload_chunks.c.position == position,
+                upload_chunks.c.seq == seq)
+            async with self._read() as conn:
+                data = (await conn.execute(query)).scalar()
+            if data is None:
+                return
+            yield bytes(data)
+            seq += 1
+
+    async def copy_uploads(self, from_run: str, to_run: str) -> int:
+        check_upload_owner(to_run)
+        if _absent(from_run):
+            return 0
+        async with self._write() as conn:
+            done = await conn.execute(insert(uploads).from_select(
+                ["run_id", "position", "info"],
+                select(literal(to_run, runs.c.run_id.type), uploads.c.position, uploads.c.info)
+                .where(uploads.c.run_id == from_run)))
+            await conn.execute(insert(upload_chunks).from_select(
+                ["run_id", "position", "seq", "data"],
+                select(literal(to_run, runs.c.run_id.type), upload_chunks.c.position,
+                       upload_chunks.c.seq, upload_chunks.c.data)
+                .where(upload_chunks.c.run_id == from_run)))
+        return max(done.rowcount, 0)
 
     async def append_events(self, run_id: str, new: Sequence[NewEvent]) -> list[Event]:
         told = new_events(new)

@@ -63,6 +63,11 @@ def check_worker(worker: str) -> str:
     return check_text("worker id", worker, _length(workers.c.worker))
 
 
+def check_upload_owner(run_id: str) -> str:
+    """The run id an upload is stored under (see :func:`check_text`)."""
+    return check_text("run id", run_id, _length(runs.c.run_id))
+
+
 def run_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Run fields (by name, already of the :class:`Run` field types) as stored."""
     return {name: _run_field(name, value) for name, value in fields.items()}

@@ -65,7 +65,7 @@ def with_runs(project: Path, count: int) -> list[str]:
 
 def test_commands_and_workflow_names_complete(tmp_path: Path) -> None:
     project = a_project(tmp_path)
-    assert bash_candidates(project, "pyflue r") == ["run", "rerun", "runs", "reap"]
+    assert bash_candidates(project, "pyflue r") == ["run", "rerun", "reap", "runs"]
     assert bash_candidates(project / "sub", "pyflue run ") == ["ci.lint", "ci.test", "hello"]
     assert bash_candidates(project, "pyflue run ci.") == ["ci.lint", "ci.test"]
     assert bash_candidates(project, "pyflue invoke h") == ["hello"]

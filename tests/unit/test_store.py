@@ -17,7 +17,8 @@ from sqlalchemy.engine import make_url
 
 from pyflue.errors import ConfigError, RunNotFound, RunStateConflict, StoreError
 from pyflue.events import EventType, Log, RunEnd, RunRequeued, ShellStart
-from pyflue.models import ErrorInfo, Run, RunStatus, new_run_id, utcnow
+from pyflue.models import ErrorInfo, Run, RunStatus, UploadInfo, new_run_id, utcnow
+from pyflue.retention import Retention
 from pyflue.settings import Settings
 from pyflue.status import MAX_EVENT_INDEX
 from pyflue.store import MemoryStore, NewEvent, RunStore, RunUpdate, SqlStore
@@ -882,3 +883,67 @@ async def test_postgres_orders_run_ids_by_code_point_whatever_the_database_colla
         assert [r.run_id for r in await store.claim_runs("w:1:a", 2)] == sorted(ids)[:2]
     finally:
         await store.close()
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+def _upload(dest: str, size: int) -> UploadInfo:
+    return UploadInfo(dest=dest, kind="tar.gz", files=1, bytes=size, size=size)
+
+
+async def test_uploads_are_stored_in_order_read_back_in_chunks_and_copied(
+        store: RunStore) -> None:
+    run = _run()
+    assert await store.add_upload(run.run_id, _upload("a", 6), _chunks(b"abc", b"def")) == 0
+    assert await store.add_upload(run.run_id, _upload("b", 1), _chunks(b"z")) == 1
+    await store.create_run(run)
+    assert [u.dest for u in await store.list_uploads(run.run_id)] == ["a", "b"]
+    assert [c async for c in store.read_upload(run.run_id, 0)] == [b"abc", b"def"]
+    again = _run()
+    assert await store.copy_uploads(run.run_id, again.run_id) == 2
+    assert [c async for c in store.read_upload(again.run_id, 1)] == [b"z"]
+    with pytest.raises(RunNotFound, match="no upload 2"):
+        [c async for c in store.read_upload(run.run_id, 2)]
+
+
+async def test_pruning_forgets_old_finished_runs_whole_and_nothing_else(
+        store: RunStore) -> None:
+    now = utcnow()
+    old, kept_new, kept_running = _run(offset=-90 * 86400), _run(), _run(offset=-80 * 86400)
+    for run, size in ((old, 3), (kept_new, 4), (kept_running, 5)):
+        await store.add_upload(run.run_id, _upload("src", size), _chunks(b"x" * size))
+        await store.create_run(run)
+        await store.append_events(run.run_id, [_ev(1)])
+    await store.update_run(old.run_id, RunUpdate(status=RunStatus.completed,
+                                                 finished_at=now - timedelta(days=89)))
+    await store.update_run(kept_new.run_id, RunUpdate(status=RunStatus.failed,
+                                                      finished_at=now))
+    await store.update_run(kept_running.run_id, RunUpdate(status=RunStatus.running))
+    retention = Retention(store)
+    told: list[str] = []
+
+    async def hook(run_id: str) -> None:
+        told.append(run_id)
+
+    retention.hooks.append(hook)
+    assert [r.run_id for r in await retention.prune(timedelta(days=30), dry_run=True)] == \
+        [old.run_id]
+    assert told == [] and (await store.get_run(old.run_id)).status is RunStatus.completed
+    assert [r.run_id for r in await retention.prune(
+        timedelta(days=30), statuses=[RunStatus.failed])] == []
+    gone = await retention.prune(timedelta(days=30))
+    assert [r.run_id for r in gone] == [old.run_id] and told == [old.run_id]
+    with pytest.raises(RunNotFound):
+        await store.get_run(old.run_id)
+    with pytest.raises(RunNotFound):
+        await store.list_events(old.run_id)
+    assert await store.list_uploads(old.run_id) == []
+    for kept in (kept_new, kept_running):
+        assert len(await store.list_events(kept.run_id)) == 1
+        assert [c async for c in store.read_upload(kept.run_id, 0)] != []
+    with pytest.raises(RunStateConflict, match="only a finished run can be deleted"):
+        await retention.forget(kept_running.run_id)
+    assert (await store.get_run(kept_running.run_id)).status is RunStatus.running

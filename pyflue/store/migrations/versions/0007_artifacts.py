@@ -3,7 +3,7 @@ workspace path it came from, when); the contents live in the artifact store
 (PYFLUE_ARTIFACTS_DIR, see docs/artifacts.md).
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
