@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from pyflue.events import KnownEvent
-from pyflue.models import Run
+from pyflue.models import ResourceSummary, Run
+from pyflue.resources import ResourceSample
 from pyflue.status import RunStatus
 
 # The element type of every list or stream of events the server sends (EventPage, SSE frames,
@@ -160,6 +161,17 @@ class EventPage(_Answer):
     next_after: int
 
 
+class RunMetrics(_Answer):
+    """A run's resource samples (E2B's shape), oldest first: while it runs, those taken so far
+    (about one a second); after its end, all of them (its record's `resources` sums them up).
+    Empty for a run that had no container (or with sampling off)."""
+
+    run_id: str
+    status: RunStatus
+    metrics: list[ResourceSample]
+    resources: ResourceSummary | None = None
+
+
 class EngineHealth(_Answer):
     """The sandbox engine as the server last saw it: ``up``, since when, and (while down, in
     debug mode only) the last failure's own words."""
@@ -206,6 +218,7 @@ __all__ = [
     "Health",
     "ParameterProblem",
     "PoolFillAnswer",
+    "RunMetrics",
     "RunPage",
     "WorkflowInfo",
     "WorkflowList",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -44,13 +45,16 @@ from pyflue.models import (
     new_run_id,
     utcnow,
 )
+from pyflue.observe import RunObserver, watch_run
 from pyflue.recorder import RunLog, RunRecorder
+from pyflue.resources import ResourceMeter
 from pyflue.sandbox.base import Sandbox, SandboxProvider, SandboxSpec
 from pyflue.sandbox.policy import spec_for
 from pyflue.sessions import Session
 from pyflue.settings import Settings
 from pyflue.store.base import RunStore, RunUpdate
 from pyflue.tools import as_tool
+from pyflue.tracing import RunTracer, new_trace_id, parse_traceparent
 from pyflue.workers import Workers, local_owner, retries_for
 from pyflue.workflows import Workflow, WorkflowRegistry
 
@@ -94,8 +98,14 @@ class Runner:
         registry: WorkflowRegistry,
         env: Mapping[str, str] | None = None,
         models: ModelResolver | None = None,
+        observers: Sequence[RunObserver] = (),
     ) -> None:
         self.settings = settings
+        # Told of every run this process executes: metrics, traces (pyflue.observe).
+        self.observers = list(observers)
+        self.traced = any(isinstance(o, RunTracer) for o in self.observers)
+        # The resource meters of the runs executing here, for GET /runs/{run_id}/metrics.
+        self.meters: dict[str, ResourceMeter] = {}
         self.models: ModelResolver = models or ModelRegistry(settings.models)
         self.store = store
         self.provider = provider
@@ -115,15 +125,20 @@ class Runner:
         owner: str | None = "",
         idempotency_key: str | None = None,
         taken: bool = False,
+        traceparent: str | None = None,
     ) -> Run:
         """Validates the invocation and records the run as ``queued``. Nothing runs yet.
 
         ``owner`` defaults to this process (it will run it); ``None`` leaves the run for a
         scheduler to claim. ``taken``: record it as already claimed by ``owner``
         (``running``), for :meth:`execute` with ``claimed=``; no other worker sees it queued.
+        ``traceparent``: the W3C trace context of the caller's trace, which the run's
+        continues (an invalid one is ignored, as the standard says).
         """
         self.registry.get(workflow)  # WorkflowNotFound / WorkflowLoadError before any record
         now = utcnow()
+        parent = parse_traceparent(traceparent)
+        trace_id = parent.trace_id if parent else (new_trace_id() if self.traced else None)
         run = Run(
             run_id=new_run_id(workflow),
             workflow=workflow,
@@ -135,6 +150,8 @@ class Runner:
             created_at=now,
             started_at=now if taken else None,
             idempotency_key=idempotency_key,
+            trace_id=trace_id,
+            traceparent=parent.header if parent else None,
         )
         return await self.store.create_run(run)
 
@@ -167,10 +184,17 @@ class Runner:
                 run = await asyncio.shield(claim)
             except asyncio.CancelledError as exc:
                 run, early_cancel = await claim, exc
-        recorder = RunRecorder(self.store, run_id)
+        if self.traced and run.trace_id is None:  # queued by a process that traced nothing
+            run = run.model_copy(update={"trace_id": new_trace_id()})
+        meter = ResourceMeter(self.settings.observability.resource_interval,
+                              persist=functools.partial(self.store.put_samples, run_id))
+        watches = watch_run(self.observers, run)
+        watches.add(meter)
+        self.meters[run_id] = meter
+        recorder = RunRecorder(self.store, run_id, watch=watches)
         recorder.emit(RunStart(workflow=run.workflow, payload=run.payload, image=run.image,
                                source=run.source, attempt=run.attempt))
-        scope = _SandboxScope(self, run, recorder)
+        scope = _SandboxScope(self, run, recorder, meter)
         t0 = time.monotonic()
         result: Any = None
         error: ErrorInfo | None = None
@@ -210,9 +234,13 @@ class Runner:
             status, error = RunStatus.failed, error_info(exc)
         except BaseException as exc:  # KeyboardInterrupt and the like: record, clean, re-raise
             status, error, reraise = RunStatus.failed, error_info(exc), exc
-        final = await run_to_completion(
-            self._finish(run, scope, recorder, status, result, error, reason, t0)
-        )
+        try:
+            final = await run_to_completion(
+                self._finish(run, scope, recorder, status, result, error, reason, t0)
+            )
+        finally:
+            self.meters.pop(run_id, None)
+        watches.ended(final)
         if reraise is not None:
             raise reraise
         return final
@@ -279,19 +307,27 @@ class Runner:
         # outcome. Only from `running` at this attempt: a worker that took this run as lost (see
         # owner_is_dead) has ended it already, run_end and all, or put it back in the queue for
         # a next attempt that may be running elsewhere by now; either stands.
-        container: dict[str, Any] = {}
+        container: dict[str, Any] = {"trace_id": run.trace_id} if run.trace_id else {}
+        resources = scope.meter.summary()
+        if resources is not None:
+            container["resources"] = resources
+            with contextlib.suppress(Exception):  # the summary is still kept with the record
+                await self.store.put_samples(run_id, scope.meter.wire())
         pending = None
         if scope.box_id is not None:
             pending = self.provider.removal(scope.box_id)
-            container = {"container_id": scope.box_id,
-                         "container_removed_at": None if pending else utcnow()}
+            container |= {"container_id": scope.box_id,
+                          "container_removed_at": None if pending else utcnow()}
         try:
+            written = time.perf_counter()
             final = await self.store.update_run(run_id, RunUpdate(
                 status=status, result=result, has_result=status is RunStatus.completed,
                 error=error, reason=reason, finished_at=utcnow(), duration_ms=duration_ms,
                 image=scope.image, expect_status=RunStatus.running, expect_attempt=run.attempt,
                 events=[recorder.stored(end)], extra=container,
             ))
+            if recorder.watch is not None:
+                recorder.watch.store_write("update_run", time.perf_counter() - written)
             if pending is not None:
                 task = asyncio.ensure_future(self._note_removed(run_id, pending))
                 self._removals.add(task)
@@ -346,8 +382,10 @@ async def _call_workflow(fn: Any, ctx: FlueContext) -> Any:
 class _SandboxScope:
     """The run's one container, created on the first ``ctx.init`` and removed at the end."""
 
-    def __init__(self, runner: Runner, run: Run, recorder: RunRecorder) -> None:
+    def __init__(self, runner: Runner, run: Run, recorder: RunRecorder,
+                 meter: ResourceMeter) -> None:
         self._runner = runner
+        self.meter = meter
         self._run = run
         self._recorder = recorder
         self._stack = contextlib.AsyncExitStack()
@@ -368,6 +406,7 @@ class _SandboxScope:
                     self._runner.provider.open(spec, self._recorder.emit)
                 )
                 self._spec = spec
+                self.meter.attach(self._box)
             elif spec != self._spec:
                 raise ConfigError(
                     "a run has one container: this agent asks for different sandbox settings "
@@ -398,4 +437,7 @@ class _SandboxScope:
         return self._box.id if self._box is not None else None
 
     async def close(self) -> None:
-        await self._stack.aclose()
+        try:
+            await self.meter.stop()  # its last sample, while the container is still there
+        finally:
+            await self._stack.aclose()

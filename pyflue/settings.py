@@ -240,6 +240,23 @@ class ServerSettings(BaseSettings):
     )
 
 
+class ObservabilitySettings(BaseSettings):
+    """Metrics, traces and per-run resource use (docs/observability.md). Traces are set up by
+    the standard OTEL_* variables alone."""
+
+    model_config = SettingsConfigDict(env_prefix="PYFLUE_", extra="forbid")
+
+    metrics: bool = Field(True, description="serve Prometheus metrics at `/metrics` "
+                                            "(`pyflue serve`)")
+    metrics_public: bool = Field(False, description="`/metrics` needs no token even when "
+                                                    "PYFLUE_API_TOKEN is set")
+    worker_name: str | None = Field(
+        None, description="the `worker` label of this server's metrics; default `host:pid`")
+    resource_interval: float = Field(
+        1.0, ge=0, description="seconds between samples of a run container's resource use; "
+                               "`0` turns sampling off")
+
+
 class Settings(BaseSettings):
     """Process-wide settings for the CLI, the library runtime and (later) the server."""
 
@@ -259,6 +276,7 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     pool: PoolSettings = Field(default_factory=PoolSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
     @field_validator("store_url")
     @classmethod
@@ -302,7 +320,7 @@ class Settings(BaseSettings):
 
 _PARTS: dict[str, type[BaseSettings]] = {
     "sandbox": SandboxDefaults, "models": ModelSettings, "server": ServerSettings,
-    "pool": PoolSettings,
+    "pool": PoolSettings, "observability": ObservabilitySettings,
 }
 _UNPARSED = re.compile(r'error parsing value for field "(\w+)"')
 _SECRET = ("key", "token", "password")
@@ -310,7 +328,7 @@ _SECRET = ("key", "token", "password")
 _EXAMPLES: dict[str, Any] = {
     "store_url": "sqlite+aiosqlite:///path/pyflue.db", "docker_host": "unix:///var/run/docker.sock",
     "sandbox_runtime": "runsc", "model": "scripted/demo",
-    "anthropic_base_url": "https://api.anthropic.com",
+    "anthropic_base_url": "https://api.anthropic.com", "worker_name": "worker-1",
 }
 # Read by the CLI from the environment only, never from a settings file.
 _CLI_ONLY = {"server_url": "set PYFLUE_SERVER_URL in the environment or pass --server URL"}

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request, Response
 
 from pyflue import __version__, wiring
-from pyflue.api import errors, openapi, runs, workflows, ws
+from pyflue.api import errors, observability, openapi, runs, workflows, ws
 from pyflue.engine_watch import EngineWatch
 from pyflue.llm import ModelResolver
 from pyflue.responses import EngineHealth, Health, PoolFillAnswer
@@ -33,16 +33,26 @@ def create_app(
     provider: SandboxProvider | None = None,
     models: ModelResolver | None = None,
 ) -> FastAPI:
+    metrics = None
+    if settings.observability.metrics:
+        from pyflue.metrics import Metrics
+
+        metrics = Metrics(settings.observability.worker_name)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with wiring.open_runner(settings, store=store, provider=provider,
-                                      models=models, pool=True) as runner:
+                                      models=models, pool=True,
+                                      observers=[metrics] if metrics else []) as runner:
             engine = wiring.engine_watch(settings, runner.provider)
             if engine is not None:
                 await engine.start()  # a first ping: admission waits for an engine that answers
             scheduler = Scheduler(runner, max_concurrency=settings.server.max_concurrency,
                                   engine=engine, engine_wait=settings.server.engine_wait)
             await scheduler.start()
+            if metrics is not None:
+                metrics.watch_server(lambda: (scheduler.max_concurrency, scheduler.running),
+                                     runner.provider.pool_fills)
             app.state.scheduler = scheduler
             app.state.engine = engine
             try:
@@ -61,10 +71,14 @@ def create_app(
         openapi_url=None,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     errors.install(app, debug=settings.server.debug)
     app.include_router(workflows.router)
     app.include_router(runs.router)
     app.include_router(ws.router)
+    app.include_router(observability.runs_router)
+    if metrics is not None:
+        observability.install(app, metrics, public=settings.observability.metrics_public)
     openapi.install(app, settings)
 
     @app.get("/health", tags=["server"], operation_id="health", summary="Health",

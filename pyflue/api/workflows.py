@@ -159,7 +159,8 @@ async def invoke(
     payload = parse_payload(body, request.headers.get("content-type", ""))
     scheduler = deps.scheduler(request)
     run, _new = await scheduler.submit(name, payload, req=replayed(request, body),
-                                       idempotency_key=idempotency_key)
+                                       idempotency_key=idempotency_key,
+                                       traceparent=request.headers.get("traceparent"))
     headers = {"X-Flue-Run-Id": run.run_id}
     if "text/event-stream" in request.headers.get("accept", ""):
         stream = event_stream(scheduler.store, run.run_id, after=0,

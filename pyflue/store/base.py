@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -155,6 +155,16 @@ class RunStore(Protocol):
     async def delete_run(self, run_id: str) -> None:
         """Deletes a run and its events; a missing run is not an error. Its followers
         (:meth:`subscribe`) are woken, and raise RunNotFound."""
+        ...
+
+    async def put_samples(self, run_id: str, samples: Sequence[Mapping[str, Any]]) -> None:
+        """Keeps the run's resource samples (:mod:`pyflue.resources`), replacing those kept
+        before; deleted with the run. RunNotFound for a missing run."""
+        ...
+
+    async def get_samples(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's resource samples as last kept (empty when none were). RunNotFound for a
+        missing run."""
         ...
 
     async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> list[Event]:

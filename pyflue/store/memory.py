@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from pyflue.events import Event, EventType
 from pyflue.models import Run, RunStatus, utcnow
@@ -19,7 +20,7 @@ from pyflue.store.base import (
     run_id_taken,
 )
 from pyflue.store.updates import conflict, update_fields
-from pyflue.store.values import check_worker, new_events, new_run
+from pyflue.store.values import check_worker, json_form, new_events, new_run
 
 
 def _order(run: Run) -> tuple[datetime, str]:
@@ -35,6 +36,7 @@ class MemoryStore:
         self._notifier = Notifier()
         self._workers: dict[str, datetime] = {}
         self._queue = QueueSignal()
+        self._samples: dict[str, list[dict[str, Any]]] = {}
 
     async def open(self) -> None:
         return None
@@ -127,7 +129,17 @@ class MemoryStore:
     async def delete_run(self, run_id: str) -> None:
         self._runs.pop(run_id, None)
         self._events.pop(run_id, None)
+        self._samples.pop(run_id, None)
         self._notifier.publish(run_id)  # its followers look again, and find it gone
+
+    async def put_samples(self, run_id: str, samples: Sequence[Mapping[str, Any]]) -> None:
+        values = json_form(list(samples), "a run's resource samples")
+        self._run(run_id)
+        self._samples[run_id] = values
+
+    async def get_samples(self, run_id: str) -> list[dict[str, Any]]:
+        self._run(run_id)
+        return copy.deepcopy(self._samples.get(run_id, []))
 
     async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> list[Event]:
         told = new_events(events)

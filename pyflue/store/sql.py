@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from pyflue.errors import RunStateConflict, StoreError
 from pyflue.events import Event, EventType, parse_event
-from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
+from pyflue.models import ErrorInfo, ResourceSummary, Run, RunStatus, utcnow
 from pyflue.store.base import (
     NewEvent,
     Notifier,
@@ -50,9 +50,9 @@ from pyflue.store.base import (
     missing_run,
     run_id_taken,
 )
-from pyflue.store.schema import events, runs, workers
+from pyflue.store.schema import events, run_samples, runs, workers
 from pyflue.store.updates import conflict, update_fields
-from pyflue.store.values import MAX_BOUND, check_worker, new_events, new_run
+from pyflue.store.values import MAX_BOUND, check_worker, json_form, new_events, new_run
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,9 @@ def _run_from_row(row: Any) -> Run:
         attempt=m["attempt"],
         container_id=m["container_id"],
         container_removed_at=_maybe_aware(m["container_removed_at"]),
+        trace_id=m["trace_id"],
+        traceparent=m["traceparent"],
+        resources=ResourceSummary(**m["resources"]) if m["resources"] else None,
     )
 
 
@@ -422,6 +425,8 @@ class SqlStore:
             fields["status"] = RunStatus(fields["status"]).value
         if fields.get("error") is not None:
             fields["error"] = fields["error"].model_dump()
+        if fields.get("resources") is not None:
+            fields["resources"] = fields["resources"].model_dump(mode="json")
         if not fields:  # still checked and applied as one write: its expectations, its events
             fields = {"event_count": runs.c.event_count}
         query = update(runs).where(runs.c.run_id == run_id).values(**fields)
@@ -454,10 +459,31 @@ class SqlStore:
             return
         async with self._write() as conn:
             await conn.execute(delete(events).where(events.c.run_id == run_id))
+            await conn.execute(delete(run_samples).where(run_samples.c.run_id == run_id))
             await conn.execute(delete(runs).where(runs.c.run_id == run_id))
             if self._is_postgres:  # followers in other processes look again, and find it gone
                 await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, run_id)))
         self._notifier.publish(run_id)
+
+    async def put_samples(self, run_id: str, samples: Sequence[Mapping[str, Any]]) -> None:
+        values = json_form(list(samples), "a run's resource samples")
+        if _absent(run_id):
+            raise missing_run(run_id)
+        await self.get_run(run_id)  # RunNotFound
+        async with self._write() as conn:
+            await conn.execute(delete(run_samples).where(run_samples.c.run_id == run_id))
+            await conn.execute(insert(run_samples).values(run_id=run_id, samples=values))
+
+    async def get_samples(self, run_id: str) -> list[dict[str, Any]]:
+        if _absent(run_id):
+            raise missing_run(run_id)
+        async with self._read() as conn:
+            row = (await conn.execute(select(run_samples.c.samples).where(
+                run_samples.c.run_id == run_id))).first()
+        if row is None:
+            await self.get_run(run_id)  # RunNotFound
+            return []
+        return list(row[0])
 
     async def append_events(self, run_id: str, new: Sequence[NewEvent]) -> list[Event]:
         told = new_events(new)

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings
 
 from pyflue.settings import (
     ModelSettings,
+    ObservabilitySettings,
     PoolSettings,
     SandboxDefaults,
     ServerSettings,
@@ -30,7 +31,7 @@ from pyflue.settings import (
 DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 BLOCK = re.compile(r"<!-- settings -->\n(.*?)<!-- /settings -->\n", re.S)
 PARTS: list[type[BaseSettings]] = [Settings, SandboxDefaults, ModelSettings, ServerSettings,
-                                   PoolSettings]
+                                   PoolSettings, ObservabilitySettings]
 
 
 def variables(part: type[BaseSettings], name: str, field: FieldInfo) -> list[str]:

@@ -6,11 +6,13 @@ the container itself stopped, was OOM-killed or was removed; the sandbox asks it
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from pyflue._bridge import ThreadBridge
 from pyflue.errors import SandboxError, SandboxGone
+from pyflue.sandbox.base import Usage
 from pyflue.sandbox.docker.engine import translated
 
 
@@ -36,6 +38,39 @@ class ContainerProbe:
         self._api = api  # docker-py's low-level APIClient
         self._bridge = bridge
         self.container_id = container_id
+        self._mountpoint: str | bool | None = False  # False: not looked up yet
+
+    async def usage(self, volume: str | None, cpus: float | None) -> Usage | None:
+        """What the container uses now (one-shot ``docker stats``; the workspace volume's
+        size from its mountpoint when the engine is on this machine); None when the engine
+        did not answer. Never raises."""
+        return await self._bridge.call(self._usage, volume, cpus)
+
+    def _usage(self, volume: str | None, cpus: float | None) -> Usage | None:
+        try:
+            with translated("reading the run's container stats", container=self.container_id):
+                raw: dict[str, Any] = self._api.stats(self.container_id, stream=False,
+                                                      one_shot=True)
+        except SandboxError:
+            return None
+        used, total = self._disk(volume)
+        return usage_of(raw, cpus, used, total)
+
+    def _disk(self, volume: str | None) -> tuple[int | None, int | None]:
+        if volume is None:
+            return None, None
+        if self._mountpoint is False:
+            try:
+                self._mountpoint = self._api.inspect_volume(volume).get("Mountpoint")
+            except Exception:  # the engine's word only: no disk figures then
+                self._mountpoint = None
+        if not isinstance(self._mountpoint, str):
+            return None, None
+        try:  # a local engine: the tmpfs volume's own figures (elsewhere, not this path)
+            fs = os.statvfs(self._mountpoint)
+        except OSError:
+            return None, None
+        return (fs.f_blocks - fs.f_bfree) * fs.f_frsize, fs.f_blocks * fs.f_frsize
 
     async def state(self) -> ContainerState:
         """The container's state: ``removed`` when it no longer exists, :data:`UNKNOWN` when
@@ -56,3 +91,24 @@ class ContainerProbe:
             oom_killed=bool(state.get("OOMKilled")),
             exit_code=state.get("ExitCode"),
         )
+
+
+def usage_of(raw: dict[str, Any], cpus: float | None, disk_used: int | None,
+             disk_total: int | None) -> Usage:
+    """A :class:`Usage` from ``docker stats`` (cgroup v1 or v2) and the workspace's figures."""
+    cpu = raw.get("cpu_stats") or {}
+    memory = raw.get("memory_stats") or {}
+    stats = memory.get("stats") or {}
+    cache = stats.get("total_inactive_file", stats.get("inactive_file", 0))
+    rx = tx = None
+    for net in (raw.get("networks") or {}).values():
+        rx = (rx or 0) + int(net.get("rx_bytes", 0))
+        tx = (tx or 0) + int(net.get("tx_bytes", 0))
+    return Usage(
+        cpu_count=cpus or float(cpu.get("online_cpus") or 1),
+        cpu_ns=int((cpu.get("cpu_usage") or {}).get("total_usage", 0)),
+        mem_used=max(int(memory.get("usage", 0)) - int(cache), 0),
+        mem_total=int(memory.get("limit", 0)),
+        mem_peak=memory.get("max_usage"),
+        disk_used=disk_used, disk_total=disk_total, net_rx=rx, net_tx=tx,
+    )
