@@ -851,3 +851,33 @@ async def test_postgres_orders_run_ids_by_code_point_whatever_the_database_colla
         assert [r.run_id for r in await store.claim_runs("w:1:a", 2)] == sorted(ids)[:2]
     finally:
         await store.close()
+
+
+async def test_resource_samples_are_kept_replaced_and_deleted_with_the_run(
+        store: RunStore) -> None:
+    run = await store.create_run(_run())
+    assert await store.get_samples(run.run_id) == []
+    first = [{"timestamp": "2026-01-01T00:00:00Z", "memUsed": 1}]
+    await store.put_samples(run.run_id, first)
+    assert await store.get_samples(run.run_id) == first
+    later = [*first, {"timestamp": "2026-01-01T00:00:01Z", "memUsed": 2}]
+    await store.put_samples(run.run_id, later)
+    assert await store.get_samples(run.run_id) == later
+    await store.delete_run(run.run_id)
+    with pytest.raises(RunNotFound):
+        await store.get_samples(run.run_id)
+    with pytest.raises(RunNotFound):
+        await store.put_samples(run.run_id, first)
+
+
+async def test_a_run_keeps_its_trace_and_resource_summary(store: RunStore) -> None:
+    from pyflue.models import ResourceSummary
+
+    run = await store.create_run(_run().model_copy(update={
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}))
+    summary = ResourceSummary(samples=2, peak_memory_bytes=5, cpu_seconds=0.5)
+    await store.update_run(run.run_id, RunUpdate(extra={"resources": summary}))
+    got = await store.get_run(run.run_id)
+    assert got.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert got.traceparent == run.traceparent and got.resources == summary
