@@ -33,6 +33,8 @@ MAX_SAMPLES = 2000
 # While a run lives its samples are stored every this many samples, for the other workers'
 # `GET /runs/{run_id}/metrics` (the one running it answers from memory).
 PERSIST_EVERY = 15
+# The longest the last sample, taken as the run ends, may take (seconds).
+FINAL_SAMPLE_TIMEOUT = 0.25
 
 
 class ResourceSample(BaseModel):
@@ -109,7 +111,10 @@ class ResourceMeter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-        await self._take()
+        # Bounded: an engine that answers slowly (docker stats where the cgroup files cannot
+        # be read) must not hold the run's end.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._take(), FINAL_SAMPLE_TIMEOUT)
 
     async def _loop(self) -> None:
         while True:

@@ -13,6 +13,8 @@ from typing import Any
 from pyflue._bridge import ThreadBridge
 from pyflue.errors import SandboxError, SandboxGone
 from pyflue.sandbox.base import Usage
+from pyflue.sandbox.docker import cgroup
+from pyflue.sandbox.docker.cgroup import CgroupFiles
 from pyflue.sandbox.docker.engine import translated
 
 
@@ -38,39 +40,54 @@ class ContainerProbe:
         self._api = api  # docker-py's low-level APIClient
         self._bridge = bridge
         self.container_id = container_id
-        self._mountpoint: str | bool | None = False  # False: not looked up yet
+        self._located = False
+        self._files: CgroupFiles | None = None
+        self._mountpoint: str | None = None
 
     async def usage(self, volume: str | None, cpus: float | None) -> Usage | None:
-        """What the container uses now (one-shot ``docker stats``; the workspace volume's
-        size from its mountpoint when the engine is on this machine); None when the engine
-        did not answer. Never raises."""
-        return await self._bridge.call(self._usage, volume, cpus)
+        """What the container uses now: from its cgroup files where the engine is on this
+        machine (:mod:`.cgroup`, microseconds), else a one-shot ``docker stats`` (up to a
+        second); the workspace volume's figures when its mountpoint is here. None when
+        neither answers (the container is gone). Never raises."""
+        if not self._located:
+            await self._bridge.call(self._locate, volume)
+        if self._files is None:
+            return await self._bridge.call(self._stats, cpus)
+        try:
+            now = self._files.read()
+        except (OSError, ValueError, KeyError):
+            return None
+        used, total = (cgroup.disk(self._mountpoint) if self._mountpoint else None) or (
+            None, None)
+        return Usage(cpu_count=cpus or float(os.cpu_count() or 1), cpu_ns=now.cpu_ns,
+                     mem_used=now.mem_used, mem_total=now.mem_total or _host_memory(),
+                     mem_peak=now.mem_peak, disk_used=used, disk_total=total,
+                     net_rx=now.net_rx, net_tx=now.net_tx)
 
-    def _usage(self, volume: str | None, cpus: float | None) -> Usage | None:
+    def _locate(self, volume: str | None) -> None:
+        self._located = True
+        try:
+            with translated("inspecting the run's container", container=self.container_id):
+                pid = (self._api.inspect_container(self.container_id).get("State") or {}).get(
+                    "Pid")
+            if volume is not None:
+                with translated("inspecting the run's volume"):
+                    self._mountpoint = self._api.inspect_volume(volume).get("Mountpoint")
+        except SandboxError:
+            return
+        if pid:
+            self._files = CgroupFiles.find(int(pid))
+
+    def _stats(self, cpus: float | None) -> Usage | None:
         try:
             with translated("reading the run's container stats", container=self.container_id):
                 raw: dict[str, Any] = self._api.stats(self.container_id, stream=False,
                                                       one_shot=True)
         except SandboxError:
             return None
-        used, total = self._disk(volume)
+        found = cgroup.disk(self._mountpoint) if self._mountpoint else None
+        used, total = found or (None, None)
         return usage_of(raw, cpus, used, total)
-
-    def _disk(self, volume: str | None) -> tuple[int | None, int | None]:
-        if volume is None:
-            return None, None
-        if self._mountpoint is False:
-            try:
-                self._mountpoint = self._api.inspect_volume(volume).get("Mountpoint")
-            except Exception:  # the engine's word only: no disk figures then
-                self._mountpoint = None
-        if not isinstance(self._mountpoint, str):
-            return None, None
-        try:  # a local engine: the tmpfs volume's own figures (elsewhere, not this path)
-            fs = os.statvfs(self._mountpoint)
-        except OSError:
-            return None, None
-        return (fs.f_blocks - fs.f_bfree) * fs.f_frsize, fs.f_blocks * fs.f_frsize
 
     async def state(self) -> ContainerState:
         """The container's state: ``removed`` when it no longer exists, :data:`UNKNOWN` when
@@ -112,3 +129,8 @@ def usage_of(raw: dict[str, Any], cpus: float | None, disk_used: int | None,
         mem_peak=memory.get("max_usage"),
         disk_used=disk_used, disk_total=disk_total, net_rx=rx, net_tx=tx,
     )
+
+
+def _host_memory() -> int:
+    """This machine's memory, for a container without a memory limit."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
