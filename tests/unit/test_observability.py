@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from pyflue.api.app import create_app
+from pyflue.client import PyFlueClient
 from pyflue.models import ResourceSummary
 from pyflue.render import resources_line
 from pyflue.resources import ResourceSample
@@ -106,6 +107,9 @@ async def test_a_run_without_a_container_has_no_resources(project: Path) -> None
         assert body == {"run_id": run_id, "status": "completed", "metrics": [],
                         "resources": None}
         assert (await client.get("/runs/workflow:hello:nope/metrics")).status_code == 404
+        async with PyFlueClient("http://test", transport=httpx.ASGITransport(app=app)) as py:
+            answer = await py.runs.metrics(run_id)
+        assert answer.run_id == run_id and answer.metrics == [] and answer.resources is None
 
 
 def test_a_traceparent_is_read_as_the_w3c_rule_says() -> None:
