@@ -11,7 +11,9 @@ benchmark of bench_sandbox.py does), their own SQLite store, PYFLUE_MAX_CONCURRE
 
 (1) the trivial run: ``POST /workflows/box?wait=result`` of a workflow that does ``ctx.init``
     + ``harness.shell("true")`` + a result, sequential, alternating the servers (and which goes
-    first) pair by pair. Target: ``on`` p50 at most 5% above ``off`` p50.
+    first) pair by pair. Target: ``on`` p50 at most 5% above ``off`` p50. Also reported: the
+    CPU time each server process spent per run (from /proc), which the machine's load disturbs
+    far less than wall time.
 (2) ``GET /runs/{id}`` p99 with 50 runs active on EACH server at once (100 containers, each
     run in a ``sleep``; the ``on`` server samples its 50 every second meanwhile): sequential
     requests alternating the servers, ids cycling. Target: ``on`` p99 at most 5% above ``off``.
@@ -182,9 +184,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             stop = asyncio.Event()
             scraping = asyncio.create_task(scraper(on, stop))
             say(f"(1) trivial run: {args.pairs} pairs (+{args.warmup} warm-up)")
+            cpu0 = {side: server.cpu_seconds() for side, server in servers.items()}
             runs = await trivial(clients, args.pairs, args.warmup)
+            cpu = {side: (server.cpu_seconds() - cpu0[side]) / (args.pairs + args.warmup)
+                   for side, server in servers.items()}
             one = {side: summary(xs) for side, xs in runs.items()}
             report["trivial_run"] = one | {
+                "server_cpu_ms_per_run": {side: c * 1e3 for side, c in cpu.items()},
+                "server_cpu_ratio": cpu["on"] / cpu["off"] if cpu["off"] else None,
                 "p50_ratio": ratio(one["on"], one["off"], "p50_ms"),
                 "mean_ratio": ratio(one["on"], one["off"], "mean_ms")}
             say(f"  p50 off {one['off']['p50_ms']:.1f} ms, on {one['on']['p50_ms']:.1f} ms")
@@ -192,9 +199,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             ramps = await asyncio.gather(*(ramp_up(c, dclient, args.active, 600, 300)
                                            for c in clients.values()))
             ids = {side: ramp["ids"] for side, ramp in zip(clients, ramps, strict=True)}
+            cpu0 = {side: server.cpu_seconds() for side, server in servers.items()}
+            t0 = time.perf_counter()
             gets = await loaded_gets(clients, ids, args.gets)
+            took = time.perf_counter() - t0
+            loaded_cpu = {side: (server.cpu_seconds() - cpu0[side]) / took
+                          for side, server in servers.items()}
             two = {side: summary(xs) for side, xs in gets.items()}
             report["get_run_loaded"] = two | {
+                "server_cpu_share": loaded_cpu, "seconds": took,
                 "p99_ratio": ratio(two["on"], two["off"], "p99_ms"),
                 "p50_ratio": ratio(two["on"], two["off"], "p50_ms")}
             say(f"  p99 off {two['off']['p99_ms']:.1f} ms, on {two['on']['p99_ms']:.1f} ms")
