@@ -106,7 +106,12 @@ def total(values: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str
 
 
 async def test_metrics_count_what_real_runs_did(obs_settings: Settings) -> None:
-    async with serve(obs_settings) as client:
+    settings = obs_settings.model_copy(update={"pool": PoolSettings(size=1)})
+    async with serve(settings) as client:
+        for _ in range(100):  # the pool's container is ready: the first run starts warm
+            if (await client.get("/health")).json()["pool"][0]["ready"] == 1:
+                break
+            await asyncio.sleep(0.1)
         runs = [await invoke(client, "obs", payload)
                 for payload in ({}, {}, {"fail": True}, {"agent": True})]
         assert [r.status.value for r in runs] == ["completed"] * 2 + ["failed", "completed"]
@@ -131,10 +136,15 @@ async def test_metrics_count_what_real_runs_did(obs_settings: Settings) -> None:
         sum(e["data"]["duration_ms"] for e in shells) / 1000, abs=0.001)
     assert total(values, "pyflue_file_copy_bytes_total", direction="in") == 4000
     assert total(values, "pyflue_file_copy_bytes_total", direction="out") == 4000
-    starts = [e["data"]["start_ms"] for e in events if e["type"] == "container_started"]
-    assert total(values, "pyflue_container_start_seconds_count", launch="cold") == 4
-    assert total(values, "pyflue_container_start_seconds_sum", launch="cold") == pytest.approx(
-        sum(starts) / 1000, abs=0.001)
+    started = [e["data"] for e in events if e["type"] == "container_started"]
+    assert len(started) == 4 and started[0]["launch"] == "warm"
+    for launch in ("warm", "cold"):
+        starts = [d["start_ms"] for d in started if d["launch"] == launch]
+        assert total(values, "pyflue_container_start_seconds_count", launch=launch) == \
+            len(starts)
+        assert total(values, "pyflue_container_start_seconds_sum", launch=launch) == \
+            pytest.approx(sum(starts) / 1000, abs=0.001)
+    assert total(values, "pyflue_pool_containers", state="size") == 1
     used = [e["data"]["usage"] for e in events if e["type"] == "model_turn_end"]
     assert len(used) == 2
     for kind in ("input", "output"):
@@ -143,7 +153,7 @@ async def test_metrics_count_what_real_runs_did(obs_settings: Settings) -> None:
     assert total(values, "pyflue_store_write_seconds_count", op="update_run") == 4
     assert total(values, "pyflue_store_write_seconds_count", op="append_events") >= 4
     assert total(values, "pyflue_scheduler_slots", state="total") == \
-        obs_settings.server.max_concurrency
+        settings.server.max_concurrency
     assert total(values, "pyflue_scheduler_slots", state="busy") == 0
     assert total(values, "pyflue_runs_queued") == 0
     for (_name, labels) in values:  # low cardinality: no run id in any label

@@ -19,6 +19,7 @@ from pyflue.client import PyFlueClient
 from pyflue.models import ResourceSummary
 from pyflue.render import resources_line
 from pyflue.resources import ResourceSample
+from pyflue.sandbox.base import PoolFill
 from pyflue.sandbox.fake import FakeSandboxProvider
 from pyflue.settings import ObservabilitySettings, ServerSettings, Settings
 from pyflue.store import MemoryStore
@@ -158,3 +159,40 @@ def test_show_prints_the_resource_summary_on_one_line() -> None:
     assert line == ("peak memory 210.0 MiB of 2.0 GiB, CPU 0.41 s, disk 5.0 MiB of 1.0 GiB, "
                     "net in 0 B out 0 B, files in 1000 B out 12 B")
     assert resources_line(None) is None
+
+
+async def test_a_traceparent_is_kept_in_the_run_record_even_untraced(project: Path) -> None:
+    app = create_app(_settings(project, token=False), store=MemoryStore(),
+                     provider=FakeSandboxProvider())
+    header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async for client in _client(app):
+        continued = await client.post("/workflows/hello?wait=result", json={},
+                                      headers={"traceparent": header})
+        ignored = await client.post("/workflows/hello?wait=result", json={},
+                                    headers={"traceparent": "00-bad-header-01"})
+        one = (await client.get(f"/runs/{continued.json()['run_id']}")).json()
+        two = (await client.get(f"/runs/{ignored.json()['run_id']}")).json()
+    assert one["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert one["traceparent"] == header
+    assert two["trace_id"] is None and two["traceparent"] is None  # no tracing, no trace
+
+
+class PooledFake(FakeSandboxProvider):
+    def pool_fills(self) -> list[PoolFill]:
+        return [PoolFill(image="pyflue/sandbox:latest", size=3, ready=2, starting=1)]
+
+
+async def test_the_pool_fill_and_slots_are_read_when_scraped(project: Path) -> None:
+    app = create_app(_settings(project, token=False), store=MemoryStore(),
+                     provider=PooledFake())
+    async for client in _client(app):
+        text = (await client.get("/metrics")).text
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for family in text_string_to_metric_families(text) for s in family.samples}
+    pool = {dict(labels)["state"]: v for (name, labels), v in values.items()
+            if name == "pyflue_pool_containers"
+            and dict(labels)["image"] == "pyflue/sandbox:latest"}
+    assert pool == {"size": 3, "ready": 2, "starting": 1}
+    slots = {dict(labels)["state"]: v for (name, labels), v in values.items()
+             if name == "pyflue_scheduler_slots"}
+    assert slots == {"total": 4, "busy": 0}
