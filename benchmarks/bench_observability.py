@@ -18,6 +18,10 @@ benchmark of bench_sandbox.py does), their own SQLite store, PYFLUE_MAX_CONCURRE
     run in a ``sleep``; the ``on`` server samples its 50 every second meanwhile): sequential
     requests alternating the servers, ids cycling. Target: ``on`` p99 at most 5% above ``off``.
     The runs are then cancelled and nothing labelled with their ids may be left.
+(3) in process, noise-free: what the observers add per event (the metrics and a run's trace,
+    exported over OTLP to the sink), timed over a run's typical events (a shell call's
+    start, output and end, a file write, a log line), against the same events recorded with
+    no observer (the recorder's redaction and queueing only).
 
     .venv/bin/python benchmarks/bench_observability.py            # full: 30 pairs, 600 GETs
     .venv/bin/python benchmarks/bench_observability.py --quick    # smoke: 5 pairs, 10 active
@@ -151,6 +155,47 @@ async def loaded_gets(clients: dict[str, httpx.AsyncClient], ids: dict[str, list
     return out
 
 
+def per_event_cost(endpoint: str, n: int) -> dict[str, Any]:
+    """Microseconds per event through the recorder's path, with and without observers."""
+    from pyflue.events import FileWrite, Log, ShellEnd, ShellOutput, ShellStart
+    from pyflue.metrics import Metrics
+    from pyflue.models import Run, RunStatus, new_run_id, utcnow
+    from pyflue.observe import watch_run
+    from pyflue.secrets import Redactor
+    from pyflue.tracing import new_trace_id, open_tracer
+
+    events = [ShellStart(shell_id="sh-1", command="make test", cwd="/workspace", timeout=60),
+              ShellOutput(shell_id="sh-1", stream="stdout", text="ok 1 - it works\n"),
+              ShellEnd(shell_id="sh-1", exit_code=0, timed_out=False, duration_ms=42),
+              FileWrite(path="/workspace/a.txt", bytes=1000),
+              Log(level="info", message="step done", fields={"n": 1})]
+    redactor = Redactor()
+    tracer = open_tracer({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+    assert tracer is not None
+    observers: list[Any] = [Metrics("bench"), tracer]
+    out: dict[str, Any] = {}
+    for name, chosen in (("none", []), ("metrics_and_traces", observers)):
+        best = float("inf")
+        for _ in range(5):
+            now = utcnow()
+            run = Run(run_id=new_run_id("bench"), workflow="bench", status=RunStatus.running,
+                      created_at=now, started_at=now, trace_id=new_trace_id())
+            watches = watch_run(chosen, run)
+            t0 = time.perf_counter()
+            for i in range(n):
+                data = events[i % len(events)]
+                clean = data.scrubbed(redactor.data) if redactor else data.wire
+                watches.event(data, clean, utcnow())
+            best = min(best, (time.perf_counter() - t0) / n)
+            watches.ended(run.model_copy(update={"status": RunStatus.completed,
+                                                 "finished_at": utcnow(), "duration_ms": 1}))
+            tracer.provider.force_flush()  # untimed: the exporter's queue empty again
+        out[name + "_us"] = best * 1e6
+    tracer.close()
+    out["added_us_per_event"] = out["metrics_and_traces_us"] - out["none_us"]
+    return out
+
+
 def ratio(on: dict[str, Any], off: dict[str, Any], key: str) -> float:
     return float(on[key]) / float(off[key])
 
@@ -223,6 +268,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             server.stop()
         left = sum(sweep_scope(dclient, server.scope) for server in servers.values())
         report["swept_after"] = left
+    say("(3) per-event cost in process")
+    report["per_event"] = await asyncio.to_thread(per_event_cost, sink.url, args.events)
     report["otlp"] = {"exports": sink.exports, "bytes": sink.bytes}
     leaked = any(c["leaked"]["containers"] or c["leaked"]["volumes"]
                  for c in report.get("cancel", {}).values())
@@ -244,10 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--active", type=int, default=50)
     parser.add_argument("--gets", type=int, default=600)
+    parser.add_argument("--events", type=int, default=1500,
+                        help="events per timed batch in (3) (under the exporter's queue of 2048)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.pairs, args.warmup, args.active, args.gets = 5, 1, 10, 100
+        args.pairs, args.warmup, args.active, args.gets, args.events = 5, 1, 10, 100, 500
     report, code = run_benchmark(main_async, args, "benchmarks/bench_observability.py", argv)
     if report is not None:
         text = json.dumps(report, indent=2, default=str)

@@ -159,7 +159,13 @@ def _exporter(env: Mapping[str, str]) -> Any:
                                                           else "http")
         raise ConfigError(f"the OTLP {protocol} exporter is not installed: pip install "
                           f"{package}") from None
-    return OTLPSpanExporter()
+    # The endpoint as ``env`` has it (the exporter would read os.environ); the other
+    # OTEL_EXPORTER_OTLP_* variables (headers, timeout, certificates) it reads itself.
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if endpoint is None and base and protocol != "grpc":
+        endpoint = base.rstrip("/") + "/v1/traces"  # the spec's rule for the base endpoint
+    return OTLPSpanExporter(endpoint=endpoint or base or None)
 
 
 def _ns(at: datetime) -> int:
