@@ -311,8 +311,6 @@ class Runner:
         resources = scope.meter.summary()
         if resources is not None:
             container["resources"] = resources
-            with contextlib.suppress(Exception):  # the summary is still kept with the record
-                await self.store.put_samples(run_id, scope.meter.wire())
         pending = None
         if scope.box_id is not None:
             pending = self.provider.removal(scope.box_id)
@@ -325,6 +323,7 @@ class Runner:
                 error=error, reason=reason, finished_at=utcnow(), duration_ms=duration_ms,
                 image=scope.image, expect_status=RunStatus.running, expect_attempt=run.attempt,
                 events=[recorder.stored(end)], extra=container,
+                samples=scope.meter.wire() if resources is not None else None,
             ))
             if recorder.watch is not None:
                 recorder.watch.store_write("update_run", time.perf_counter() - written)

@@ -88,6 +88,8 @@ class RunUpdate:
     # Stored in the same write, only if the update applies: a status change and the event
     # that tells of it (run_end, run_requeued) are never seen one without the other.
     events: Sequence[NewEvent] = ()
+    # The run's resource samples, kept (as :meth:`RunStore.put_samples`) in the same write.
+    samples: Sequence[Mapping[str, Any]] | None = None
 
 
 class RunStore(Protocol):

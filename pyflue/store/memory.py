@@ -120,6 +120,8 @@ class MemoryStore:
         if refused is not None:
             raise refused
         self._runs[run_id] = run.model_copy(update=fields)
+        if update.samples is not None:
+            self._samples[run_id] = json_form(list(update.samples), "a run's resource samples")
         if told:
             self._append(run_id, told)
         if update.status is RunStatus.queued:

@@ -419,6 +419,8 @@ class SqlStore:
     async def update_run(self, run_id: str, update_: RunUpdate) -> Run:
         fields = update_fields(update_)
         told = new_events(update_.events)
+        samples = (None if update_.samples is None
+                   else json_form(list(update_.samples), "a run's resource samples"))
         if _absent(run_id):
             raise missing_run(run_id)
         if "status" in fields:
@@ -440,6 +442,9 @@ class SqlStore:
             applied = (await conn.execute(query)).rowcount > 0
             if applied and told:
                 await self._append(conn, run_id, told)
+            if applied and samples is not None:
+                await conn.execute(delete(run_samples).where(run_samples.c.run_id == run_id))
+                await conn.execute(insert(run_samples).values(run_id=run_id, samples=samples))
             if applied and update_.status is RunStatus.queued:
                 await self._tell_queue(conn, run_id)
         if not applied:

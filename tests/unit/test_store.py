@@ -881,3 +881,14 @@ async def test_a_run_keeps_its_trace_and_resource_summary(store: RunStore) -> No
     got = await store.get_run(run.run_id)
     assert got.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert got.traceparent == run.traceparent and got.resources == summary
+
+
+async def test_samples_given_with_an_update_are_kept_in_its_write(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    samples = [{"timestamp": "2026-01-01T00:00:00Z", "memUsed": 3}]
+    await store.update_run(run.run_id, RunUpdate(reason="x", samples=samples))
+    assert await store.get_samples(run.run_id) == samples
+    with pytest.raises(RunStateConflict):  # not applied: not kept either
+        await store.update_run(run.run_id, RunUpdate(
+            samples=[], expect_status=RunStatus.completed))
+    assert await store.get_samples(run.run_id) == samples
