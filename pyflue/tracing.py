@@ -1,8 +1,8 @@
 """Traces of runs over OTLP, after the OpenTelemetry GenAI conventions (docs/observability.md).
 
 Off unless the standard ``OTEL_*`` variables ask for traces (:func:`tracing_wanted`), and the
-``otel`` extra is installed (``pip install 'pyflue-engine[otel]'``); until then nothing of
-OpenTelemetry is imported and a run costs nothing more. On, each run is one trace: a root span
+``otel`` extra is installed (``pip install './pyflue[otel]'`` from a checkout); until then nothing
+of OpenTelemetry is imported and a run costs nothing more. On, each run is one trace: a root span
 ``invoke_workflow {workflow}`` from the run's creation to its end, with children for the time
 it waited in the queue, its container's create, start and removal, each shell call
 (``execute_tool shell``), file operation, model turn (``chat {model}``, with
@@ -121,9 +121,10 @@ def open_tracer(env: Mapping[str, str]) -> RunTracer | None:
         from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
     except ImportError:
         raise ConfigError(
-            "OTEL_* variables ask for traces, but OpenTelemetry is not installed: "
-            "pip install 'pyflue-engine[otel]', or unset OTEL_TRACES_EXPORTER and "
-            "OTEL_EXPORTER_OTLP_ENDPOINT") from None
+            "OTEL_* variables ask for traces, but OpenTelemetry is not installed: install "
+            "pyflue with its otel extra (pip install './pyflue[otel]' from a checkout, see "
+            "docs/install.md), or unset OTEL_TRACES_EXPORTER and OTEL_EXPORTER_OTLP_ENDPOINT"
+        ) from None
 
     class RunIds(RandomIdGenerator):
         def generate_trace_id(self) -> int:
