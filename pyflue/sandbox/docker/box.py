@@ -74,7 +74,7 @@ class DockerSandbox:
 
     async def usage(self) -> Usage | None:
         """What the container uses now (see :meth:`ContainerProbe.usage`)."""
-        return await self._probe.usage(self._volume, self._spec.cpus)
+        return await self._probe.usage(self._volume, self._spec.cpus, self._spec.workdir)
 
     @property
     def id(self) -> str:

@@ -55,6 +55,26 @@ class CgroupFiles:
     v2: bool
 
     @classmethod
+    def of_container(cls, container_id: str, workdir: str | None
+                     ) -> tuple[CgroupFiles | None, str | None]:
+        """The files of a container in the engine's default cgroup layout (cgroupfs
+        ``docker/<id>``, or systemd's ``docker-<id>.scope``), found without asking the engine,
+        and where its ``workdir`` is seen from here (``/proc/<pid>/root``); (None, None)
+        elsewhere."""
+        for folder in (ROOT / "memory" / "docker" / container_id,
+                       ROOT / "system.slice" / f"docker-{container_id}.scope",
+                       ROOT / "docker" / container_id):
+            try:
+                pid = int(_read(folder / "cgroup.procs").split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            found = cls.find(pid)
+            if found is not None:
+                seen = f"/proc/{pid}/root{workdir}" if workdir else None
+                return found, seen
+        return None, None
+
+    @classmethod
     def find(cls, pid: int) -> CgroupFiles | None:
         """The cgroup folders of process ``pid``, or None when they cannot be read here."""
         try:

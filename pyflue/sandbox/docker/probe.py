@@ -44,11 +44,18 @@ class ContainerProbe:
         self._files: CgroupFiles | None = None
         self._mountpoint: str | None = None
 
-    async def usage(self, volume: str | None, cpus: float | None) -> Usage | None:
+    async def usage(self, volume: str | None, cpus: float | None,
+                    workdir: str | None = None) -> Usage | None:
         """What the container uses now: from its cgroup files where the engine is on this
         machine (:mod:`.cgroup`, microseconds), else a one-shot ``docker stats`` (up to a
         second); the workspace volume's figures when its mountpoint is here. None when
         neither answers (the container is gone). Never raises."""
+        if not self._located:
+            # Without asking the engine where the engine's own cgroup layout is the usual one
+            # (the container's first process then gives its workspace, through /proc); else
+            # one inspect of the container and one of its volume.
+            self._files, self._mountpoint = CgroupFiles.of_container(self.container_id, workdir)
+            self._located = self._files is not None
         if not self._located:
             await self._bridge.call(self._locate, volume)
         if self._files is None:
