@@ -278,6 +278,9 @@ class ContainerCreated(EventData):
     image: str = Field(description="the image it was created from")
     network: str = Field(description="the network mode, e.g. `none`")
     runtime: str = Field(description="`runc`, or the runtime asked for (e.g. `runsc`)")
+    create_ms: int | None = _optional(
+        "how long the engine took to create it (volume and container), in milliseconds; "
+        "absent for a container from the warm pool")
 
 
 class ContainerStarted(EventData):
@@ -293,6 +296,9 @@ class ContainerStarted(EventData):
     channel_reason: str | None = _optional(
         "why the channel is `exec` (no helper binary, an engine not on a unix socket, an image "
         "where the helper cannot run); absent otherwise")
+    start_ms: int | None = _optional(
+        "milliseconds from asking for the container to its being ready for a first command "
+        "(create, start and channel for a cold one; the claim and channel for a warm one)")
 
 
 class ContainerExited(EventData):

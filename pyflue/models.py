@@ -64,6 +64,26 @@ class ErrorInfo(BaseModel):
         return f"{self.type}: {self.message}" + (f"; {self.hint}" if self.hint else "")
 
 
+class ResourceSummary(BaseModel):
+    """What a run's container used, sampled from the engine while it ran (docs/observability.md).
+
+    A value the engine could not tell (a remote engine's disk, say) is ``None``."""
+
+    samples: int = Field(0, description="how many samples were taken")
+    peak_memory_bytes: int | None = Field(None, description="the most memory the container "
+                                          "used at once (the kernel's high-water mark where "
+                                          "it keeps one, else the largest sample)")
+    memory_limit_bytes: int | None = Field(None, description="the container's memory limit")
+    cpu_seconds: float | None = Field(None, description="CPU time the container used")
+    disk_used_bytes: int | None = Field(None, description="the most the workspace held")
+    disk_total_bytes: int | None = Field(None, description="the workspace's size cap")
+    bytes_in: int | None = Field(None, description="network bytes received")
+    bytes_out: int | None = Field(None, description="network bytes sent")
+    file_bytes_in: int = Field(0, description="bytes copied into the workspace (writes, "
+                                              "uploads)")
+    file_bytes_out: int = Field(0, description="bytes copied out of it (reads, downloads)")
+
+
 class Run(BaseModel):
     """A run record, as stored and as returned by every surface."""
 
@@ -93,6 +113,12 @@ class Run(BaseModel):
     # after the run's end; the reaper removes it if this worker dies first).
     container_id: str | None = None
     container_removed_at: datetime | None = None
+    # The run's trace (32 hex digits, W3C trace context) and the incoming `traceparent` it
+    # continues, if one came with the invocation (docs/observability.md).
+    trace_id: str | None = None
+    traceparent: str | None = None
+    # What the run's container used, once the run has ended (pyflue.resources).
+    resources: ResourceSummary | None = None
 
 
 class Artifact(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
@@ -18,6 +19,7 @@ from pydantic_core import to_jsonable_python
 
 from pyflue.events import Event, EventData, Log, SandboxLimit
 from pyflue.models import utcnow
+from pyflue.observe import RunWatch
 from pyflue.secrets import Redactor
 from pyflue.store.base import NewEvent, RunStore
 
@@ -29,9 +31,10 @@ Listener = Callable[[Event], None]
 
 
 class RunRecorder:
-    def __init__(self, store: RunStore, run_id: str) -> None:
+    def __init__(self, store: RunStore, run_id: str, watch: RunWatch | None = None) -> None:
         self.store = store
         self.run_id = run_id
+        self.watch = watch  # told of every event emitted and every write (pyflue.observe)
         self._pending: list[NewEvent] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -47,7 +50,10 @@ class RunRecorder:
         """Queues one event (its payload model says its type); stored in emission order."""
         if self._closed:
             raise RuntimeError(f"recorder for {self.run_id} is closed")
-        self._pending.append(self.stored(data))
+        stored = self.stored(data)
+        self._pending.append(stored)
+        if self.watch is not None:
+            self.watch.event(data, stored.data, stored.timestamp)
         self._idle.clear()
         self._wake.set()
 
@@ -91,7 +97,10 @@ class RunRecorder:
             while self._pending:
                 batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
                 try:
+                    started = time.perf_counter()
                     await self.store.append_events(self.run_id, batch)
+                    if self.watch is not None:
+                        self.watch.store_write("append_events", time.perf_counter() - started)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # surfaced by flush(); the run's end reports it

@@ -35,7 +35,7 @@ from pyflue.events import (
     ToolEndEvent,
     ToolStartEvent,
 )
-from pyflue.models import Artifact, Run, RunStatus, end_error
+from pyflue.models import Artifact, ResourceSummary, Run, RunStatus, end_error
 
 if TYPE_CHECKING:
     from pyflue.describe import RunDetails
@@ -167,7 +167,8 @@ def run_details(details: RunDetails) -> str:
             ("created", _when(run.created_at)),
             ("started", _when(run.started_at, _ms_between(run.created_at, run.started_at),
                               "queued")),
-            ("finished", _when(run.finished_at, run.duration_ms, "ran"))]
+            ("finished", _when(run.finished_at, run.duration_ms, "ran")),
+            ("resources", resources_line(run.resources)), ("trace", run.trace_id)]
     lines = [f"{label:<10}{value}" for label, value in rows if value is not None]
     if run.status is RunStatus.completed:
         lines += ["result", _indented(json.dumps(run.result, indent=2, ensure_ascii=False))]
@@ -179,6 +180,35 @@ def run_details(details: RunDetails) -> str:
         if error.details:
             lines.append(_indented(error.details.rstrip("\n")))
     return "\n".join(lines)
+
+
+def _size(count: int) -> str:
+    value, unit = float(count), "B"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def resources_line(res: ResourceSummary | None) -> str | None:
+    """A run's resource summary on one line: ``peak memory 12.0 MiB of 2.0 GiB, CPU 0.41 s,
+    disk 1.0 MiB of 1.0 GiB, net in 0 B out 0 B, files in 3 B out 0 B``."""
+    if res is None:
+        return None
+    parts = []
+    if res.peak_memory_bytes is not None:
+        limit = f" of {_size(res.memory_limit_bytes)}" if res.memory_limit_bytes else ""
+        parts.append(f"peak memory {_size(res.peak_memory_bytes)}{limit}")
+    if res.cpu_seconds is not None:
+        parts.append(f"CPU {res.cpu_seconds:.2f} s")
+    if res.disk_used_bytes is not None:
+        total = f" of {_size(res.disk_total_bytes)}" if res.disk_total_bytes else ""
+        parts.append(f"disk {_size(res.disk_used_bytes)}{total}")
+    if res.bytes_in is not None or res.bytes_out is not None:
+        parts.append(f"net in {_size(res.bytes_in or 0)} out {_size(res.bytes_out or 0)}")
+    parts.append(f"files in {_size(res.file_bytes_in)} out {_size(res.file_bytes_out)}")
+    return ", ".join(parts)
 
 
 def _when(at: datetime | None, ms: int | None = None, what: str = "") -> str | None:

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from pyflue.events import KnownEvent
-from pyflue.models import Artifact, Run
+from pyflue.models import Artifact, ResourceSummary, Run
+from pyflue.resources import ResourceSample
 from pyflue.status import RunStatus
 
 # The element type of every list or stream of events the server sends (EventPage, SSE frames,
@@ -181,6 +182,17 @@ class ArtifactList(_Answer):
     artifacts: list[Artifact]
 
 
+class RunMetrics(_Answer):
+    """A run's resource samples (E2B's shape), oldest first: while it runs, those taken so far
+    (about one a second); after its end, all of them (its record's `resources` sums them up).
+    Empty for a run that had no container (or with sampling off)."""
+
+    run_id: str
+    status: RunStatus
+    metrics: list[ResourceSample]
+    resources: ResourceSummary | None = None
+
+
 class EngineHealth(_Answer):
     """The sandbox engine as the server last saw it: ``up``, since when, and (while down, in
     debug mode only) the last failure's own words."""
@@ -251,6 +263,7 @@ __all__ = [
     "Health",
     "ParameterProblem",
     "PoolFillAnswer",
+    "RunMetrics",
     "RunPage",
     "WorkerInfo",
     "WorkerList",

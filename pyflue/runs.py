@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -48,8 +49,10 @@ from pyflue.models import (
     new_run_id,
     utcnow,
 )
+from pyflue.observe import RunObserver, watch_run
 from pyflue.placing import place_uploads
 from pyflue.recorder import RunLog, RunRecorder
+from pyflue.resources import ResourceMeter
 from pyflue.retention import Retention
 from pyflue.sandbox.base import Sandbox, SandboxProvider, SandboxSpec
 from pyflue.sandbox.policy import spec_for
@@ -57,6 +60,7 @@ from pyflue.sessions import Session
 from pyflue.settings import Settings
 from pyflue.store.base import RunStore, RunUpdate
 from pyflue.tools import as_tool
+from pyflue.tracing import RunTracer, new_trace_id, parse_traceparent
 from pyflue.uploads import StagedUpload, spooled
 from pyflue.workers import Workers, local_owner, retries_for
 from pyflue.workflows import Workflow, WorkflowRegistry
@@ -106,10 +110,16 @@ class Runner:
         env: Mapping[str, str] | None = None,
         models: ModelResolver | None = None,
         artifacts: ArtifactStore | None = None,
+        observers: Sequence[RunObserver] = (),
     ) -> None:
         self.settings = settings
         # Where runs' saved files go: PYFLUE_ARTIFACTS_DIR unless one is given.
         self.artifacts = artifacts or artifact_store(settings, store)
+        # Told of every run this process executes: metrics, traces (pyflue.observe).
+        self.observers = list(observers)
+        self.traced = any(isinstance(o, RunTracer) for o in self.observers)
+        # The resource meters of the runs executing here, for GET /runs/{run_id}/metrics.
+        self.meters: dict[str, ResourceMeter] = {}
         self.models: ModelResolver = models or ModelRegistry(settings.models)
         self.store = store
         self.provider = provider
@@ -134,6 +144,7 @@ class Runner:
         taken: bool = False,
         uploads: Sequence[StagedUpload] = (),
         uploads_from: str | None = None,
+        traceparent: str | None = None,
     ) -> Run:
         """Validates the invocation and records the run as ``queued``. Nothing runs yet.
 
@@ -143,6 +154,8 @@ class Runner:
         ``uploads`` (checked archives on this host's disk) and the uploads of the run
         ``uploads_from`` (a rerun) are stored with the run before its record exists, so
         whichever worker takes it finds them; the caller removes its spool files.
+        ``traceparent``: the W3C trace context of the caller's trace, which the run's
+        continues (an invalid one is ignored, as the standard says).
         """
         self.registry.get(workflow)  # WorkflowNotFound / WorkflowLoadError before any record
         payload = check_payload(payload)
@@ -155,7 +168,8 @@ class Runner:
                 await self.store.add_upload(run_id, staged.info, _read_spool(staged.path))
             return await self._record(workflow, payload, run_id, now, image=image,
                                       source=source, owner=owner,
-                                      idempotency_key=idempotency_key, taken=taken)
+                                      idempotency_key=idempotency_key, taken=taken,
+                                      traceparent=traceparent)
         except BaseException:
             if uploads or uploads_from is not None:  # the run was not created: nor are they
                 with contextlib.suppress(Exception):
@@ -164,7 +178,10 @@ class Runner:
 
     async def _record(self, workflow: str, payload: Any, run_id: str, now: datetime, *,
                       image: str | None, source: str, owner: str | None,
-                      idempotency_key: str | None, taken: bool) -> Run:
+                      idempotency_key: str | None, taken: bool,
+                      traceparent: str | None) -> Run:
+        parent = parse_traceparent(traceparent)
+        trace_id = parent.trace_id if parent else (new_trace_id() if self.traced else None)
         run = Run(
             run_id=run_id,
             workflow=workflow,
@@ -176,6 +193,8 @@ class Runner:
             created_at=now,
             started_at=now if taken else None,
             idempotency_key=idempotency_key,
+            trace_id=trace_id,
+            traceparent=parent.header if parent else None,
         )
         return await self.store.create_run(run)
 
@@ -208,14 +227,21 @@ class Runner:
                 run = await asyncio.shield(claim)
             except asyncio.CancelledError as exc:
                 run, early_cancel = await claim, exc
-        recorder = RunRecorder(self.store, run_id)
+        if self.traced and run.trace_id is None:  # queued by a process that traced nothing
+            run = run.model_copy(update={"trace_id": new_trace_id()})
+        meter = ResourceMeter(self.settings.observability.resource_interval,
+                              persist=functools.partial(self.store.put_samples, run_id))
+        watches = watch_run(self.observers, run)
+        watches.add(meter)
+        self.meters[run_id] = meter
+        recorder = RunRecorder(self.store, run_id, watch=watches)
         uploads: list[UploadInfo] = []
         with contextlib.suppress(Exception):  # a store failure shows in the run's own writes
             uploads = await self.store.list_uploads(run_id)
         recorder.emit(RunStart.of(workflow=run.workflow, payload=run.payload, run_id=run_id,
                                   image=run.image, source=run.source, attempt=run.attempt,
                                   uploads=uploads))
-        scope = _SandboxScope(self, run, recorder, uploads)
+        scope = _SandboxScope(self, run, recorder, meter, uploads)
         t0 = time.monotonic()
         result: Any = None
         error: ErrorInfo | None = None
@@ -255,9 +281,13 @@ class Runner:
             status, error = RunStatus.failed, error_info(exc)
         except BaseException as exc:  # KeyboardInterrupt and the like: record, clean, re-raise
             status, error, reraise = RunStatus.failed, error_info(exc), exc
-        final = await run_to_completion(
-            self._finish(run, scope, recorder, status, result, error, reason, t0)
-        )
+        try:
+            final = await run_to_completion(
+                self._finish(run, scope, recorder, status, result, error, reason, t0)
+            )
+        finally:
+            self.meters.pop(run_id, None)
+        watches.ended(final)
         if reraise is not None:
             raise reraise
         return final
@@ -324,19 +354,26 @@ class Runner:
         # outcome. Only from `running` at this attempt: a worker that took this run as lost (see
         # owner_is_dead) has ended it already, run_end and all, or put it back in the queue for
         # a next attempt that may be running elsewhere by now; either stands.
-        container: dict[str, Any] = {}
+        container: dict[str, Any] = {"trace_id": run.trace_id} if run.trace_id else {}
+        resources = scope.meter.summary()
+        if resources is not None:
+            container["resources"] = resources
         pending = None
         if scope.box_id is not None:
             pending = self.provider.removal(scope.box_id)
-            container = {"container_id": scope.box_id,
-                         "container_removed_at": None if pending else utcnow()}
+            container |= {"container_id": scope.box_id,
+                          "container_removed_at": None if pending else utcnow()}
         try:
+            written = time.perf_counter()
             final = await self.store.update_run(run_id, RunUpdate(
                 status=status, result=result, has_result=status is RunStatus.completed,
                 error=error, reason=reason, finished_at=utcnow(), duration_ms=duration_ms,
                 image=scope.image, expect_status=RunStatus.running, expect_attempt=run.attempt,
                 events=[recorder.stored(end)], extra=container,
+                samples=scope.meter.wire() if resources is not None else None,
             ))
+            if recorder.watch is not None:
+                recorder.watch.store_write("update_run", time.perf_counter() - written)
             if pending is not None:
                 task = asyncio.ensure_future(self._note_removed(run_id, pending))
                 self._removals.add(task)
@@ -403,8 +440,9 @@ class _SandboxScope:
     """The run's one container, created on the first ``ctx.init`` and removed at the end."""
 
     def __init__(self, runner: Runner, run: Run, recorder: RunRecorder,
-                 uploads: Sequence[UploadInfo] = ()) -> None:
+                 meter: ResourceMeter, uploads: Sequence[UploadInfo] = ()) -> None:
         self._runner = runner
+        self.meter = meter
         self._run = run
         self._recorder = recorder
         self._uploads = list(uploads)
@@ -432,6 +470,7 @@ class _SandboxScope:
                                         limits=self._runner.settings.sandbox.copy_limits,
                                         spool=self._runner.settings.spool_dir)
                 self._box, self._spec = box, spec
+                self.meter.attach(box)
             elif spec != self._spec:
                 raise ConfigError(
                     "a run has one container: this agent asks for different sandbox settings "
@@ -466,6 +505,7 @@ class _SandboxScope:
     async def close(self) -> None:
         try:
             await self._collect()
+            await self.meter.stop()  # its last sample, while the container is still there
         finally:
             await self._stack.aclose()
 

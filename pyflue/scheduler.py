@@ -217,9 +217,11 @@ class Scheduler:
         source: str = "http",
         uploads: Sequence[StagedUpload] = (),
         uploads_from: str | None = None,
+        traceparent: str | None = None,
     ) -> tuple[Run, bool]:
         """Records a run, queued or (a free slot, nothing older waiting) taken by this
-        scheduler and started; returns it and whether it is new (False: same key seen)."""
+        scheduler and started; returns it and whether it is new (False: same key seen).
+        ``traceparent``: the caller's W3C trace context, continued by the run's trace."""
         if idempotency_key is not None:
             existing = await self.store.find_run(workflow, idempotency_key)
             if existing is not None:
@@ -234,7 +236,7 @@ class Scheduler:
         recording = asyncio.ensure_future(self.runner.submit(
             workflow, payload, image=image, source=source, idempotency_key=idempotency_key,
             owner=self.worker if take else None, taken=take, uploads=uploads,
-            uploads_from=uploads_from,
+            uploads_from=uploads_from, traceparent=traceparent,
         ))
         cancelled: asyncio.CancelledError | None = None
         try:

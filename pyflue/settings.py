@@ -270,6 +270,23 @@ class ArtifactSettings(BaseSettings):
     max_count: int = Field(10_000, ge=1, description="most artifacts one run may keep")
 
 
+class ObservabilitySettings(BaseSettings):
+    """Metrics, traces and per-run resource use (docs/observability.md). Traces are set up by
+    the standard OTEL_* variables alone."""
+
+    model_config = SettingsConfigDict(env_prefix="PYFLUE_", extra="forbid")
+
+    metrics: bool = Field(True, description="serve Prometheus metrics at `/metrics` "
+                                            "(`pyflue serve`)")
+    metrics_public: bool = Field(False, description="`/metrics` needs no token even when "
+                                                    "PYFLUE_API_TOKEN is set")
+    worker_name: str | None = Field(
+        None, description="the `worker` label of this server's metrics; default `host:pid`")
+    resource_interval: float = Field(
+        1.0, ge=0, description="seconds between samples of a run container's resource use; "
+                               "`0` turns sampling off")
+
+
 class Settings(BaseSettings):
     """Process-wide settings for the CLI, the library runtime and (later) the server."""
 
@@ -290,6 +307,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     pool: PoolSettings = Field(default_factory=PoolSettings)
     artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
     @field_validator("store_url")
     @classmethod
@@ -352,6 +370,7 @@ class Settings(BaseSettings):
 _PARTS: dict[str, type[BaseSettings]] = {
     "sandbox": SandboxDefaults, "models": ModelSettings, "server": ServerSettings,
     "pool": PoolSettings, "artifacts": ArtifactSettings,
+    "observability": ObservabilitySettings,
 }
 _UNPARSED = re.compile(r'error parsing value for field "(\w+)"')
 _SECRET = ("key", "token", "password")
@@ -360,13 +379,15 @@ _EXAMPLES: dict[str, Any] = {
     "store_url": "sqlite+aiosqlite:///path/pyflue.db", "docker_host": "unix:///var/run/docker.sock",
     "sandbox_runtime": "runsc", "model": "scripted/demo",
     "anthropic_base_url": "https://api.anthropic.com", "artifacts_dir": "/shared/pyflue-artifacts",
-    "retention": "30d",
+    "retention": "30d", "worker_name": "worker-1",
 }
 # Read by the CLI from the environment only, never from a settings file.
 _CLI_ONLY = {"server_url": "set PYFLUE_SERVER_URL in the environment or pass --server URL"}
 
 
 @dataclass(frozen=True)
+
+
 class SettingKey:
     """One setting: ``key`` is its name in a settings file (its first variable without
     ``PYFLUE_``, in lower case), ``group`` the field of :class:`Settings` holding it ("" for
@@ -419,6 +440,8 @@ def setting_keys() -> dict[str, SettingKey]:
 
 
 @dataclass(frozen=True)
+
+
 class Source:
     """Where a setting's value came from: ``kind`` is ``default``, ``file``, ``env`` or
     ``option``; ``where`` names the file, the variable or the option."""
@@ -428,6 +451,8 @@ class Source:
 
 
 @dataclass(frozen=True)
+
+
 class LoadedSettings:
     settings: Settings
     sources: dict[str, Source]  # by file key

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from pyflue.events import Event
     from pyflue.llm import ModelResolver
     from pyflue.models import Run
+    from pyflue.observe import RunObserver
     from pyflue.retention import ForgetHook
     from pyflue.runs import Runner
     from pyflue.sandbox.base import SandboxProvider, SandboxSpec
@@ -163,11 +164,15 @@ async def open_runner(
     provider: SandboxProvider | None = None,
     models: ModelResolver | None = None,
     pool: bool = False,
+    observers: Sequence[RunObserver] = (),
 ) -> AsyncIterator[Runner]:
     """A Runner over the settings' store, the Docker engine and the model clients (or those
     given); on exit, closes what it built here. ``pool``: the Docker provider built here keeps
-    a warm pool (the server's; a one-shot ``pyflue run`` gains nothing from one)."""
+    a warm pool (the server's; a one-shot ``pyflue run`` gains nothing from one).
+    ``observers`` are told of every run (metrics); a tracer joins them when the standard
+    OTEL_* variables ask for traces (:mod:`pyflue.tracing`)."""
     from pyflue.runs import Runner
+    from pyflue.tracing import open_tracer
     from pyflue.workers import local_owner
     from pyflue.workflows import WorkflowRegistry
 
@@ -183,9 +188,13 @@ async def open_runner(
                                    refill_concurrency=settings.pool.refill_concurrency)
                 docker.start_pool()
             provider = docker
+        tracer = open_tracer(os.environ)
+        if tracer is not None:  # exports what is left once the runs are over
+            stack.push_async_callback(asyncio.to_thread, tracer.close)
         runner = Runner(settings=settings, store=store, provider=provider,
                         registry=WorkflowRegistry(settings.project_dir), env=os.environ,
-                        models=models)
+                        models=models,
+                        observers=[*observers, *([tracer] if tracer is not None else [])])
         if models is None:
             stack.push_async_callback(runner.models.close)
         stack.push_async_callback(runner.settle)  # first: removals recorded while all is open

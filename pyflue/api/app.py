@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request, Response
 
 from pyflue import __version__, wiring
-from pyflue.api import artifacts, errors, openapi, runs, ui, workers, workflows, ws
+from pyflue.api import artifacts, errors, observability, openapi, runs, ui, workers, workflows, ws
 from pyflue.engine_watch import EngineWatch
 from pyflue.llm import ModelResolver
 from pyflue.responses import EngineHealth, Health, PoolFillAnswer
@@ -35,16 +35,26 @@ def create_app(
     provider: SandboxProvider | None = None,
     models: ModelResolver | None = None,
 ) -> FastAPI:
+    metrics = None
+    if settings.observability.metrics:
+        from pyflue.metrics import Metrics
+
+        metrics = Metrics(settings.observability.worker_name)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with wiring.open_runner(settings, store=store, provider=provider,
-                                      models=models, pool=True) as runner:
+                                      models=models, pool=True,
+                                      observers=[metrics] if metrics else []) as runner:
             engine = wiring.engine_watch(settings, runner.provider)
             if engine is not None:
                 await engine.start()  # a first ping: admission waits for an engine that answers
             scheduler = Scheduler(runner, max_concurrency=settings.server.max_concurrency,
                                   engine=engine, engine_wait=settings.server.engine_wait)
             await scheduler.start()
+            if metrics is not None:
+                metrics.watch_server(lambda: (scheduler.max_concurrency, scheduler.running),
+                                     runner.provider.pool_fills)
             app.state.scheduler = scheduler
             app.state.engine = engine
             pruning = None
@@ -71,6 +81,7 @@ def create_app(
         openapi_url=None,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     errors.install(app, debug=settings.server.debug)
     app.include_router(workflows.router)
     app.include_router(runs.router)
@@ -78,6 +89,9 @@ def create_app(
     app.include_router(ws.router)
     app.include_router(workers.router)
     ui.install(app)
+    app.include_router(observability.runs_router)
+    if metrics is not None:
+        observability.install(app, metrics, public=settings.observability.metrics_public)
     openapi.install(app, settings)
 
     @app.get("/health", tags=["server"], operation_id="health", summary="Health",

@@ -195,13 +195,14 @@ async def invoke(
             run, _new = await scheduler.submit(
                 name, payload, req=replayed(request, got.payload),
                 idempotency_key=idempotency_key, uploads=got.uploads,
-                uploads_from=uploads_from)
+                uploads_from=uploads_from, traceparent=request.headers.get("traceparent"))
     else:
         body = await read_body(request, settings.server.max_body_bytes)
         payload = parse_payload(body, content_type)
         run, _new = await scheduler.submit(name, payload, req=replayed(request, body),
                                            idempotency_key=idempotency_key,
-                                           uploads_from=uploads_from)
+                                           uploads_from=uploads_from,
+                                           traceparent=request.headers.get("traceparent"))
     headers = {"X-Flue-Run-Id": run.run_id}
     if "text/event-stream" in request.headers.get("accept", ""):
         stream = event_stream(scheduler.store, run.run_id, after=0,

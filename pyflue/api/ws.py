@@ -114,7 +114,8 @@ async def invoke(ws: WebSocket, name: str) -> None:
     except WebSocketDisconnect:
         return
     try:
-        run, _new = await scheduler.submit(name, payload, source="websocket")
+        run, _new = await scheduler.submit(name, payload, source="websocket",
+                                           traceparent=ws.headers.get("traceparent"))
     except WorkflowNotFound as exc:
         return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", _said(ws, exc))
     except (InvalidPayload, ConfigError) as exc:

@@ -55,6 +55,7 @@ from pyflue.responses import (
     Completed,
     EventPage,
     Health,
+    RunMetrics,
     RunPage,
     WorkflowInfo,
     WorkflowList,
@@ -416,6 +417,11 @@ class Runs:
     async def get(self, run_id: str) -> Run:
         """``GET /runs/{id}``: the run record. Unknown id: :class:`NotFoundError`."""
         return await self._client._answer(Run, "GET", _run_path(run_id))
+
+    async def metrics(self, run_id: str) -> RunMetrics:
+        """``GET /runs/{id}/metrics``: the resource samples of the run's container (E2B's
+        shape) and, once it has ended, its ``resources`` summary."""
+        return await self._client._answer(RunMetrics, "GET", _run_path(run_id, "/metrics"))
 
     async def rerun(self, run_id: str, *, on_event: Callable[[Event], None] | None = None
                     ) -> Run:

@@ -13,7 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from pyflue.events import EventData
@@ -153,6 +153,30 @@ class PoolFill:
     size: int
     ready: int
     starting: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One reading of what a sandbox uses, as its engine reports it (None: not told)."""
+
+    cpu_count: float  # the CPUs it may use: its limit, else the engine's
+    cpu_ns: int  # CPU time used since it started, in nanoseconds
+    mem_used: int  # memory in use, page cache that can be dropped left out
+    mem_total: int  # its memory limit (the engine's memory without one)
+    mem_peak: int | None = None  # the kernel's high-water mark, where it keeps one
+    disk_used: int | None = None  # what the workspace holds
+    disk_total: int | None = None  # the workspace's size
+    net_rx: int | None = None
+    net_tx: int | None = None
+
+
+@runtime_checkable
+class Measured(Protocol):
+    """A sandbox whose engine can say what it uses (:mod:`pyflue.resources` samples it)."""
+
+    async def usage(self) -> Usage | None:
+        """What it uses now; None when the engine cannot tell. Never raises."""
+        ...
 
 
 class Sandbox(Protocol):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -88,6 +88,8 @@ class RunUpdate:
     # Stored in the same write, only if the update applies: a status change and the event
     # that tells of it (run_end, run_requeued) are never seen one without the other.
     events: Sequence[NewEvent] = ()
+    # The run's resource samples, kept (as :meth:`RunStore.put_samples`) in the same write.
+    samples: Sequence[Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,16 @@ class RunStore(Protocol):
     async def delete_artifacts(self, run_id: str) -> None:
         """Forgets the run's artifacts (:meth:`delete_run` does too); no run is not an
         error."""
+        ...
+
+    async def put_samples(self, run_id: str, samples: Sequence[Mapping[str, Any]]) -> None:
+        """Keeps the run's resource samples (:mod:`pyflue.resources`), replacing those kept
+        before; deleted with the run. RunNotFound for a missing run."""
+        ...
+
+    async def get_samples(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's resource samples as last kept (empty when none were). RunNotFound for a
+        missing run."""
         ...
 
     async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> list[Event]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from pyflue.errors import RunNotFound
 from pyflue.events import Event, EventType
@@ -21,7 +22,14 @@ from pyflue.store.base import (
     run_id_taken,
 )
 from pyflue.store.updates import conflict, update_fields
-from pyflue.store.values import check_upload_owner, check_worker, new_events, new_run, utc
+from pyflue.store.values import (
+    check_upload_owner,
+    check_worker,
+    json_form,
+    new_events,
+    new_run,
+    utc,
+)
 
 
 def _order(run: Run) -> tuple[datetime, str]:
@@ -40,6 +48,7 @@ class MemoryStore:
         self._queue = QueueSignal()
         self._artifacts: dict[str, dict[str, Artifact]] = {}
         self._uploads: dict[str, list[tuple[UploadInfo, list[bytes]]]] = {}
+        self._samples: dict[str, list[dict[str, Any]]] = {}
 
     async def open(self) -> None:
         return None
@@ -132,6 +141,8 @@ class MemoryStore:
         if refused is not None:
             raise refused
         self._runs[run_id] = run.model_copy(update=fields)
+        if update.samples is not None:
+            self._samples[run_id] = json_form(list(update.samples), "a run's resource samples")
         if told:
             self._append(run_id, told)
         if update.status is RunStatus.queued:
@@ -143,6 +154,7 @@ class MemoryStore:
         self._events.pop(run_id, None)
         self._artifacts.pop(run_id, None)
         self._uploads.pop(run_id, None)
+        self._samples.pop(run_id, None)
         self._notifier.publish(run_id)  # its followers look again, and find it gone
 
     async def put_artifact(self, run_id: str, artifact: Artifact) -> None:
@@ -182,6 +194,15 @@ class MemoryStore:
         if copied:
             self._uploads.setdefault(to_run, []).extend(copied)
         return len(copied)
+
+    async def put_samples(self, run_id: str, samples: Sequence[Mapping[str, Any]]) -> None:
+        values = json_form(list(samples), "a run's resource samples")
+        self._run(run_id)
+        self._samples[run_id] = values
+
+    async def get_samples(self, run_id: str) -> list[dict[str, Any]]:
+        self._run(run_id)
+        return copy.deepcopy(self._samples.get(run_id, []))
 
     async def append_events(self, run_id: str, events: Sequence[NewEvent]) -> list[Event]:
         told = new_events(events)

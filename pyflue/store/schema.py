@@ -46,6 +46,10 @@ runs = Table(
     # The run's container and when it was removed (migration 0005).
     Column("container_id", String(100), nullable=True),
     Column("container_removed_at", DateTime(timezone=True), nullable=True),
+    # The run's trace, the traceparent it continues, its resource summary (migration 0008).
+    Column("trace_id", String(32), nullable=True),
+    Column("traceparent", String(100), nullable=True),
+    Column("resources", JSON, nullable=True),
     Index("ix_runs_created", "created_at", "run_id"),
     Index("ix_runs_idempotency", "workflow", "idempotency_key", unique=True),
     Index("ix_runs_status_created", "status", "created_at"),
@@ -112,4 +116,14 @@ upload_chunks = Table(
     Column("seq", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
     PrimaryKeyConstraint("run_id", "position", "seq", name="pk_upload_chunks"),
+)
+
+# A run's resource samples (pyflue.resources), kept apart from the record they would bloat
+# (migration 0008).
+run_samples = Table(
+    "run_samples",
+    metadata,
+    Column("run_id", String(200), ForeignKey("runs.run_id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("samples", JSON, nullable=False),
 )

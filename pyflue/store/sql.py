@@ -10,7 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from pyflue.errors import RunNotFound, RunStateConflict, StoreError
 from pyflue.events import Event, EventType, parse_event
-from pyflue.models import Artifact, ErrorInfo, Run, RunStatus, UploadInfo, utcnow
+from pyflue.models import Artifact, ErrorInfo, ResourceSummary, Run, RunStatus, UploadInfo, utcnow
 from pyflue.store.base import (
     NewEvent,
     Notifier,
@@ -51,12 +59,21 @@ from pyflue.store.base import (
     missing_run,
     run_id_taken,
 )
-from pyflue.store.schema import artifacts, events, runs, upload_chunks, uploads, workers
+from pyflue.store.schema import (
+    artifacts,
+    events,
+    run_samples,
+    runs,
+    upload_chunks,
+    uploads,
+    workers,
+)
 from pyflue.store.updates import conflict, update_fields
 from pyflue.store.values import (
     MAX_BOUND,
     check_upload_owner,
     check_worker,
+    json_form,
     new_events,
     new_run,
     utc,
@@ -109,6 +126,9 @@ def _run_from_row(row: Any) -> Run:
         attempt=m["attempt"],
         container_id=m["container_id"],
         container_removed_at=_maybe_aware(m["container_removed_at"]),
+        trace_id=m["trace_id"],
+        traceparent=m["traceparent"],
+        resources=ResourceSummary(**m["resources"]) if m["resources"] else None,
     )
 
 
@@ -434,12 +454,16 @@ class SqlStore:
     async def update_run(self, run_id: str, update_: RunUpdate) -> Run:
         fields = update_fields(update_)
         told = new_events(update_.events)
+        samples = (None if update_.samples is None
+                   else json_form(list(update_.samples), "a run's resource samples"))
         if _absent(run_id):
             raise missing_run(run_id)
         if "status" in fields:
             fields["status"] = RunStatus(fields["status"]).value
         if fields.get("error") is not None:
             fields["error"] = fields["error"].model_dump()
+        if fields.get("resources") is not None:
+            fields["resources"] = fields["resources"].model_dump(mode="json")
         if not fields:  # still checked and applied as one write: its expectations, its events
             fields = {"event_count": runs.c.event_count}
         query = update(runs).where(runs.c.run_id == run_id).values(**fields)
@@ -453,6 +477,9 @@ class SqlStore:
             applied = (await conn.execute(query)).rowcount > 0
             if applied and told:
                 await self._append(conn, run_id, told)
+            if applied and samples is not None:
+                await conn.execute(delete(run_samples).where(run_samples.c.run_id == run_id))
+                await conn.execute(insert(run_samples).values(run_id=run_id, samples=samples))
             if applied and update_.status is RunStatus.queued:
                 await self._tell_queue(conn, run_id)
         if not applied:
@@ -475,6 +502,7 @@ class SqlStore:
             await conn.execute(delete(artifacts).where(artifacts.c.run_id == run_id))
             await conn.execute(delete(upload_chunks).where(upload_chunks.c.run_id == run_id))
             await conn.execute(delete(uploads).where(uploads.c.run_id == run_id))
+            await conn.execute(delete(run_samples).where(run_samples.c.run_id == run_id))
             await conn.execute(delete(runs).where(runs.c.run_id == run_id))
             if self._is_postgres:  # followers in other processes look again, and find it gone
                 await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, run_id)))
@@ -560,6 +588,26 @@ class SqlStore:
                        upload_chunks.c.seq, upload_chunks.c.data)
                 .where(upload_chunks.c.run_id == from_run)))
         return max(done.rowcount, 0)
+
+    async def put_samples(self, run_id: str, samples: Sequence[Mapping[str, Any]]) -> None:
+        values = json_form(list(samples), "a run's resource samples")
+        if _absent(run_id):
+            raise missing_run(run_id)
+        await self.get_run(run_id)  # RunNotFound
+        async with self._write() as conn:
+            await conn.execute(delete(run_samples).where(run_samples.c.run_id == run_id))
+            await conn.execute(insert(run_samples).values(run_id=run_id, samples=values))
+
+    async def get_samples(self, run_id: str) -> list[dict[str, Any]]:
+        if _absent(run_id):
+            raise missing_run(run_id)
+        async with self._read() as conn:
+            row = (await conn.execute(select(run_samples.c.samples).where(
+                run_samples.c.run_id == run_id))).first()
+        if row is None:
+            await self.get_run(run_id)  # RunNotFound
+            return []
+        return list(row[0])
 
     async def append_events(self, run_id: str, new: Sequence[NewEvent]) -> list[Event]:
         told = new_events(new)

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings
 from pyflue.settings import (
     ArtifactSettings,
     ModelSettings,
+    ObservabilitySettings,
     PoolSettings,
     SandboxDefaults,
     ServerSettings,
@@ -31,7 +32,7 @@ from pyflue.settings import (
 DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 BLOCK = re.compile(r"<!-- settings -->\n(.*?)<!-- /settings -->\n", re.S)
 PARTS: list[type[BaseSettings]] = [Settings, SandboxDefaults, ModelSettings, ServerSettings,
-                                   PoolSettings, ArtifactSettings]
+                                   PoolSettings, ArtifactSettings, ObservabilitySettings]
 
 
 def variables(part: type[BaseSettings], name: str, field: FieldInfo) -> list[str]:

@@ -947,3 +947,44 @@ async def test_pruning_forgets_old_finished_runs_whole_and_nothing_else(
     with pytest.raises(RunStateConflict, match="only a finished run can be deleted"):
         await retention.forget(kept_running.run_id)
     assert (await store.get_run(kept_running.run_id)).status is RunStatus.running
+
+
+async def test_resource_samples_are_kept_replaced_and_deleted_with_the_run(
+        store: RunStore) -> None:
+    run = await store.create_run(_run())
+    assert await store.get_samples(run.run_id) == []
+    first = [{"timestamp": "2026-01-01T00:00:00Z", "memUsed": 1}]
+    await store.put_samples(run.run_id, first)
+    assert await store.get_samples(run.run_id) == first
+    later = [*first, {"timestamp": "2026-01-01T00:00:01Z", "memUsed": 2}]
+    await store.put_samples(run.run_id, later)
+    assert await store.get_samples(run.run_id) == later
+    await store.delete_run(run.run_id)
+    with pytest.raises(RunNotFound):
+        await store.get_samples(run.run_id)
+    with pytest.raises(RunNotFound):
+        await store.put_samples(run.run_id, first)
+
+
+async def test_a_run_keeps_its_trace_and_resource_summary(store: RunStore) -> None:
+    from pyflue.models import ResourceSummary
+
+    run = await store.create_run(_run().model_copy(update={
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}))
+    summary = ResourceSummary(samples=2, peak_memory_bytes=5, cpu_seconds=0.5)
+    await store.update_run(run.run_id, RunUpdate(extra={"resources": summary}))
+    got = await store.get_run(run.run_id)
+    assert got.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert got.traceparent == run.traceparent and got.resources == summary
+
+
+async def test_samples_given_with_an_update_are_kept_in_its_write(store: RunStore) -> None:
+    run = await store.create_run(_run())
+    samples = [{"timestamp": "2026-01-01T00:00:00Z", "memUsed": 3}]
+    await store.update_run(run.run_id, RunUpdate(reason="x", samples=samples))
+    assert await store.get_samples(run.run_id) == samples
+    with pytest.raises(RunStateConflict):  # not applied: not kept either
+        await store.update_run(run.run_id, RunUpdate(
+            samples=[], expect_status=RunStatus.completed))
+    assert await store.get_samples(run.run_id) == samples

@@ -33,6 +33,7 @@ from pyflue.sandbox.base import (
     OutputHandler,
     PutEntry,
     SandboxSpec,
+    Usage,
 )
 from pyflue.sandbox.docker.channel import Channel, Command
 from pyflue.sandbox.docker.probe import ContainerProbe, ContainerState
@@ -56,8 +57,9 @@ class DockerSandbox:
     port), over a channel and the engine's probe."""
 
     def __init__(self, channel: Channel, probe: ContainerProbe, bridge: ThreadBridge,
-                 spec: SandboxSpec, kill_grace: float) -> None:
+                 spec: SandboxSpec, kill_grace: float, volume: str | None = None) -> None:
         self._channel = channel
+        self._volume = volume  # the workspace volume, for its size
         self._probe = probe
         self._bridge = bridge  # for building tars off the event loop
         self._spec = spec
@@ -69,6 +71,10 @@ class DockerSandbox:
     @property
     def channel(self) -> Channel:
         return self._channel
+
+    async def usage(self) -> Usage | None:
+        """What the container uses now (see :meth:`ContainerProbe.usage`)."""
+        return await self._probe.usage(self._volume, self._spec.cpus, self._spec.workdir)
 
     @property
     def id(self) -> str:

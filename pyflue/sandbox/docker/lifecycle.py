@@ -12,6 +12,7 @@ import contextlib
 import logging
 import re
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
@@ -75,6 +76,10 @@ def _no_shell(message: str) -> bool:
     """Whether the engine refused to start a container because its image has no /bin/sh."""
     return "/bin/sh" in message and ("no such file" in message.lower()
                                       or "not found" in message.lower())
+
+
+def _ms_since(start: float) -> int:
+    return int((time.monotonic() - start) * 1000)
 
 
 def resource_name(run_id: str) -> str:
@@ -280,10 +285,12 @@ class DockerProvider:
         when the run ends (``container_removed`` says ``deferred``)."""
         cid = pooled.container_id
         box: DockerSandbox | None = None
+        asked = time.monotonic()
         try:
             emit(ContainerCreated(container_id=cid, name=pooled.name, image=spec.image,
                                   network=spec.network, runtime=spec.runtime or "runc"))
-            box = await self._sandbox(cid, spec, emit, launch="warm")
+            box = await self._sandbox(cid, spec, emit, launch="warm", asked=asked,
+                                     volume=pooled.name)
             yield box
         finally:
             if box is not None and isinstance(box.channel, HelperChannel):
@@ -312,15 +319,18 @@ class DockerProvider:
         volume = resource_name(spec.run_id)
         container: Any = None
         box: DockerSandbox | None = None
+        asked = time.monotonic()
         try:
             await self.helper.prepare(spec.image)
             # Creation runs to its end even when the run is cancelled meanwhile, so the
             # cleanup below always knows what exists and removes it.
             container = await run_to_completion(self.bridge.call(self._create, spec, volume))
             emit(ContainerCreated(container_id=container.id, name=volume, image=spec.image,
-                                  network=spec.network, runtime=spec.runtime or "runc"))
+                                  network=spec.network, runtime=spec.runtime or "runc",
+                                  create_ms=_ms_since(asked)))
             await self.bridge.call(self._start, container, spec)
-            box = await self._sandbox(container.id, spec, emit, launch="cold")
+            box = await self._sandbox(container.id, spec, emit, launch="cold", asked=asked,
+                                     volume=volume)
             yield box
         finally:
             if box is not None and isinstance(box.channel, HelperChannel):
@@ -328,7 +338,8 @@ class DockerProvider:
             await run_to_completion(self._remove(container, volume, emit))
 
     async def _sandbox(self, container_id: str, spec: SandboxSpec, emit: Emit, *,
-                       launch: Literal["warm", "cold"]) -> DockerSandbox:
+                       launch: Literal["warm", "cold"], asked: float,
+                       volume: str) -> DockerSandbox:
         """The work inside a started container, over its channel (helper or docker exec);
         emits ``container_started`` saying which, and a warning should it fall back later."""
         api = self.client.api
@@ -338,14 +349,16 @@ class DockerProvider:
             if not said:
                 said.append(True)
                 emit(ContainerStarted(container_id=container_id, launch=launch,
-                                      channel=channel, channel_reason=reason))
+                                      channel=channel, channel_reason=reason,
+                                      start_ms=_ms_since(asked)))
             else:
                 emit(Log(level="warn", message=f"sandbox channel: falling back to docker exec: "
                                                f"{reason}", fields={"channel": channel}))
 
         channel = await self.helper.channel(api, container_id, spec.user, told)
         return DockerSandbox(channel, ContainerProbe(api, self.bridge, container_id),
-                             self.bridge, spec, self.kill_grace)
+                             self.bridge, spec, self.kill_grace,
+                             volume=volume)
 
     def _create(self, spec: SandboxSpec, volume: str) -> Any:
         try:
