@@ -18,6 +18,7 @@ into this tree at the adapter edge and never escape it.
     │   └── WorkflowLoadError    import failure, missing run(), duplicate name
     ├── RunNotFound              no run with that id in the store
     ├── RunStateConflict         the run is not in the status the operation needs
+    ├── QueueFull                a tenant's queue is at PYFLUE_TENANT_MAX_QUEUED
     ├── StoreError               the run store cannot be opened or written
     ├── ModelError               a model call failed (after retries where retrying helps)
     │   ├── ModelAuthError       the API key is missing or refused
@@ -120,6 +121,17 @@ class RunStateConflict(PyflueError):
     type = "conflict"
 
 
+class QueueFull(PyflueError):
+    """The caller's tenant has as many runs queued as PYFLUE_TENANT_MAX_QUEUED allows;
+    ``retry_after``: seconds to wait before trying again."""
+
+    type = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class StoreError(PyflueError):
     type = "store_error"
 
@@ -202,6 +214,7 @@ __all__ = [
     "ModelNotFound",
     "ModelUnavailable",
     "PyflueError",
+    "QueueFull",
     "ResultValidationError",
     "RunNotFound",
     "RunStateConflict",

@@ -164,6 +164,9 @@ class RunStart(EventData):
                                     "`websocket`")
     attempt: int = Field(1, description="1, or which attempt of a requeued run this is (see "
                                         "`run_requeued`)")
+    requested_by: str | None = Field(
+        None, description="the name of the API token that created the run (its tenant's "
+                          "audit trail); `null` without tokens, and for `pyflue run`")
 
 
 # The largest result run_end carries itself, in bytes of JSON; a larger one is read from the run.

@@ -93,6 +93,11 @@ class Run(BaseModel):
     # after the run's end; the reaper removes it if this worker dies first).
     container_id: str | None = None
     container_removed_at: datetime | None = None
+    # Whose run it is: the tenant of the token that created it (which it shares with that
+    # tenant's other tokens only), and that token's name, for the audit trail (None: no token
+    # is configured, or a `pyflue run` on this machine). See pyflue.tenants.
+    tenant: str = "default"
+    requested_by: str | None = None
 
 
 def end_error(status: RunStatus, error: ErrorInfo | None, reason: str | None) -> ErrorInfo | None:

@@ -115,8 +115,13 @@ class Runner:
         owner: str | None = "",
         idempotency_key: str | None = None,
         taken: bool = False,
+        tenant: str = "default",
+        requested_by: str | None = None,
     ) -> Run:
         """Validates the invocation and records the run as ``queued``. Nothing runs yet.
+
+        ``tenant`` and ``requested_by``: whose run it is and the name of the token that asked
+        (see :mod:`pyflue.tenants`).
 
         ``owner`` defaults to this process (it will run it); ``None`` leaves the run for a
         scheduler to claim. ``taken``: record it as already claimed by ``owner``
@@ -135,6 +140,8 @@ class Runner:
             created_at=now,
             started_at=now if taken else None,
             idempotency_key=idempotency_key,
+            tenant=tenant,
+            requested_by=requested_by,
         )
         return await self.store.create_run(run)
 
@@ -169,7 +176,8 @@ class Runner:
                 run, early_cancel = await claim, exc
         recorder = RunRecorder(self.store, run_id)
         recorder.emit(RunStart(workflow=run.workflow, payload=run.payload, image=run.image,
-                               source=run.source, attempt=run.attempt))
+                               source=run.source, attempt=run.attempt,
+                               requested_by=run.requested_by))
         scope = _SandboxScope(self, run, recorder)
         t0 = time.monotonic()
         result: Any = None

@@ -21,7 +21,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from pyflue.api import ws
+from pyflue.api import auth, ws
 from pyflue.api.sse import EVENT_SCHEMA
 from pyflue.errors import ConfigError
 from pyflue.settings import Settings
@@ -135,7 +135,8 @@ def build(app: FastAPI, settings: Settings) -> dict[str, Any]:
             operation.get("responses", {}).pop("422", None)
             for parameter in operation.get("parameters", []):
                 parameter["schema"] = _absent_not_null(parameter.get("schema", {}))
-            if settings.server.api_token is None and operation.get("security"):
+            if (settings.server.api_token is None and settings.server.tokens_file is None
+                    and operation.get("security")):
                 operation["security"].append({})  # no token configured: nothing is checked
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
@@ -178,15 +179,17 @@ def assets() -> Path:
 def install(app: FastAPI, settings: Settings) -> None:
     """Serves ``/openapi.json``, ``/docs`` and the page's assets, without the token."""
     document: dict[str, Any] = {}
-    app.mount(ASSETS, StaticFiles(directory=assets()), name="docs-assets")
+    auth.public_mount(app, ASSETS, StaticFiles(directory=assets()), name="docs-assets")
 
     @app.get("/openapi.json", include_in_schema=False)
+    @auth.public
     async def openapi() -> JSONResponse:
         if not document:
             document.update(build(app, settings))
         return JSONResponse(document)
 
     @app.get("/docs", include_in_schema=False)
+    @auth.public
     async def docs(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "").rstrip("/")
         return get_swagger_ui_html(
