@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from pyflue.api import auth, ws
@@ -130,6 +131,14 @@ def build(app: FastAPI, settings: Settings) -> dict[str, Any]:
     event = schemas["EventPage"]["properties"]["events"]["items"]
     doc["paths"] = _with_event(doc.get("paths", {}), event)
     doc["x-websockets"] = _with_event(WEBSOCKETS, event)
+    # A public route (pyflue.api.auth.public) asks for no token: FastAPI lists the app's
+    # bearer dependency on every operation.
+    for route in app.routes:
+        if isinstance(route, APIRoute) and auth.is_public(route.endpoint, settings):
+            for method in route.methods:
+                operation = doc["paths"].get(route.path_format, {}).get(method.lower())
+                if operation is not None:
+                    operation["security"] = []
     for path in doc.get("paths", {}).values():
         for operation in path.values():
             operation.get("responses", {}).pop("422", None)

@@ -1,4 +1,5 @@
-"""Running the machine: ``pyflue doctor``, ``serve``, ``reap`` and ``images build|list``."""
+"""Running the machine: ``pyflue doctor``, ``serve``, ``reap``, ``images build|list`` and
+``token new|hash``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pyflue.cli.common import (
     images_app,
     run_async,
     settings_for,
+    token_app,
 )
 from pyflue.errors import PyflueError
 
@@ -83,7 +85,8 @@ def serve(
     server = settings.server.model_copy(update=changes)
     settings = settings.model_copy(update={"server": server, **(
         {"store_url": store_url} if store_url else {})})
-    problem = bind_problem(server.host, server.api_token is not None, server.allow_insecure_bind)
+    problem = bind_problem(server.host, server.api_token is not None or server.tokens_file
+                           is not None, server.allow_insecure_bind)
     if problem:
         die(problem, EXIT_USAGE)
     if not reload:
@@ -107,7 +110,8 @@ def bind_problem(host: str, has_token: bool, forced: bool) -> str | None:
     if loopback or has_token or forced:
         return None
     return (f"refusing to serve on {host} without an API token: set PYFLUE_API_TOKEN (clients "
-            "send `Authorization: Bearer <token>`), or pass --insecure-bind to serve anyway")
+            "send `Authorization: Bearer <token>`) or PYFLUE_TOKENS_FILE, or pass "
+            "--insecure-bind to serve anyway")
 
 
 @app.command()
@@ -200,3 +204,37 @@ def config(
         raise typer.Exit(EXIT_USAGE) from None
     document = settings_document(loaded, os.environ)
     typer.echo(json.dumps(document, indent=2) if as_json else settings_table(document))
+
+
+@token_app.command("new")
+def token_new(
+    name: Annotated[str, typer.Option(help="the token's name (the runs it creates carry it)")],
+    tenant: Annotated[str, typer.Option(help="the tenant whose runs it sees and creates")],
+    admin: Annotated[bool, typer.Option("--admin", help="sees every tenant's runs")] = False,
+    max_concurrency: Annotated[int | None, typer.Option(
+        min=1, help="runs of the tenant executing at once")] = None,
+) -> None:
+    """Print a new random token (on stderr, once) and its PYFLUE_TOKENS_FILE entry (stdout)."""
+    from pyflue.tenants import new_token, token_hash
+
+    token = new_token()
+    typer.echo(f"token (give it to the client; it is not stored anywhere): {token}", err=True)
+    typer.echo(json.dumps({"name": name, "sha256": token_hash(token), "tenant": tenant,
+                           "admin": admin, "max_concurrency": max_concurrency}))
+
+
+@token_app.command("hash")
+def token_hash_command(
+    token: Annotated[str | None, typer.Argument(
+        help="the token; omit it to read it from stdin (keeps it out of the shell history)")]
+    = None,
+) -> None:
+    """Print the SHA-256 of a token, for the `sha256` of its PYFLUE_TOKENS_FILE entry."""
+    import sys
+
+    from pyflue.tenants import token_hash
+
+    given = token if token is not None else sys.stdin.read().strip()
+    if not given:
+        die("no token given: pass it as the argument or on stdin", EXIT_USAGE)
+    typer.echo(token_hash(given))

@@ -40,6 +40,9 @@ app = typer.Typer(
 )
 images_app = typer.Typer(help="Build and list the sandbox images in images/.", no_args_is_help=True)
 app.add_typer(images_app, name="images")
+token_app = typer.Typer(help="Make API tokens and their entries for PYFLUE_TOKENS_FILE.",
+                        no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA, EXIT_TIMED_OUT, EXIT_CANCELLED = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
