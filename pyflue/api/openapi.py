@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 
 from pyflue.api import auth, ws
@@ -133,9 +133,9 @@ def build(app: FastAPI, settings: Settings) -> dict[str, Any]:
     doc["x-websockets"] = _with_event(WEBSOCKETS, event)
     # A public route (pyflue.api.auth.public) asks for no token: FastAPI lists the app's
     # bearer dependency on every operation.
-    for route in app.routes:
+    for route in (context.original_route for context in iter_route_contexts(app.routes)):
         if isinstance(route, APIRoute) and auth.is_public(route.endpoint, settings):
-            for method in route.methods:
+            for method in route.methods or ():
                 operation = doc["paths"].get(route.path_format, {}).get(method.lower())
                 if operation is not None:
                     operation["security"] = []
