@@ -89,6 +89,12 @@ def serve(
                            is not None, server.allow_insecure_bind)
     if problem:
         die(problem, EXIT_USAGE)
+    from pyflue.tenants import Tokens
+
+    try:  # a token file the server cannot use stops it here, naming the entry
+        Tokens.load(None, server.tokens_file)
+    except PyflueError as exc:
+        die(exc.message, EXIT_USAGE)
     if not reload:
         uvicorn.run(create_app(settings), log_level="info", **uvicorn_options(settings))
         return

@@ -353,3 +353,27 @@ def test_fair_admission_passes_over_a_tenant_at_its_limit() -> None:
     queued = [Queued("a0", "a"), Queued("a1", "a"), Queued("b0", "b")]
     assert fair_pick(queued, {"a": 1}, {"a": 1}, 3) == ["b0"]
     assert fair_pick(queued, {}, {"a": 1}, 3) == ["a0", "b0"]
+
+
+def test_serve_refuses_a_token_file_it_cannot_use_naming_the_entry(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "tokens.json").write_text(json.dumps([GOOD, {**GOOD, "name": "ci2",
+                                                             "sha256": "s3cret"}]))
+    env = {**os.environ, "PYFLUE_TOKENS_FILE": str(tmp_path / "tokens.json")}
+    done = subprocess.run([sys.executable, "-m", "pyflue.cli", "serve", "--port", "1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "entry 2 ('ci2'): 'sha256' must be the 64 hex digits" in done.stderr
+
+
+def test_token_hash_prints_the_digest_a_token_file_holds() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pyflue.cli", "token", "hash"],
+                          input="s3cret\n", capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == token_hash("s3cret")
