@@ -115,7 +115,9 @@ async def list_events(
                       "headers": {"X-Flue-Run-Id": {"description": "the run's id",
                                                     "schema": {"type": "string"}}},
                       "content": {"text/event-stream": SSE_RESPONSE["content"]}},
-                **documented(400, 401, 404, 500, 503),
+                **documented(400, 401, 404, 500, 503, _400=(
+                    "`invalid_parameter`: `after` or `Last-Event-ID` is not an event index, or "
+                    "is past the run's last event (an index of another run's)")),
             },
             openapi_extra={"parameters": [_LAST_EVENT_ID]})
 async def stream(
