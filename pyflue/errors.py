@@ -19,6 +19,7 @@ into this tree at the adapter edge and never escape it.
     │   └── WorkflowLoadError    import failure, missing run(), duplicate name
     ├── RunNotFound              no run with that id in the store
     ├── RunStateConflict         the run is not in the status the operation needs
+    ├── QueueFull                a tenant's queue is at PYFLUE_TENANT_MAX_QUEUED
     ├── StoreError               the run store cannot be opened or written
     ├── ArtifactError            an artifact cannot be saved or read
     │   ├── ArtifactNotFound     no artifact (or folder of them) of that name in the run
@@ -132,6 +133,17 @@ class RunStateConflict(PyflueError):
     type = "conflict"
 
 
+class QueueFull(PyflueError):
+    """The caller's tenant has as many runs queued as PYFLUE_TENANT_MAX_QUEUED allows;
+    ``retry_after``: seconds to wait before trying again."""
+
+    type = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class StoreError(PyflueError):
     type = "store_error"
 
@@ -234,6 +246,7 @@ __all__ = [
     "ModelNotFound",
     "ModelUnavailable",
     "PyflueError",
+    "QueueFull",
     "ResultValidationError",
     "RunNotFound",
     "RunStateConflict",

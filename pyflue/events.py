@@ -180,14 +180,18 @@ class RunStart(EventData):
 
     @classmethod
     def of(cls, *, workflow: str, payload: dict[str, Any], run_id: str, image: str | None,
-           source: str, attempt: int, uploads: list[UploadInfo]) -> RunStart:
+           source: str, attempt: int, uploads: list[UploadInfo],
+           requested_by: str | None = None) -> RunStart:
         """The start of a run: its payload carried when it is at most
         :data:`RESULT_INLINE_LIMIT` bytes of JSON, else a pointer to ``/runs/{run_id}``."""
         carried: dict[str, Any] = {"payload": payload}
         if len(json.dumps(payload, ensure_ascii=False).encode()) > RESULT_INLINE_LIMIT:
             carried = {"payload_truncated": True, "run_path": f"/runs/{run_id}"}
         return cls(workflow=workflow, image=image, source=source, attempt=attempt,
-                   uploads=uploads or None, **carried)
+                   uploads=uploads or None, requested_by=requested_by, **carried)
+    requested_by: str | None = Field(
+        None, description="the name of the API token that created the run (its tenant's "
+                          "audit trail); `null` without tokens, and for `pyflue run`")
 
 
 # The largest result run_end carries itself, in bytes of JSON; a larger one is read from the run.

@@ -119,6 +119,11 @@ class Run(BaseModel):
     traceparent: str | None = None
     # What the run's container used, once the run has ended (pyflue.resources).
     resources: ResourceSummary | None = None
+    # Whose run it is: the tenant of the token that created it (which it shares with that
+    # tenant's other tokens only), and that token's name, for the audit trail (None: no token
+    # is configured, or a `pyflue run` on this machine). See pyflue.tenants.
+    tenant: str = "default"
+    requested_by: str | None = None
 
 
 class Artifact(BaseModel):
@@ -132,6 +137,8 @@ class Artifact(BaseModel):
     content_type: str = Field(description="its media type, guessed from the name")
     path: str = Field(description="the workspace path it was copied from")
     saved_at: datetime
+
+
 class UploadInfo(BaseModel):
     """One archive sent with an invocation (``--upload DIR[:DEST]``, a multipart part), as
     stored with its run and unpacked into the workspace when the run's container starts."""

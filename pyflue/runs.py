@@ -145,8 +145,13 @@ class Runner:
         uploads: Sequence[StagedUpload] = (),
         uploads_from: str | None = None,
         traceparent: str | None = None,
+        tenant: str = "default",
+        requested_by: str | None = None,
     ) -> Run:
         """Validates the invocation and records the run as ``queued``. Nothing runs yet.
+
+        ``tenant`` and ``requested_by``: whose run it is and the name of the token that asked
+        (see :mod:`pyflue.tenants`).
 
         ``owner`` defaults to this process (it will run it); ``None`` leaves the run for a
         scheduler to claim. ``taken``: record it as already claimed by ``owner``
@@ -169,7 +174,8 @@ class Runner:
             return await self._record(workflow, payload, run_id, now, image=image,
                                       source=source, owner=owner,
                                       idempotency_key=idempotency_key, taken=taken,
-                                      traceparent=traceparent)
+                                      traceparent=traceparent, tenant=tenant,
+                                      requested_by=requested_by)
         except BaseException:
             if uploads or uploads_from is not None:  # the run was not created: nor are they
                 with contextlib.suppress(Exception):
@@ -179,7 +185,8 @@ class Runner:
     async def _record(self, workflow: str, payload: Any, run_id: str, now: datetime, *,
                       image: str | None, source: str, owner: str | None,
                       idempotency_key: str | None, taken: bool,
-                      traceparent: str | None) -> Run:
+                      traceparent: str | None, tenant: str,
+                      requested_by: str | None) -> Run:
         parent = parse_traceparent(traceparent)
         trace_id = parent.trace_id if parent else (new_trace_id() if self.traced else None)
         run = Run(
@@ -195,6 +202,8 @@ class Runner:
             idempotency_key=idempotency_key,
             trace_id=trace_id,
             traceparent=parent.header if parent else None,
+            tenant=tenant,
+            requested_by=requested_by,
         )
         return await self.store.create_run(run)
 
@@ -240,7 +249,7 @@ class Runner:
             uploads = await self.store.list_uploads(run_id)
         recorder.emit(RunStart.of(workflow=run.workflow, payload=run.payload, run_id=run_id,
                                   image=run.image, source=run.source, attempt=run.attempt,
-                                  uploads=uploads))
+                                  uploads=uploads, requested_by=run.requested_by))
         scope = _SandboxScope(self, run, recorder, meter, uploads)
         t0 = time.monotonic()
         result: Any = None

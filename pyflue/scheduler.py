@@ -9,6 +9,13 @@ removed, and only then is the run ``cancelled``. On start-up and every lease, ru
 process is gone are taken back (ended ``interrupted``, or requeued if safe to retry) and
 containers of runs that are over reaped; queued runs stay queued and run.
 
+With tenants (``tenant_limits``, ``fair``; see :mod:`pyflue.tenants`), admission picks the
+queued runs fairly across tenants (:func:`~pyflue.tenants.fair_pick`): the tenant with the
+fewest runs executing goes first, and one at its ``max_concurrency`` waits, wherever its runs
+execute (counted in the store). Several workers sharing a store each pick fairly; a tenant may
+briefly hold one run more per other worker claiming at the same instant. ``max_queued``: a
+submit of a tenant with that many runs queued is refused (:class:`~pyflue.errors.QueueFull`).
+
 While the sandbox engine does not answer (an :class:`~pyflue.engine_watch.EngineWatch`, told of
 runs that end ``engine_unavailable``), nothing is admitted: runs stay queued, for a worker whose
 engine answers or for this one when its engine is back; a run that waited longer than
@@ -25,10 +32,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pyflue.engine_watch import EngineState, EngineWatch
-from pyflue.errors import EngineUnavailable, RunStateConflict
+from pyflue.errors import EngineUnavailable, QueueFull, RunStateConflict
 from pyflue.events import EventType
 from pyflue.models import ErrorInfo, Run, RunStatus, utcnow
 from pyflue.runs import Runner, StopRequest
+from pyflue.tenants import DEFAULT_TENANT, Queued, fair_pick
 from pyflue.workers import local_owner
 
 if TYPE_CHECKING:
@@ -39,6 +47,8 @@ log = logging.getLogger(__name__)
 # An idle scheduler (nothing left to take at its last look) claims on a queue signal, and
 # otherwise only on every this many admission looks (polls come every second).
 IDLE_CLAIM_EVERY = 10
+# How many of the oldest queued runs fair admission looks at to pick from.
+FAIR_WINDOW = 500
 
 
 class Scheduler:
@@ -50,8 +60,14 @@ class Scheduler:
         poll_interval: float = 1.0,
         engine: EngineWatch | None = None,
         engine_wait: float = 300.0,
+        tenant_limits: dict[str, int] | None = None,
+        fair: bool = False,
+        max_queued: int | None = None,
     ) -> None:
         self.runner = runner
+        self.tenant_limits = dict(tenant_limits or {})
+        self.fair = fair or bool(self.tenant_limits)
+        self.max_queued = max_queued
         self.engine = engine  # None: the engine is taken to answer (a test's fake provider)
         self.engine_wait = engine_wait
         self.store = runner.store
@@ -218,17 +234,24 @@ class Scheduler:
         uploads: Sequence[StagedUpload] = (),
         uploads_from: str | None = None,
         traceparent: str | None = None,
+        tenant: str = DEFAULT_TENANT,
+        requested_by: str | None = None,
     ) -> tuple[Run, bool]:
         """Records a run, queued or (a free slot, nothing older waiting) taken by this
         scheduler and started; returns it and whether it is new (False: same key seen).
-        ``traceparent``: the caller's W3C trace context, continued by the run's trace."""
+        ``traceparent``: the caller's W3C trace context, continued by the run's trace.
+        ``tenant``, ``requested_by``: whose run it is (see :mod:`pyflue.tenants`).
+        QueueFull when the tenant has ``max_queued`` runs queued."""
         if idempotency_key is not None:
-            existing = await self.store.find_run(workflow, idempotency_key)
+            existing = await self.store.find_run(workflow, idempotency_key, tenant)
             if existing is not None:
                 return existing, False
+        await self._check_queue(tenant)
         # A free slot and nothing older waiting: the run is recorded as taken by this worker
         # and starts here at once (where its request is); else it is queued for any worker.
+        # A tenant with a quota always goes through admission, which counts its runs.
         take = (self.engine_up and self._backlog_empty
+                and tenant not in self.tenant_limits
                 and len(self._tasks) + self._reserved < self.max_concurrency)
         self._reserved += int(take)
         # Shielded: once the record exists, a cancelled request must not leave a run taken
@@ -236,7 +259,8 @@ class Scheduler:
         recording = asyncio.ensure_future(self.runner.submit(
             workflow, payload, image=image, source=source, idempotency_key=idempotency_key,
             owner=self.worker if take else None, taken=take, uploads=uploads,
-            uploads_from=uploads_from, traceparent=traceparent,
+            uploads_from=uploads_from, traceparent=traceparent, tenant=tenant,
+            requested_by=requested_by,
         ))
         cancelled: asyncio.CancelledError | None = None
         try:
@@ -247,7 +271,7 @@ class Scheduler:
                 run = await recording
         except RunStateConflict:  # the same key raced in from another request
             assert idempotency_key is not None
-            found = await self.store.find_run(workflow, idempotency_key)
+            found = await self.store.find_run(workflow, idempotency_key, tenant)
             assert found is not None
             return found, False
         finally:
@@ -262,6 +286,17 @@ class Scheduler:
         if cancelled is not None:
             raise cancelled
         return run, True
+
+    async def _check_queue(self, tenant: str) -> None:
+        if self.max_queued is None:
+            return
+        queued = await self.store.list_runs(status=RunStatus.queued, tenant=tenant,
+                                            limit=self.max_queued)
+        if len(queued) >= self.max_queued:
+            raise QueueFull(
+                f"tenant {tenant!r} has {len(queued)} runs queued, the most it may "
+                f"(PYFLUE_TENANT_MAX_QUEUED={self.max_queued}): retry once some have started",
+                retry_after=max(1, round(self.poll_interval * 5)))
 
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> Run:
         """Cancels a queued or running run. RunStateConflict when it has already finished."""
@@ -382,10 +417,19 @@ class Scheduler:
         # The slots are held while the claim is in flight (a submit meanwhile sees them
         # taken), and what was claimed is started even if this is cancelled (a stop).
         self._reserved += free
+        only: list[str] | None = None
+        waiting = 0
+        try:
+            if self.fair:
+                only, waiting = await self._fair_pick(free)
+        except BaseException:
+            self._reserved -= free
+            raise
         # Not a run that still has a task here: one taken back from this worker while it was
         # cut off from the store (see _drop_runs_taken_back) runs elsewhere, or here later.
         claim = asyncio.ensure_future(self.store.claim_runs(self.worker, free,
-                                                            exclude=set(self._tasks)))
+                                                            exclude=set(self._tasks),
+                                                            only=only))
         try:
             claimed = await asyncio.shield(claim)
         except asyncio.CancelledError:
@@ -397,7 +441,21 @@ class Scheduler:
             self._reserved -= free
         for run in claimed:
             self._start(run)
-        self._backlog_empty = len(claimed) < free
+        # Fair admission passed over runs of tenants at their limit: look again next poll.
+        self._backlog_empty = len(claimed) < free and waiting <= len(claimed)
+
+    async def _fair_pick(self, free: int) -> tuple[list[str], int]:
+        """The queued runs to claim, picked fairly across tenants, and how many were
+        candidates."""
+        queued = [Queued(r.run_id, r.tenant) for r in await self.store.list_runs(
+            status=RunStatus.queued, limit=FAIR_WINDOW, oldest_first=True)
+            if r.owner is None and r.run_id not in self._tasks]
+        if not queued:
+            return [], 0
+        active: dict[str, int] = {}
+        for run in await self.store.list_runs(status=RunStatus.running, limit=100_000):
+            active[run.tenant] = active.get(run.tenant, 0) + 1
+        return fair_pick(queued, active, self.tenant_limits, free), len(queued)
 
     async def _fail_stale(self) -> None:
         """Fails the queued runs that have waited longer than ``engine_wait`` while this

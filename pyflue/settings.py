@@ -209,7 +209,16 @@ class ServerSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="the address `pyflue serve` binds (`--host`)")
     port: int = Field(2024, ge=0, le=65535, description="the port `pyflue serve` listens on")
     api_token: SecretStr | None = Field(
-        None, description="Bearer token that every route but /health requires"
+        None, description="Bearer token that every route but /health requires (an admin "
+                          "token of tenant `default`)"
+    )
+    tokens_file: Path | None = Field(
+        None, description="JSON list of named tokens (by SHA-256) with their tenant, admin "
+                          "flag and max_concurrency; see docs/server.md#tokens-and-tenants"
+    )
+    tenant_max_queued: int | None = Field(
+        None, ge=1, description="queued runs a tenant may have; above it an invocation gets "
+                                "429 with Retry-After (unset: no limit)"
     )
     allow_insecure_bind: bool = Field(
         False, description="serve on a non-loopback address without a token (not advised)"

@@ -31,3 +31,14 @@ def parse_event_index(raw: str) -> int | None:
     if raw.isascii() and raw.isdigit() and int(raw) <= MAX_EVENT_INDEX:
         return int(raw)
     return None
+
+
+def past_the_end(run_id: str, event_count: int, after: int) -> str | None:
+    """Why resuming a run (``event_count`` events so far) after event ``after`` cannot be
+    right, or None. Events are stored before anyone is sent them, so no client of this run
+    can hold an index past ``event_count``: it is one of another run's (or of a run deleted
+    and made anew)."""
+    if after <= event_count:
+        return None
+    return (f"event {after} is past the last event of run {run_id} ({event_count}): resume "
+            "with an index this run's stream gave you, or 0 to replay it from the start")

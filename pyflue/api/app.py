@@ -3,6 +3,10 @@
 Dependencies come in as arguments (a store, a sandbox provider, model clients); whatever is not
 given is built from the settings and closed with the app. Routers stay thin: they parse,
 call the scheduler or the store, and serialize.
+
+Every route, HTTP or WebSocket, of any router included here, needs a token: the app's own
+dependency :func:`pyflue.api.auth.authenticate` (read that module before adding a route: how a
+route gets the caller, loads a run for the caller's tenant, or is marked public).
 """
 
 from __future__ import annotations
@@ -11,10 +15,21 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 
 from pyflue import __version__, wiring
-from pyflue.api import artifacts, errors, observability, openapi, runs, ui, workers, workflows, ws
+from pyflue.api import (
+    artifacts,
+    auth,
+    errors,
+    observability,
+    openapi,
+    runs,
+    ui,
+    workers,
+    workflows,
+    ws,
+)
 from pyflue.engine_watch import EngineWatch
 from pyflue.llm import ModelResolver
 from pyflue.responses import EngineHealth, Health, PoolFillAnswer
@@ -23,6 +38,7 @@ from pyflue.sandbox.base import SandboxProvider
 from pyflue.scheduler import Scheduler
 from pyflue.settings import Settings
 from pyflue.store import RunStore
+from pyflue.tenants import Tokens
 
 UNHEALTHY = ("the server's Docker engine does not answer: the body is a `Health` with `ok: false` "
              "and a `reason`; no run starts until the engine answers again")
@@ -40,6 +56,9 @@ def create_app(
         from pyflue.metrics import Metrics
 
         metrics = Metrics(settings.observability.worker_name)
+    server = settings.server
+    tokens = Tokens.load(server.api_token.get_secret_value() if server.api_token else None,
+                         server.tokens_file)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,8 +68,10 @@ def create_app(
             engine = wiring.engine_watch(settings, runner.provider)
             if engine is not None:
                 await engine.start()  # a first ping: admission waits for an engine that answers
-            scheduler = Scheduler(runner, max_concurrency=settings.server.max_concurrency,
-                                  engine=engine, engine_wait=settings.server.engine_wait)
+            scheduler = Scheduler(runner, max_concurrency=server.max_concurrency,
+                                  engine=engine, engine_wait=server.engine_wait,
+                                  tenant_limits=tokens.limits, fair=tokens.multi_tenant,
+                                  max_queued=server.tenant_max_queued)
             await scheduler.start()
             if metrics is not None:
                 metrics.watch_server(lambda: (scheduler.max_concurrency, scheduler.running),
@@ -79,10 +100,14 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # Every route of the app, whatever router it comes from: see pyflue.api.auth.
+        dependencies=[Depends(auth.authenticate)],
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.tokens = tokens
     errors.install(app, debug=settings.server.debug)
+    auth.install(app)
     app.include_router(workflows.router)
     app.include_router(runs.router)
     app.include_router(artifacts.router)
@@ -98,6 +123,7 @@ def create_app(
              responses={503: {"model": Health, "description": UNHEALTHY},
                         **errors.documented(500)},
              openapi_extra={"security": []})
+    @auth.public
     async def health(request: Request, response: Response) -> Health:
         """Whether the server can run workflows, and its load. Needs no token. 200 with
         `ok: true`; 503 with `ok: false` and a `reason` while its Docker engine does not

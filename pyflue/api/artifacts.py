@@ -7,17 +7,18 @@ import re
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Header, Path, Request
+from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import StreamingResponse
 
-from pyflue.api import deps
+from pyflue.api import auth, deps
+from pyflue.api.auth import CallerDep
 from pyflue.api.errors import HttpProblem, documented
 from pyflue.artifacts import ArtifactStore, pick
 from pyflue.artifacts.archive import FolderArchive
 from pyflue.models import Artifact
 from pyflue.responses import ArtifactList
 
-router = APIRouter(dependencies=[Depends(deps.require_token)], tags=["artifacts"])
+router = APIRouter(tags=["artifacts"])  # guarded by the app: see pyflue.api.auth
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
 _BINARY: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
@@ -39,9 +40,10 @@ def artifacts(request: Request) -> ArtifactStore:
 
 @router.get("/runs/{run_id}/artifacts", operation_id="list_artifacts",
             summary="List a run's artifacts", responses=documented(401, 404, 500, 503))
-async def list_artifacts(run_id: str, request: Request) -> ArtifactList:
+async def list_artifacts(run_id: str, request: Request, caller: CallerDep) -> ArtifactList:
     """The files the run saved (`harness.artifacts.save`, the agent's `artifacts` option),
     by name: size, sha256, content type, where in the workspace they came from, when."""
+    await auth.load_run(deps.store(request), run_id, caller)  # another tenant's: 404
     return ArtifactList(run_id=run_id, artifacts=await artifacts(request).list(run_id))
 
 
@@ -54,6 +56,7 @@ async def list_artifacts(run_id: str, request: Request) -> ArtifactList:
 async def download_artifact(
     run_id: str,
     request: Request,
+    caller: CallerDep,
     name: Annotated[str, Path(description="the artifact's name (`reports/junit.xml`), or a "
                                           "folder of them (`reports`): a tar of its files")],
     range_: Annotated[str | None, Header(alias="Range", description="`bytes=START-END`, "
@@ -62,6 +65,7 @@ async def download_artifact(
 ) -> StreamingResponse:
     """One artifact, streamed with `Content-Length`; `Range` gives part of it (206). A name
     that is a folder of artifacts answers with all of them as one tar."""
+    await auth.load_run(deps.store(request), run_id, caller)  # another tenant's: 404
     store = artifacts(request)
     found = pick(await store.list(run_id), name, run_id)
     if isinstance(found, list):

@@ -28,6 +28,7 @@ STATUS: list[tuple[type[errors.PyflueError], int]] = [
     (errors.InvalidPayload, 400),
     (errors.ConfigError, 400),
     (errors.RunStateConflict, 409),
+    (errors.QueueFull, 429),
     (errors.WorkflowLoadError, 500),
     (errors.EngineUnavailable, 503),
     (errors.StoreError, 503),
@@ -55,6 +56,8 @@ ERROR_STATUSES: dict[int, str] = {
     413: "`payload_too_large`: the body is over PYFLUE_MAX_BODY_BYTES",
     415: "`unsupported_media_type`: a body that is not `Content-Type: application/json`",
     416: "`range_not_satisfiable`: the `Range` asks for bytes past the artifact's end",
+    429: "`queue_full`: the caller's tenant has PYFLUE_TENANT_MAX_QUEUED runs queued; retry "
+         "after the `Retry-After` header's seconds",
     500: "`internal_error` (a bug: the server's log has it), `workflow_load_error`",
     503: "`store_error` (the run store cannot be read or written), `engine_unavailable`, "
          "`artifact_unavailable` (listed, but its content is not in this server's "
@@ -80,6 +83,17 @@ def status_for(exc: errors.PyflueError) -> int:
     return next((code for cls, code in STATUS if isinstance(exc, cls)), 500)
 
 
+def headers_for(exc: errors.PyflueError) -> dict[str, str] | None:
+    if isinstance(exc, errors.QueueFull):
+        return {"Retry-After": str(exc.retry_after)}
+    return None
+
+
+def error_reply(exc: HttpProblem) -> JSONResponse:
+    """The answer to an :class:`HttpProblem`."""
+    return reply(error_body(exc.type, exc.message, exc.details), exc.status, exc.headers)
+
+
 def install(app: FastAPI, *, debug: bool = False) -> None:
     """The handlers. Unless ``debug``, a body leaves out what is meant for the server's
     operator: the error's hint (a ``pyflue`` command, a server path) and a traceback."""
@@ -87,13 +101,15 @@ def install(app: FastAPI, *, debug: bool = False) -> None:
     @app.exception_handler(errors.PyflueError)
     async def _pyflue(_: Request, exc: errors.PyflueError) -> JSONResponse:
         if debug:
-            return reply(error_body(exc.type, exc.message, exc.details), status_for(exc))
+            return reply(error_body(exc.type, exc.message, exc.details), status_for(exc),
+                         headers_for(exc))
         details = None if isinstance(exc, errors.WorkflowLoadError) else exc.details
-        return reply(error_body(exc.type, exc.public_message, details), status_for(exc))
+        return reply(error_body(exc.type, exc.public_message, details), status_for(exc),
+                     headers_for(exc))
 
     @app.exception_handler(HttpProblem)
     async def _problem(_: Request, exc: HttpProblem) -> JSONResponse:
-        return reply(error_body(exc.type, exc.message, exc.details), exc.status, exc.headers)
+        return error_reply(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

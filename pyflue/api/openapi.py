@@ -19,9 +19,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 
-from pyflue.api import ws
+from pyflue.api import auth, ws
 from pyflue.api.sse import EVENT_SCHEMA
 from pyflue.errors import ConfigError
 from pyflue.settings import Settings
@@ -130,12 +131,21 @@ def build(app: FastAPI, settings: Settings) -> dict[str, Any]:
     event = schemas["EventPage"]["properties"]["events"]["items"]
     doc["paths"] = _with_event(doc.get("paths", {}), event)
     doc["x-websockets"] = _with_event(WEBSOCKETS, event)
+    # A public route (pyflue.api.auth.public) asks for no token: FastAPI lists the app's
+    # bearer dependency on every operation.
+    for route in (context.original_route for context in iter_route_contexts(app.routes)):
+        if isinstance(route, APIRoute) and auth.is_public(route.endpoint, settings):
+            for method in route.methods or ():
+                operation = doc["paths"].get(route.path_format, {}).get(method.lower())
+                if operation is not None:
+                    operation["security"] = []
     for path in doc.get("paths", {}).values():
         for operation in path.values():
             operation.get("responses", {}).pop("422", None)
             for parameter in operation.get("parameters", []):
                 parameter["schema"] = _absent_not_null(parameter.get("schema", {}))
-            if settings.server.api_token is None and operation.get("security"):
+            if (settings.server.api_token is None and settings.server.tokens_file is None
+                    and operation.get("security")):
                 operation["security"].append({})  # no token configured: nothing is checked
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
@@ -178,15 +188,17 @@ def assets() -> Path:
 def install(app: FastAPI, settings: Settings) -> None:
     """Serves ``/openapi.json``, ``/docs`` and the page's assets, without the token."""
     document: dict[str, Any] = {}
-    app.mount(ASSETS, StaticFiles(directory=assets()), name="docs-assets")
+    auth.public_mount(app, ASSETS, StaticFiles(directory=assets()), name="docs-assets")
 
     @app.get("/openapi.json", include_in_schema=False)
+    @auth.public
     async def openapi() -> JSONResponse:
         if not document:
             document.update(build(app, settings))
         return JSONResponse(document)
 
     @app.get("/docs", include_in_schema=False)
+    @auth.public
     async def docs(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "").rstrip("/")
         return get_swagger_ui_html(

@@ -1,4 +1,7 @@
-"""``/runs``: list, get, events, live stream, cancel, delete."""
+"""``/runs``: list, get, events, live stream, cancel, delete.
+
+Every route here is guarded (:mod:`pyflue.api.auth`) and sees only the caller's tenant's runs:
+a run is loaded with :func:`~pyflue.api.auth.load_run` (another tenant's is a 404)."""
 
 from __future__ import annotations
 
@@ -6,11 +9,12 @@ import re
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BeforeValidator
 
-from pyflue.api import deps
+from pyflue.api import auth, deps
+from pyflue.api.auth import CallerDep
 from pyflue.api.errors import HttpProblem, documented
 from pyflue.api.operator import public_event, public_run
 from pyflue.api.sse import SSE_RESPONSE, event_stream
@@ -18,9 +22,9 @@ from pyflue.errors import RunNotFound
 from pyflue.events import EventType
 from pyflue.models import Run
 from pyflue.responses import CancelAnswer, DeleteAnswer, EventPage, RunPage
-from pyflue.status import MAX_EVENT_INDEX, RunStatus, parse_event_index
+from pyflue.status import MAX_EVENT_INDEX, RunStatus, parse_event_index, past_the_end
 
-router = APIRouter(dependencies=[Depends(deps.require_token)], tags=["runs"])
+router = APIRouter(tags=["runs"])
 
 # `types`: comma-separated event types, spaces around them and empty items allowed. The
 # route's own check (_types) accepts exactly what this pattern matches.
@@ -50,6 +54,7 @@ def _iso_time(value: object) -> object:
     400, 401, 404, 500, 503, _404="`not_found`: the `cursor` names no run"))
 async def list_runs(
     request: Request,
+    caller: CallerDep,
     status: Annotated[RunStatus | None, Query(description="only runs in this status")] = None,
     workflow: Annotated[str | None, Query(description="only runs of this workflow")] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="runs per page")] = 50,
@@ -71,13 +76,14 @@ async def list_runs(
     filters)."""
     if cursor is not None:
         try:
-            await deps.store(request).get_run(cursor)
+            await auth.load_run(deps.store(request), cursor, caller)
         except RunNotFound:
             raise RunNotFound(f"query parameter 'cursor': no run {cursor!r}; pass the "
                               "next_cursor of the previous page") from None
     runs = await deps.store(request).list_runs(
         status=status, workflow=workflow, limit=limit + 1, before=cursor,
         created_after=created_after, created_before=created_before, id_contains=run_id,
+        tenant=auth.tenant_filter(caller),
     )
     page, more = runs[:limit], len(runs) > limit
     debug = deps.settings(request).server.debug
@@ -87,9 +93,9 @@ async def list_runs(
 
 @router.get("/runs/{run_id}", operation_id="get_run", summary="Get a run",
             responses=documented(401, 404, 500, 503))
-async def get_run(run_id: str, request: Request) -> Run:
+async def get_run(run_id: str, request: Request, caller: CallerDep) -> Run:
     """The run record."""
-    return public_run(await deps.store(request).get_run(run_id),
+    return public_run(await auth.load_run(deps.store(request), run_id, caller),
                       deps.settings(request).server.debug)
 
 
@@ -110,6 +116,7 @@ def _types(raw: str | None) -> list[EventType] | None:
 async def list_events(
     run_id: str,
     request: Request,
+    caller: CallerDep,
     after: Annotated[int, Query(ge=0, le=MAX_EVENT_INDEX,
                                 description="only events after this index")] = 0,
     limit: Annotated[int, Query(ge=1, le=5000, description="events per page")] = 1000,
@@ -119,7 +126,7 @@ async def list_events(
 ) -> EventPage:
     """A page of the run's stored events, in order."""
     store = deps.store(request)
-    await store.get_run(run_id)
+    await auth.load_run(store, run_id, caller)
     wanted = _types(types)
     events = await store.list_events(run_id, after=after, limit=limit, types=wanted)
     debug = deps.settings(request).server.debug
@@ -134,12 +141,15 @@ async def list_events(
                       "headers": {"X-Flue-Run-Id": {"description": "the run's id",
                                                     "schema": {"type": "string"}}},
                       "content": {"text/event-stream": SSE_RESPONSE["content"]}},
-                **documented(400, 401, 404, 500, 503),
+                **documented(400, 401, 404, 500, 503, _400=(
+                    "`invalid_parameter`: `after` or `Last-Event-ID` is not an event index, or "
+                    "is past the run's last event (an index of another run's)")),
             },
             openapi_extra={"parameters": [_LAST_EVENT_ID]})
 async def stream(
     run_id: str,
     request: Request,
+    caller: CallerDep,
     after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_INDEX,
                                        description="only events after this index")] = None,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -147,15 +157,17 @@ async def stream(
     """The run's events as server-sent events: the stored ones, then live ones, until
     `run_end`. Resume with `Last-Event-ID` or `?after=`."""
     store = deps.store(request)
-    await store.get_run(run_id)
-    start = after or 0
+    run = await auth.load_run(store, run_id, caller)
+    start, where = after or 0, "query parameter 'after'"
     if last_event_id is not None:
         resumed = parse_event_index(last_event_id)
         if resumed is None:
             raise HttpProblem(400, "invalid_parameter",
                               "header 'Last-Event-ID' must be an event index (an integer "
                               f"from 0 to {MAX_EVENT_INDEX})")
-        start = resumed
+        start, where = resumed, "header 'Last-Event-ID'"
+    if problem := past_the_end(run.run_id, run.event_count, start):
+        raise HttpProblem(400, "invalid_parameter", f"{where}: {problem}")
     server = deps.settings(request).server
     body = event_stream(store, run_id, after=start, heartbeat=server.heartbeat_seconds,
                         debug=server.debug)
@@ -167,8 +179,9 @@ async def stream(
              summary="Cancel a run",
              responses=documented(401, 404, 409, 500, 503,
                                   _409="`conflict`: the run has already finished"))
-async def cancel(run_id: str, request: Request) -> CancelAnswer:
+async def cancel(run_id: str, request: Request, caller: CallerDep) -> CancelAnswer:
     """Cancel a queued run at once, or stop a running one (its container is killed)."""
+    await auth.load_run(deps.store(request), run_id, caller)
     run = await deps.scheduler(request).cancel(run_id)
     return CancelAnswer(status="cancelled" if run.status is RunStatus.cancelled else "cancelling",
                         run_id=run_id)
@@ -178,8 +191,9 @@ async def cancel(run_id: str, request: Request) -> CancelAnswer:
                responses=documented(401, 404, 409, 500, 503,
                                     _409="`conflict`: the run has not finished (cancel it "
                                          "first)"))
-async def delete(run_id: str, request: Request) -> DeleteAnswer:
+async def delete(run_id: str, request: Request, caller: CallerDep) -> DeleteAnswer:
     """Delete a finished run: its record, its events, its uploads (and what else it owns).
     A queued or running run is refused with 409: cancel it first."""
+    await auth.load_run(deps.store(request), run_id, caller)  # another tenant's: 404
     await deps.scheduler(request).runner.retention.forget(run_id)
     return DeleteAnswer(status="deleted", run_id=run_id)

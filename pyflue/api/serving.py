@@ -6,14 +6,24 @@ answers it the documented way instead (docs/websocket.md): the error frame
 ``{"type": "error", "error": {"type": "payload_too_large", ...}}``, then close code 4413. The
 limit is checked on each frame's header before its data is read, so the server never holds more
 than the limit of one message.
+
+Tokens stay out of the server's log: uvicorn logs each request's path with its query string
+(the access log, and the "WebSocket ... [accepted]" line), and a WebSocket client may still
+send its token as ``?token=``. :class:`ScrubQuery`, installed on uvicorn's log handlers by
+:func:`log_config`, replaces the value of every ``token`` (and ``ticket``) query parameter
+with ``[redacted]`` before a line is written.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import PayloadTooBig
 from websockets.frames import Close, Frame, Opcode
@@ -57,11 +67,39 @@ class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
         self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
 
 
+_SECRET_QUERY = re.compile(r"([?&](?:token|ticket)=)[^&\s\"]*", re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    """``text`` with the values of ``token``/``ticket`` query parameters redacted."""
+    return _SECRET_QUERY.sub(r"\1[redacted]", text)
+
+
+class ScrubQuery(logging.Filter):
+    """Redacts tokens in query strings from a log record (its message and arguments)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = scrub(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(scrub(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's own logging configuration, with :class:`ScrubQuery` on every handler."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["scrub_query"] = {"()": ScrubQuery}
+    for handler in config["handlers"].values():
+        handler.setdefault("filters", []).append("scrub_query")
+    return config
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The keyword arguments ``uvicorn.run``/``uvicorn.Config`` take for this server."""
     server = settings.server
     return {
-        "host": server.host, "port": server.port,
+        "host": server.host, "port": server.port, "log_config": log_config(),
         "ws": LimitedWebSocketProtocol, "ws_max_size": server.max_body_bytes,
         # Attached clients (SSE, ?wait=result) must not hold a shutdown until their runs end.
         "timeout_graceful_shutdown": 5,
@@ -73,6 +111,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     process (``--reload`` runs the app in a child process that reads its settings anew)."""
     server = settings.server
     env = {"PYFLUE_PROJECT_DIR": str(settings.project_dir), "PYFLUE_HOST": server.host,
+           **({"PYFLUE_TOKENS_FILE": str(server.tokens_file)} if server.tokens_file else {}),
            "PYFLUE_PORT": str(server.port), "PYFLUE_MAX_CONCURRENCY": str(server.max_concurrency),
            "PYFLUE_ALLOW_INSECURE_BIND": str(server.allow_insecure_bind).lower()}
     if settings.store_url:

@@ -12,6 +12,7 @@ from fastapi.responses import RedirectResponse
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
+from pyflue.api import auth
 from pyflue.ui import STATIC
 
 # The pages load only their own files and talk only to this server.
@@ -41,7 +42,8 @@ def install(app: FastAPI) -> None:
     """Serves the dashboard at ``/ui/`` (``/ui`` redirects there)."""
 
     @app.get("/ui", include_in_schema=False)
+    @auth.public
     async def ui_root() -> RedirectResponse:
         return RedirectResponse("/ui/", status_code=307)
 
-    app.mount("/ui/", _Files(directory=STATIC, html=True), name="ui")
+    auth.public_mount(app, "/ui/", _Files(directory=STATIC, html=True), name="ui")

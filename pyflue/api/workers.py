@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from pyflue.api import deps
 from pyflue.api.errors import documented
 from pyflue.models import RunStatus
 from pyflue.responses import WorkerInfo, WorkerList
 
-router = APIRouter(dependencies=[Depends(deps.require_token)], tags=["server"])
+router = APIRouter(tags=["server"])  # guarded by the app: see pyflue.api.auth
 
 # Runs counted per worker: more than this many running at once is past any pool of workers
 # this store serves (each one's PYFLUE_MAX_CONCURRENCY), so the count is exact in practice.

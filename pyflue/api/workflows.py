@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message
 
 from pyflue.api import deps, multipart
+from pyflue.api.auth import CallerDep
 from pyflue.api.errors import HttpProblem, documented, reply
 from pyflue.api.operator import public_message
 from pyflue.api.sse import SSE_RESPONSE, event_stream
 from pyflue.models import Run, RunStatus, check_payload, end_error
 from pyflue.responses import Accepted, Completed, WorkflowInfo, WorkflowList, error_body
 
-router = APIRouter(dependencies=[Depends(deps.require_token)], tags=["workflows"])
+router = APIRouter(tags=["workflows"])  # guarded by the app: see pyflue.api.auth
 
 # How a run that did not complete answers a ?wait=result request.
 FINISHED_STATUS = {
@@ -79,7 +80,7 @@ _INVOKE_RESPONSES: dict[int | str, dict[str, Any]] = {
           "description": "`?wait=result`: the run completed; `result` is what `run(ctx)` "
                          "returned. With `Accept: text/event-stream`: " + SSE_RESPONSE["text"],
           "content": {"text/event-stream": SSE_RESPONSE["content"]}},
-    **documented(400, 401, 404, 413, 415, _400=(
+    **documented(400, 401, 404, 413, 415, 429, _400=(
         "`invalid_json` (the body is not JSON), `invalid_payload` (not an object), "
         "`invalid_parameter` (`wait`, `Idempotency-Key`; `details` lists them; a multipart "
         "body that cannot be read, an unknown part, a DEST outside the workspace), "
@@ -167,6 +168,7 @@ def replayed(request: Request, body: bytes) -> Request:
 async def invoke(
     name: str,
     request: Request,
+    caller: CallerDep,
     wait: Annotated[Literal["result"] | None, Query(
         description="`result`: hold the request until the run ends and answer with its "
                     "outcome")] = None,
@@ -195,14 +197,16 @@ async def invoke(
             run, _new = await scheduler.submit(
                 name, payload, req=replayed(request, got.payload),
                 idempotency_key=idempotency_key, uploads=got.uploads,
-                uploads_from=uploads_from, traceparent=request.headers.get("traceparent"))
+                uploads_from=uploads_from, traceparent=request.headers.get("traceparent"),
+                tenant=caller.tenant, requested_by=caller.name)
     else:
         body = await read_body(request, settings.server.max_body_bytes)
         payload = parse_payload(body, content_type)
         run, _new = await scheduler.submit(name, payload, req=replayed(request, body),
                                            idempotency_key=idempotency_key,
                                            uploads_from=uploads_from,
-                                           traceparent=request.headers.get("traceparent"))
+                                           traceparent=request.headers.get("traceparent"),
+                                           tenant=caller.tenant, requested_by=caller.name)
     headers = {"X-Flue-Run-Id": run.run_id}
     if "text/event-stream" in request.headers.get("accept", ""):
         stream = event_stream(scheduler.store, run.run_id, after=0,

@@ -2,8 +2,9 @@
 
 Frames are JSON text. Server to client: run events (the event JSON), then for an invocation
 ``{"type": "result", "run_id", "result"}`` or ``{"type": "error", "run_id", "error"}``.
-Close codes: 1000 done; 4400 bad first message; 4401 unauthorized; 4404 unknown workflow or
-run; 4408 the client fell too far behind (reconnect with ``?after=``); 4413 a first message over
+Close codes: 1000 done; 4400 bad first message (or an ``?after=`` past the run's last event);
+4401 unauthorized; 4404 unknown workflow or run (or another tenant's run); 4408 the client
+fell too far behind (reconnect with ``?after=``); 4413 a first message over
 ``PYFLUE_MAX_BODY_BYTES`` (under ``pyflue serve`` refused before it is read in full, see
 :mod:`pyflue.api.serving`); 1011 server error.
 
@@ -11,25 +12,30 @@ Each socket reads from the store through a small bounded queue (the store is the
 slow reader never makes the server hold unbounded memory and never slows the run or the other
 readers. A reader whose socket stays blocked for ``ws_send_timeout`` seconds has fallen too far
 behind: it is closed with 4408 and the index to resume from.
+
+The token is checked before a handler runs, by the app's own dependency (see
+:mod:`pyflue.api.auth`: a header, the subprotocol ``pyflue.token.<token>``, or ``?token=``);
+a handler takes the caller as ``caller: CallerDep``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from pyflue.api import auth
+from pyflue.api.auth import CallerDep
 from pyflue.api.operator import public_error, public_event
 from pyflue.errors import ConfigError, InvalidPayload, PyflueError, RunNotFound, WorkflowNotFound
 from pyflue.events import Event, EventType
 from pyflue.models import Run, RunStatus, check_payload, end_error
 from pyflue.scheduler import Scheduler
 from pyflue.settings import Settings
-from pyflue.status import MAX_EVENT_INDEX, parse_event_index
+from pyflue.status import MAX_EVENT_INDEX, parse_event_index, past_the_end
 
 router = APIRouter()
 
@@ -59,24 +65,9 @@ def _scheduler(ws: WebSocket) -> Scheduler:
     return scheduler
 
 
-def _authorized(ws: WebSocket) -> bool:
-    token = _settings(ws).server.api_token
-    if token is None:
-        return True
-    header = ws.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    given = value.strip() if scheme.lower() == "bearer" else ws.query_params.get("token", "")
-    return hmac.compare_digest(given.encode(), token.get_secret_value().encode())
-
-
-async def _open(ws: WebSocket) -> bool:
-    """Accepts the socket; closes it with 4401 and a reason when the token is wrong."""
-    await ws.accept()
-    if _authorized(ws):
-        return True
-    await ws.close(CLOSE_UNAUTHORIZED, "unauthorized: send Authorization: Bearer <token> "
-                   "or ?token=<token>")
-    return False
+async def _open(ws: WebSocket) -> None:
+    """Accepts the socket (its token was checked already: pyflue.api.auth)."""
+    await ws.accept(subprotocol=auth.subprotocol(ws))
 
 
 async def _error_and_close(ws: WebSocket, code: int, kind: str, message: str,
@@ -91,9 +82,8 @@ async def _error_and_close(ws: WebSocket, code: int, kind: str, message: str,
 
 
 @router.websocket("/workflows/{name}")
-async def invoke(ws: WebSocket, name: str) -> None:
-    if not await _open(ws):
-        return
+async def invoke(ws: WebSocket, name: str, caller: CallerDep) -> None:
+    await _open(ws)
     scheduler = _scheduler(ws)
     try:
         async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT):
@@ -115,7 +105,8 @@ async def invoke(ws: WebSocket, name: str) -> None:
         return
     try:
         run, _new = await scheduler.submit(name, payload, source="websocket",
-                                           traceparent=ws.headers.get("traceparent"))
+                                           traceparent=ws.headers.get("traceparent"),
+                                           tenant=caller.tenant, requested_by=caller.name)
     except WorkflowNotFound as exc:
         return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", _said(ws, exc))
     except (InvalidPayload, ConfigError) as exc:
@@ -149,9 +140,8 @@ def _outcome(run: Run, debug: bool) -> dict[str, Any]:
 
 
 @router.websocket("/runs/{run_id}/stream")
-async def follow(ws: WebSocket, run_id: str) -> None:
-    if not await _open(ws):
-        return
+async def follow(ws: WebSocket, run_id: str, caller: CallerDep) -> None:
+    await _open(ws)
     after = parse_event_index(ws.query_params.get("after", "0"))
     if after is None:
         return await _error_and_close(ws, CLOSE_BAD_MESSAGE, "invalid_parameter",
@@ -159,9 +149,12 @@ async def follow(ws: WebSocket, run_id: str) -> None:
                                       f"integer from 0 to {MAX_EVENT_INDEX})")
     scheduler = _scheduler(ws)
     try:
-        await scheduler.store.get_run(run_id)
+        run = await auth.load_run(scheduler.store, run_id, caller)
     except RunNotFound as exc:
         return await _error_and_close(ws, CLOSE_NOT_FOUND, "not_found", _said(ws, exc))
+    if problem := past_the_end(run.run_id, run.event_count, after):
+        return await _error_and_close(ws, CLOSE_BAD_MESSAGE, "invalid_parameter",
+                                      f"query parameter 'after': {problem}", run_id)
     if await _relay(ws, scheduler, run_id, after):
         with contextlib.suppress(Exception):
             await ws.close(CLOSE_DONE, "run_end")

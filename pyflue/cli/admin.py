@@ -1,5 +1,5 @@
-"""Running the machine: ``pyflue doctor``, ``serve``, ``reap``, ``runs prune`` and ``images
-build|list``."""
+"""Running the machine: ``pyflue doctor``, ``serve``, ``reap``, ``runs prune``, ``images
+build|list`` and ``token new|hash``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from pyflue.cli.common import (
     run_async,
     runs_app,
     settings_for,
+    token_app,
 )
 from pyflue.errors import PyflueError
 from pyflue.status import RunStatus
@@ -92,9 +93,16 @@ def serve(
     server = settings.server.model_copy(update=changes)
     settings = settings.model_copy(update={"server": server, **(
         {"store_url": store_url} if store_url else {})})
-    problem = bind_problem(server.host, server.api_token is not None, server.allow_insecure_bind)
+    problem = bind_problem(server.host, server.api_token is not None or server.tokens_file
+                           is not None, server.allow_insecure_bind)
     if problem:
         die(problem, EXIT_USAGE)
+    from pyflue.tenants import Tokens
+
+    try:  # a token file the server cannot use stops it here, naming the entry
+        Tokens.load(None, server.tokens_file)
+    except PyflueError as exc:
+        die(exc.message, EXIT_USAGE)
     if not reload:
         uvicorn.run(create_app(settings), log_level="info", **uvicorn_options(settings))
         return
@@ -116,7 +124,8 @@ def bind_problem(host: str, has_token: bool, forced: bool) -> str | None:
     if loopback or has_token or forced:
         return None
     return (f"refusing to serve on {host} without an API token: set PYFLUE_API_TOKEN (clients "
-            "send `Authorization: Bearer <token>`), or pass --insecure-bind to serve anyway")
+            "send `Authorization: Bearer <token>`) or PYFLUE_TOKENS_FILE, or pass "
+            "--insecure-bind to serve anyway")
 
 
 @app.command()
@@ -255,3 +264,37 @@ async def _prune(settings: Settings, age: timedelta, statuses: list[RunStatus] |
     async with open_store(settings) as store:
         retention = Retention(store, forget_hooks(settings, store))
         return await retention.prune(age, statuses=statuses, dry_run=dry_run)
+
+
+@token_app.command("new")
+def token_new(
+    name: Annotated[str, typer.Option(help="the token's name (the runs it creates carry it)")],
+    tenant: Annotated[str, typer.Option(help="the tenant whose runs it sees and creates")],
+    admin: Annotated[bool, typer.Option("--admin", help="sees every tenant's runs")] = False,
+    max_concurrency: Annotated[int | None, typer.Option(
+        min=1, help="runs of the tenant executing at once")] = None,
+) -> None:
+    """Print a new random token (on stderr, once) and its PYFLUE_TOKENS_FILE entry (stdout)."""
+    from pyflue.tenants import new_token, token_hash
+
+    token = new_token()
+    typer.echo(f"token (give it to the client; it is not stored anywhere): {token}", err=True)
+    typer.echo(json.dumps({"name": name, "sha256": token_hash(token), "tenant": tenant,
+                           "admin": admin, "max_concurrency": max_concurrency}))
+
+
+@token_app.command("hash")
+def token_hash_command(
+    token: Annotated[str | None, typer.Argument(
+        help="the token; omit it to read it from stdin (keeps it out of the shell history)")]
+    = None,
+) -> None:
+    """Print the SHA-256 of a token, for the `sha256` of its PYFLUE_TOKENS_FILE entry."""
+    import sys
+
+    from pyflue.tenants import token_hash
+
+    given = token if token is not None else sys.stdin.read().strip()
+    if not given:
+        die("no token given: pass it as the argument or on stdin", EXIT_USAGE)
+    typer.echo(token_hash(given))

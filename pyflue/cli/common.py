@@ -43,6 +43,9 @@ app.add_typer(images_app, name="images")
 # `pyflue runs` lists (its callback, in reading.py); `pyflue runs prune` deletes (admin.py).
 runs_app = typer.Typer(invoke_without_command=True, rich_markup_mode=None)
 app.add_typer(runs_app, name="runs")
+token_app = typer.Typer(help="Make API tokens and their entries for PYFLUE_TOKENS_FILE.",
+                        no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA, EXIT_TIMED_OUT, EXIT_CANCELLED = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130

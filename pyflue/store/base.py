@@ -112,8 +112,8 @@ class RunStore(Protocol):
         returns it as :meth:`get_run` will. A queued run no process owns is signalled
         (:meth:`on_queue_change`).
 
-        Raises RunStateConflict when a run with this id exists, or one of the same workflow
-        with the same ``idempotency_key`` (the message says which); ConfigError for a value
+        Raises RunStateConflict when a run with this id exists, or one of the same tenant and
+        workflow with the same ``idempotency_key`` (the message says which); ConfigError for a value
         the store cannot keep (:mod:`pyflue.store.values`).
         """
         ...
@@ -134,27 +134,31 @@ class RunStore(Protocol):
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         id_contains: str | None = None,
+        tenant: str | None = None,
     ) -> list[Run]:
         """Newest first (or oldest first) by ``created_at``, runs created at the same instant
         by ``run_id`` (code point order); at most ``limit`` of them (none for a ``limit``
         below 1). ``before`` is the run id to page after, in that order: RunNotFound when no
-        run has it. ``status``, ``workflow`` and ``owner`` filter, together, and so do
-        ``created_after`` (inclusive), ``created_before`` (exclusive; naive times are UTC)
+        run has it. ``status``, ``workflow``, ``owner`` and ``tenant`` filter, together, and so
+        do ``created_after`` (inclusive), ``created_before`` (exclusive; naive times are UTC)
         and ``id_contains`` (a part of the run id, letter case ignored)."""
         ...
 
-    async def claim_runs(self, owner: str, limit: int,
-                         exclude: Collection[str] = ()) -> list[Run]:
+    async def claim_runs(self, owner: str, limit: int, exclude: Collection[str] = (),
+                         only: Collection[str] | None = None) -> list[Run]:
         """Takes up to ``limit`` of the oldest queued runs that no process owns yet (a
         server's), as ``running`` under ``owner``, in one write: two workers never take the
         same run, and neither waits for the other (PostgreSQL: ``FOR UPDATE SKIP LOCKED``).
-        Runs in ``exclude`` are left alone; a ``limit`` below 1 takes none. Returns the runs
+        Runs in ``exclude`` are left alone; with ``only``, just those runs are candidates (the
+        scheduler's fair pick across tenants); a ``limit`` below 1 takes none. Returns the runs
         taken, oldest first (in :meth:`list_runs` order). ConfigError for an ``owner`` the
         store cannot keep."""
         ...
 
-    async def find_run(self, workflow: str, idempotency_key: str) -> Run | None:
-        """The run created for ``workflow`` with this Idempotency-Key, if any."""
+    async def find_run(self, workflow: str, idempotency_key: str,
+                       tenant: str = "default") -> Run | None:
+        """The run created for ``workflow`` with this Idempotency-Key by ``tenant``, if any
+        (a key is unique per tenant and workflow)."""
         ...
 
     async def update_run(self, run_id: str, update: RunUpdate) -> Run:

@@ -61,7 +61,7 @@ class MemoryStore:
         if stored.run_id in self._runs:
             raise run_id_taken(stored.run_id)
         if stored.idempotency_key is not None and await self.find_run(
-            stored.workflow, stored.idempotency_key
+            stored.workflow, stored.idempotency_key, stored.tenant
         ):
             raise key_taken(stored.idempotency_key)
         self._runs[stored.run_id] = stored
@@ -95,6 +95,7 @@ class MemoryStore:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         id_contains: str | None = None,
+        tenant: str | None = None,
     ) -> list[Run]:
         runs = sorted(self._runs.values(), key=_order, reverse=not oldest_first)
         if before is not None:
@@ -110,16 +111,18 @@ class MemoryStore:
             runs = [r for r in runs if r.created_at < utc(created_before)]
         if id_contains is not None:
             runs = [r for r in runs if id_contains.lower() in r.run_id.lower()]
+        runs = [r for r in runs if tenant is None or r.tenant == tenant]
         return [r.model_copy(deep=True) for r in runs[:max(limit, 0)]]
 
-    async def claim_runs(self, owner: str, limit: int,
-                         exclude: Collection[str] = ()) -> list[Run]:
+    async def claim_runs(self, owner: str, limit: int, exclude: Collection[str] = (),
+                         only: Collection[str] | None = None) -> list[Run]:
         check_worker(owner)
         if limit <= 0:
             return []
         free = sorted((r for r in self._runs.values()
                        if r.status is RunStatus.queued and r.owner is None
-                       and r.run_id not in exclude),
+                       and r.run_id not in exclude
+                       and (only is None or r.run_id in only)),
                       key=_order)
         now = utcnow()
         for run in free[:limit]:
@@ -127,9 +130,11 @@ class MemoryStore:
                 "status": RunStatus.running, "owner": owner, "started_at": now})
         return [self._runs[r.run_id].model_copy(deep=True) for r in free[:limit]]
 
-    async def find_run(self, workflow: str, idempotency_key: str) -> Run | None:
+    async def find_run(self, workflow: str, idempotency_key: str,
+                       tenant: str = "default") -> Run | None:
         for run in self._runs.values():
-            if run.workflow == workflow and run.idempotency_key == idempotency_key:
+            if (run.workflow, run.idempotency_key, run.tenant) == (workflow, idempotency_key,
+                                                                   tenant):
                 return run.model_copy(deep=True)
         return None
 

@@ -50,8 +50,13 @@ runs = Table(
     Column("trace_id", String(32), nullable=True),
     Column("traceparent", String(100), nullable=True),
     Column("resources", JSON, nullable=True),
+    # Whose run it is and which token asked (migration 0009): see pyflue.tenants.
+    Column("tenant", String(100), nullable=False, server_default="default"),
+    Column("requested_by", String(100), nullable=True),
     Index("ix_runs_created", "created_at", "run_id"),
-    Index("ix_runs_idempotency", "workflow", "idempotency_key", unique=True),
+    # An Idempotency-Key is the tenant's own: another tenant's same key is another run.
+    Index("ix_runs_idempotency", "tenant", "workflow", "idempotency_key", unique=True),
+    Index("ix_runs_tenant_created", "tenant", "created_at"),
     Index("ix_runs_status_created", "status", "created_at"),
     Index("ix_runs_status", "status"),
     Index("ix_runs_workflow", "workflow"),

@@ -129,6 +129,8 @@ def _run_from_row(row: Any) -> Run:
         trace_id=m["trace_id"],
         traceparent=m["traceparent"],
         resources=ResourceSummary(**m["resources"]) if m["resources"] else None,
+        tenant=m["tenant"],
+        requested_by=m["requested_by"],
     )
 
 
@@ -375,8 +377,9 @@ class SqlStore:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         id_contains: str | None = None,
+        tenant: str | None = None,
     ) -> list[Run]:
-        if limit <= 0 or _absent(workflow, owner, id_contains):
+        if limit <= 0 or _absent(workflow, owner, id_contains, tenant):
             if before is not None:
                 await self.get_run(before)  # an unknown cursor is RunNotFound all the same
             return []
@@ -399,6 +402,8 @@ class SqlStore:
         if id_contains is not None:
             query = query.where(func.lower(runs.c.run_id).contains(id_contains.lower(),
                                                                   autoescape=True))
+        if tenant is not None:
+            query = query.where(runs.c.tenant == tenant)
         if before is not None:
             pivot = (await self.get_run(before)).created_at
             if oldest_first:
@@ -415,10 +420,12 @@ class SqlStore:
             rows = (await conn.execute(query)).all()
         return [_run_from_row(r) for r in rows]
 
-    async def claim_runs(self, owner: str, limit: int,
-                         exclude: Collection[str] = ()) -> list[Run]:
+    async def claim_runs(self, owner: str, limit: int, exclude: Collection[str] = (),
+                         only: Collection[str] | None = None) -> list[Run]:
         check_worker(owner)
-        if limit <= 0:
+        if only is not None:
+            only = [run_id for run_id in only if not _absent(run_id)]
+        if limit <= 0 or only == []:
             return []
         pick = (select(runs.c.run_id)
                 .where(runs.c.status == RunStatus.queued.value, runs.c.owner.is_(None))
@@ -427,6 +434,8 @@ class SqlStore:
         exclude = [run_id for run_id in exclude if not _absent(run_id)]
         if exclude:
             pick = pick.where(runs.c.run_id.not_in(exclude))
+        if only is not None:
+            pick = pick.where(runs.c.run_id.in_(only))
         if self._is_postgres:  # rows another worker is claiming are passed over, not waited on
             pick = pick.with_for_update(skip_locked=True)
         # A CTE, evaluated once: as an IN (subquery), PostgreSQL may run a SKIP LOCKED
@@ -441,11 +450,13 @@ class SqlStore:
             rows = (await conn.execute(query)).all()
         return sorted((_run_from_row(r) for r in rows), key=lambda r: (r.created_at, r.run_id))
 
-    async def find_run(self, workflow: str, idempotency_key: str) -> Run | None:
-        if _absent(workflow, idempotency_key):
+    async def find_run(self, workflow: str, idempotency_key: str,
+                       tenant: str = "default") -> Run | None:
+        if _absent(workflow, idempotency_key, tenant):
             return None
         query = select(runs).where(
-            runs.c.workflow == workflow, runs.c.idempotency_key == idempotency_key
+            runs.c.workflow == workflow, runs.c.idempotency_key == idempotency_key,
+            runs.c.tenant == tenant,
         )
         async with self._read() as conn:
             row = (await conn.execute(query)).first()

@@ -163,6 +163,9 @@ async def test_following_a_running_run_from_the_middle_and_reconnecting(server: 
     async with httpx.AsyncClient(base_url=server.url) as client:
         run_id = (await client.post("/workflows/nap", json={"lines": 20, "pause": 0.05})
                   ).json()["run_id"]
+        # An index the run has not reached is refused (no client of it can hold one).
+        while (await client.get(f"/runs/{run_id}")).json()["event_count"] < 2:
+            await asyncio.sleep(0.02)
     seen: list[int] = []
     async with websockets.connect(ws_url(server, f"/runs/{run_id}/stream?after=2")) as sock:
         async for message in sock:

@@ -62,7 +62,8 @@ async def test_the_document_has_a_bearer_scheme_every_operation_but_health_requi
 ) -> None:
     assert document["components"]["securitySchemes"]["bearer"] == {
         "type": "http", "scheme": "bearer",
-        "description": "The server's PYFLUE_API_TOKEN, as `Authorization: Bearer <token>`."}
+        "description": "A token the server accepts (PYFLUE_API_TOKEN, or one of "
+                       "PYFLUE_TOKENS_FILE), as `Authorization: Bearer <token>`."}
     for path, method, op in _operations(document):
         expected = [] if path == "/health" else [{"bearer": []}]
         assert op["security"] == expected, (method, path)
@@ -103,7 +104,7 @@ async def test_the_invocation_documents_its_body_headers_and_answers(
     op = document["paths"]["/workflows/{name}"]["post"]
     assert op["requestBody"]["content"]["application/json"]["schema"]["type"] == "object"
     assert set(op["responses"]) == {"200", "202", "400", "401", "404", "409", "413", "415",
-                                    "500", "503", "504"}
+                                    "429", "500", "503", "504"}
     assert set(op["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
     for code in ("200", "202"):
         assert op["responses"][code]["headers"]["X-Flue-Run-Id"]["schema"] == {"type": "string"}

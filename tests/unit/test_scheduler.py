@@ -30,9 +30,10 @@ class SlowClaims(MemoryStore):
     """A store whose claims take a while, as a busy database's would, and that signals no
     queue change (as when another worker's NOTIFY has not arrived yet)."""
 
-    async def claim_runs(self, owner: str, limit: int, exclude: Any = ()) -> list[Run]:
+    async def claim_runs(self, owner: str, limit: int, exclude: Any = (),
+                         only: Any = None) -> list[Run]:
         await asyncio.sleep(0.05)
-        return await super().claim_runs(owner, limit, exclude)
+        return await super().claim_runs(owner, limit, exclude, only)
 
     def on_queue_change(self, callback: Any) -> None:
         return None

@@ -468,6 +468,40 @@ async def test_a_second_run_with_the_same_idempotency_key_is_a_conflict(store: R
         await store.create_run(_run().model_copy(update={"idempotency_key": "k"}))
 
 
+async def test_an_idempotency_key_is_per_tenant(store: RunStore) -> None:
+    mine = await store.create_run(_run().model_copy(update={"idempotency_key": "k",
+                                                            "tenant": "a"}))
+    theirs = await store.create_run(_run().model_copy(update={"idempotency_key": "k",
+                                                              "tenant": "b"}))
+    found = await store.find_run("w", "k", "b")
+    assert found is not None and found.run_id == theirs.run_id != mine.run_id
+    assert await store.find_run("w", "k") is None  # the default tenant has none
+    with pytest.raises(RunStateConflict, match="Idempotency-Key 'k'"):
+        await store.create_run(_run().model_copy(update={"idempotency_key": "k",
+                                                         "tenant": "a"}))
+
+
+async def test_a_run_keeps_its_tenant_and_who_asked_and_lists_filter_by_tenant(
+    store: RunStore,
+) -> None:
+    a = await store.create_run(_run(offset=0).model_copy(update={"tenant": "a",
+                                                                 "requested_by": "ci-a"}))
+    b = await store.create_run(_run(offset=1).model_copy(update={"tenant": "b"}))
+    got = await store.get_run(a.run_id)
+    assert (got.tenant, got.requested_by) == ("a", "ci-a")
+    assert (await store.get_run(b.run_id)).requested_by is None
+    assert [r.run_id for r in await store.list_runs(tenant="a")] == [a.run_id]
+    assert [r.run_id for r in await store.list_runs()] == [b.run_id, a.run_id]
+
+
+async def test_claiming_only_some_runs_takes_no_other(store: RunStore) -> None:
+    runs = [await store.create_run(_run(offset=i)) for i in range(3)]
+    taken = await store.claim_runs("w1", 3, only=[runs[2].run_id, runs[0].run_id])
+    assert [r.run_id for r in taken] == [runs[0].run_id, runs[2].run_id]
+    assert await store.claim_runs("w1", 3, only=[]) == []
+    assert (await store.get_run(runs[1].run_id)).status is RunStatus.queued
+
+
 async def test_an_idempotency_key_is_per_workflow(store: RunStore) -> None:
     first = await store.create_run(_run("a").model_copy(update={"idempotency_key": "k"}))
     other = await store.create_run(_run("b").model_copy(update={"idempotency_key": "k"}))
