@@ -127,11 +127,11 @@ class SandboxDefaults(BaseSettings):
     )
     # Egress by allow-list (see docs/sandbox.md#egress).
     max_egress: list[str] = Field(
-        default_factory=list, description="host names agents may ask to reach through the "
+        default_factory=lambda: [], description="host names agents may ask to reach through the "
         'egress proxy (exact or `*.` suffix, `"*"` for any); empty: egress is off'
     )
     egress_allow_networks: list[str] = Field(
-        default_factory=list, description="non-public networks (CIDR) the egress proxy may "
+        default_factory=lambda: [], description="non-public networks (CIDR) the egress proxy may "
         "connect to; loopback, link-local, private and CGNAT addresses are refused otherwise"
     )
     egress_hosts_file: Path | None = Field(
