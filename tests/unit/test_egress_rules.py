@@ -37,7 +37,7 @@ def test_a_wildcard_matches_subdomains_but_not_the_bare_name() -> None:
 
 def test_ports_other_than_80_and_443_are_refused_with_the_reason() -> None:
     assert parse_rule("git.example.com:443", where="w") == Rule("git.example.com")
-    with pytest.raises(ConfigError, match="port 22.*HTTP and HTTPS only"):
+    with pytest.raises(ConfigError, match=r"port 22.*HTTP and HTTPS only"):
         parse_rule("git.example.com:22", where="w")
     assert allowed((Rule("a.example.com"),), "a.example.com", 443)
     assert not allowed((Rule("a.example.com"),), "a.example.com", 8080)
@@ -54,7 +54,7 @@ def test_the_servers_maximum_covers_names_and_narrower_wildcards_only() -> None:
     maximum = parse_rules(["*.example.com", "pypi.example.org"], where="m", server=True)
     within(parse_rules(["a.example.com", "*.git.example.com", "pypi.example.org"], where="a"),
            maximum, "SETTING")
-    with pytest.raises(ConfigError, match="'example.com', beyond what this server allows"):
+    with pytest.raises(ConfigError, match=r"'example.com', beyond what this server allows"):
         within(parse_rules(["example.com"], where="a"), maximum, "SETTING")
     with pytest.raises(ConfigError, match="beyond"):
         within(parse_rules(["*.example.org"], where="a"), maximum, "SETTING")
@@ -63,7 +63,7 @@ def test_the_servers_maximum_covers_names_and_narrower_wildcards_only() -> None:
 
 
 def test_egress_is_off_unless_the_server_sets_a_maximum() -> None:
-    with pytest.raises(ConfigError, match="egress is off on this server.*MAX_EGRESS"):
+    with pytest.raises(ConfigError, match=r"egress is off on this server.*MAX_EGRESS"):
         _spec(SandboxDefaults(), egress=["a.example.com"])
 
 
@@ -97,7 +97,7 @@ def test_egress_secrets_must_name_exact_hosts_of_the_egress_list() -> None:
 
 
 def test_the_server_refuses_a_maximum_that_is_not_host_names() -> None:
-    with pytest.raises(ValueError, match="MAX_EGRESS.*10.0.0.1"):
+    with pytest.raises(ValueError, match=r"MAX_EGRESS.*10.0.0.1"):
         SandboxDefaults(max_egress=["10.0.0.1"])
     with pytest.raises(ValueError, match="not a network"):
         SandboxDefaults(egress_allow_networks=["nope"])
