@@ -41,6 +41,9 @@ PORT = 3128
 LABEL_EGRESS = "dev.pyflue.egress"  # "relay", "relay-network" or "run-network"
 LABEL_OWNER = "dev.pyflue.egress-owner"
 READY_TIMEOUT = 15.0
+# Networks made ahead (the relay already attached), so a run's start does not wait for
+# Docker's network create and connect (about 100-400 ms here). Each serves one run only.
+SPARE_NETWORKS = 2
 _INHIBIT = {"com.docker.network.bridge.inhibit_ipv4": "true"}
 _NO_IPV6 = {"net.ipv6.conf.all.disable_ipv6": "1"}
 
@@ -111,15 +114,21 @@ class EgressGateway:
                                  where="PYFLUE_SANDBOX_EGRESS_ALLOW_NETWORKS"),
             hosts=HostsFile(config.hosts_file))
         self._lock = asyncio.Lock()
+        self._spare: list[Attachment] = []
+        self._filling: asyncio.Task[None] | None = None
+        self.spare_size = SPARE_NETWORKS
         self._relay_id: str | None = None
         self._home: str | None = None
         self._dir: Path | None = None
         self._sock: socket.socket | None = None
 
-    async def attach(self, spec: SandboxSpec, name: str, emit: Emit) -> Attachment:
-        """Creates the run's network, attaches the relay, registers the run with the proxy."""
+    async def attach(self, spec: SandboxSpec, emit: Emit) -> Attachment:
+        """The run's own network (a spare one, or made now) with the relay on it; the run
+        registered with the proxy. Refills the spares in the background."""
         await self._ensure()
-        attachment = await self.bridge.call(self._network, spec, name)
+        attachment = self._spare.pop(0) if self._spare else await self.bridge.call(
+            self._network)
+        self._refill()
         self.proxy.add(attachment.subnet, RunEgress(
             run_id=spec.run_id, rules=parse_rules(spec.egress, where="egress"),
             secrets=spec.egress_secrets, emit=emit))
@@ -129,6 +138,17 @@ class EgressGateway:
         """Ends the run's open connections (their events recorded), removes its network."""
         await self.proxy.remove(attachment.subnet)
         await self.bridge.call(self.remove_network, attachment.network_id)
+
+    def _refill(self) -> None:
+        if self._filling is None or self._filling.done():
+            self._filling = asyncio.get_running_loop().create_task(self._fill())
+
+    async def _fill(self) -> None:
+        try:
+            while self._relay_id is not None and len(self._spare) < self.spare_size:
+                self._spare.append(await self.bridge.call(self._network))
+        except Exception as exc:  # runs make their own network meanwhile
+            log.warning("could not make a spare egress network: %s", exc)
 
     async def _ensure(self) -> None:
         async with self._lock:
@@ -187,12 +207,12 @@ class EgressGateway:
                      "build the default one with `pyflue images build`") from exc
         return str(container.id)
 
-    def _network(self, spec: SandboxSpec, name: str) -> Attachment:
-        labels = {**self._labels("run-network"), "dev.pyflue.run-id": spec.run_id}
+    def _network(self) -> Attachment:
+        name = f"pyflue-egress-net-{secrets.token_hex(6)}"
         with translated("creating the run's egress network"):
             net_id = self._client.api.create_network(
-                name, driver="bridge", internal=True, options=_INHIBIT, labels=labels,
-                check_duplicate=True)["Id"]
+                name, driver="bridge", internal=True, options=_INHIBIT,
+                labels=self._labels("run-network"))["Id"]
         try:
             with translated("attaching the egress relay to the run's network"):
                 self._client.api.connect_container_to_network(self._relay_id, net_id)
@@ -222,6 +242,13 @@ class EgressGateway:
         await self._teardown()
 
     async def _teardown(self) -> None:
+        if self._filling is not None:
+            self._filling.cancel()
+            with contextlib.suppress(BaseException):
+                await self._filling
+        spare, self._spare = self._spare, []
+        for attachment in spare:
+            await self.bridge.call(self.remove_network, attachment.network_id)
         if self._sock is not None:
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
@@ -232,6 +259,25 @@ class EgressGateway:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+    def others(self) -> list[tuple[str, str, str]]:
+        """(owner, kind, id) of the egress relays and networks of other gateways in this
+        scope, for the reaper to remove those whose owner is dead."""
+        mine = {"label": [LABEL_EGRESS, f"dev.pyflue.scope={self.scope}"]}
+        with translated("listing egress relays and networks"):
+            relays = self._client.api.containers(all=True, filters=mine)
+            networks = self._client.api.networks(filters=mine)
+        found = [(c["Labels"].get(LABEL_OWNER, ""), "relay", c["Id"]) for c in relays]
+        found += [((n.get("Labels") or {}).get(LABEL_OWNER, ""), "network", n["Id"])
+                  for n in networks]
+        return [item for item in found if item[0] and item[0] != self.owner]
+
+    def remove(self, kind: str, rid: str) -> None:
+        if kind == "network":
+            self.remove_network(rid)
+            return
+        with contextlib.suppress(SandboxError), translated("removing an egress relay"):
+            self._client.api.remove_container(rid, force=True)
 
     def _remove_relay(self, relay: str | None, home: str | None) -> None:
         if relay is not None:

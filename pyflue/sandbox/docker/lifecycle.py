@@ -338,13 +338,14 @@ class DockerProvider:
         try:
             await self.helper.prepare(spec.image)
             if spec.egress:
-                egress = await run_to_completion(self.gateway.attach(spec, volume, emit))
+                egress = await run_to_completion(self.gateway.attach(spec, emit))
             # Creation runs to its end even when the run is cancelled meanwhile, so the
             # cleanup below always knows what exists and removes it.
             container = await run_to_completion(self.bridge.call(self._create, spec, volume,
                                                                  egress))
             emit(ContainerCreated(container_id=container.id, name=volume, image=spec.image,
-                                  network=spec.network, runtime=spec.runtime or "runc"))
+                                  network=egress.network if egress else spec.network,
+                                  runtime=spec.runtime or "runc"))
             await self.bridge.call(self._start, container, spec)
             box = await self._sandbox(container.id, spec, emit, launch="cold")
             yield box
@@ -488,6 +489,10 @@ class DockerProvider:
                 if owner != self.pool_owner and await owner_is_dead(owner):
                     await self.bridge.call(self._remove_sync, cid, volume)
                     reaped.append(pool_id)
+            # Egress relays and networks of dead workers (a live one removes its own).
+            for owner, kind, rid in await self.bridge.call(self.gateway.others):
+                if await owner_is_dead(owner):
+                    await self.bridge.call(self.gateway.remove, kind, rid)
         return sorted(set(reaped))
 
     def _labelled(self) -> list[tuple[str, str | None, str]]:
