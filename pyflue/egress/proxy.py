@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pyflue.egress.pump import pump
 from pyflue.egress.rules import PORTS, Address, Network, Rule, address_refusal, allowed
 from pyflue.events import Egress
 from pyflue.sandbox.base import EgressSecret, Emit
@@ -143,7 +144,7 @@ class EgressProxy:
     async def _serve(self, run: RunEgress, sock: socket.socket) -> None:
         sock.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=sock, limit=HEAD_LIMIT)
-        attempt = _Attempt(self, run, reader, writer)
+        attempt = _Attempt(self, run, reader, writer, sock)
         try:
             await attempt.serve()
         except Exception:
@@ -186,8 +187,9 @@ class _Attempt:
     """One connection from the sandbox: its request, decision, relay and event."""
 
     def __init__(self, proxy: EgressProxy, run: RunEgress, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: asyncio.StreamWriter, sock: socket.socket) -> None:
         self.proxy, self.run, self.reader, self.writer = proxy, run, reader, writer
+        self.sock = sock
         self.started = time.monotonic()
         self.host, self.port, self.method = "", 0, ""
         self.decision: str = "denied"
@@ -283,39 +285,44 @@ class _Attempt:
             raise Denied(why, f"{self.host}:{self.port} is not in this run's egress allow-list")
 
     async def _relay(self, address: Address, first: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        upstream = socket.socket(socket.AF_INET6 if address.version == 6 else socket.AF_INET,
+                                 socket.SOCK_STREAM)
+        upstream.setblocking(False)
+        self.address = str(address)
         try:
-            up_r, up_w = await asyncio.wait_for(
-                asyncio.open_connection(str(address), self.port, limit=CHUNK),
-                self.proxy.connect_timeout)
+            await asyncio.wait_for(loop.sock_connect(upstream, (str(address), self.port)),
+                                   self.proxy.connect_timeout)
         except (OSError, TimeoutError) as exc:
-            self.decision, self.address = "allowed", str(address)
-            self.reason = f"connect failed: {exc.__class__.__name__}"
+            upstream.close()
+            self.decision, self.reason = "allowed", f"connect failed: {exc.__class__.__name__}"
             if self.method != "CONNECT":
                 await self._refuse(502, self.reason, f"could not connect to {self.host}")
             return
-        self.decision, self.address = "allowed", str(address)
-        up_w.write(first)
-        self.up += len(first)
+        self.decision = "allowed"
         try:
-            await asyncio.gather(self._pipe(self.reader, up_w, "up"),
-                                 self._pipe(up_r, self.writer, "down"))
+            await loop.sock_sendall(upstream, first)
+            self.up += len(first)
+            # What the proxy said (the 200) goes out before the answer the pump sends.
+            while self.writer.transport.get_write_buffer_size():
+                await asyncio.sleep(0.001)
+            await asyncio.gather(self._up(upstream), self._down(upstream))
         finally:
-            up_w.close()
+            upstream.close()
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
-                    way: str) -> None:
+    async def _up(self, upstream: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            while data := await src.read(CHUNK):
-                dst.write(data)
-                if way == "up":
-                    self.up += len(data)
-                else:
-                    self.down += len(data)
-                await dst.drain()
-            if dst.can_write_eof():
-                dst.write_eof()
+            while data := await self.reader.read(CHUNK):
+                await loop.sock_sendall(upstream, data)
+                self.up += len(data)
+            upstream.shutdown(socket.SHUT_WR)
         except (ConnectionError, OSError):
-            dst.close()
+            with contextlib.suppress(OSError):
+                upstream.shutdown(socket.SHUT_RDWR)
+
+    async def _down(self, upstream: socket.socket) -> None:
+        self.down += await pump(upstream, self.sock)
 
     async def _refuse(self, status: int, reason: str, detail: str) -> None:
         names = ", ".join(r.pattern for r in self.run.rules) or "(nothing)"
