@@ -14,6 +14,8 @@ from pyflue.agent_config import AgentConfig
 from pyflue.egress.proxy import _sni, _swap
 from pyflue.egress.rules import Rule, address_refusal, allowed, parse_rule, parse_rules, within
 from pyflue.errors import ConfigError
+from pyflue.events import EgressEvent, parse_event
+from pyflue.render import pretty_event
 from pyflue.sandbox.base import EgressSecret
 from pyflue.sandbox.docker.pool import pool_key
 from pyflue.sandbox.policy import placeholder, spec_for
@@ -140,3 +142,14 @@ def test_the_sni_of_a_real_client_hello_is_read() -> None:
         tls.do_handshake()
     assert _sni(outgoing.read()) == "files.example.com"
     assert _sni(b"\x16\x03\x01\x00\x05hello") is None
+
+
+def test_pyflue_logs_shows_an_egress_attempt_on_one_line() -> None:
+    event = parse_event({"run_id": "r", "event_index": 7, "type": "egress",
+                         "timestamp": "2026-01-01T00:00:00Z",
+                         "data": {"host": "other.example.com", "port": 443, "method": "CONNECT",
+                                  "decision": "denied", "reason": "not in the allow-list"}})
+    assert isinstance(event, EgressEvent)
+    line = pretty_event(event) or ""
+    assert line.endswith("egress CONNECT other.example.com:443 denied (not in the allow-list) "
+                         "↑0 ↓0 B 0 ms")
