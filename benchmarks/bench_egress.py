@@ -5,7 +5,10 @@ the proxy through a hosts file; see tests/integration/egress_hosts.py):
 
 (1) start: ``DockerProvider.open`` of a cold sandbox until it is ready for commands, with
     ``egress`` (its own network, the relay attached, registered with the proxy) against
-    without (``network: none``), interleaved pairs. Target: p50 at most +50 ms.
+    without (``network: none``), interleaved pairs, each beside full spare networks; then
+    egress starts without a spare (the network made during the start). Beside it, what the
+    engine alone adds: docker-py ``start`` on network none against on an internal network.
+    Target: p50 at most +50 ms.
 (2) download: 50 MiB by curl inside the sandbox, through the egress proxy (plain HTTP, and
     HTTPS through CONNECT) against the same download over ``network: bridge`` straight to the
     host, interleaved; curl's own ``time_total``. Target: throughput >= 0.8x bridge.
@@ -20,6 +23,7 @@ Exits 0 when every measurement ran (targets met or not), 1 on an error, 130 when
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
@@ -65,6 +69,13 @@ async def _start(provider: DockerProvider, spec: SandboxSpec) -> float:
     return ready * 1000
 
 
+async def _spares_full(gateway: Any) -> None:
+    for _ in range(600):
+        if gateway.spares >= gateway.spare_size:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     client = docker.from_env()
     folder = Path(tempfile.mkdtemp(prefix="bench-egress-"))
@@ -82,15 +93,26 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             report = {"machine": machine(client, size_mib=SIZE >> 20)}
             egress = {"egress": (HOST,)}
             await _start(provider, _spec(0, **egress))  # the relay starts once per worker
-            plain, with_egress = [], []
+            plain, with_egress, inline = [], [], []
+            gateway = provider.gateway
             for n in range(args.pairs):
+                await _spares_full(gateway)  # untimed: both sides start beside full spares
                 plain.append(await _start(provider, _spec(n)))
+                await _spares_full(gateway)
                 with_egress.append(await _start(provider, _spec(n, **egress)))
+            gateway.spare_size = 0  # then without spares: the network made in the start
+            while gateway.spares:
+                await _start(provider, _spec(99, **egress))
+            for n in range(args.pairs // 3 or 1):
+                inline.append(await _start(provider, _spec(n, **egress)))
+            gateway.spare_size = 2
             p50 = statistics.median
             report["start_ms"] = {"none_p50": round(p50(plain), 1),
                                   "egress_p50": round(p50(with_egress), 1),
                                   "added_p50": round(p50(with_egress) - p50(plain), 1),
+                                  "egress_without_spare_p50": round(p50(inline), 1),
                                   "target_added": 50}
+            report["start_ms"]["raw_docker"] = _raw_network_cost(client, args.pairs)
             say(f"start: {report['start_ms']}")
             report["download"] = await _downloads(provider, hosts.ca, bridge_ip, args.downloads)
             say(f"download: {report['download']}")
@@ -123,6 +145,32 @@ async def _downloads(provider: DockerProvider, ca: Path, bridge_ip: str,
             "http_ratio": round(mib_s["proxy_http"] / mib_s["bridge_http"], 2),
             "https_ratio": round(mib_s["proxy_https"] / mib_s["bridge_https"], 2),
             "target_ratio": 0.8}
+
+
+def _raw_network_cost(client: Any, pairs: int) -> dict[str, float]:
+    """What the engine alone adds: ``container.start`` with network none against on an
+    internal, inhibit_ipv4 bridge network (the egress network's options), docker-py only."""
+    net = client.api.create_network(
+        "pyflue-bench-egress-raw", driver="bridge", internal=True,
+        options={"com.docker.network.bridge.inhibit_ipv4": "true"},
+        labels={"dev.pyflue.test": "bench-egress"})
+    times: dict[str, list[float]] = {"none": [], "internal": []}
+    try:
+        for _ in range(pairs):
+            for kind, extra in (("none", {"network_mode": "none"}),
+                                ("internal", {"network": "pyflue-bench-egress-raw"})):
+                box = client.containers.create(DEFAULT_IMAGE, ["sleep", "60"],
+                                               labels={"dev.pyflue.test": "bench-egress"},
+                                               **extra)
+                t0 = time.perf_counter()
+                box.start()
+                times[kind].append((time.perf_counter() - t0) * 1000)
+                box.remove(force=True)
+    finally:
+        client.api.remove_network(net["Id"])
+    none, internal = (statistics.median(times[k]) for k in ("none", "internal"))
+    return {"start_none_p50": round(none, 1), "start_internal_p50": round(internal, 1),
+            "added_p50": round(internal - none, 1)}
 
 
 def _entry(name: str, data: bytes) -> Any:

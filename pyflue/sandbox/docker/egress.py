@@ -117,6 +117,7 @@ class EgressGateway:
         self._spare: list[Attachment] = []
         self._filling: asyncio.Task[None] | None = None
         self.spare_size = SPARE_NETWORKS
+        self.made_inline = 0  # runs that found no spare network and waited for one
         self._relay_id: str | None = None
         self._home: str | None = None
         self._dir: Path | None = None
@@ -124,11 +125,13 @@ class EgressGateway:
 
     async def attach(self, spec: SandboxSpec, emit: Emit) -> Attachment:
         """The run's own network (a spare one, or made now) with the relay on it; the run
-        registered with the proxy. Refills the spares in the background."""
+        registered with the proxy. Call :meth:`refill` once the run's container started."""
         await self._ensure()
-        attachment = self._spare.pop(0) if self._spare else await self.bridge.call(
-            self._network)
-        self._refill()
+        if self._spare:
+            attachment = self._spare.pop(0)
+        else:
+            self.made_inline += 1
+            attachment = await self.bridge.call(self._network)
         self.proxy.add(attachment.subnet, RunEgress(
             run_id=spec.run_id, rules=parse_rules(spec.egress, where="egress"),
             secrets=spec.egress_secrets, emit=emit))
@@ -139,7 +142,15 @@ class EgressGateway:
         await self.proxy.remove(attachment.subnet)
         await self.bridge.call(self.remove_network, attachment.network_id)
 
-    def _refill(self) -> None:
+    @property
+    def spares(self) -> int:
+        """Networks made ahead, ready for the next egress runs."""
+        return len(self._spare)
+
+    def refill(self) -> None:
+        """Makes spare networks up to ``spare_size`` in the background. Called after a run's
+        container started, not before: the engine serializes network changes, so a refill
+        under way would hold up that container's own network attach."""
         if self._filling is None or self._filling.done():
             self._filling = asyncio.get_running_loop().create_task(self._fill())
 

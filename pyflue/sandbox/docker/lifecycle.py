@@ -347,6 +347,8 @@ class DockerProvider:
                                   network=egress.network if egress else spec.network,
                                   runtime=spec.runtime or "runc"))
             await self.bridge.call(self._start, container, spec)
+            if egress is not None:
+                self.gateway.refill()
             box = await self._sandbox(container.id, spec, emit, launch="cold")
             yield box
         finally:
