@@ -260,3 +260,15 @@ async def test_two_egress_runs_cannot_reach_each_other_nor_the_host(
     assert prober.result["direct"] != 0
     assert prober.result["proxied"] == "403"
     assert prober.result["host"] != 0
+
+
+async def test_asking_beyond_the_servers_maximum_fails_the_run_with_the_setting_named(
+    egress_runner: Runner, write_workflow: WriteWorkflow, hosts: EgressHosts
+) -> None:
+    write_workflow("egress_shell", SHELL_WORKFLOW)
+    run = await egress_runner.run("egress_shell", {
+        "agent": {"egress": ["files.example.com"]}, "ca": "", "commands": {}})
+    assert run.status is RunStatus.failed
+    assert run.error is not None and run.error.type == "config_error"
+    assert "beyond what this server allows (*.egress.test; PYFLUE_SANDBOX_MAX_EGRESS)" in (
+        run.error.message)
