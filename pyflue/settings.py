@@ -138,6 +138,10 @@ class SandboxDefaults(BaseSettings):
         None, description="a hosts file (`ADDRESS NAME...` lines) the egress proxy reads "
         "before DNS: for tests and private mirrors"
     )
+    egress_ca_file: Path | None = Field(
+        None, description="more CAs (PEM) the egress proxy trusts when it opens HTTPS to a "
+        "host with egress secrets (a private mirror's CA); the system's CAs always"
+    )
     egress_relay_image: str = Field(
         DEFAULT_IMAGE, description="the image (with python3) of the egress relay container "
         "that hands the runs' proxy connections to pyflue"

@@ -100,7 +100,8 @@ def docker_provider(settings: Settings) -> DockerProvider:
     sandbox = settings.sandbox
     egress = EgressConfig(relay_image=sandbox.egress_relay_image,
                           allow_networks=tuple(sandbox.egress_allow_networks),
-                          hosts_file=sandbox.egress_hosts_file)
+                          hosts_file=sandbox.egress_hosts_file,
+                          ca_file=sandbox.egress_ca_file)
     return DockerProvider(settings.docker_host, scope=store_scope(settings),
                           kill_grace=sandbox.kill_grace, egress=egress)
 

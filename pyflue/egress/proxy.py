@@ -9,7 +9,8 @@ resolver) and connects only to an address that is public or in the networks the 
 never to a run network; for CONNECT the TLS ClientHello's SNI must be the CONNECT host, and for
 plain HTTP the Host header the URL's host. A refusal is a 403 whose body names the run's list.
 Each attempt is one ``egress`` run event. Egress secrets (placeholders in the container) are
-swapped for their values in the request headers of plain HTTP requests to their hosts only.
+swapped for their values in the request headers sent to their hosts only: plain HTTP as it
+passes, HTTPS by ending the sandbox's TLS with the run's own CA (:mod:`pyflue.egress.tls`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from urllib.parse import urlsplit
 
 from pyflue.egress.pump import pump
 from pyflue.egress.rules import PORTS, Address, Network, Rule, address_refusal, allowed
+from pyflue.egress.tls import RunCA, client_context
 from pyflue.events import Egress
 from pyflue.sandbox.base import EgressSecret, Emit
 
@@ -58,6 +61,7 @@ class RunEgress:
     rules: tuple[Rule, ...]
     secrets: tuple[EgressSecret, ...]
     emit: Emit
+    ca: RunCA | None = None  # with egress secrets: HTTPS to their hosts is intercepted
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def secrets_for(self, host: str) -> list[EgressSecret]:
@@ -97,11 +101,21 @@ class EgressProxy:
     """The proxy of every egress run of one worker, keyed by the run's network."""
 
     def __init__(self, *, allow: Sequence[Network] = (), hosts: HostsFile | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT,
+                 upstream_ca: Path | None = None) -> None:
         self.allow = tuple(allow)
+        self.upstream_ca = upstream_ca
+        self._upstream_tls: ssl.SSLContext | None = None
         self.hosts = hosts or HostsFile(None)
         self.connect_timeout = connect_timeout
         self._runs: dict[Network, RunEgress] = {}
+
+    @property
+    def upstream_tls(self) -> ssl.SSLContext:
+        """TLS to the real hosts of intercepted requests (made on first use)."""
+        if self._upstream_tls is None:
+            self._upstream_tls = client_context(self.upstream_ca)
+        return self._upstream_tls
 
     def add(self, subnet: Network, run: RunEgress) -> None:
         self._runs[subnet] = run
@@ -152,7 +166,7 @@ class EgressProxy:
             attempt.reason = attempt.reason or "proxy error"
         finally:
             attempt.record()
-            writer.close()
+            attempt.writer.close()
 
     async def resolve(self, host: str, port: int) -> Address:
         """The first address of ``host`` the proxy may connect to; Denied otherwise."""
@@ -231,13 +245,10 @@ class _Attempt:
         if self.port != 443:
             raise Denied("port", "CONNECT carries HTTPS on port 443 only; use plain http:// "
                                  "for port 80")
-        if self.run.secrets_for(self.host):
-            names = ", ".join(s.name for s in self.run.secrets_for(self.host))
-            raise Denied("egress secret over https",
-                         f"{self.host} has egress secrets ({names}), which this version puts "
-                         "only into plain http:// requests (HTTPS would need TLS interception, "
-                         "not done yet); see docs/sandbox.md#egress")
         address = await self.proxy.resolve(self.host, self.port)
+        if self.run.secrets_for(self.host) and self.run.ca is not None:
+            await self._intercept(address, self.run.ca)
+            return
         self.writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         hello = await _client_hello(self.reader)
         sni = _sni(hello) if hello else None
@@ -247,6 +258,93 @@ class _Attempt:
             self.reason = "sni mismatch" if sni else "no tls sni"
             return
         await self._relay(address, hello)
+
+    async def _intercept(self, address: Address, ca: RunCA) -> None:
+        """HTTPS to a host with egress secrets: TLS ended here with the run's CA (the SNI
+        must be the host), one request read, its placeholders swapped, sent over the proxy's
+        own TLS to the host, verified as usual."""
+        self.writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await self.writer.drain()
+        try:
+            await asyncio.wait_for(self._start_tls(ca.server_context(self.host)),
+                                   HEAD_TIMEOUT)
+            head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+        except (ssl.SSLError, OSError, TimeoutError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError) as exc:
+            self.reason = f"tls refused: {exc.__class__.__name__} (is the SNI the CONNECT host?)"
+            return
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        headers = [(k, v.strip()) for k, v in (h.split(":", 1) for h in lines[1:] if ":" in h)]
+        named = [v for k, v in headers if k.lower() == "host"]
+        if len(parts) != 3 or not parts[1].startswith("/") or len(named) != 1 \
+                or _host_of(named[0]) != self.host:
+            self.reason = "host mismatch"
+            await self._refuse(403, "host mismatch", "the Host header must name the "
+                                                     "CONNECT host")
+            return
+        self.method = parts[0]
+        first = self._rewrite(f"{parts[0]} {parts[1]} {parts[2]}", headers)
+        try:
+            up_r, up_w = await asyncio.wait_for(asyncio.open_connection(
+                str(address), self.port, ssl=self.proxy.upstream_tls,
+                server_hostname=self.host), self.proxy.connect_timeout)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            self.decision, self.address = "allowed", str(address)
+            self.reason = f"connect failed: {exc.__class__.__name__}"
+            await self._refuse(502, self.reason, f"could not connect to {self.host}")
+            return
+        self.decision, self.address = "allowed", str(address)
+        up_w.write(first)
+        self.up += len(first)
+        try:
+            await asyncio.gather(self._copy(self.reader, up_w, "up"),
+                                 self._copy(up_r, self.writer, "down"))
+        finally:
+            up_w.close()
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        """TLS as the server on the sandbox's connection (StreamWriter.start_tls is client
+        side only): the reader then gets, and a new writer sends, plaintext."""
+        loop = asyncio.get_running_loop()
+        protocol = self.writer.transport.get_protocol()
+        secure = await loop.start_tls(self.writer.transport, protocol, context, server_side=True)
+        if secure is None:
+            raise ConnectionError("the connection closed during the TLS handshake")
+        self.writer = asyncio.StreamWriter(secure, protocol, self.reader, loop)
+
+    async def _copy(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                    way: str) -> None:
+        try:
+            while data := await src.read(CHUNK):
+                dst.write(data)
+                if way == "up":
+                    self.up += len(data)
+                else:
+                    self.down += len(data)
+                await dst.drain()
+            if dst.can_write_eof():
+                dst.write_eof()
+            else:
+                dst.close()
+        except (ConnectionError, OSError):
+            dst.close()
+
+    def _rewrite(self, request_line: str, headers: list[tuple[str, str]]) -> bytes:
+        """The request head to send: hop-by-hop headers dropped, the host's secrets swapped
+        in, ``Connection: close`` (one connection carries one checked request)."""
+        secrets = self.run.secrets_for(self.host)
+        lines = [request_line]
+        for key, value in headers:
+            if key.strip().lower() in _HOP:
+                continue
+            for secret in secrets:
+                value, hit = _swap(value, secret)
+                if hit and secret.name not in self.swapped:
+                    self.swapped.append(secret.name)
+            lines.append(f"{key}: {value}")
+        lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     async def _plain(self, target: str, version: str, headers: list[tuple[str, str]]) -> None:
         url = urlsplit(target)
@@ -265,19 +363,8 @@ class _Attempt:
         if len(named) != 1 or _host_of(named[0]) != self.host:
             raise Denied("host mismatch", "the Host header must name the URL's host")
         address = await self.proxy.resolve(self.host, self.port)
-        secrets = self.run.secrets_for(self.host)
-        lines = [f"{self.method} {url.path or '/'}{'?' + url.query if url.query else ''} "
-                 f"{version}"]
-        for key, value in headers:
-            if key.strip().lower() in _HOP:
-                continue
-            for secret in secrets:
-                value, hit = _swap(value, secret)
-                if hit and secret.name not in self.swapped:
-                    self.swapped.append(secret.name)
-            lines.append(f"{key}: {value}")
-        lines.append("Connection: close")  # one request per connection: one checked host
-        await self._relay(address, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        path = f"{url.path or '/'}{'?' + url.query if url.query else ''}"
+        await self._relay(address, self._rewrite(f"{self.method} {path} {version}", headers))
 
     def _check(self) -> None:
         if not allowed(self.run.rules, self.host, self.port):

@@ -44,7 +44,7 @@ def hosts(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
 async def egress_runner(settings: Settings, hosts: EgressHosts) -> AsyncIterator[Runner]:
     sandbox = SandboxDefaults(kill_grace=2.0, max_egress=["*.egress.test"],
                               egress_allow_networks=[hosts.subnet],
-                              egress_hosts_file=hosts.hosts_file)
+                              egress_hosts_file=hosts.hosts_file, egress_ca_file=hosts.ca)
     async with open_runner(settings.model_copy(update={"sandbox": sandbox})) as runner:
         runner.env = {"API_TOKEN": SECRET}
         yield runner
@@ -188,8 +188,12 @@ async def test_an_egress_secret_is_swapped_only_for_its_host_and_never_enters_th
         "mine": f"curl -sS {auth} http://{ALLOWED}/",
         "basic": f"curl -sS -u \"x:$API_TOKEN\" http://{ALLOWED}/",
         "theirs": f"curl -sS {auth} http://{OTHER}/",
-        "https": f"curl -s -o /dev/null -w '%{{http_connect}}' --cacert ca.pem {auth} "
-                 f"https://{ALLOWED}/",
+        # HTTPS to the secret's host: trusted through the run's own CA (the variables point
+        # curl at it), the proxy swaps the value in; to the other host, a plain tunnel.
+        "https": f"curl -sS {auth} https://{ALLOWED}/tls",
+        "https_theirs": f"curl -sS --cacert ca.pem {auth} https://{OTHER}/tls",
+        "sni_fronting": f"curl -sS -o /dev/null {auth} --connect-to {OTHER}:443:{ALLOWED}:443 "
+                        f"https://{OTHER}/ 2>&1 | head -c 300; echo",
         "env": "echo $API_TOKEN",
         # (the pattern is not the value itself, or grep's own cmdline would match)
         "anywhere": f"grep -rals '{SECRET[:-1]}[{SECRET[-1]}]' /proc/[0-9]*/environ /proc/[0-9]*/cmdline "
@@ -207,12 +211,22 @@ async def test_an_egress_secret_is_swapped_only_for_its_host_and_never_enters_th
         "Basic " + base64.b64encode(f"x:{SECRET}".encode()).decode())
     assert theirs["headers"]["Authorization"] == f"Bearer {placeholder}"
     assert placeholder.startswith("pyflue-egress-API_TOKEN-")
-    assert result["https"]["out"] == "403", result  # swapping over https is refused, clearly
+    assert result["https"]["code"] == 0, result["https"]
+    https = json.loads(result["https"]["out"])
+    assert https["path"] == "/tls"
+    assert https["digests"]["Authorization"] == _digest(f"Bearer {SECRET}")
+    https_theirs = json.loads(result["https_theirs"]["out"])
+    assert https_theirs["headers"]["Authorization"] == f"Bearer {placeholder}"
     assert result["anywhere"]["out"] == "searched\n", result
+    # TLS for another name inside a CONNECT to the secret's host never gets the value.
+    assert result["sni_fronting"]["out"].startswith("curl: (35)"), result["sni_fronting"]
+    fronted = [a for a in _egress(events) if a.get("reason", "").startswith("tls refused")]
+    assert [(a["host"], a["decision"]) for a in fronted] == [(ALLOWED, "denied")]
     stored = json.dumps([e.model_dump(mode="json") for e in events])
     assert SECRET not in stored
     swapped = [a for a in _egress(events) if a.get("secrets")]
-    assert [(a["host"], a["secrets"]) for a in swapped] == [(ALLOWED, ["API_TOKEN"])] * 2
+    assert [(a["host"], a["method"], a["secrets"]) for a in swapped] == [
+        (ALLOWED, "GET", ["API_TOKEN"])] * 3
 
 
 TWO_RUNS = """

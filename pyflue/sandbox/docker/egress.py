@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -31,6 +32,7 @@ import docker.types
 from pyflue._bridge import ThreadBridge
 from pyflue.egress.proxy import EgressProxy, HostsFile, RunEgress, receive
 from pyflue.egress.rules import Network, parse_networks, parse_rules
+from pyflue.egress.tls import BUNDLE_PATH, TRUST_ENV, RunCA
 from pyflue.errors import SandboxError, SandboxStartError
 from pyflue.sandbox.base import Emit, SandboxSpec
 from pyflue.sandbox.docker.engine import translated
@@ -71,6 +73,7 @@ class EgressConfig:
     relay_image: str
     allow_networks: tuple[str, ...] = ()
     hosts_file: Path | None = None
+    ca_file: Path | None = None  # more CAs to trust for intercepted HTTPS (tests, mirrors)
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,11 @@ class Attachment:
     network_id: str
     subnet: Network
     proxy_ip: str
+    ca_bundle: bytes | None = None  # with egress secrets: what the container trusts
 
     def container_config(self) -> dict[str, Any]:
         proxy = f"http://{self.proxy_ip}:{PORT}"
+        trust = dict.fromkeys(TRUST_ENV, BUNDLE_PATH) if self.ca_bundle else {}
         return {
             "network_mode": self.network,
             "dns": [self.proxy_ip],  # answers no DNS: names are the proxy's to resolve
@@ -92,7 +97,7 @@ class Attachment:
             "proxy_env": {
                 "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy,
                 "https_proxy": proxy, "NO_PROXY": "localhost,127.0.0.1",
-                "no_proxy": "localhost,127.0.0.1",
+                "no_proxy": "localhost,127.0.0.1", **trust,
             },
         }
 
@@ -112,7 +117,7 @@ class EgressGateway:
         self.proxy = EgressProxy(
             allow=parse_networks(config.allow_networks,
                                  where="PYFLUE_SANDBOX_EGRESS_ALLOW_NETWORKS"),
-            hosts=HostsFile(config.hosts_file))
+            hosts=HostsFile(config.hosts_file), upstream_ca=config.ca_file)
         self._lock = asyncio.Lock()
         self._spare: list[Attachment] = []
         self._filling: asyncio.Task[None] | None = None
@@ -132,10 +137,13 @@ class EgressGateway:
         else:
             self.made_inline += 1
             attachment = await self.bridge.call(self._network)
+        ca = RunCA(spec.run_id) if spec.egress_secrets else None
         self.proxy.add(attachment.subnet, RunEgress(
             run_id=spec.run_id, rules=parse_rules(spec.egress, where="egress"),
-            secrets=spec.egress_secrets, emit=emit))
-        return attachment
+            secrets=spec.egress_secrets, emit=emit, ca=ca))
+        if ca is None:
+            return attachment
+        return dataclasses.replace(attachment, ca_bundle=ca.bundle())
 
     async def detach(self, attachment: Attachment) -> None:
         """Ends the run's open connections (their events recorded), removes its network."""

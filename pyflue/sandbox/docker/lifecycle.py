@@ -21,11 +21,12 @@ import docker.errors
 import docker.types
 
 from pyflue._bridge import ThreadBridge, run_to_completion
+from pyflue.egress.tls import BUNDLE_PATH
 from pyflue.engine_watch import EngineState
 from pyflue.errors import EngineUnavailable, ImageNotFound, SandboxError, SandboxStartError
 from pyflue.events import ContainerCreated, ContainerExited, ContainerRemoved, ContainerStarted, Log
 from pyflue.models import utcnow
-from pyflue.sandbox.base import Emit, PoolFill, Sandbox, SandboxSpec
+from pyflue.sandbox.base import Emit, PoolFill, PutEntry, Sandbox, SandboxSpec
 from pyflue.sandbox.docker.box import IMAGE_REQUIREMENTS, DockerSandbox
 from pyflue.sandbox.docker.egress import Attachment, EgressConfig, EgressGateway
 from pyflue.sandbox.docker.engine import connect, is_gvisor, start_error, translated
@@ -34,6 +35,7 @@ from pyflue.sandbox.docker.helper_setup import MOUNT as HELPER_MOUNT
 from pyflue.sandbox.docker.helper_setup import HelperSetup, socket_path
 from pyflue.sandbox.docker.pool import LABEL_POOL, Pooled, PoolPorts, WarmPool
 from pyflue.sandbox.docker.probe import ContainerProbe
+from pyflue.sandbox.tario import build_tar
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +351,8 @@ class DockerProvider:
             await self.bridge.call(self._start, container, spec)
             if egress is not None:
                 self.gateway.refill()
+                if egress.ca_bundle is not None:  # (the tmpfs volume exists once started)
+                    await self.bridge.call(self._put_ca, container, spec, egress.ca_bundle)
             box = await self._sandbox(container.id, spec, emit, launch="cold")
             yield box
         finally:
@@ -415,6 +419,16 @@ class DockerProvider:
             raise
         except SandboxError as exc:
             raise start_error(f"cannot create a container from {spec.image}", exc) from exc
+
+    def _put_ca(self, container: Any, spec: SandboxSpec, bundle: bytes) -> None:
+        """The bundle the run trusts for intercepted HTTPS (its own CA and the host's), into
+        the run's volume before its first command (see pyflue/egress/tls.py)."""
+        uid, gid = spec.uid_gid
+        folder, name = BUNDLE_PATH.removeprefix(spec.workdir + "/").split("/")
+        tar = build_tar([PutEntry(folder, None, 0o755), PutEntry(f"{folder}/{name}", bundle,
+                                                                0o444)], uid=uid, gid=gid)
+        with translated("copying the egress CA into the run's volume", container=container.id):
+            container.put_archive(spec.workdir, tar)
 
     def _start(self, container: Any, spec: SandboxSpec) -> None:
         try:
