@@ -4,8 +4,10 @@ secret swap. The proxy against real containers: tests/integration/test_egress.py
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from pyflue.agent_config import AgentConfig
 from pyflue.egress.proxy import _sni, _swap
 from pyflue.egress.rules import Rule, address_refusal, allowed, parse_rule, parse_rules, within
+from pyflue.egress.tls import RunCA
 from pyflue.errors import ConfigError
 from pyflue.events import EgressEvent, parse_event
 from pyflue.render import pretty_event
@@ -153,3 +156,30 @@ def test_pyflue_logs_shows_an_egress_attempt_on_one_line() -> None:
     line = pretty_event(event) or ""
     assert line.endswith("egress CONNECT other.example.com:443 denied (not in the allow-list) "
                          "↑0 ↓0 B 0 ms")
+
+
+def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, name: str) -> None:
+    """A TLS handshake in memory, between ``client`` asking for ``name`` and ``server``."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    tls_c = client.wrap_bio(c_in, c_out, server_hostname=name)
+    tls_s = server.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(10):
+        for tls, out, peer_in in ((tls_c, c_out, s_in), (tls_s, s_out, c_in)):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                tls.do_handshake()
+            peer_in.write(out.read())
+    assert tls_c.version() is not None
+
+
+def test_a_runs_ca_is_trusted_for_its_hosts_and_refuses_another_sni(tmp_path: Path) -> None:
+    ca = RunCA("workflow:w:01JTEST")
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(ca.bundle(system=tmp_path / "none"))
+    client = ssl.create_default_context(cafile=str(bundle))
+    _handshake(ca.server_context("api.example.com"), client, "api.example.com")
+    with pytest.raises(ssl.SSLError):
+        _handshake(ca.server_context("api.example.com"), client, "other.example.com")
+    other = ssl.create_default_context(cafile=str(bundle))
+    with pytest.raises(ssl.SSLCertVerificationError):  # another run's CA is not this one
+        _handshake(RunCA("workflow:w:02").server_context("api.example.com"), other,
+                   "api.example.com")
