@@ -302,7 +302,9 @@ class Egress(EventData):
     host: str = Field(description="the host name the sandbox asked for (CONNECT target or the "
                                   "absolute URL's host; an address when it asked for one)")
     port: int = Field(description="the port asked for")
-    method: str = Field(description="`CONNECT` (HTTPS) or the HTTP method of a plain request")
+    method: str = Field(description="`CONNECT` (HTTPS) or the HTTP method of a plain request "
+                                    "(and of the request inside HTTPS to a host of egress "
+                                    "secrets, which the proxy reads)")
     decision: Literal["allowed", "denied"] = Field(
         description="`allowed`: the proxy connected; `denied`: refused before any connection "
                     "(or, for an SNI mismatch, before any byte went out)")
