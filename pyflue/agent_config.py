@@ -32,6 +32,14 @@ class AgentConfig(BaseModel):
     secrets: list[str] = Field(
         default_factory=list, description="names of host environment variables to grant"
     )
+    egress: list[str] = Field(
+        default_factory=list, description="host names the sandbox may reach through the "
+        "egress proxy: exact or `*.` suffix, ports 80 and 443 (docs/sandbox.md#egress)"
+    )
+    egress_secrets: dict[str, list[str]] = Field(
+        default_factory=dict, description="host secrets granted at egress only: the sandbox "
+        "sees a placeholder, the proxy puts the value into requests to the listed hosts"
+    )
     artifacts: list[str] = Field(
         default_factory=list, description="paths or globs saved as the run's artifacts when "
                                           "it ends, whatever its outcome (docs/artifacts.md)"

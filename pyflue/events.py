@@ -61,6 +61,7 @@ class EventType(StrEnum):
     sandbox_limit = "sandbox_limit"
     run_requeued = "run_requeued"
     artifact_saved = "artifact_saved"
+    egress = "egress"
 
 
 def _absent(value: Any) -> bool:
@@ -328,6 +329,28 @@ class ContainerRemoved(EventData):
         False, description="`true` when the removal finishes in the background after the run's "
                            "end (a warm container: the result does not wait for it); the run's "
                            "`container_removed_at` says when it was done")
+
+
+class Egress(EventData):
+    type = EventType.egress
+    host: str = Field(description="the host name the sandbox asked for (CONNECT target or the "
+                                  "absolute URL's host; an address when it asked for one)")
+    port: int = Field(description="the port asked for")
+    method: str = Field(description="`CONNECT` (HTTPS) or the HTTP method of a plain request "
+                                    "(and of the request inside HTTPS to a host of egress "
+                                    "secrets, which the proxy reads)")
+    decision: Literal["allowed", "denied"] = Field(
+        description="`allowed`: the proxy connected; `denied`: refused before any connection "
+                    "(or, for an SNI mismatch, before any byte went out)")
+    reason: str | None = _optional(
+        "why it was denied (`not in the allow-list`, `port`, `private address`, "
+        "`sni mismatch`, ...) or why an allowed connection failed; absent otherwise")
+    address: str | None = _optional("the address the proxy connected to; absent when denied")
+    bytes_up: int = Field(0, description="bytes from the sandbox to the host")
+    bytes_down: int = Field(0, description="bytes from the host to the sandbox")
+    duration_ms: int = Field(0, description="from the request to the connection's end")
+    secrets: list[str] | None = _optional(
+        "names of the egress secrets put into the request (their values never appear)")
 
 
 # -- shell commands ----------------------------------------------------------------------------
@@ -606,6 +629,11 @@ class ToolEndEvent(Event):
     data: ToolEnd
 
 
+class EgressEvent(Event):
+    type: Literal[EventType.egress] = EventType.egress
+    data: Egress
+
+
 class UnknownEvent(Event):
     """An event of a type this version of pyflue does not know (sent by a newer server)."""
 
@@ -621,7 +649,7 @@ EVENT_CLASSES: dict[EventType, type[Event]] = {
         ContainerStartedEvent, ContainerExitedEvent, ContainerRemovedEvent, ShellStartEvent,
         ShellOutputEvent, ShellEndEvent, SandboxLimitEvent, FileReadEvent, FileWriteEvent,
         FileOpEvent, ModelTurnStartEvent, ModelTextDeltaEvent, ModelTurnEndEvent,
-        ToolStartEvent, ToolEndEvent, ArtifactSavedEvent,
+        ToolStartEvent, ToolEndEvent, ArtifactSavedEvent, EgressEvent,
     )
 }
 # The payload model of each type (what ``recorder.emit`` takes).
@@ -643,7 +671,7 @@ KnownEvent = Annotated[
     | ContainerStartedEvent | ContainerExitedEvent | ContainerRemovedEvent | ShellStartEvent
     | ShellOutputEvent | ShellEndEvent | SandboxLimitEvent | FileReadEvent | FileWriteEvent
     | FileOpEvent | ModelTurnStartEvent | ModelTextDeltaEvent | ModelTurnEndEvent
-    | ToolStartEvent | ToolEndEvent | ArtifactSavedEvent,
+    | ToolStartEvent | ToolEndEvent | ArtifactSavedEvent | EgressEvent,
     Field(discriminator="type"),
 ]
 
@@ -688,6 +716,8 @@ __all__ = [
     "ContainerRemovedEvent",
     "ContainerStarted",
     "ContainerStartedEvent",
+    "Egress",
+    "EgressEvent",
     "Event",
     "EventData",
     "EventType",

@@ -18,6 +18,7 @@ from pyflue.events import (
     ContainerExitedEvent,
     ContainerRemovedEvent,
     ContainerStartedEvent,
+    EgressEvent,
     Event,
     LogEvent,
     ModelTextDeltaEvent,
@@ -108,6 +109,10 @@ def pretty_event(event: Event) -> str | None:
             return f"{head} container {d.container_id[:12]} removed"
         case ArtifactSavedEvent(data=d):
             return f"{head} ⇪ artifact {d.name} ({d.size} bytes, sha256 {d.sha256[:12]})"
+        case EgressEvent(data=d):
+            why = f" ({d.reason})" if d.reason else ""
+            return (f"{head} egress {d.method} {d.host}:{d.port} {d.decision}{why} "
+                    f"↑{d.bytes_up} ↓{d.bytes_down} B {d.duration_ms} ms")
     rest = " ".join(f"{k}={_short(v, 60)}" for k, v in event.data.wire.items())
     return f"{head} {event.type} {rest}"
 

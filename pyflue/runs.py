@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json
@@ -54,8 +55,9 @@ from pyflue.placing import place_uploads
 from pyflue.recorder import RunLog, RunRecorder
 from pyflue.resources import ResourceMeter
 from pyflue.retention import Retention
-from pyflue.sandbox.base import Sandbox, SandboxProvider, SandboxSpec
-from pyflue.sandbox.policy import spec_for
+from pyflue.sandbox.base import EgressSecret, Sandbox, SandboxProvider, SandboxSpec
+from pyflue.sandbox.policy import placeholder, spec_for
+from pyflue.secrets import grant
 from pyflue.sessions import Session
 from pyflue.settings import Settings
 from pyflue.store.base import RunStore, RunUpdate
@@ -499,8 +501,20 @@ class _SandboxScope:
                        tools=[as_tool(t) for t in tools])
 
     def _spec_for(self, config: AgentConfig) -> SandboxSpec:
-        return spec_for(config, self._runner.settings.sandbox, run_id=self._run.run_id,
+        spec = spec_for(config, self._runner.settings.sandbox, run_id=self._run.run_id,
                         workflow=self._run.workflow, image_override=self._run.image)
+        if not config.egress_secrets:
+            return spec
+        # Granted like any secret (so redacted everywhere), but the container only ever sees
+        # the placeholder: the egress proxy swaps in the value for the named hosts.
+        granted = grant(config.egress_secrets, self._runner.env, self._recorder.redactor,
+                        'agent config "egress_secrets"')
+        held = tuple(EgressSecret(name=name, hosts=tuple(h.lower() for h in hosts),
+                                  placeholder=placeholder(self._run.run_id, name),
+                                  value=granted[name])
+                     for name, hosts in config.egress_secrets.items())
+        return dataclasses.replace(spec, egress_secrets=held,
+                                   env={**spec.env, **{s.name: s.placeholder for s in held}})
 
     @property
     def image(self) -> str | None:

@@ -30,7 +30,7 @@ from pydantic_settings import SettingsError as _EnvParseError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from pyflue.errors import InvalidSettings
+from pyflue.errors import InvalidSettings, PyflueError
 from pyflue.project import (  # noqa: F401  (find_project*: their old home, still imported)
     PROJECT_MARKERS,
     SettingsFile,
@@ -125,6 +125,49 @@ class SandboxDefaults(BaseSettings):
     allowed_runtimes: list[str] = Field(
         default_factory=lambda: ["runc", "runsc"], description="runtimes agents may ask for"
     )
+    # Egress by allow-list (see docs/sandbox.md#egress).
+    max_egress: list[str] = Field(
+        default_factory=lambda: [], description="host names agents may ask to reach through the "
+        'egress proxy (exact or `*.` suffix, `"*"` for any); empty: egress is off'
+    )
+    egress_allow_networks: list[str] = Field(
+        default_factory=lambda: [], description="non-public networks (CIDR) the egress proxy may "
+        "connect to; loopback, link-local, private and CGNAT addresses are refused otherwise"
+    )
+    egress_hosts_file: Path | None = Field(
+        None, description="a hosts file (`ADDRESS NAME...` lines) the egress proxy reads "
+        "before DNS: for tests and private mirrors"
+    )
+    egress_ca_file: Path | None = Field(
+        None, description="more CAs (PEM) the egress proxy trusts when it opens HTTPS to a "
+        "host with egress secrets (a private mirror's CA); the system's CAs always"
+    )
+    egress_relay_image: str = Field(
+        DEFAULT_IMAGE, description="the image (with python3) of the egress relay container "
+        "that hands the runs' proxy connections to pyflue"
+    )
+
+    @field_validator("max_egress")
+    @classmethod
+    def _egress_names(cls, value: list[str]) -> list[str]:
+        from pyflue.egress.rules import parse_rules
+
+        try:
+            parse_rules(value, where="PYFLUE_SANDBOX_MAX_EGRESS", server=True)
+        except PyflueError as exc:
+            raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("egress_allow_networks")
+    @classmethod
+    def _egress_networks(cls, value: list[str]) -> list[str]:
+        from pyflue.egress.rules import parse_networks
+
+        try:
+            parse_networks(value, where="PYFLUE_SANDBOX_EGRESS_ALLOW_NETWORKS")
+        except PyflueError as exc:
+            raise ValueError(exc.message) from None
+        return value
 
 
 POOL_IMAGES_EXAMPLE = "python:3.12=4,node:20=1"

@@ -99,10 +99,15 @@ def store_scope(settings: Settings) -> str:
 
 def docker_provider(settings: Settings) -> DockerProvider:
     from pyflue.sandbox.docker import DockerProvider
+    from pyflue.sandbox.docker.egress import EgressConfig
 
-    return DockerProvider(
-        settings.docker_host, scope=store_scope(settings), kill_grace=settings.sandbox.kill_grace
-    )
+    sandbox = settings.sandbox
+    egress = EgressConfig(relay_image=sandbox.egress_relay_image,
+                          allow_networks=tuple(sandbox.egress_allow_networks),
+                          hosts_file=sandbox.egress_hosts_file,
+                          ca_file=sandbox.egress_ca_file)
+    return DockerProvider(settings.docker_host, scope=store_scope(settings),
+                          kill_grace=sandbox.kill_grace, egress=egress)
 
 
 def engine_address(settings: Settings) -> str:
@@ -135,6 +140,8 @@ class _NoAsks:
     """An agent that asks nothing of its sandbox: what a pooled container is made for."""
 
     image = network = memory = cpus = pids = runtime = None
+    egress: tuple[str, ...] = ()
+    egress_secrets: dict[str, list[str]] = {}
 
 
 def pool_templates(settings: Settings) -> list[tuple[SandboxSpec, int]]:

@@ -26,6 +26,17 @@ Emit = Callable[["EventData"], None]  # records one run event
 
 
 @dataclass(frozen=True)
+class EgressSecret:
+    """A host secret granted at egress: the container's environment holds ``placeholder``
+    under ``name``; the egress proxy swaps in ``value`` on requests to ``hosts`` only."""
+
+    name: str
+    hosts: tuple[str, ...]
+    placeholder: str
+    value: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     """Everything needed to create one run's container."""
 
@@ -43,6 +54,10 @@ class SandboxSpec:
     read_only_root: bool = True
     workdir: str = "/workspace"
     env: Mapping[str, str] = field(default_factory=dict)
+    # Host names (exact or "*." suffix) the run may reach through the egress proxy; empty:
+    # the container keeps ``network`` (see docs/sandbox.md#egress).
+    egress: tuple[str, ...] = ()
+    egress_secrets: tuple[EgressSecret, ...] = ()
 
     @property
     def uid_gid(self) -> tuple[int, int]:

@@ -8,8 +8,12 @@ limit and the setting that raises it. See docs/security.md.
 
 from __future__ import annotations
 
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from pyflue.egress.rules import allowed, parse_rule, parse_rules, within
 from pyflue.errors import ConfigError
 from pyflue.sandbox.base import SandboxSpec
 from pyflue.settings import SIZE, SandboxDefaults
@@ -40,6 +44,10 @@ class SandboxAsks(Protocol):
     def pids(self) -> int | None: ...
     @property
     def runtime(self) -> str | None: ...
+    @property
+    def egress(self) -> Sequence[str]: ...
+    @property
+    def egress_secrets(self) -> Mapping[str, Sequence[str]]: ...
 
 
 def spec_for(config: SandboxAsks, defaults: SandboxDefaults, *, run_id: str, workflow: str,
@@ -66,6 +74,7 @@ def spec_for(config: SandboxAsks, defaults: SandboxDefaults, *, run_id: str, wor
             f"the agent asks for runtime {runtime!r}, which this server does not allow "
             f"(allowed: {', '.join(defaults.allowed_runtimes)}; PYFLUE_SANDBOX_ALLOWED_RUNTIMES)"
         )
+    egress = egress_for(config, defaults, network=network, runtime=runtime)
     # /workspace and /tmp are tmpfs: what is written there is memory of the container. Capping
     # them below the memory limit makes filling them ENOSPC, not an OOM kill of everything.
     limit = parse_size(memory, what="memory")
@@ -84,7 +93,56 @@ def spec_for(config: SandboxAsks, defaults: SandboxDefaults, *, run_id: str, wor
         tmp_size=tmp,
         runtime=runtime,
         read_only_root=defaults.read_only_root,
+        egress=egress,
     )
+
+
+def placeholder(run_id: str, name: str) -> str:
+    """What the container holds for the egress secret ``name``: not secret, only a marker
+    the egress proxy replaces (the same for every ``ctx.init`` of the run)."""
+    digest = hashlib.sha256(f"{run_id}\0{name}".encode()).hexdigest()[:16]
+    return f"pyflue-egress-{name}-{digest}"
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def egress_for(config: SandboxAsks, defaults: SandboxDefaults, *, network: str,
+               runtime: str | None) -> tuple[str, ...]:
+    """The agent's egress names, checked: valid, within PYFLUE_SANDBOX_MAX_EGRESS, not mixed
+    with the bridge network nor gVisor, and every ``egress_secrets`` host among them."""
+    where = 'agent config "egress"'
+    rules = parse_rules(config.egress, where=where)
+    if config.egress_secrets and not rules:
+        raise ConfigError('agent config "egress_secrets" needs "egress": list the hosts the '
+                          "secrets are for in egress as well")
+    if not rules:
+        return ()
+    within(rules, parse_rules(defaults.max_egress, where="PYFLUE_SANDBOX_MAX_EGRESS",
+                              server=True), "PYFLUE_SANDBOX_MAX_EGRESS")
+    if network != "none":
+        raise ConfigError(f"the agent asks for egress and network {network!r}: egress gives "
+                          "the container its own network whose only way out is the egress "
+                          'proxy; drop "network" (or set it to "none")')
+    if runtime is not None and runtime.startswith("runsc"):
+        raise ConfigError("egress is not available under runsc (gVisor runs here with "
+                          "--network=none, so its containers have no network to reach the "
+                          "proxy on); run egress steps under runc (see docs/sandbox.md#egress)")
+    for name, hosts in config.egress_secrets.items():
+        if not _ENV_NAME.match(name):
+            raise ConfigError(f'agent config "egress_secrets": {name!r} is not an environment '
+                              "variable name; write it like GIT_TOKEN")
+        if isinstance(hosts, str) or not hosts:
+            raise ConfigError(f'agent config "egress_secrets": {name} needs a list of hosts, '
+                              f'e.g. {{"{name}": ["api.example.com"]}}')
+        for host in hosts:
+            rule = parse_rule(host, where='agent config "egress_secrets"')
+            if rule.wildcard or not allowed(rules, rule.pattern, 443):
+                raise ConfigError(
+                    f'agent config "egress_secrets": {name} is granted to {host!r}, which is '
+                    'not an exact name in the agent\'s "egress" list; list it there as well'
+                )
+    return tuple(r.pattern for r in rules)
 
 
 def _capped(size: str, cap: int, what: str) -> str:

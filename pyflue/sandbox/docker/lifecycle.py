@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,18 +22,21 @@ import docker.errors
 import docker.types
 
 from pyflue._bridge import ThreadBridge, run_to_completion
+from pyflue.egress.tls import BUNDLE_PATH
 from pyflue.engine_watch import EngineState
 from pyflue.errors import EngineUnavailable, ImageNotFound, SandboxError, SandboxStartError
 from pyflue.events import ContainerCreated, ContainerExited, ContainerRemoved, ContainerStarted, Log
 from pyflue.models import utcnow
-from pyflue.sandbox.base import Emit, PoolFill, Sandbox, SandboxSpec
+from pyflue.sandbox.base import Emit, PoolFill, PutEntry, Sandbox, SandboxSpec
 from pyflue.sandbox.docker.box import IMAGE_REQUIREMENTS, DockerSandbox
+from pyflue.sandbox.docker.egress import Attachment, EgressConfig, EgressGateway
 from pyflue.sandbox.docker.engine import connect, is_gvisor, start_error, translated
 from pyflue.sandbox.docker.helper_channel import HelperChannel
 from pyflue.sandbox.docker.helper_setup import MOUNT as HELPER_MOUNT
-from pyflue.sandbox.docker.helper_setup import HelperSetup
+from pyflue.sandbox.docker.helper_setup import HelperSetup, socket_path
 from pyflue.sandbox.docker.pool import LABEL_POOL, Pooled, PoolPorts, WarmPool
 from pyflue.sandbox.docker.probe import ContainerProbe
+from pyflue.sandbox.tario import build_tar
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +94,11 @@ def resource_name(run_id: str) -> str:
 
 def container_config(spec: SandboxSpec, volume: str, scope: str = "default",
                      pool_owner: str | None = None,
-                     helper_volume: str | None = None) -> dict[str, Any]:
+                     helper_volume: str | None = None,
+                     egress: Attachment | None = None) -> dict[str, Any]:
     """The hardened ``containers.create`` arguments for a run (see docs/sandbox.md); with
-    ``pool_owner``, for a warm pool's container (the same hardening, one more label)."""
+    ``pool_owner``, for a warm pool's container (the same hardening, one more label); with
+    ``egress``, on the run's egress network (docs/sandbox.md#egress)."""
     config: dict[str, Any] = {
         "image": spec.image,
         "command": ["/bin/sh", "-c", INIT, "pyflue-init", PY_INIT],
@@ -120,6 +127,10 @@ def container_config(spec: SandboxSpec, volume: str, scope: str = "default",
     }
     if pool_owner is not None:
         config["labels"][LABEL_POOL] = pool_owner
+    if egress is not None:
+        extra = egress.container_config()
+        config["environment"] = {**extra.pop("proxy_env"), **config["environment"]}
+        config.update(extra)
     if spec.runtime:
         config["runtime"] = spec.runtime
     if helper_volume is not None:  # the channel helper, read-only (see helper_setup.py)
@@ -159,7 +170,8 @@ class DockerProvider:
     """Sandboxes as Docker containers on one engine (local socket or ``DOCKER_HOST``)."""
 
     def __init__(self, base_url: str | None = None, *, scope: str = "default",
-                 kill_grace: float = 2.0, bridge: ThreadBridge | None = None) -> None:
+                 kill_grace: float = 2.0, bridge: ThreadBridge | None = None,
+                 egress: EgressConfig | None = None) -> None:
         self.base_url = base_url
         self.scope = scope
         self.kill_grace = kill_grace
@@ -171,6 +183,18 @@ class DockerProvider:
         self.pool: WarmPool | None = None
         self.pool_owner: str | None = None
         self._removing: dict[str, asyncio.Task[bool]] = {}  # container id: its removal
+        self.egress_config = egress or EgressConfig(relay_image="pyflue/sandbox:latest")
+        self._gateway: EgressGateway | None = None
+
+    @property
+    def gateway(self) -> EgressGateway:
+        """The egress relay and proxy, made on the first egress run."""
+        if self._gateway is None:
+            self._gateway = EgressGateway(
+                self.client, self.bridge, config=self.egress_config, scope=self.scope,
+                owner=self.pool_owner or f"{socket.gethostname()}:{os.getpid()}",
+                local=socket_path(self.base_url) is not None)
+        return self._gateway
 
     # -- the warm pool ----------------------------------------------------------------------
 
@@ -320,15 +344,23 @@ class DockerProvider:
         container: Any = None
         box: DockerSandbox | None = None
         asked = time.monotonic()
+        egress: Attachment | None = None
         try:
             await self.helper.prepare(spec.image)
+            if spec.egress:
+                egress = await run_to_completion(self.gateway.attach(spec, emit))
             # Creation runs to its end even when the run is cancelled meanwhile, so the
             # cleanup below always knows what exists and removes it.
-            container = await run_to_completion(self.bridge.call(self._create, spec, volume))
+            container = await run_to_completion(self.bridge.call(self._create, spec, volume,
+                                                                 egress))
             emit(ContainerCreated(container_id=container.id, name=volume, image=spec.image,
-                                  network=spec.network, runtime=spec.runtime or "runc",
-                                  create_ms=_ms_since(asked)))
+                                  network=egress.network if egress else spec.network,
+                                  runtime=spec.runtime or "runc", create_ms=_ms_since(asked)))
             await self.bridge.call(self._start, container, spec)
+            if egress is not None:
+                self.gateway.refill()
+                if egress.ca_bundle is not None:  # (the tmpfs volume exists once started)
+                    await self.bridge.call(self._put_ca, container, spec, egress.ca_bundle)
             box = await self._sandbox(container.id, spec, emit, launch="cold", asked=asked,
                                      volume=volume)
             yield box
@@ -336,6 +368,8 @@ class DockerProvider:
             if box is not None and isinstance(box.channel, HelperChannel):
                 await run_to_completion(box.channel.close())
             await run_to_completion(self._remove(container, volume, emit))
+            if egress is not None:
+                await run_to_completion(self.gateway.detach(egress))
 
     async def _sandbox(self, container_id: str, spec: SandboxSpec, emit: Emit, *,
                        launch: Literal["warm", "cold"], asked: float,
@@ -360,18 +394,19 @@ class DockerProvider:
                              self.bridge, spec, self.kill_grace,
                              volume=volume)
 
-    def _create(self, spec: SandboxSpec, volume: str) -> Any:
+    def _create(self, spec: SandboxSpec, volume: str, egress: Attachment | None = None) -> Any:
         try:
-            return self._create_once(spec, volume)
+            return self._create_once(spec, volume, egress=egress)
         except _NameTaken:
             pass
         # The name is taken: by a container of an earlier attempt of this very run (its
         # worker was lost, and the run went back to the queue). This attempt starts afresh.
         log.warning("removing the container of an earlier attempt of %s", spec.run_id)
         self._remove_sync(volume, volume)
-        return self._create_once(spec, volume)
+        return self._create_once(spec, volume, egress=egress)
 
-    def _create_once(self, spec: SandboxSpec, volume: str, pool_owner: str | None = None) -> Any:
+    def _create_once(self, spec: SandboxSpec, volume: str, pool_owner: str | None = None,
+                     egress: Attachment | None = None) -> Any:
         labels = {LABEL_RUN: spec.run_id, LABEL_WORKFLOW: spec.workflow, LABEL_SCOPE: self.scope}
         if pool_owner is not None:
             labels[LABEL_POOL] = pool_owner
@@ -384,7 +419,7 @@ class DockerProvider:
                 try:
                     return self.client.containers.create(
                         **container_config(spec, volume, self.scope, pool_owner,
-                                           self.helper.volume)
+                                           self.helper.volume, egress)
                     )
                 except docker.errors.APIError as exc:
                     if exc.status_code == 409 and "already in use" in str(exc):
@@ -396,6 +431,16 @@ class DockerProvider:
             raise
         except SandboxError as exc:
             raise start_error(f"cannot create a container from {spec.image}", exc) from exc
+
+    def _put_ca(self, container: Any, spec: SandboxSpec, bundle: bytes) -> None:
+        """The bundle the run trusts for intercepted HTTPS (its own CA and the host's), into
+        the run's volume before its first command (see pyflue/egress/tls.py)."""
+        uid, gid = spec.uid_gid
+        folder, name = BUNDLE_PATH.removeprefix(spec.workdir + "/").split("/")
+        tar = build_tar([PutEntry(folder, None, 0o755), PutEntry(f"{folder}/{name}", bundle,
+                                                                0o444)], uid=uid, gid=gid)
+        with translated("copying the egress CA into the run's volume", container=container.id):
+            container.put_archive(spec.workdir, tar)
 
     def _start(self, container: Any, spec: SandboxSpec) -> None:
         try:
@@ -472,6 +517,10 @@ class DockerProvider:
                 if owner != self.pool_owner and await owner_is_dead(owner):
                     await self.bridge.call(self._remove_sync, cid, volume)
                     reaped.append(pool_id)
+            # Egress relays and networks of dead workers (a live one removes its own).
+            for owner, kind, rid in await self.bridge.call(self.gateway.others):
+                if await owner_is_dead(owner):
+                    await self.bridge.call(self.gateway.remove, kind, rid)
         return sorted(set(reaped))
 
     def _labelled(self) -> list[tuple[str, str | None, str]]:
@@ -530,6 +579,9 @@ class DockerProvider:
             await self.pool.drain()
         if self._removing:
             await asyncio.wait(list(self._removing.values()), timeout=CLOSE_WAIT_SECONDS)
+        if self._gateway is not None:
+            await self._gateway.close()
+            self._gateway = None
         if self._client is not None:
             await self.bridge.call(self._client.close)
             self._client = None

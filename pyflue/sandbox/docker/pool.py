@@ -46,7 +46,7 @@ PoolKey = tuple[object, ...]
 def pool_key(spec: SandboxSpec) -> PoolKey | None:
     """What must match for a run to take a pooled container; None when the spec cannot be
     pooled (environment baked into the container: commands get theirs per exec instead)."""
-    if spec.env:
+    if spec.env or spec.egress:  # egress runs get their own network: always cold
         return None
     return (spec.image, spec.user, spec.network, spec.memory, spec.cpus, spec.pids,
             spec.workspace_size, spec.tmp_size, spec.runtime or "runc", spec.read_only_root,
