@@ -134,6 +134,9 @@ class _Reader:
     def _end(self) -> None:
         self._in_part = False
         if self.part.name == "payload":
+            if not bytes(self._json).strip():
+                raise HttpProblem(400, "invalid_json", "the `payload` part is empty: send a "
+                                  "JSON object such as {} in it, or leave the part out")
             self.received.payload = bytes(self._json)
         elif self.part.file is not None:
             self._pending.append((self.part.file, None))  # closed after its last chunk

@@ -257,6 +257,8 @@ def test_a_retention_that_is_no_age_is_refused_at_start() -> None:
      "holds '..'"),
     (b'--xx\r\nContent-Disposition: form-data; name="other"\r\n\r\nabc\r\n--xx--\r\n',
      "unknown part 'other'"),
+    (b'--xx\r\nContent-Disposition: form-data; name="payload"\r\n\r\n\r\n--xx--\r\n',
+     "the `payload` part is empty"),
 ])
 async def test_a_malformed_multipart_body_is_a_400_and_leaves_no_spool_file(
         project: Path, write_workflow: WriteWorkflow, body: bytes, says: str) -> None:
