@@ -112,8 +112,11 @@ class DockerSandbox:
         timeout: float,
         on_output: OutputHandler,
     ) -> ExecStatus:
-        argv = [await self._shell_path(), "-c", WRAPPER, "pyflue-shell", command]
-        running = self._channel.command(argv, cwd=cwd, env=env, user=self._spec.user)
+        # The wrapper enters ``cwd`` itself; the channel only ever gets the workspace root
+        # (see shell.py: a sandbox-controlled path is never resolved by the runtime).
+        argv = [await self._shell_path(), "-c", WRAPPER, "pyflue-shell", command, cwd]
+        running = self._channel.command(argv, cwd=self._spec.workdir, env=env,
+                                        user=self._spec.user)
         stream = Demuxer(on_output)
         pump = asyncio.ensure_future(_drain(running, stream))
         watch = asyncio.ensure_future(self._watch_container())

@@ -4,6 +4,14 @@ A command's first process is its own process-group leader. The wrapper has it re
 on stderr first (behind a marker), so that a timeout can kill the whole group (orphans
 included) without a process-table scan, then run the user's command in that same process
 (with bash when the image has it, else sh).
+
+The wrapper changes into the command's folder itself (``$2``), inside the container. The
+folder is one the sandbox controls: handed to ``docker exec`` as its working folder, it would
+be resolved by the runtime on the host side, where a process inside can swap it for a symlink
+to ``/proc/self/fd/N`` between pyflue's check and the exec (runc CVE-2024-21626, "Leaky
+Vessels"). The exec (and the helper) are only ever given the workspace root, a mount point the
+sandbox cannot replace; a symlink swapped in now leads the command only where the sandbox user
+could ``cd`` anyway.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ PID_MARKER = b"\x1epyflue-pid:"
 
 WRAPPER = (
     'printf "\\036pyflue-pid:%s\\n" "$$" >&2; '
-    '__pyflue_command=$1; set --; eval "$__pyflue_command"'
+    '__pyflue_command=$1; cd -- "$2" || exit 126; set --; eval "$__pyflue_command"'
 )
 
 # A first stderr line longer than this without a newline cannot be the pid line.
