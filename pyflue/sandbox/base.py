@@ -180,8 +180,9 @@ class Sandbox(Protocol):
         """Stat without following a final symlink; None when nothing is there."""
         ...
 
-    async def read_file(self, path: str, *, max_bytes: int) -> bytes:
-        """The bytes of a regular file (no symlink at ``path``)."""
+    async def read_file(self, path: str, *, max_bytes: int, truncate: bool = False) -> bytes:
+        """The bytes of a regular file (no symlink at ``path``); over ``max_bytes`` an error,
+        or with ``truncate`` its first ``max_bytes`` (the rest never reaches the host)."""
         ...
 
     async def put(self, dest_dir: str, entries: Sequence[PutEntry]) -> None:

@@ -70,18 +70,20 @@ class ChunkReader(io.RawIOBase):
         return n
 
 
-def read_single_file(chunks: Iterable[bytes], *, max_bytes: int) -> bytes:
-    """The data of the first member of a streamed tar, which must be a regular file."""
+def read_single_file(chunks: Iterable[bytes], *, max_bytes: int, truncate: bool = False) -> bytes:
+    """The data of the first member of a streamed tar, which must be a regular file. A file
+    over ``max_bytes`` raises OverflowError, or with ``truncate`` gives its first ``max_bytes``
+    (the rest is never read)."""
     reader = io.BufferedReader(ChunkReader(chunks), buffer_size=1 << 20)
     with tarfile.open(fileobj=reader, mode="r|") as tar:
         for member in tar:
             if not member.isreg():
                 raise IsADirectoryError(member.name)
-            if member.size > max_bytes:
+            if member.size > max_bytes and not truncate:
                 raise OverflowError(member.size)
             extracted = tar.extractfile(member)
             assert extracted is not None
-            return extracted.read()
+            return extracted.read(max_bytes)
     raise FileNotFoundError("empty archive")
 
 

@@ -276,8 +276,9 @@ class DockerSandbox:
     async def lstat(self, path: str) -> FileStat | None:
         return await self._channel.stat(path)
 
-    async def read_file(self, path: str, *, max_bytes: int) -> bytes:
-        return await self._channel.get_archive(path, partial(_single_file, path, max_bytes))
+    async def read_file(self, path: str, *, max_bytes: int, truncate: bool = False) -> bytes:
+        return await self._channel.get_archive(path, partial(_single_file, path, max_bytes,
+                                                             truncate))
 
     async def copy_out(self, path: str, dest: Path, *, limits: CopyLimits) -> CopyReport:
         return await self._channel.get_archive(path, partial(_extract, path, dest, limits))
@@ -363,9 +364,9 @@ async def _finishes(fut: asyncio.Future[None], timeout: float) -> bool:
 
 # Readers of a copy out: they run on the channel's worker thread while the tar arrives.
 
-def _single_file(path: str, max_bytes: int, chunks: Iterator[bytes]) -> bytes:
+def _single_file(path: str, max_bytes: int, truncate: bool, chunks: Iterator[bytes]) -> bytes:
     try:
-        return read_single_file(chunks, max_bytes=max_bytes)
+        return read_single_file(chunks, max_bytes=max_bytes, truncate=truncate)
     except IsADirectoryError:
         raise WorkspacePathError(f"{path} is not a regular file") from None
     except OverflowError as exc:

@@ -82,6 +82,9 @@ def resource_name(run_id: str) -> str:
     return "pyflue-" + re.sub(r"[^a-zA-Z0-9_.-]+", "-", run_id.removeprefix("workflow:")).lower()
 
 
+CONTAINER_LOG = {"max-size": "1m", "max-file": "1"}  # the engine's log of one container
+
+
 def container_config(spec: SandboxSpec, volume: str, scope: str = "default",
                      pool_owner: str | None = None,
                      helper_volume: str | None = None) -> dict[str, Any]:
@@ -111,6 +114,9 @@ def container_config(spec: SandboxSpec, volume: str, scope: str = "default",
         "read_only": spec.read_only_root,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={spec.tmp_size},mode=1777"},
         "mounts": [docker.types.Mount(spec.workdir, volume, type="volume")],
+        # The container's own output (its init's) is kept by the engine on the host disk:
+        # capped, so a command cannot fill that disk through it (pyflue never reads it).
+        "log_config": docker.types.LogConfig(type="json-file", config=CONTAINER_LOG),
         "detach": True,
     }
     if pool_owner is not None:
