@@ -21,7 +21,6 @@ import pytest
 
 from pyflue.events import EventType
 from pyflue.models import RunStatus
-from pyflue.runs import Runner
 from pyflue.settings import PoolSettings, Settings
 from pyflue.wiring import open_runner
 from tests.conftest import WriteWorkflow
