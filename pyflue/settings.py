@@ -242,7 +242,8 @@ class ServerSettings(BaseSettings):
     )
     ws_queue_events: int = Field(100, ge=1, description="events queued per WebSocket")
     ws_send_timeout: float = Field(
-        10.0, gt=0, description="seconds a WebSocket send may block before the reader is closed"
+        10.0, gt=0, description="seconds a WebSocket or SSE send may block before the reader "
+                                "is dropped (WebSocket: closed with 4408)"
     )
 
 

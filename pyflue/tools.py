@@ -168,8 +168,8 @@ async def _read(harness: Harness, path: str, offset: int = 1, limit: int = 2000)
         raise ToolError("offset and limit must be at least 1")
     # Only the head of a large file comes into the server (PYFLUE_TOOL_READ_MAX_BYTES).
     data, size = await harness.fs.read_head(path, harness.tool_read_max)
-    cut = size > len(data)
-    if cut and b"\n" in data:
+    head_only = size > len(data)
+    if head_only and b"\n" in data:
         data = data[: data.rindex(b"\n") + 1]  # whole lines only (no half a character)
     try:
         text = data.decode("utf-8")
@@ -183,7 +183,7 @@ async def _read(harness: Harness, path: str, offset: int = 1, limit: int = 2000)
     if not lines:
         return f"{path} is empty"
     if offset > len(lines):
-        if cut:
+        if head_only:
             raise ToolError(f"offset {offset} is past the {len(lines)} lines read. " + note)
         raise ToolError(f"{path} has {len(lines)} lines; offset {offset} is past its end")
     shown: list[str] = []
@@ -196,7 +196,7 @@ async def _read(harness: Harness, path: str, offset: int = 1, limit: int = 2000)
             break  # keep the answer under the tool output cap: whole lines, then the marker
         shown.append(entry)
     last = offset + len(shown) - 1
-    if cut and last == len(lines):
+    if head_only and last == len(lines):
         shown.append(note)
     elif last < len(lines):
         shown.append(f"[lines {offset}-{last} of {len(lines)}; "

@@ -38,6 +38,7 @@ async def test_a_tool_reads_only_the_head_of_a_huge_file_into_the_server(
         call("read", path="big.txt"),
         call("read", path="lines.txt", offset=1, limit=3),
         call("read", path="lines.txt", offset=99_000),
+        call("read", path="lines.txt", offset=12_000, limit=2000),
         call("edit", path="lines.txt", old_text="77777", new_text="x"),
         say("done"),
     ])
@@ -59,7 +60,9 @@ async def test_a_tool_reads_only_the_head_of_a_huge_file_into_the_server(
     assert result(2).startswith("     1\t1\n     2\t2\n     3\t3")
     assert "lines.txt is 588895 bytes; only its first" in result(3)
     assert "use bash" in result(3)
-    assert "over the tool read limit of 65536 (PYFLUE_TOOL_READ_MAX_BYTES)" in result(4)
+    # The last lines of the head that was read, then the note.
+    assert result(4).splitlines()[-2].endswith("\t12773") and "use bash" in result(4)
+    assert "over the tool read limit of 65536 (PYFLUE_TOOL_READ_MAX_BYTES)" in result(5)
 
 
 async def test_the_containers_own_log_is_capped_on_the_host(
