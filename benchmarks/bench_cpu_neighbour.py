@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import docker
+from _common import machine, run_benchmark, say
 
-from _common import machine, run_benchmark, say  # type: ignore[import-not-found]
 from pyflue.settings import PoolSettings, SandboxDefaults, Settings
 from pyflue.wiring import open_runner
 

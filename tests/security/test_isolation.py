@@ -32,14 +32,14 @@ LISTENER = """
 import asyncio
 from pyflue import create_agent
 agent = create_agent(lambda ctx: {})
-KNOCK = %r
+KNOCK = KNOCK_SOURCE
 async def run(ctx):
     h = await ctx.init(agent)
     serve = asyncio.ensure_future(h.shell(
         "exec python3 -c \\"import socket; s = socket.create_server(('::', 8000), "
         "family=socket.AF_INET6, dualstack_ipv6=True); "
         "[s.accept()[0].close() for _ in iter(int, 1)]\\"", timeout=60))
-    addresses = (await h.shell(%r))["stdout"].split()
+    addresses = (await h.shell(ADDRESSES_SOURCE))["stdout"].split()
     for _ in range(100):  # up when every address answers from inside
         seen = await h.shell(KNOCK.format(" ".join(addresses)))
         if all(line.endswith(" ok") for line in seen["stdout"].splitlines()):
@@ -52,12 +52,12 @@ async def run(ctx):
     serve.cancel()
     await asyncio.gather(serve, return_exceptions=True)
     return addresses
-""" % (KNOCK, ADDRESSES)
+""".replace("KNOCK_SOURCE", repr(KNOCK)).replace("ADDRESSES_SOURCE", repr(ADDRESSES))
 
 KNOCKER = """
 from pyflue import create_agent
 agent = create_agent(lambda ctx: {})
-KNOCK = %r
+KNOCK = KNOCK_SOURCE
 async def run(ctx):
     h = await ctx.init(agent)
     await SHARED["up"].wait()
@@ -65,7 +65,7 @@ async def run(ctx):
         return (await h.shell(KNOCK.format(" ".join(SHARED["addresses"]))))["stdout"]
     finally:
         SHARED["tried"].set()
-""" % (KNOCK,)
+""".replace("KNOCK_SOURCE", repr(KNOCK))
 
 
 async def test_a_run_cannot_reach_a_listener_of_another_run_on_any_of_its_addresses(
