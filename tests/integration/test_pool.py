@@ -5,6 +5,7 @@ recorded, and a pool left by a killed server is reaped by the next one."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -55,6 +56,21 @@ WORKFLOWS = {
                                 env={"ONE_OFF": "yes"})
             probe = await h.shell('test "$POOL_TEST_ONE_OFF" = once && echo granted')
             return out["stdout"].split() + probe["stdout"].split()
+        """,
+    "execs": """
+        import asyncio
+        import docker
+        from pyflue import create_agent
+        agent = create_agent(lambda ctx: {})
+        async def run(ctx):
+            h = await ctx.init(agent)
+            out = await h.shell("echo $$")
+            client = docker.from_env()
+            try:
+                info = await asyncio.to_thread(client.api.inspect_container, h.sandbox_id)
+            finally:
+                client.close()
+            return {"execs": info["ExecIDs"], "out": out["stdout"].strip()}
         """,
     "nap": """
         from pyflue import create_agent
@@ -201,6 +217,39 @@ async def test_env_and_secrets_reach_the_commands_of_a_pooled_container(
         assert _launch(await _events(runner, run)) == "warm"
     assert run.status is RunStatus.completed, run.error
     assert run.result == ["hello", "ok", "yes"]  # the one-off secret stayed with its command
+
+
+async def test_a_warm_run_uses_the_helper_started_when_its_container_was_pooled(
+    pooled_runner: Any, docker_client: Any,
+) -> None:
+    async with pooled_runner(1) as runner:
+        [cid] = await _filled(runner)
+        before = docker_client.api.inspect_container(cid)["ExecIDs"]
+        run = await runner.run("execs", {})
+        events = await _events(runner, run)
+    assert run.status is RunStatus.completed, run.error
+    assert _launch(events) == "warm" and run.container_id == cid
+    [started] = [e for e in events if e.type is EventType.container_started]
+    assert started.data.channel == "helper"
+    # The claim started no `docker exec`: the one running is the helper the pool started
+    assert len(before) == 1 and run.result["execs"] == before
+    assert run.result["out"].isdigit()
+
+
+async def test_a_pooled_container_whose_helper_died_gets_a_new_one_when_claimed(
+    pooled_runner: Any, docker_client: Any,
+) -> None:
+    async with pooled_runner(1) as runner:
+        [cid] = await _filled(runner)
+        [helper_exec] = docker_client.api.inspect_container(cid)["ExecIDs"]
+        os.kill(docker_client.api.exec_inspect(helper_exec)["Pid"], signal.SIGKILL)
+        run = await runner.run("execs", {})
+        events = await _events(runner, run)
+    assert run.status is RunStatus.completed, run.error
+    assert _launch(events) == "warm" and run.container_id == cid
+    [started] = [e for e in events if e.type is EventType.container_started]
+    assert started.data.channel == "helper"
+    assert len(run.result["execs"]) == 1 and run.result["execs"] != [helper_exec]
 
 
 async def test_a_burst_larger_than_the_pool_completes_with_cold_starts(

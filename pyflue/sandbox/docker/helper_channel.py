@@ -15,8 +15,10 @@ commands as another user, signalling PID 1 from outside, archives with members o
 someone else, links or special files, and whatever the sandbox user may not read or write
 (the archive API works as root). Should the helper die (a command may kill it: it is the same
 user), the requests in flight fail with a clear :class:`~pyflue.errors.SandboxError` (commands
-just end when the container itself stopped, so its stop is reported as usual), and every later
-call goes through the fallback; ``on_fallback`` is told why.
+just end when the container itself stopped, so its stop is reported as usual), and the next
+call starts it again (``on_restart`` is told why), up to :data:`MAX_RESTARTS` times; after that,
+or when it cannot be started again or sent garbage, every later call goes through the
+fallback, and ``on_fallback`` is told why.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ CREDIT_BATCH = 256 << 10  # output granted back to the helper in batches of this
 INLINE_BYTES = 256 << 10  # archives this small are planned and read on the event loop
 INLINE_WAIT = 0.05  # how long a copy out waits to see whether it is small
 SIGKILL = 9
+MAX_RESTARTS = 3  # helpers started again in one container after one died under it
+PING_TIMEOUT = 1.0  # how long a health check waits for the helper's answer
 
 
 class HelperUnavailable(Exception):
@@ -99,7 +103,8 @@ class HelperChannel:
         self._cid = container_id
         self._user = user
         self.fallback = fallback
-        self._on_fallback = on_fallback
+        self.on_fallback = on_fallback
+        self.on_restart: Callable[[str], None] | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, Callable[[Item], None]] = {}
         self._auto_credit: dict[int, int] = {}  # request -> output received, not yet granted
@@ -114,6 +119,12 @@ class HelperChannel:
         self._closing = False
         self._broken_error: SandboxError | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._start_argv: list[str] = []
+        self._socket_path = ""
+        self._restartable = False  # the helper died under a running container: start it again
+        self.restarts = 0
+        self._revive_lock = asyncio.Lock()
+        self._answered_at = float("-inf")  # loop time of the last health check answered
 
     # -- starting and stopping ----------------------------------------------------------------
 
@@ -121,6 +132,7 @@ class HelperChannel:
         """Starts the helper (``argv``) and waits for its greeting; HelperUnavailable when it
         cannot run."""
         self._loop = asyncio.get_running_loop()
+        self._start_argv, self._socket_path = list(argv), socket_path
         with translated("starting the sandbox's channel helper", container=self._cid):
             created = await self._bridge.call(
                 self._api.exec_create, self._cid, list(argv), stdin=True, stdout=True,
@@ -243,6 +255,53 @@ class HelperChannel:
                 self._task.cancel()
                 return
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    async def healthy(self, *, within: float = 0.0) -> bool:
+        """Whether the helper answers (one stat round trip, at most PING_TIMEOUT); ``within``
+        seconds: an answer that recent is taken as it is."""
+        if not self._usable():
+            return False
+        loop = asyncio.get_running_loop()
+        if within and loop.time() - self._answered_at <= within:
+            return True
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                reply = await self._unary(lambda rid: encode_path(Kind.STAT, rid, "/"))
+        except (TimeoutError, SandboxError, ConnectionError, OSError):
+            return False
+        if reply.kind != Kind.STAT_REPLY:
+            return False
+        self._answered_at = loop.time()
+        return True
+
+    async def _ensure(self) -> None:
+        """Starts the helper again when it died under a running container (see the module
+        docstring); when it cannot be, later calls use the fallback."""
+        if self.dead is None or not self._restartable:
+            return
+        async with self._revive_lock:
+            if self.dead is None or not self._restartable or self._closing:
+                return
+            why, self._restartable = self.dead, False
+            self.restarts += 1
+            if self._watch is not None:
+                self._watch.cancel()
+            self._stderr = bytearray()
+            self._broken_error = None
+            try:
+                await self.start(self._start_argv, self._socket_path)
+            except (HelperUnavailable, SandboxError, OSError) as exc:
+                self.dead = f"the channel helper could not be started again: {exc}"
+                if self.on_fallback is not None:
+                    self.on_fallback(self.dead)
+                return
+            self.dead = None
+            if self.on_restart is not None:
+                self.on_restart(f"{why}; started again")
+
     async def close(self) -> None:
         """Closes the connection (the helper then ends) and stops the reader."""
         self._closing = True
@@ -333,7 +392,11 @@ class HelperChannel:
             return
         if running:
             self.dead = reason
-            error: SandboxError = SandboxError(f"{reason}; later calls go through docker exec")
+            self._restartable = (self.restarts < MAX_RESTARTS
+                                 and not reason.startswith("the channel helper sent garbage"))
+            later = ("the next call starts it again" if self._restartable
+                     else "later calls go through docker exec")
+            error: SandboxError = SandboxError(f"{reason}; {later}")
         else:
             self.dead = "the container stopped"
             error = SandboxGone(f"the run's container {self._cid[:12]} {gone}")
@@ -341,14 +404,19 @@ class HelperChannel:
         pending, self._pending = self._pending, {}
         for deliver in pending.values():
             deliver(_Broken(error, container_stopped=not running))
-        if running and self._on_fallback is not None:
-            self._on_fallback(reason)
+        if running and not self._restartable and self.on_fallback is not None:
+            self.on_fallback(reason)
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def _usable(self, user: str | None = None) -> bool:
         return self.dead is None and self._writer is not None and (
             user is None or user == self._user)
+
+    def _may_serve(self, user: str) -> bool:
+        """Whether a call as ``user`` goes to the helper (now, or once it is started again)."""
+        return user == self._user and self._writer is not None and (
+            self.dead is None or self._restartable)
 
     def _send(self, data: bytes | memoryview) -> None:
         assert self._writer is not None
@@ -400,11 +468,15 @@ class HelperChannel:
     def command(
         self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str], user: str
     ) -> Command:
-        if not self._usable(user):
+        if not self._may_serve(user):
             return self.fallback.command(argv, cwd=cwd, env=env, user=user)
         return HelperCommand(self, list(argv), cwd, dict(env), user)
 
+    def tells_pids(self, user: str) -> bool:
+        return self._may_serve(user)
+
     async def run(self, argv: Sequence[str], *, user: str) -> Completed:
+        await self._ensure()
         if not self._usable(user):
             return await self.fallback.run(argv, user=user)
         command = HelperCommand(self, list(argv), "", {}, user)
@@ -416,6 +488,7 @@ class HelperChannel:
         return Completed(exit_code=command.exit_code, stdout=bytes(out), stderr=bytes(err))
 
     async def spawn(self, argv: Sequence[str], *, user: str) -> None:
+        await self._ensure()
         if not self._usable(user):
             return await self.fallback.spawn(argv, user=user)
         reply = await self._unary(
@@ -426,6 +499,7 @@ class HelperChannel:
         await self.fallback.signal_init(signal)  # from outside the container, as docker kill
 
     async def stat(self, path: str) -> FileStat | None:
+        await self._ensure()
         if not self._usable():
             return await self.fallback.stat(path)
         reply = await self._unary(lambda rid: encode_path(Kind.STAT, rid, path))
@@ -446,6 +520,7 @@ class HelperChannel:
                         link_target=target)
 
     async def put_archive(self, dest_dir: str, archive: Archive) -> None:
+        await self._ensure()
         plan = None
         if self._usable():
             assert self._uid_gid is not None
@@ -514,6 +589,7 @@ class HelperChannel:
                 self._forget(rid)
 
     async def get_archive(self, path: str, read: Callable[[Iterator[bytes]], T]) -> T:
+        await self._ensure()
         if not self._usable():
             return await self.fallback.get_archive(path, read)
         sink = _TarSink(asyncio.get_running_loop())
@@ -576,12 +652,17 @@ class HelperCommand:
         self._wake: Callable[[], object] | None = None
         self._delegate: Command | None = None
         self._exit_code: int | None = None
+        self._pid: int | None = None
 
     @property
     def exit_code(self) -> int | None:
         if self._delegate is not None:
             return self._delegate.exit_code
         return self._exit_code
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid  # None when it went through the fallback
 
     def cancel_start(self) -> bool:
         with self._lock:
@@ -607,6 +688,7 @@ class HelperCommand:
                 return
             self._phase = "starting"
         channel = self._channel
+        await channel._ensure()
         if not channel._usable(self._user):
             delegate = channel.fallback.command(self._argv, cwd=self._cwd, env=self._env,
                                                 user=self._user)
@@ -643,7 +725,7 @@ class HelperCommand:
                 if item.kind in (Kind.STDOUT, Kind.STDERR):
                     yield ("stdout" if item.kind == Kind.STDOUT else "stderr"), item.payload
                 elif item.kind == Kind.STARTED:
-                    _parse_or_fail(parse_u32, item.payload, "a STARTED")
+                    self._pid = _parse_or_fail(parse_u32, item.payload, "a STARTED")
                     started = True
                 elif item.kind == Kind.EXIT:
                     self._exit_code = _parse_or_fail(parse_exit, item.payload, "an EXIT")

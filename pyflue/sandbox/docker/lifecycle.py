@@ -166,6 +166,9 @@ class DockerProvider:
         self.pool: WarmPool | None = None
         self.pool_owner: str | None = None
         self._removing: dict[str, asyncio.Task[bool]] = {}  # container id: its removal
+        # The helper channels opened when pooled containers were made: a claim takes its
+        # container's, so a warm run pays no `docker exec` to start the helper.
+        self._warm_channels: dict[str, HelperChannel] = {}
 
     # -- the warm pool ----------------------------------------------------------------------
 
@@ -212,15 +215,28 @@ class DockerProvider:
         container = await self.bridge.call(self._create_once, spec, volume, self.pool_owner)
         try:
             await self.bridge.call(self._start, container, spec)
+            # The channel too is opened now, off any run's critical path (env and secrets go
+            # with each command, never into the helper or the container).
+            channel = await self.helper.preopen(self.client.api, container.id, spec.user)
         except BaseException:
             await self.bridge.call(self._remove_sync, container.id, volume)
             raise
+        if channel is not None:
+            self._warm_channels[container.id] = channel
         return container.id, volume
 
     async def _pooled_remove(self, cid: str, volume: str) -> None:
+        channel = self._warm_channels.pop(cid, None)
+        if channel is not None:
+            await channel.close()
         await self.bridge.call(self._remove_sync, cid, volume)
 
     async def _running(self, cid: str) -> bool:
+        """Whether a pooled container still runs: its helper's answer says so (about 0.2 ms);
+        without one, the engine's inspect."""
+        channel = self._warm_channels.get(cid)
+        if channel is not None and await channel.healthy():
+            return True
         state = await self.bridge.call(self._state, cid)
         return bool(state.get("Running")) and not state.get("Paused") \
             and not state.get("Restarting") and not state.get("OOMKilled")
@@ -279,15 +295,17 @@ class DockerProvider:
         """A container claimed from the pool: this run's alone; removed in the background
         when the run ends (``container_removed`` says ``deferred``)."""
         cid = pooled.container_id
+        ready = self._warm_channels.pop(cid, None)
         box: DockerSandbox | None = None
         try:
             emit(ContainerCreated(container_id=cid, name=pooled.name, image=spec.image,
                                   network=spec.network, runtime=spec.runtime or "runc"))
-            box = await self._sandbox(cid, spec, emit, launch="warm")
+            box = await self._sandbox(cid, spec, emit, launch="warm", ready=ready)
             yield box
         finally:
-            if box is not None and isinstance(box.channel, HelperChannel):
-                await run_to_completion(box.channel.close())
+            channel = box.channel if box is not None else ready
+            if isinstance(channel, HelperChannel):
+                await run_to_completion(channel.close())
             await run_to_completion(self._release(pooled, emit))
 
     async def _release(self, pooled: Pooled, emit: Emit) -> None:
@@ -328,9 +346,11 @@ class DockerProvider:
             await run_to_completion(self._remove(container, volume, emit))
 
     async def _sandbox(self, container_id: str, spec: SandboxSpec, emit: Emit, *,
-                       launch: Literal["warm", "cold"]) -> DockerSandbox:
-        """The work inside a started container, over its channel (helper or docker exec);
-        emits ``container_started`` saying which, and a warning should it fall back later."""
+                       launch: Literal["warm", "cold"],
+                       ready: HelperChannel | None = None) -> DockerSandbox:
+        """The work inside a started container, over its channel (helper or docker exec;
+        ``ready``: the one opened when it was pooled); emits ``container_started`` saying
+        which, and a warning should the helper be started again or fall back later."""
         api = self.client.api
         said: list[bool] = []
 
@@ -339,11 +359,14 @@ class DockerProvider:
                 said.append(True)
                 emit(ContainerStarted(container_id=container_id, launch=launch,
                                       channel=channel, channel_reason=reason))
+            elif channel == "helper":
+                emit(Log(level="warn", message=f"sandbox channel: {reason}",
+                         fields={"channel": channel}))
             else:
                 emit(Log(level="warn", message=f"sandbox channel: falling back to docker exec: "
                                                f"{reason}", fields={"channel": channel}))
 
-        channel = await self.helper.channel(api, container_id, spec.user, told)
+        channel = await self.helper.channel(api, container_id, spec.user, told, ready)
         return DockerSandbox(channel, ContainerProbe(api, self.bridge, container_id),
                              self.bridge, spec, self.kill_grace)
 

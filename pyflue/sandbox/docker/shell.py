@@ -3,7 +3,10 @@
 A command's first process is its own process-group leader. The wrapper has it report its pid
 on stderr first (behind a marker), so that a timeout can kill the whole group (orphans
 included) without a process-table scan, then run the user's command in that same process
-(with bash when the image has it, else sh).
+(with bash when the image has it, else sh). A channel that tells the pid itself (the helper's:
+it starts every command in its own session) needs no wrapper: the command runs as
+``shell -c COMMAND pyflue-shell``, one shell start and no ``eval`` (a single external command
+is then exec'd by the shell in place, without a fork).
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ class Demuxer:
     """Takes a command's output chunks; hides the wrapper's pid line (and keeps the pid);
     hands everything else on, by stream name, in the order it came."""
 
-    def __init__(self, on_output: OutputHandler) -> None:
+    def __init__(self, on_output: OutputHandler, *, pid_line: bool = True) -> None:
         self._on_output = on_output
-        self._stderr_head: bytes | None = b""
+        # Without the wrapper (the channel tells the pid) there is no line to look for.
+        self._stderr_head: bytes | None = b"" if pid_line else None
         self.pid: int | None = None  # the command's process (and process group) id, once read
 
     def feed(self, stream: str, chunk: bytes) -> None:
