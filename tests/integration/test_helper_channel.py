@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,10 +17,11 @@ from pyflue.errors import SandboxError
 from pyflue.events import ContainerStarted, EventData, EventType, Log
 from pyflue.models import RunStatus, new_run_id
 from pyflue.runs import Runner
-from pyflue.sandbox.base import SandboxSpec
+from pyflue.sandbox.base import PutEntry, SandboxSpec
 from pyflue.sandbox.docker.box import DockerSandbox
 from pyflue.sandbox.docker.exec_channel import ExecChannel
 from pyflue.sandbox.docker.helper_channel import (
+    BULK_BYTES,
     MAX_RESTARTS,
     HelperChannel,
     HelperUnavailable,
@@ -221,3 +223,16 @@ async def test_a_helper_that_cannot_start_is_refused_and_the_sandbox_uses_docker
     chosen = await setup.channel(api, cid, USER, lambda kind, why: told.append((kind, why)))
     assert isinstance(chosen, ExecChannel)
     assert told == [("exec", "the engine is not on a local unix socket")]
+
+
+async def test_bulk_copies_go_through_the_engine_where_it_sees_the_path_and_the_helper_elsewhere(
+    runtime: str,
+) -> None:
+    big = os.urandom(BULK_BYTES + 4096)
+    async with sandbox(runtime) as (box, _events):
+        assert isinstance(box.channel, HelperChannel)
+        for folder in (WS, "/tmp"):  # a volume, and a tmpfs the engine cannot write or see
+            await box.put(folder, [PutEntry(path="big.bin", data=big)])
+            assert await box.read_file(f"{folder}/big.bin", max_bytes=len(big)) == big
+        code, out = await shell(box, r"find /workspace/big.bin /tmp/big.bin -printf '%U:%G %s\n'")
+        assert (code, out.split(b"\n")[:2]) == (0, [f"1000:1000 {len(big)}".encode()] * 2)

@@ -367,6 +367,8 @@ class DockerProvider:
                                                f"{reason}", fields={"channel": channel}))
 
         channel = await self.helper.channel(api, container_id, spec.user, told, ready)
+        if isinstance(channel, HelperChannel):
+            channel.bulk_under = spec.workdir  # a volume: the engine sees it as we do
         return DockerSandbox(channel, ContainerProbe(api, self.bridge, container_id),
                              self.bridge, spec, self.kill_grace)
 
