@@ -16,12 +16,14 @@ import httpx
 import pytest
 
 from pyflue.events import EventType
-from pyflue.models import Run, RunStatus
+from pyflue.models import Run, RunStatus, utcnow
 from pyflue.runs import Runner
 from pyflue.sandbox.docker import DockerProvider
 from pyflue.sandbox.docker.pool import LABEL_POOL
 from pyflue.settings import PoolSettings, SandboxDefaults, Settings
-from pyflue.wiring import open_runner
+from pyflue.store.base import RunUpdate
+from pyflue.wiring import open_runner, pool_templates
+from pyflue.workers import local_owner
 from tests.conftest import WriteWorkflow
 from tests.integration.servers import Server
 
@@ -250,6 +252,32 @@ async def test_a_pooled_container_whose_helper_died_gets_a_new_one_when_claimed(
     [started] = [e for e in events if e.type is EventType.container_started]
     assert started.data.channel == "helper"
     assert len(run.result["execs"]) == 1 and run.result["execs"] != [helper_exec]
+
+
+async def test_the_reaper_removes_a_container_whose_removal_after_its_run_is_not_recorded(
+    pooled_runner: Any, project: Path, tmp_path: Path, docker_client: Any,
+) -> None:
+    async with pooled_runner(1) as runner:
+        await _filled(runner)
+        provider = _docker(runner)
+        assert provider.pool is not None
+        # A container claimed by a run that ended with its removal never done (it failed
+        # three times, or the process died first): the record has no container_removed_at.
+        pooled = await provider.pool.claim(pool_templates(_settings(project, tmp_path, 1))[0][0])
+        assert pooled is not None
+        run = await runner.submit("trivial", {})
+        await runner.store.update_run(run.run_id, RunUpdate(
+            status=RunStatus.completed, finished_at=utcnow(),
+            extra={"container_id": pooled.container_id, "owner": local_owner()}))
+        # The label-based pass leaves it (its pool's worker is alive) ...
+        await provider.reap(runner.workers.is_live, runner.workers.owner_is_dead)
+        assert docker_client.api.containers(all=True, filters={"id": pooled.container_id})
+        # ... a reaper pass removes it by the record, and records when
+        assert run.run_id in await runner.workers.reap()
+        record = await runner.store.get_run(run.run_id)
+    assert record.container_removed_at is not None
+    assert not docker_client.api.containers(all=True, filters={"id": pooled.container_id})
+    assert not docker_client.api.volumes(filters={"name": pooled.name})["Volumes"]
 
 
 async def test_a_burst_larger_than_the_pool_completes_with_cold_starts(

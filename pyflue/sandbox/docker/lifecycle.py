@@ -246,6 +246,22 @@ class DockerProvider:
         container's, set off when its run ended), or None when none is."""
         return self._removing.get(sandbox_id)
 
+    async def remove_left(self, sandbox_id: str) -> bool:
+        if sandbox_id in self._removing:
+            return False  # still being tried (see _remove_soon)
+
+        def _remove() -> bool:
+            try:
+                with translated("inspecting a container left after its run"):
+                    labels = self.client.api.inspect_container(sandbox_id)["Config"]["Labels"]
+            except SandboxError as exc:
+                return "no such container" in exc.message.lower() or \
+                    "no longer exists" in exc.message.lower()
+            volume = resource_name((labels or {}).get(LABEL_RUN, sandbox_id))
+            return self._remove_sync(sandbox_id, volume)
+
+        return await self.bridge.call(_remove)
+
     @property
     def client(self) -> Any:
         with self._client_lock:  # first used from pool threads: make exactly one client
