@@ -245,6 +245,9 @@ async def test_a_pooled_container_whose_helper_died_gets_a_new_one_when_claimed(
         [cid] = await _filled(runner)
         [helper_exec] = docker_client.api.inspect_container(cid)["ExecIDs"]
         os.kill(docker_client.api.exec_inspect(helper_exec)["Pid"], signal.SIGKILL)
+        while docker_client.api.exec_inspect(helper_exec)["Running"]:  # the engine saw it
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # (time for its stream to end at this end too)
         run = await runner.run("execs", {})
         events = await _events(runner, run)
     assert run.status is RunStatus.completed, run.error

@@ -78,7 +78,6 @@ INLINE_WAIT = 0.05  # how long a copy out waits to see whether it is small
 BULK_BYTES = 8 << 20
 SIGKILL = 9
 MAX_RESTARTS = 3  # helpers started again in one container after one died under it
-PING_TIMEOUT = 1.0  # how long a health check waits for the helper's answer
 
 
 class HelperUnavailable(Exception):
@@ -128,7 +127,7 @@ class HelperChannel:
         self._restartable = False  # the helper died under a running container: start it again
         self.restarts = 0
         self._revive_lock = asyncio.Lock()
-        self._answered_at = float("-inf")  # loop time of the last health check answered
+        self._ended = False  # the reader saw the helper's stream end
         # A volume the engine's archive API sees as the container does (the workspace):
         # bulk copies out of it go that way (not tmpfs mounts such as /tmp: the engine
         # would read the image's layer under them).
@@ -264,26 +263,10 @@ class HelperChannel:
                 return
 
     @property
-    def closing(self) -> bool:
-        return self._closing
-
-    async def healthy(self, *, within: float = 0.0) -> bool:
-        """Whether the helper answers (one stat round trip, at most PING_TIMEOUT); ``within``
-        seconds: an answer that recent is taken as it is."""
-        if not self._usable():
-            return False
-        loop = asyncio.get_running_loop()
-        if within and loop.time() - self._answered_at <= within:
-            return True
-        try:
-            async with asyncio.timeout(PING_TIMEOUT):
-                reply = await self._unary(lambda rid: encode_path(Kind.STAT, rid, "/"))
-        except (TimeoutError, SandboxError, ConnectionError, OSError):
-            return False
-        if reply.kind != Kind.STAT_REPLY:
-            return False
-        self._answered_at = loop.time()
-        return True
+    def serving(self) -> bool:
+        """Whether the helper's stream is open and nothing says it died (no round trip)."""
+        return (self.dead is None and not self._closing and not self._ended
+                and self._task is not None and not self._task.done())
 
     async def _ensure(self) -> None:
         """Starts the helper again when it died under a running container (see the module
@@ -299,6 +282,7 @@ class HelperChannel:
                 self._watch.cancel()
             self._stderr = bytearray()
             self._broken_error = None
+            self._ended = False
             try:
                 await self.start(self._start_argv, self._socket_path)
             except (HelperUnavailable, SandboxError, OSError) as exc:
@@ -332,6 +316,7 @@ class HelperChannel:
             while True:
                 stream, data = await self._engine_frame()
                 if stream is None:
+                    self._ended = True
                     said = self._stderr.decode("utf-8", "replace").strip()
                     reason = "the channel helper in the sandbox ended" + (
                         f" ({said[-300:]})" if said else " (killed by a command?)")

@@ -42,7 +42,6 @@ HELPER = f"{MOUNT}/pyflue-helper"  # the helper's path in every sandbox
 LABEL_HELPER = "dev.pyflue.helper"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 _ARCH = {"amd64": "x86_64", "arm64": "aarch64"}
-READY_WITHIN = 1.0  # a pooled channel that answered this recently is handed out unchecked
 
 
 def socket_path(base_url: str | None) -> str | None:
@@ -135,8 +134,8 @@ class HelperSetup:
         (``"exec"``) or restart of the helper (``"helper"``). ``ready``: a helper channel
         opened beforehand (a warm pool's), taken as it is when it still serves."""
         if ready is not None:
-            # A claim has just checked it (see DockerProvider._running): one ping otherwise
-            if not ready.closing and await ready.healthy(within=READY_WITHIN):
+            # Its stream still open: the helper runs (one that dies later is started again)
+            if ready.serving:
                 self._adopt(ready, on_event)
                 on_event("helper", None)
                 return ready

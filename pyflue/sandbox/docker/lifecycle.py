@@ -232,11 +232,9 @@ class DockerProvider:
         await self.bridge.call(self._remove_sync, cid, volume)
 
     async def _running(self, cid: str) -> bool:
-        """Whether a pooled container still runs: its helper's answer says so (about 0.2 ms);
-        without one, the engine's inspect."""
-        channel = self._warm_channels.get(cid)
-        if channel is not None and await channel.healthy():
-            return True
+        # The engine's inspect, not a round trip through the helper: on a busy machine one
+        # call to dockerd beats the relay through dockerd, the shim and the helper (4 ms
+        # against 17 ms p50 at a load of 20 on 2 cores; 1 ms against 0.2 ms when idle).
         state = await self.bridge.call(self._state, cid)
         return bool(state.get("Running")) and not state.get("Paused") \
             and not state.get("Restarting") and not state.get("OOMKilled")
