@@ -216,8 +216,12 @@ async def test_env_and_secrets_reach_the_commands_of_a_pooled_container(
         env = docker_client.api.inspect_container(pooled[0])["Config"]["Env"]
         assert not [v for v in env if "POOL_TEST" in v or "GREETING" in v]
         run = await runner.run("env", {})
-        assert _launch(await _events(runner, run)) == "warm"
+        events = await _events(runner, run)
+        assert _launch(events) == "warm"
     assert run.status is RunStatus.completed, run.error
+    # Through the helper started when the container was pooled, before the run existed
+    [started] = [e for e in events if e.type is EventType.container_started]
+    assert started.data.channel == "helper"
     assert run.result == ["hello", "ok", "yes"]  # the one-off secret stayed with its command
 
 
