@@ -221,4 +221,10 @@ class SandboxProvider(Protocol):
         background; True once removed), or None when there is none."""
         ...
 
+    async def remove_left(self, sandbox_id: str) -> bool:
+        """Removes a sandbox left behind after its run ended (its background removal failed,
+        or its process died first); True once it is gone (or was already). A removal still
+        under way in this process is left to finish: False."""
+        ...
+
     async def close(self) -> None: ...

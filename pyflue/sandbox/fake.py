@@ -232,6 +232,9 @@ class FakeSandboxProvider:
     def removal(self, sandbox_id: str) -> Awaitable[bool] | None:
         return None  # removed when its open() ends
 
+    async def remove_left(self, sandbox_id: str) -> bool:
+        return True  # nothing outlives its open()
+
     async def reap(self, is_live: Callable[[str], Awaitable[bool]],
                    owner_is_dead: Callable[[str], Awaitable[bool]] | None = None) -> list[str]:
         reaped = [run_id for run_id in list(self.live) if not await is_live(run_id)]
