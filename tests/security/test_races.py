@@ -21,6 +21,7 @@ import pytest
 
 from pyflue.events import EventType
 from pyflue.models import RunStatus
+from pyflue.sandbox.docker.helper_channel import MAX_RESTARTS
 from pyflue.settings import PoolSettings, Settings
 from pyflue.wiring import open_runner
 from tests.conftest import WriteWorkflow
@@ -57,7 +58,10 @@ KILL_HELPER = ("for p in /proc/[0-9]*; do grep -qs /.pyflue/pyflue-helpe[r] $p/c
 async def run(ctx):
     h = await ctx.init(agent)
     if ctx.payload["channel"] == "exec":
-        await h.shell(KILL_HELPER)  # this call loses its stream; later ones use docker exec
+        # A killed helper is started again by the next call, up to its restarts: killed once
+        # more than that, later calls use docker exec (each kill call loses its stream).
+        for _ in range(ctx.payload["restarts"] + 1):
+            await h.shell(KILL_HELPER)
     await h.fs.write_file("swap.py", ctx.payload["swapper"])
     await h.shell("mkdir -p d out/sub /tmp/outside && echo inside > d/mark && "
                   "echo inside > out/sub/inside.txt && echo a > out/a.txt && "
@@ -104,7 +108,8 @@ async def _race(settings: Settings, write_workflow: WriteWorkflow, mode: str, ch
             assert runner.provider.pool is not None  # type: ignore[attr-defined]
             assert await runner.provider.pool.wait_filled(60)  # type: ignore[attr-defined]
         run = await runner.run("race", {"mode": mode, "channel": channel, "swapper": SWAPPER,
-                                        "canary": OUTSIDE, **payload})
+                                        "canary": OUTSIDE, "restarts": MAX_RESTARTS,
+                                        **payload})
         assert run.status is RunStatus.completed, run.error
         events = await runner.store.list_events(run.run_id)
     [started] = [e for e in events if e.type is EventType.container_started]
