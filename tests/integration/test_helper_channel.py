@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
+import tarfile
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +26,7 @@ from pyflue.sandbox.docker.helper_channel import (
     BULK_BYTES,
     MAX_RESTARTS,
     HelperChannel,
+    HelperCommand,
     HelperUnavailable,
 )
 from pyflue.sandbox.docker.helper_setup import HELPER, HelperSetup, socket_path
@@ -135,6 +138,12 @@ async def test_a_helper_killed_again_and_again_gives_way_to_docker_exec(runtime:
         warnings = [e.message for e in events if isinstance(e, Log) and e.level == "warn"]
         assert sum("started again" in w for w in warnings) == MAX_RESTARTS
         assert "falling back to docker exec" in warnings[-1]
+        # A command handed to the helper that finds it gone: docker exec gets only "/", a shell
+        # inside enters the folder (never the runtime, CVE-2024-21626).
+        assert (await shell(box, "mkdir -p sub"))[0] == 0
+        late = HelperCommand(channel, ["pwd"], f"{WS}/sub", {}, USER)
+        assert [c async for c in late.output()] == [("stdout", b"/workspace/sub\n")]
+        assert late.exit_code == 0
 
 
 async def _injecting_channel(provider: DockerProvider, container_id: str,
@@ -236,3 +245,32 @@ async def test_bulk_copies_go_through_the_engine_where_it_sees_the_path_and_the_
             assert await box.read_file(f"{folder}/big.bin", max_bytes=len(big)) == big
         code, out = await shell(box, r"find /workspace/big.bin /tmp/big.bin -printf '%U:%G %s\n'")
         assert (code, out.split(b"\n")[:2]) == (0, [f"1000:1000 {len(big)}".encode()] * 2)
+
+
+async def test_a_small_file_read_and_a_command_folder_never_follow_a_symlinked_folder(
+    runtime: str,
+) -> None:
+    # The helper's own small-file tar (no fork) and its start of a command without the shell
+    # wrapper open every folder with O_NOFOLLOW, like its tar child does.
+    async with sandbox(runtime) as (box, _events):
+        channel = box.channel
+        assert isinstance(channel, HelperChannel)
+        assert (await shell(box, "mkdir -p /tmp/outside d && echo SECRET > /tmp/outside/s.txt"
+                                 " && echo inside > d/s.txt && ln -s /tmp/outside l"))[0] == 0
+
+        def read(chunks: Any) -> bytes:
+            return b"".join(chunks)
+
+        with tarfile.open(fileobj=io.BytesIO(await channel.get_archive(f"{WS}/d/s.txt", read))) \
+                as tar:
+            assert tar.getnames() == ["s.txt"]
+        with pytest.raises(SandboxError, match="Not a directory"):
+            await channel.get_archive(f"{WS}/l/s.txt", read)
+        out: list[bytes] = []
+        for cwd, want in ((f"{WS}/l", 126), (f"{WS}/d", 0)):
+            out.clear()
+            status = await box.exec("pwd; cat s.txt", cwd=cwd, env={}, timeout=20,
+                                    on_output=lambda _s, chunk: out.append(chunk))
+            assert status.exit_code == want, (cwd, out)
+            assert b"SECRET" not in b"".join(out)
+        assert b"".join(out) == b"/workspace/d\ninside\n"
