@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _DONE = object()
+PUMP_WINDOW = 64  # items of one stream waiting for the loop, at most
 
 
 class ThreadBridge:
@@ -29,38 +30,51 @@ class ThreadBridge:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, partial(fn, *args, **kwargs))
 
-    async def pump(self, source: Iterator[T]) -> AsyncIterator[T]:
+    async def pump(self, source: Iterator[T], *, window: int = PUMP_WINDOW) -> AsyncIterator[T]:
         """Yields the items of a blocking iterator; the iterator runs on its own thread.
 
-        Items are queued without bound on purpose: the caller is the one place that decides
-        what to keep (shell output is capped there), and the reader must never stall a process
-        in the container by not draining its pipe.
+        At most ``window`` items wait for the loop at once: past that the thread stops
+        reading, so the engine's stream (and the command writing it) waits, and the memory a
+        stream can take here is bounded (``docker exec`` frames are at most 1 MiB each). The
+        caller is still the one place that decides what to keep (shell output is capped
+        there); a caller that stops reading releases the thread, which drops what follows.
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        room = threading.Semaphore(window)
+        closed = threading.Event()
 
         def hand(item: Any) -> None:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
+                closed.set()
 
         def reader() -> None:
             try:
                 for item in source:
+                    if not closed.is_set():
+                        room.acquire()
+                    if closed.is_set():
+                        continue  # nobody reads any more: drain the source, keep nothing
                     hand(item)
                 hand(_DONE)
             except BaseException as exc:  # handed to the async side, raised there
                 hand(_Failure(exc))
 
         threading.Thread(target=reader, name=f"{self._name}-stream", daemon=True).start()
-        while True:
-            item = await queue.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.exc
+                room.release()
+                yield item
+        finally:
+            closed.set()
+            room.release(window + 1)  # a reader waiting for room goes on (and keeps nothing)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,7 @@ async def run_checks(settings: Settings) -> list[Check]:
         runtimes = sorted((info.get("Runtimes") or {}).keys())
         checks.append(Check("runtime runc", "runc" in runtimes, f"runtimes: {', '.join(runtimes)}",
                             "reinstall the engine (docker.io ships runc)"))
+        checks.append(runc_check(info))
         has_runsc = "runsc" in runtimes
         checks.append(Check(
             "runtime runsc", has_runsc,
@@ -72,6 +74,39 @@ async def run_checks(settings: Settings) -> list[Check]:
     checks.append(await _store_check(settings))
     checks.extend(_workflows_checks(settings))
     return checks
+
+
+# runc 1.1.12 fixed "Leaky Vessels" (CVE-2024-21626): a working folder resolved through a file
+# descriptor runc leaked gave a container the host's filesystem. Distributions patched older
+# versions: their builds that carry the fix, by version pattern.
+RUNC_FIXED = (1, 1, 12)
+RUNC_PATCHED_BUILDS = (
+    re.compile(r"^1\.1\.5\+ds1-1\+deb12u([1-9]\d*)$"),  # Debian 12 (DSA-5615-1)
+    re.compile(r"^1\.0\.0~rc93\+ds1-5\+deb11u([3-9]|\d{2,})$"),  # Debian 11 (DSA-5615-1)
+)
+
+
+def runc_check(info: dict[str, Any]) -> Check:
+    """Whether the engine's runc carries the fix of CVE-2024-21626 (runc >= 1.1.12, or a
+    distribution build known to be patched). An older runc fails the check; an unknown
+    version is a warning."""
+    version = str((info.get("RuncCommit") or {}).get("ID") or "").strip()
+    fix = ("upgrade runc to 1.1.12 or later (`apt-get install --only-upgrade runc`, or your "
+           "distribution's fixed build); pyflue never hands runc a sandbox-controlled folder, "
+           "but the engine's other users are exposed (docs/security.md)")
+    if any(p.match(version) for p in RUNC_PATCHED_BUILDS):
+        return Check("runc version", True, f"{version} (a distribution build with the fix of "
+                     "CVE-2024-21626)")
+    found = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", version)
+    if found is None:
+        return Check("runc version", False, f"unknown ({version or 'the engine does not say'}): "
+                     "cannot tell whether it has the fix of CVE-2024-21626 (runc 1.1.12)", fix,
+                     optional=True)
+    numbers = tuple(int(n) for n in found.groups())
+    if numbers >= RUNC_FIXED:
+        return Check("runc version", True, f"{version} (1.1.12 or later: CVE-2024-21626 fixed)")
+    return Check("runc version", False, f"{version} is older than 1.1.12 and not a build known "
+                 "to be patched: vulnerable to CVE-2024-21626 (Leaky Vessels)", fix)
 
 
 async def _pool_check(settings: Settings, provider: DockerProvider) -> Check:

@@ -111,6 +111,18 @@ class WorkspaceFS:
         self._recorder.emit(FileRead(path=real, bytes=len(data)))
         return data
 
+    async def read_head(self, path: str, max_bytes: int) -> tuple[bytes, int]:
+        """The first ``max_bytes`` of a file and its whole size: what a tool reads into the
+        host (the rest of a larger file never leaves the sandbox)."""
+        real, st = await self.locate(path)
+        if st is None:
+            raise FileNotFoundInSandbox(f"no such file in the workspace: {path}")
+        if st.kind != "file":
+            raise WorkspacePathError(f"{path} is a {st.kind}, not a file")
+        data = await self._box.read_file(real, max_bytes=max_bytes, truncate=True)
+        self._recorder.emit(FileRead(path=real, bytes=len(data)))
+        return data, max(st.size, len(data))
+
     async def read_file_buffer(self, path: str) -> bytes:
         """PyFlue 0.2's name for :meth:`read_bytes`."""
         return await self.read_bytes(path)
@@ -299,6 +311,7 @@ class Harness:
         self._recorder = recorder
         self.config = config
         self._defaults = settings.sandbox
+        self.tool_read_max = settings.models.tool_read_max_bytes  # what a tool reads, at most
         self._open_session = open_session
         self._sessions: dict[str, Session] = {}
         self._env = env

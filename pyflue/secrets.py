@@ -5,16 +5,27 @@ its config) or to one ``harness.shell(..., secrets=[...])`` call. Granted values
 container only as environment variables of the commands that need them, never in a command
 line. Once granted, a value is replaced by ``[REDACTED:NAME]`` in every event, log line, error,
 result and shell output of the run, including a value split across two output chunks.
+
+A value is also redacted in the encodings a command most often prints it in, without trying:
+base64 (standard and URL-safe, at any alignment inside a longer encoded text, with or without
+padding), hex (either case) and URL-encoding (``%XX`` and ``+`` for spaces). Other transforms
+(reversed, split by a command on purpose, encrypted) are not recognised: a command that holds a
+secret can always disguise it (docs/security.md).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pyflue.errors import ConfigError
 
 MIN_SECRET_LENGTH = 4
+# Shorter pieces of an encoded value are not redacted: they would match ordinary text.
+MIN_ENCODED_LENGTH = 6
 
 
 def marker(name: str) -> str:
@@ -41,6 +52,8 @@ class Redactor:
                 "redact reliably; use a real secret"
             )
         self._values[value] = name
+        for form in encodings(value):
+            self._values.setdefault(form, name)
 
     def split_tail(self, text: str) -> int:
         """How many characters at the end of ``text`` begin some secret without finishing it."""
@@ -69,6 +82,33 @@ class Redactor:
         if isinstance(value, list | tuple):
             return type(value)(self.data(v) for v in value)
         return value
+
+
+def encodings(value: str) -> set[str]:
+    """The forms of ``value`` that are redacted besides the value itself."""
+    raw = value.encode("utf-8")
+    forms = {raw.hex(), raw.hex().upper(),
+             urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value, safe="")}
+    for shift in range(3):  # where the value starts in a longer text, modulo 3 bytes
+        encoded = base64.b64encode(b"\0" * shift + raw).decode()
+        if shift == 0:
+            forms |= {encoded, encoded.rstrip("=")}
+        # The characters that depend only on the value's bytes: drop those the bytes before
+        # it (shift) and after it (an unfinished last group) share.
+        unpadded = encoded.rstrip("=")
+        head = (0, 2, 3)[shift]
+        tail = 1 if (shift + len(raw)) % 3 else 0
+        forms.add(unpadded[head:len(unpadded) - tail])
+    forms |= {f.replace("+", "-").replace("/", "_") for f in list(forms) if _is_base64(f)}
+    return {f for f in forms if len(f) >= MIN_ENCODED_LENGTH and f != value}
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
 
 
 class StreamRedactor:

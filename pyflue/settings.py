@@ -230,6 +230,12 @@ class ModelSettings(BaseSettings):
     max_result_retries: int = Field(3, ge=0, description="re-asks when a result is invalid")
     max_tokens: int = Field(8192, ge=1, description="max output tokens per model turn")
     tool_output_cap: int = Field(30_000, ge=1000, description="characters of tool output shown")
+    tool_read_max_bytes: int = Field(
+        1 << 20, ge=1024,
+        description="bytes a built-in tool (read, edit) reads from a workspace file into the "
+                    "server at most; `read` shows the start of a larger file with a note, `edit` "
+                    "refuses it",
+    )
 
     @field_validator("model")
     @classmethod
@@ -303,7 +309,8 @@ class ServerSettings(BaseSettings):
 
     ws_queue_events: int = Field(100, ge=1, description="events queued per WebSocket")
     ws_send_timeout: float = Field(
-        10.0, gt=0, description="seconds a WebSocket send may block before the reader is closed"
+        10.0, gt=0, description="seconds a WebSocket or SSE send may block before the reader "
+                                "is dropped (WebSocket: closed with 4408)"
     )
 
 

@@ -166,15 +166,25 @@ async def _bash(harness: Harness, command: str, timeout: float = 120.0) -> str:
 async def _read(harness: Harness, path: str, offset: int = 1, limit: int = 2000) -> str:
     if offset < 1 or limit < 1:
         raise ToolError("offset and limit must be at least 1")
-    data = await harness.fs.read_bytes(path)
+    # Only the head of a large file comes into the server (PYFLUE_TOOL_READ_MAX_BYTES).
+    data, size = await harness.fs.read_head(path, harness.tool_read_max)
+    head_only = size > len(data)
+    if head_only and b"\n" in data:
+        data = data[: data.rindex(b"\n") + 1]  # whole lines only (no half a character)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        return f"{path} is a binary file of {len(data)} bytes"
+        text = "\0"
+    if "\0" in text:  # NUL bytes: not text, whatever the encoding says
+        return f"{path} is a binary file of {size} bytes"
     lines = text.splitlines()
+    note = (f"[{path} is {size} bytes; only its first {len(data)} bytes were read (the tool "
+            "read limit): use bash (e.g. `tail -n +N FILE | head`) for the rest]")
     if not lines:
         return f"{path} is empty"
     if offset > len(lines):
+        if head_only:
+            raise ToolError(f"offset {offset} is past the {len(lines)} lines read. " + note)
         raise ToolError(f"{path} has {len(lines)} lines; offset {offset} is past its end")
     shown: list[str] = []
     budget = READ_BUDGET
@@ -186,7 +196,9 @@ async def _read(harness: Harness, path: str, offset: int = 1, limit: int = 2000)
             break  # keep the answer under the tool output cap: whole lines, then the marker
         shown.append(entry)
     last = offset + len(shown) - 1
-    if last < len(lines):
+    if head_only and last == len(lines):
+        shown.append(note)
+    elif last < len(lines):
         shown.append(f"[lines {offset}-{last} of {len(lines)}; "
                      f"call read with offset={last + 1} to see more]")
     elif offset > 1:
@@ -204,7 +216,13 @@ async def _edit(
 ) -> str:
     if not old_text:
         raise ToolError("old_text must not be empty; use write to create a file")
-    text = await harness.fs.read_file(path)
+    # One byte more than the limit: a file that grew past it meanwhile is seen as too large.
+    data, size = await harness.fs.read_head(path, harness.tool_read_max + 1)
+    if max(size, len(data)) > harness.tool_read_max:
+        raise ToolError(f"{path} is {size} bytes, over the tool read limit of "
+                        f"{harness.tool_read_max} (PYFLUE_TOOL_READ_MAX_BYTES): edit it with bash "
+                        "(sed, a script) instead")
+    text = data.decode("utf-8")
     count = text.count(old_text)
     if count == 0:
         raise ToolError(f"old_text was not found in {path}; read the file and copy it exactly")

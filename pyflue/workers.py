@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pyflue.workflows import Workflow, WorkflowRegistry
 
 log = logging.getLogger(__name__)
+LEFT_SCAN = 200  # ended runs per status a reaper pass looks at for containers left behind
 
 # Tells this process from an earlier one that had the same pid (a restarted container).
 INSTANCE = str(ULID())
@@ -219,7 +220,28 @@ class Workers:
         if taken:
             log.warning("took back %d run(s) whose process is gone (interrupted, or requeued "
                         "when safe to retry)", len(taken))
-        return await self.provider.reap(self.is_live, self.owner_is_dead)
+        reaped = await self.provider.reap(self.is_live, self.owner_is_dead)
+        return sorted({*reaped, *await self.remove_left()})
+
+    async def remove_left(self, recent: int = LEFT_SCAN) -> list[str]:
+        """Removes the containers of ended runs whose removal after the run was never
+        recorded (``container_removed_at`` empty: it failed, or its process died first),
+        among the ``recent`` newest runs of each ended status; records when it is done.
+        Only runs of this process, or of a process of this host that is gone: another
+        worker's container lives on its own engine."""
+        done = []
+        me = local_owner()
+        for status in (s for s in RunStatus if s.finished):
+            for run in await self.store.list_runs(status=status, limit=recent):
+                if run.container_id is None or run.container_removed_at is not None:
+                    continue
+                if run.owner != me and not await self.owner_is_dead(run.owner):
+                    continue
+                if await self.provider.remove_left(run.container_id):
+                    await self.store.update_run(run.run_id, RunUpdate(
+                        extra={"container_removed_at": utcnow()}))
+                    done.append(run.run_id)
+        return done
 
 
 def _owner_is_dead(owner: str | None) -> bool:

@@ -17,7 +17,7 @@ from pyflue.api import auth, deps
 from pyflue.api.auth import CallerDep
 from pyflue.api.errors import HttpProblem, documented
 from pyflue.api.operator import public_event, public_run
-from pyflue.api.sse import SSE_RESPONSE, event_stream
+from pyflue.api.sse import SSE_RESPONSE, EventStreamResponse, event_stream
 from pyflue.errors import RunNotFound
 from pyflue.events import EventType
 from pyflue.models import Run
@@ -171,8 +171,8 @@ async def stream(
     server = deps.settings(request).server
     body = event_stream(store, run_id, after=start, heartbeat=server.heartbeat_seconds,
                         debug=server.debug)
-    return StreamingResponse(body, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Flue-Run-Id": run_id})
+    return EventStreamResponse(body, send_timeout=server.ws_send_timeout,
+                               headers={"Cache-Control": "no-cache", "X-Flue-Run-Id": run_id})
 
 
 @router.post("/runs/{run_id}/cancel", status_code=202, operation_id="cancel_run",

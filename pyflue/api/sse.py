@@ -1,17 +1,28 @@
-"""Server-sent events: one frame per run event, heartbeat comments while idle."""
+"""Server-sent events: one frame per run event, heartbeat comments while idle.
+
+Each stream reads from the store through a bounded queue (the store is the buffer), and every
+send to the client may block at most ``PYFLUE_WS_SEND_TIMEOUT`` seconds (the WebSocket's
+setting): a reader that stalls longer has fallen too far behind and its connection is dropped,
+without slowing the run or the other readers; it resumes with ``Last-Event-ID``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
+
+from fastapi.responses import StreamingResponse
+from starlette.types import Message, Send
 
 from pyflue.api.operator import public_event
 from pyflue.events import Event
 from pyflue.store.base import RunStore
 
 _END = object()
+log = logging.getLogger(__name__)
 
 # Stands for the event JSON schema in the document; pyflue.api.openapi puts the document's own
 # event schema (the items of EventPage.events) in its place.
@@ -87,3 +98,28 @@ async def event_stream(store: RunStore, run_id: str, *, after: int, heartbeat: f
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+class EventStreamResponse(StreamingResponse):
+    """An SSE answer whose every send may block at most ``send_timeout`` seconds; past that
+    the stream ends without its last chunk, so the server closes the connection (the client
+    sees a cut stream, and resumes from the last ``id:`` it got)."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, send_timeout: float,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.send_timeout = send_timeout
+
+    async def stream_response(self, send: Send) -> None:
+        async def timed(message: Message) -> None:
+            async with asyncio.timeout(self.send_timeout):
+                await send(message)
+
+        try:
+            await super().stream_response(timed)
+        except TimeoutError:
+            log.warning("an SSE reader stalled for %g s: its connection is dropped",
+                        self.send_timeout)
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()

@@ -6,14 +6,14 @@ import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.types import Message
 
 from pyflue.api import deps, multipart
 from pyflue.api.auth import CallerDep
 from pyflue.api.errors import HttpProblem, documented, reply
 from pyflue.api.operator import public_message
-from pyflue.api.sse import SSE_RESPONSE, event_stream
+from pyflue.api.sse import SSE_RESPONSE, EventStreamResponse, event_stream
 from pyflue.models import Run, RunStatus, check_payload, end_error
 from pyflue.responses import Accepted, Completed, WorkflowInfo, WorkflowList, error_body
 
@@ -212,8 +212,8 @@ async def invoke(
         stream = event_stream(scheduler.store, run.run_id, after=0,
                               heartbeat=settings.server.heartbeat_seconds,
                               debug=settings.server.debug)
-        return StreamingResponse(stream, media_type="text/event-stream",
-                                 headers={**headers, "Cache-Control": "no-cache"})
+        return EventStreamResponse(stream, send_timeout=settings.server.ws_send_timeout,
+                                   headers={**headers, "Cache-Control": "no-cache"})
     if wait == "result":
         final = await scheduler.wait(run.run_id)
         return _result_response(final, headers, debug=settings.server.debug)

@@ -219,8 +219,9 @@ class Sandbox(Protocol):
         """Stat without following a final symlink; None when nothing is there."""
         ...
 
-    async def read_file(self, path: str, *, max_bytes: int) -> bytes:
-        """The bytes of a regular file (no symlink at ``path``)."""
+    async def read_file(self, path: str, *, max_bytes: int, truncate: bool = False) -> bytes:
+        """The bytes of a regular file (no symlink at ``path``); over ``max_bytes`` an error,
+        or with ``truncate`` its first ``max_bytes`` (the rest never reaches the host)."""
         ...
 
     async def put(self, dest_dir: str, entries: Sequence[PutEntry]) -> None:
@@ -257,6 +258,12 @@ class SandboxProvider(Protocol):
     def removal(self, sandbox_id: str) -> Awaitable[bool] | None:
         """The removal of a sandbox still under way after its ``open`` ended (set off in the
         background; True once removed), or None when there is none."""
+        ...
+
+    async def remove_left(self, sandbox_id: str) -> bool:
+        """Removes a sandbox left behind after its run ended (its background removal failed,
+        or its process died first); True once it is gone (or was already). A removal still
+        under way in this process is left to finish: False."""
         ...
 
     async def close(self) -> None: ...

@@ -143,13 +143,16 @@ class FakeSandbox:
         size = len(node.data) if node.kind == "file" else 0
         return FileStat(path, node.kind, size, node.mode, None, link)  # type: ignore[arg-type]
 
-    async def read_file(self, path: str, *, max_bytes: int) -> bytes:
+    async def read_file(self, path: str, *, max_bytes: int, truncate: bool = False) -> bytes:
         node = self.nodes.get(self._resolve_parent(path))
         if node is None:
             raise FileNotFoundInSandbox(f"{path} does not exist")
         if node.kind != "file":
             raise WorkspacePathError(f"{path} is not a regular file")
-        return node.data
+        if len(node.data) > max_bytes and not truncate:
+            raise WorkspacePathError(
+                f"{path} is {len(node.data)} bytes, over the read limit of {max_bytes}")
+        return node.data[:max_bytes]
 
     async def put(self, dest_dir: str, entries: Sequence[PutEntry]) -> None:
         if dest_dir not in self.nodes:
@@ -228,6 +231,9 @@ class FakeSandboxProvider:
 
     def removal(self, sandbox_id: str) -> Awaitable[bool] | None:
         return None  # removed when its open() ends
+
+    async def remove_left(self, sandbox_id: str) -> bool:
+        return True  # nothing outlives its open()
 
     async def reap(self, is_live: Callable[[str], Awaitable[bool]],
                    owner_is_dead: Callable[[str], Awaitable[bool]] | None = None) -> list[str]:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import os
+import tarfile
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,10 +19,16 @@ from pyflue.errors import SandboxError
 from pyflue.events import ContainerStarted, EventData, EventType, Log
 from pyflue.models import RunStatus, new_run_id
 from pyflue.runs import Runner
-from pyflue.sandbox.base import SandboxSpec
+from pyflue.sandbox.base import PutEntry, SandboxSpec
 from pyflue.sandbox.docker.box import DockerSandbox
 from pyflue.sandbox.docker.exec_channel import ExecChannel
-from pyflue.sandbox.docker.helper_channel import HelperChannel, HelperUnavailable
+from pyflue.sandbox.docker.helper_channel import (
+    BULK_BYTES,
+    MAX_RESTARTS,
+    HelperChannel,
+    HelperCommand,
+    HelperUnavailable,
+)
 from pyflue.sandbox.docker.helper_setup import HELPER, HelperSetup, socket_path
 from pyflue.sandbox.docker.lifecycle import DockerProvider
 from pyflue.settings import DEFAULT_IMAGE
@@ -86,27 +95,55 @@ async def shell(box: DockerSandbox, command: str, timeout: float = 30) -> tuple[
     return status.exit_code, bytes(out)
 
 
-async def test_a_command_that_kills_the_helper_gets_a_clear_error_then_docker_exec(
+async def test_a_command_that_kills_the_helper_gets_a_clear_error_and_the_next_call_restarts_it(
     runtime: str,
 ) -> None:
     async with sandbox(runtime) as (box, events):
         channel = box.channel
         assert isinstance(channel, HelperChannel) and channel.pid is not None
+        first_pid = channel.pid
         async with asyncio.timeout(30):  # never a hang
             # The command's stream ends with the helper (no exit code: -1), like a command
             # killed under docker exec; what is waiting for a reply fails clearly.
             pending = asyncio.ensure_future(channel.run(["sleep", "5"], user=USER))
             await asyncio.sleep(0.2)
             assert (await shell(box, f"kill -9 {channel.pid}; sleep 1"))[0] == -1
-            with pytest.raises(SandboxError, match="helper in the sandbox ended"):
+            with pytest.raises(SandboxError, match=r"helper in the sandbox ended.*starts it again"):
                 await pending
             assert await shell(box, "echo still here") == (0, b"still here\n")
             assert (await box.lstat(WS)) is not None
-        assert channel.dead is not None
+        # A new helper serves the calls (not docker exec), and the run was told
+        assert channel.dead is None and channel.restarts == 1
+        assert channel.pid is not None and channel.pid != first_pid
+        assert (await channel.run(["sh", "-c", "echo $PPID"], user=USER)).stdout.strip() \
+            == str(channel.pid).encode()
         started = [e for e in events if isinstance(e, ContainerStarted)]
         assert [e.channel for e in started] == ["helper"]
-        warnings = [e for e in events if isinstance(e, Log) and e.level == "warn"]
-        assert any("falling back to docker exec" in w.message for w in warnings)
+        warnings = [e.message for e in events if isinstance(e, Log) and e.level == "warn"]
+        assert any("helper in the sandbox ended" in w and "started again" in w
+                   for w in warnings), warnings
+
+
+async def test_a_helper_killed_again_and_again_gives_way_to_docker_exec(runtime: str) -> None:
+    async with sandbox(runtime) as (box, events):
+        channel = box.channel
+        assert isinstance(channel, HelperChannel)
+        async with asyncio.timeout(60):
+            for _ in range(MAX_RESTARTS + 1):
+                assert await box.lstat(WS) is not None  # (starts the helper again)
+                assert (await shell(box, f"kill -9 {channel.pid}; sleep 1"))[0] == -1
+        assert channel.restarts == MAX_RESTARTS and channel.dead is not None
+        # docker exec serves what is left of the run
+        assert await shell(box, "echo still here") == (0, b"still here\n")
+        warnings = [e.message for e in events if isinstance(e, Log) and e.level == "warn"]
+        assert sum("started again" in w for w in warnings) == MAX_RESTARTS
+        assert "falling back to docker exec" in warnings[-1]
+        # A command handed to the helper that finds it gone: docker exec gets only "/", a shell
+        # inside enters the folder (never the runtime, CVE-2024-21626).
+        assert (await shell(box, "mkdir -p sub"))[0] == 0
+        late = HelperCommand(channel, ["pwd"], f"{WS}/sub", {}, USER)
+        assert [c async for c in late.output()] == [("stdout", b"/workspace/sub\n")]
+        assert late.exit_code == 0
 
 
 async def _injecting_channel(provider: DockerProvider, container_id: str,
@@ -195,3 +232,45 @@ async def test_a_helper_that_cannot_start_is_refused_and_the_sandbox_uses_docker
     chosen = await setup.channel(api, cid, USER, lambda kind, why: told.append((kind, why)))
     assert isinstance(chosen, ExecChannel)
     assert told == [("exec", "the engine is not on a local unix socket")]
+
+
+async def test_bulk_copies_go_through_the_engine_where_it_sees_the_path_and_the_helper_elsewhere(
+    runtime: str,
+) -> None:
+    big = os.urandom(BULK_BYTES + 4096)
+    async with sandbox(runtime) as (box, _events):
+        assert isinstance(box.channel, HelperChannel)
+        for folder in (WS, "/tmp"):  # a volume, and a tmpfs the engine cannot write or see
+            await box.put(folder, [PutEntry(path="big.bin", data=big)])
+            assert await box.read_file(f"{folder}/big.bin", max_bytes=len(big)) == big
+        code, out = await shell(box, r"find /workspace/big.bin /tmp/big.bin -printf '%U:%G %s\n'")
+        assert (code, out.split(b"\n")[:2]) == (0, [f"1000:1000 {len(big)}".encode()] * 2)
+
+
+async def test_a_small_file_read_and_a_command_folder_never_follow_a_symlinked_folder(
+    runtime: str,
+) -> None:
+    # The helper's own small-file tar (no fork) and its start of a command without the shell
+    # wrapper open every folder with O_NOFOLLOW, like its tar child does.
+    async with sandbox(runtime) as (box, _events):
+        channel = box.channel
+        assert isinstance(channel, HelperChannel)
+        assert (await shell(box, "mkdir -p /tmp/outside d && echo SECRET > /tmp/outside/s.txt"
+                                 " && echo inside > d/s.txt && ln -s /tmp/outside l"))[0] == 0
+
+        def read(chunks: Any) -> bytes:
+            return b"".join(chunks)
+
+        with tarfile.open(fileobj=io.BytesIO(await channel.get_archive(f"{WS}/d/s.txt", read))) \
+                as tar:
+            assert tar.getnames() == ["s.txt"]
+        with pytest.raises(SandboxError, match="Not a directory"):
+            await channel.get_archive(f"{WS}/l/s.txt", read)
+        out: list[bytes] = []
+        for cwd, want in ((f"{WS}/l", 126), (f"{WS}/d", 0)):
+            out.clear()
+            status = await box.exec("pwd; cat s.txt", cwd=cwd, env={}, timeout=20,
+                                    on_output=lambda _s, chunk: out.append(chunk))
+            assert status.exit_code == want, (cwd, out)
+            assert b"SECRET" not in b"".join(out)
+        assert b"".join(out) == b"/workspace/d\ninside\n"

@@ -5,6 +5,7 @@ recorded, and a pool left by a killed server is reaped by the next one."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,12 +16,14 @@ import httpx
 import pytest
 
 from pyflue.events import EventType
-from pyflue.models import Run, RunStatus
+from pyflue.models import Run, RunStatus, utcnow
 from pyflue.runs import Runner
 from pyflue.sandbox.docker import DockerProvider
 from pyflue.sandbox.docker.pool import LABEL_POOL
 from pyflue.settings import PoolSettings, SandboxDefaults, Settings
-from pyflue.wiring import open_runner
+from pyflue.store.base import RunUpdate
+from pyflue.wiring import open_runner, pool_templates
+from pyflue.workers import local_owner
 from tests.conftest import WriteWorkflow
 from tests.integration.servers import Server
 
@@ -55,6 +58,21 @@ WORKFLOWS = {
                                 env={"ONE_OFF": "yes"})
             probe = await h.shell('test "$POOL_TEST_ONE_OFF" = once && echo granted')
             return out["stdout"].split() + probe["stdout"].split()
+        """,
+    "execs": """
+        import asyncio
+        import docker
+        from pyflue import create_agent
+        agent = create_agent(lambda ctx: {})
+        async def run(ctx):
+            h = await ctx.init(agent)
+            out = await h.shell("echo $$")
+            client = docker.from_env()
+            try:
+                info = await asyncio.to_thread(client.api.inspect_container, h.sandbox_id)
+            finally:
+                client.close()
+            return {"execs": info["ExecIDs"], "out": out["stdout"].strip()}
         """,
     "nap": """
         from pyflue import create_agent
@@ -200,9 +218,75 @@ async def test_env_and_secrets_reach_the_commands_of_a_pooled_container(
         env = docker_client.api.inspect_container(pooled[0])["Config"]["Env"]
         assert not [v for v in env if "POOL_TEST" in v or "GREETING" in v]
         run = await runner.run("env", {})
-        assert _launch(await _events(runner, run)) == "warm"
+        events = await _events(runner, run)
+        assert _launch(events) == "warm"
     assert run.status is RunStatus.completed, run.error
+    # Through the helper started when the container was pooled, before the run existed
+    [started] = [e for e in events if e.type is EventType.container_started]
+    assert started.data.channel == "helper"
     assert run.result == ["hello", "ok", "yes"]  # the one-off secret stayed with its command
+
+
+async def test_a_warm_run_uses_the_helper_started_when_its_container_was_pooled(
+    pooled_runner: Any, docker_client: Any,
+) -> None:
+    async with pooled_runner(1) as runner:
+        [cid] = await _filled(runner)
+        before = docker_client.api.inspect_container(cid)["ExecIDs"]
+        run = await runner.run("execs", {})
+        events = await _events(runner, run)
+    assert run.status is RunStatus.completed, run.error
+    assert _launch(events) == "warm" and run.container_id == cid
+    [started] = [e for e in events if e.type is EventType.container_started]
+    assert started.data.channel == "helper"
+    # The claim started no `docker exec`: the one running is the helper the pool started
+    assert len(before) == 1 and run.result["execs"] == before
+    assert run.result["out"].isdigit()
+
+
+async def test_a_pooled_container_whose_helper_died_gets_a_new_one_when_claimed(
+    pooled_runner: Any, docker_client: Any,
+) -> None:
+    async with pooled_runner(1) as runner:
+        [cid] = await _filled(runner)
+        [helper_exec] = docker_client.api.inspect_container(cid)["ExecIDs"]
+        os.kill(docker_client.api.exec_inspect(helper_exec)["Pid"], signal.SIGKILL)
+        while docker_client.api.exec_inspect(helper_exec)["Running"]:  # the engine saw it
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # (time for its stream to end at this end too)
+        run = await runner.run("execs", {})
+        events = await _events(runner, run)
+    assert run.status is RunStatus.completed, run.error
+    assert _launch(events) == "warm" and run.container_id == cid
+    [started] = [e for e in events if e.type is EventType.container_started]
+    assert started.data.channel == "helper"
+    assert len(run.result["execs"]) == 1 and run.result["execs"] != [helper_exec]
+
+
+async def test_the_reaper_removes_a_container_whose_removal_after_its_run_is_not_recorded(
+    pooled_runner: Any, project: Path, tmp_path: Path, docker_client: Any,
+) -> None:
+    async with pooled_runner(1) as runner:
+        await _filled(runner)
+        provider = _docker(runner)
+        assert provider.pool is not None
+        # A container claimed by a run that ended with its removal never done (it failed
+        # three times, or the process died first): the record has no container_removed_at.
+        pooled = await provider.pool.claim(pool_templates(_settings(project, tmp_path, 1))[0][0])
+        assert pooled is not None
+        run = await runner.submit("trivial", {})
+        await runner.store.update_run(run.run_id, RunUpdate(
+            status=RunStatus.completed, finished_at=utcnow(),
+            extra={"container_id": pooled.container_id, "owner": local_owner()}))
+        # The label-based pass leaves it (its pool's worker is alive) ...
+        await provider.reap(runner.workers.is_live, runner.workers.owner_is_dead)
+        assert docker_client.api.containers(all=True, filters={"id": pooled.container_id})
+        # ... a reaper pass removes it by the record, and records when
+        assert run.run_id in await runner.workers.reap()
+        record = await runner.store.get_run(run.run_id)
+    assert record.container_removed_at is not None
+    assert not docker_client.api.containers(all=True, filters={"id": pooled.container_id})
+    assert not docker_client.api.volumes(filters={"name": pooled.name})["Volumes"]
 
 
 async def test_a_burst_larger_than_the_pool_completes_with_cold_starts(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -86,3 +87,42 @@ async def run(ctx):
     assert run.status is RunStatus.completed
     [end] = await runner.store.list_events(run.run_id, types=[EventType.run_end])
     assert end.data["result"] == run.result == {"token": "[REDACTED:CANARY_TOKEN]"}
+
+
+async def test_a_secret_printed_encoded_is_redacted_in_events_results_and_the_models_view(
+    settings: Settings, write_workflow: WriteWorkflow
+) -> None:
+    from pyflue.llm import StaticModels
+    from pyflue.llm.base import ToolResultBlock
+    from pyflue.testing import ScriptedModel, call, say
+    from pyflue.wiring import open_runner
+
+    write_workflow("encoded", """
+from pyflue import create_agent
+agent = create_agent(lambda ctx: {"model": "anthropic/claude-test", "secrets": ["CANARY_TOKEN"]})
+ENCODINGS = ('printf %s "$CANARY_TOKEN" | base64; printf %s "$CANARY_TOKEN" | base64 | '
+             'tr "+/" "-_"; printf "x:%s" "$CANARY_TOKEN" | base64; '
+             'printf %s "$CANARY_TOKEN" | od -An -tx1 | tr -d " \\\\n"; echo; '
+             'python3 -c "import os,urllib.parse as u; print(u.quote(os.environ[\\'CANARY_TOKEN\\']))"')
+async def run(ctx):
+    h = await ctx.init(agent)
+    out = await h.shell(ENCODINGS)
+    s = await h.session()
+    await s.prompt("look")
+    return out["stdout"]
+""")
+    model = ScriptedModel([call("bash", command="printf %s \"$CANARY_TOKEN\" | base64"),
+                           say("ok")])
+    async with open_runner(settings, models=StaticModels(model)) as runner:
+        runner.env = {**runner.env, "CANARY_TOKEN": CANARY}
+        run = await runner.run("encoded", {})
+        events = await runner.store.list_events(run.run_id)
+    assert run.status is RunStatus.completed, run.error
+    forms = [base64.b64encode(CANARY.encode()).decode(), CANARY.encode().hex(),
+             base64.b64encode(b"x:" + CANARY.encode()).decode()[4:-4]]
+    stored = json.dumps([e.model_dump(mode="json") for e in events]) + run.model_dump_json()
+    for form in forms:
+        assert form not in stored
+    assert run.result.count("[REDACTED:CANARY_TOKEN]") == 5, run.result
+    [block] = [b for b in model.requests[1].messages[-1].content if isinstance(b, ToolResultBlock)]
+    assert "[REDACTED:CANARY_TOKEN]" in str(block.content) and forms[0] not in str(block.content)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +28,35 @@ def test_a_value_split_across_chunks_is_still_redacted() -> None:
     text = "".join(stream.feed(chunk) for chunk in ["abc canary-7f", "3a9e1c55", "d0 xyz"])
     text += stream.flush()
     assert text == "abc [REDACTED:TOKEN] xyz"
+
+
+SPECIAL = "p@ss w/rd&c4nary+9f"
+
+
+@pytest.mark.parametrize("encode", [
+    lambda v: base64.b64encode(v.encode()).decode(),
+    lambda v: base64.urlsafe_b64encode(v.encode()).decode(),
+    lambda v: base64.b64encode(v.encode()).decode().rstrip("="),
+    lambda v: base64.b64encode(b"prefix:" + v.encode() + b"\n").decode(),  # inside a longer text
+    lambda v: base64.b64encode(b"xy" + v.encode()).decode(),
+    lambda v: v.encode().hex(),
+    lambda v: v.encode().hex().upper(),
+    lambda v: urllib.parse.quote(v, safe=""),
+    lambda v: urllib.parse.quote_plus(v),
+], ids=["base64", "base64url", "unpadded", "base64-in-text", "base64-shifted", "hex", "HEX",
+        "url", "url-plus"])
+def test_a_secret_is_redacted_in_its_common_encodings_even_split_across_chunks(
+    encode: Any,
+) -> None:
+    redactor = Redactor()
+    redactor.add("TOKEN", SPECIAL)
+    encoded = encode(SPECIAL)
+    assert "[REDACTED:TOKEN]" in redactor.text(f"x {encoded} y")
+    stream = StreamRedactor(redactor)
+    half = len(encoded) // 2
+    text = "".join(stream.feed(c) for c in ["x " + encoded[:half], encoded[half:] + " y"])
+    text += stream.flush()
+    assert "[REDACTED:TOKEN]" in text and encoded not in text
 
 
 def test_a_marker_is_never_cut_in_two_between_output_chunks() -> None:

@@ -118,9 +118,20 @@ class DockerSandbox:
         timeout: float,
         on_output: OutputHandler,
     ) -> ExecStatus:
-        argv = [await self._shell_path(), "-c", WRAPPER, "pyflue-shell", command]
-        running = self._channel.command(argv, cwd=cwd, env=env, user=self._spec.user)
-        stream = Demuxer(on_output)
+        shell, user = await self._shell_path(), self._spec.user
+        if self._channel.tells_pids(user):
+            # The helper starts the command in its own session (it tells the pid: no wrapper)
+            # and enters ``cwd`` itself, one folder at a time without following a symlink
+            # (its chdir_nofollow, inside the container; see shell.py).
+            argv = [shell, "-c", command, "pyflue-shell"]
+            running = self._channel.command(argv, cwd=cwd, env=env, user=user)
+            stream = Demuxer(on_output, pid_line=False)
+        else:
+            # The wrapper enters ``cwd`` itself; ``docker exec`` only ever gets the workspace
+            # root (see shell.py: a sandbox-controlled path is never resolved by the runtime).
+            argv = [shell, "-c", WRAPPER, "pyflue-shell", command, cwd]
+            running = self._channel.command(argv, cwd=self._spec.workdir, env=env, user=user)
+            stream = Demuxer(on_output)
         pump = asyncio.ensure_future(_drain(running, stream))
         watch = asyncio.ensure_future(self._watch_container())
         try:
@@ -241,15 +252,15 @@ class DockerSandbox:
         if running.cancel_start():  # it had not started, and now never will
             pump.cancel()
             return None
-        for _ in range(50):  # the pid line follows the start within milliseconds
-            if stream.pid is not None or pump.done():
+        for _ in range(50):  # the pid follows the start within milliseconds
+            if stream.pid is not None or running.pid is not None or pump.done():
                 break
             await asyncio.sleep(0.02)
         killed: KillScope = None
-        if stream.pid is not None:
+        pid = stream.pid if stream.pid is not None else running.pid
+        if pid is not None:
             killed = "group"
             try:
-                pid = stream.pid
                 async with asyncio.timeout(min(self._kill_grace, 1.0)):
                     # Detached: nothing to read, so a sandbox that stalls cannot hold it.
                     await self._channel.spawn(
@@ -279,8 +290,9 @@ class DockerSandbox:
     async def lstat(self, path: str) -> FileStat | None:
         return await self._channel.stat(path)
 
-    async def read_file(self, path: str, *, max_bytes: int) -> bytes:
-        return await self._channel.get_archive(path, partial(_single_file, path, max_bytes))
+    async def read_file(self, path: str, *, max_bytes: int, truncate: bool = False) -> bytes:
+        return await self._channel.get_archive(path, partial(_single_file, path, max_bytes,
+                                                             truncate))
 
     async def copy_out(self, path: str, dest: Path, *, limits: CopyLimits) -> CopyReport:
         return await self._channel.get_archive(path, partial(_extract, path, dest, limits))
@@ -366,9 +378,9 @@ async def _finishes(fut: asyncio.Future[None], timeout: float) -> bool:
 
 # Readers of a copy out: they run on the channel's worker thread while the tar arrives.
 
-def _single_file(path: str, max_bytes: int, chunks: Iterator[bytes]) -> bytes:
+def _single_file(path: str, max_bytes: int, truncate: bool, chunks: Iterator[bytes]) -> bytes:
     try:
-        return read_single_file(chunks, max_bytes=max_bytes)
+        return read_single_file(chunks, max_bytes=max_bytes, truncate=truncate)
     except IsADirectoryError:
         raise WorkspacePathError(f"{path} is not a regular file") from None
     except OverflowError as exc:

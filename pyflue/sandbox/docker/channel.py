@@ -59,6 +59,12 @@ class Command(Protocol):
         started, or when the engine could not say (the stream was aborted under it)."""
         ...
 
+    @property
+    def pid(self) -> int | None:
+        """The command's process (and process-group) id once it started, when the channel
+        knows it itself (see :meth:`Channel.tells_pids`); None otherwise."""
+        ...
+
     def cancel_start(self) -> bool:
         """True when the command had not started and now never will; False when it has started
         (or is starting), so it must be stopped some other way. Safe from any thread."""
@@ -78,6 +84,13 @@ class Channel(Protocol):
     ) -> Command:
         """A command to run as ``user`` (``uid:gid``) in ``cwd`` with ``env`` added to the
         container's environment; nothing happens until its output is read."""
+        ...
+
+    def tells_pids(self, user: str) -> bool:
+        """Whether commands started now as ``user`` say their process-group id themselves
+        (:attr:`Command.pid`), so the shell needs no wrapper to report it (see shell.py). A
+        command may still end up without one (its channel fell back meanwhile): then a
+        timeout kills every process of the sandbox instead of the command's group."""
         ...
 
     async def run(self, argv: Sequence[str], *, user: str) -> Completed:

@@ -52,6 +52,9 @@ class ExecChannel:
                            {"workdir": cwd, "user": user,
                             "environment": [f"{k}={v}" for k, v in env.items()]})
 
+    def tells_pids(self, user: str) -> bool:
+        return False
+
     async def run(self, argv: Sequence[str], *, user: str) -> Completed:
         return await self._bridge.call(self._run, list(argv), user)
 
@@ -148,6 +151,10 @@ class ExecCommand:
     @property
     def exit_code(self) -> int | None:
         return self._exit_code
+
+    @property
+    def pid(self) -> int | None:
+        return None  # docker exec does not say: the shell wrapper does
 
     def output(self) -> AsyncIterator[Chunk]:
         return self._bridge.pump(self._frames())

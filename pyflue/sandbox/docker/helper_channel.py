@@ -15,8 +15,10 @@ commands as another user, signalling PID 1 from outside, archives with members o
 someone else, links or special files, and whatever the sandbox user may not read or write
 (the archive API works as root). Should the helper die (a command may kill it: it is the same
 user), the requests in flight fail with a clear :class:`~pyflue.errors.SandboxError` (commands
-just end when the container itself stopped, so its stop is reported as usual), and every later
-call goes through the fallback; ``on_fallback`` is told why.
+just end when the container itself stopped, so its stop is reported as usual), and the next
+call starts it again (``on_restart`` is told why), up to :data:`MAX_RESTARTS` times; after that,
+or when it cannot be started again or sent garbage, every later call goes through the
+fallback, and ``on_fallback`` is told why.
 """
 
 from __future__ import annotations
@@ -70,7 +72,12 @@ HELLO_TIMEOUT = 10.0
 CREDIT_BATCH = 256 << 10  # output granted back to the helper in batches of this much
 INLINE_BYTES = 256 << 10  # archives this small are planned and read on the event loop
 INLINE_WAIT = 0.05  # how long a copy out waits to see whether it is small
+# Copies larger than this go through the engine's archive API when it can see the path: for
+# bulk, dockerd's own tar (one process) beats the relay through the helper (dockerd, shim,
+# pipe, helper), most of all on a busy machine; for small files the helper wins (no HTTP).
+BULK_BYTES = 8 << 20
 SIGKILL = 9
+MAX_RESTARTS = 3  # helpers started again in one container after one died under it
 
 
 class HelperUnavailable(Exception):
@@ -99,7 +106,8 @@ class HelperChannel:
         self._cid = container_id
         self._user = user
         self.fallback = fallback
-        self._on_fallback = on_fallback
+        self.on_fallback = on_fallback
+        self.on_restart: Callable[[str], None] | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, Callable[[Item], None]] = {}
         self._auto_credit: dict[int, int] = {}  # request -> output received, not yet granted
@@ -114,6 +122,16 @@ class HelperChannel:
         self._closing = False
         self._broken_error: SandboxError | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._start_argv: list[str] = []
+        self._socket_path = ""
+        self._restartable = False  # the helper died under a running container: start it again
+        self.restarts = 0
+        self._revive_lock = asyncio.Lock()
+        self._ended = False  # the reader saw the helper's stream end
+        # A volume the engine's archive API sees as the container does (the workspace):
+        # bulk copies out of it go that way (not tmpfs mounts such as /tmp: the engine
+        # would read the image's layer under them).
+        self.bulk_under: str | None = None
 
     # -- starting and stopping ----------------------------------------------------------------
 
@@ -121,6 +139,7 @@ class HelperChannel:
         """Starts the helper (``argv``) and waits for its greeting; HelperUnavailable when it
         cannot run."""
         self._loop = asyncio.get_running_loop()
+        self._start_argv, self._socket_path = list(argv), socket_path
         with translated("starting the sandbox's channel helper", container=self._cid):
             created = await self._bridge.call(
                 self._api.exec_create, self._cid, list(argv), stdin=True, stdout=True,
@@ -243,6 +262,38 @@ class HelperChannel:
                 self._task.cancel()
                 return
 
+    @property
+    def serving(self) -> bool:
+        """Whether the helper's stream is open and nothing says it died (no round trip)."""
+        return (self.dead is None and not self._closing and not self._ended
+                and self._task is not None and not self._task.done())
+
+    async def _ensure(self) -> None:
+        """Starts the helper again when it died under a running container (see the module
+        docstring); when it cannot be, later calls use the fallback."""
+        if self.dead is None or not self._restartable:
+            return
+        async with self._revive_lock:
+            if self.dead is None or not self._restartable or self._closing:
+                return
+            why, self._restartable = self.dead, False
+            self.restarts += 1
+            if self._watch is not None:
+                self._watch.cancel()
+            self._stderr = bytearray()
+            self._broken_error = None
+            self._ended = False
+            try:
+                await self.start(self._start_argv, self._socket_path)
+            except (HelperUnavailable, SandboxError, OSError) as exc:
+                self.dead = f"the channel helper could not be started again: {exc}"
+                if self.on_fallback is not None:
+                    self.on_fallback(self.dead)
+                return
+            self.dead = None
+            if self.on_restart is not None:
+                self.on_restart(f"{why}; started again")
+
     async def close(self) -> None:
         """Closes the connection (the helper then ends) and stops the reader."""
         self._closing = True
@@ -265,6 +316,7 @@ class HelperChannel:
             while True:
                 stream, data = await self._engine_frame()
                 if stream is None:
+                    self._ended = True
                     said = self._stderr.decode("utf-8", "replace").strip()
                     reason = "the channel helper in the sandbox ended" + (
                         f" ({said[-300:]})" if said else " (killed by a command?)")
@@ -333,7 +385,11 @@ class HelperChannel:
             return
         if running:
             self.dead = reason
-            error: SandboxError = SandboxError(f"{reason}; later calls go through docker exec")
+            self._restartable = (self.restarts < MAX_RESTARTS
+                                 and not reason.startswith("the channel helper sent garbage"))
+            later = ("the next call starts it again" if self._restartable
+                     else "later calls go through docker exec")
+            error: SandboxError = SandboxError(f"{reason}; {later}")
         else:
             self.dead = "the container stopped"
             error = SandboxGone(f"the run's container {self._cid[:12]} {gone}")
@@ -341,14 +397,19 @@ class HelperChannel:
         pending, self._pending = self._pending, {}
         for deliver in pending.values():
             deliver(_Broken(error, container_stopped=not running))
-        if running and self._on_fallback is not None:
-            self._on_fallback(reason)
+        if running and not self._restartable and self.on_fallback is not None:
+            self.on_fallback(reason)
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def _usable(self, user: str | None = None) -> bool:
         return self.dead is None and self._writer is not None and (
             user is None or user == self._user)
+
+    def _may_serve(self, user: str) -> bool:
+        """Whether a call as ``user`` goes to the helper (now, or once it is started again)."""
+        return user == self._user and self._writer is not None and (
+            self.dead is None or self._restartable)
 
     def _send(self, data: bytes | memoryview) -> None:
         assert self._writer is not None
@@ -400,11 +461,15 @@ class HelperChannel:
     def command(
         self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str], user: str
     ) -> Command:
-        if not self._usable(user):
+        if not self._may_serve(user):
             return self.fallback.command(argv, cwd=cwd, env=env, user=user)
         return HelperCommand(self, list(argv), cwd, dict(env), user)
 
+    def tells_pids(self, user: str) -> bool:
+        return self._may_serve(user)
+
     async def run(self, argv: Sequence[str], *, user: str) -> Completed:
+        await self._ensure()
         if not self._usable(user):
             return await self.fallback.run(argv, user=user)
         command = HelperCommand(self, list(argv), "", {}, user)
@@ -416,6 +481,7 @@ class HelperChannel:
         return Completed(exit_code=command.exit_code, stdout=bytes(out), stderr=bytes(err))
 
     async def spawn(self, argv: Sequence[str], *, user: str) -> None:
+        await self._ensure()
         if not self._usable(user):
             return await self.fallback.spawn(argv, user=user)
         reply = await self._unary(
@@ -426,6 +492,7 @@ class HelperChannel:
         await self.fallback.signal_init(signal)  # from outside the container, as docker kill
 
     async def stat(self, path: str) -> FileStat | None:
+        await self._ensure()
         if not self._usable():
             return await self.fallback.stat(path)
         reply = await self._unary(lambda rid: encode_path(Kind.STAT, rid, path))
@@ -446,6 +513,17 @@ class HelperChannel:
                         link_target=target)
 
     async def put_archive(self, dest_dir: str, archive: Archive) -> None:
+        await self._ensure()
+        size = len(archive) if isinstance(archive, bytes) else \
+            await self._bridge.call(_size_of, archive)
+        if self._usable() and size > BULK_BYTES:
+            try:
+                return await self.fallback.put_archive(dest_dir, archive)
+            except (SandboxGone, EngineUnavailable):
+                raise
+            except SandboxError:  # refused (a tmpfs under a read-only root): the helper
+                if not isinstance(archive, bytes):
+                    await self._bridge.call(archive.seek, 0)
         plan = None
         if self._usable():
             assert self._uid_gid is not None
@@ -514,6 +592,7 @@ class HelperChannel:
                 self._forget(rid)
 
     async def get_archive(self, path: str, read: Callable[[Iterator[bytes]], T]) -> T:
+        await self._ensure()
         if not self._usable():
             return await self.fallback.get_archive(path, read)
         sink = _TarSink(asyncio.get_running_loop())
@@ -533,9 +612,36 @@ class HelperChannel:
                 # All of a small tar is in (a 1 KiB read_file): read it here, where it is,
                 # rather than pay two thread hand-offs for it.
                 return read(sink.chunks(self, rid, path))
+            if self._bulk(path) and sink.bulk_file():
+                self._forget(rid, kill=True, drop=True)
+                try:
+                    return await self.fallback.get_archive(path, read)
+                except (EngineUnavailable, OSError):
+                    raise
+                except SandboxError as exc:  # the engine cannot see it as we do: the helper
+                    log.info("bulk copy of %s through the engine failed (%s); helper", path, exc)
+                    return await self._get_through_helper(path, read)
             return await self._bridge.call(read, sink.chunks(self, rid, path))
         finally:
             self._forget(rid, kill=True, drop=True)
+
+    async def _get_through_helper(self, path: str, read: Callable[[Iterator[bytes]], T]) -> T:
+        sink = _TarSink(asyncio.get_running_loop())
+        rid = self._open(sink.deliver)
+        try:
+            self._send(encode_path(Kind.TAR, rid, path))
+            first = await sink.first
+            if isinstance(first, _Broken):
+                raise first.error
+            assert isinstance(first, Frame)
+            _expect_started(first, "tar")
+            return await self._bridge.call(read, sink.chunks(self, rid, path))
+        finally:
+            self._forget(rid, kill=True, drop=True)
+
+    def _bulk(self, path: str) -> bool:
+        root = self.bulk_under
+        return root is not None and (path == root or path.startswith(root.rstrip("/") + "/"))
 
 
 def _settle(future: asyncio.Future[Item], item: Item) -> None:
@@ -560,6 +666,10 @@ def _parse_or_fail(parse: Callable[..., T], payload: bytes, what: str) -> T:
         raise SandboxError(f"{what}: the channel helper sent a bad reply ({exc})") from None
 
 
+# Enters "$1" inside the container, then becomes the command ("$2"...).
+_ENTER = 'cd -- "$1" || exit 126; shift; exec "$@"'
+
+
 class HelperCommand:
     """One command through the helper: started when its output is first read."""
 
@@ -576,12 +686,17 @@ class HelperCommand:
         self._wake: Callable[[], object] | None = None
         self._delegate: Command | None = None
         self._exit_code: int | None = None
+        self._pid: int | None = None
 
     @property
     def exit_code(self) -> int | None:
         if self._delegate is not None:
             return self._delegate.exit_code
         return self._exit_code
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid  # None when it went through the fallback
 
     def cancel_start(self) -> bool:
         with self._lock:
@@ -607,9 +722,15 @@ class HelperCommand:
                 return
             self._phase = "starting"
         channel = self._channel
+        await channel._ensure()
         if not channel._usable(self._user):
-            delegate = channel.fallback.command(self._argv, cwd=self._cwd, env=self._env,
-                                                user=self._user)
+            # The helper would have entered the folder itself (chdir_nofollow); docker exec
+            # must not be handed it (the runtime resolves it on the host side, CVE-2024-21626):
+            # a shell inside enters it, then runs the command in its place.
+            argv, cwd = self._argv, self._cwd
+            if cwd:
+                argv, cwd = ["/bin/sh", "-c", _ENTER, "pyflue-cd", cwd, *argv], "/"
+            delegate = channel.fallback.command(argv, cwd=cwd, env=self._env, user=self._user)
             with self._lock:
                 self._delegate = delegate
             async for chunk in delegate.output():
@@ -649,7 +770,7 @@ class HelperCommand:
                 if item.kind in (Kind.STDOUT, Kind.STDERR):
                     yield ("stdout" if item.kind == Kind.STDOUT else "stderr"), item.payload
                 elif item.kind == Kind.STARTED:
-                    _parse_or_fail(parse_u32, item.payload, "a STARTED")
+                    self._pid = _parse_or_fail(parse_u32, item.payload, "a STARTED")
                     started = True
                 elif item.kind == Kind.EXIT:
                     self._exit_code = _parse_or_fail(parse_exit, item.payload, "an EXIT")
@@ -689,6 +810,7 @@ class _TarSink:
         self._buffered = 0
         self._whole = False  # the tar's end (or an error) is in the queue
         self._waiter: asyncio.Future[None] | None = None
+        self._head = bytearray()  # the tar's first bytes (its first header)
 
     def deliver(self, item: Item) -> None:
         if not self.first.done():
@@ -697,6 +819,8 @@ class _TarSink:
         self._queue.put(item)
         if isinstance(item, Frame) and item.kind in (Kind.STDOUT, Kind.STDERR):
             self._buffered += len(item.payload)
+            if item.kind == Kind.STDOUT and len(self._head) < 512:
+                self._head += item.payload[:512 - len(self._head)]
         else:
             self._whole = True
         if self._waiter is not None and not self._waiter.done() and (
@@ -715,6 +839,19 @@ class _TarSink:
             finally:
                 self._waiter = None
         return self._whole and self._buffered <= INLINE_BYTES
+
+    def bulk_file(self) -> bool:
+        """Whether the tar is of one regular file over BULK_BYTES (read from its first
+        header, which the helper writes unextended for a plain name); its chunks, when
+        not, are left in the queue for :meth:`chunks`."""
+        head = bytes(self._head[:512])  # not yet 512 bytes in: not known, the helper reads
+        if len(head) < 512 or head[156:157] not in (b"0", b"\0"):
+            return False
+        try:
+            size = int(head[124:136].rstrip(b"\0 ") or b"0", 8)
+        except ValueError:
+            return False
+        return size > BULK_BYTES
 
     def chunks(self, channel: HelperChannel, rid: int, path: str) -> Iterator[bytes]:
         """Runs on the worker thread: the tar's bytes, granting the helper more as they go."""
@@ -787,3 +924,13 @@ def _plan_put(archive: Archive, uid_gid: tuple[int, int]) -> list[_Member] | Non
 def _read_at(archive: IO[bytes], offset: int, size: int) -> bytes:
     archive.seek(offset)
     return archive.read(size)
+
+
+def _size_of(archive: Archive) -> int:
+    if isinstance(archive, bytes):
+        return len(archive)
+    if not archive.seekable():
+        return 0
+    size = archive.seek(0, 2)
+    archive.seek(0)
+    return size

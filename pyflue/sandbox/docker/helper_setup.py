@@ -127,15 +127,25 @@ class HelperSetup:
                 pass  # still mounted by a live sandbox: removed by a later filling
 
     async def channel(self, api: Any, container_id: str, user: str,
-                      on_event: Callable[[str, str | None], None]) -> Channel:
+                      on_event: Callable[[str, str | None], None],
+                      ready: HelperChannel | None = None) -> Channel:
         """The channel of a started sandbox: the helper's when it starts, else docker exec.
-        ``on_event(channel, reason)`` is told which, and told again on a later fallback."""
+        ``on_event(channel, reason)`` is told which, and told again on a later fallback
+        (``"exec"``) or restart of the helper (``"helper"``). ``ready``: a helper channel
+        opened beforehand (a warm pool's), taken as it is when it still serves."""
+        if ready is not None:
+            # Its stream still open: the helper runs (one that dies later is started again)
+            if ready.serving:
+                self._adopt(ready, on_event)
+                on_event("helper", None)
+                return ready
+            await ready.close()  # it died in the pool: a new one below
         fallback = ExecChannel(api, self._bridge, container_id)
         if self.volume is None or self._socket is None:
             on_event("exec", self.reason or "the helper is not set up")
             return fallback
-        channel = HelperChannel(api, self._bridge, container_id, user=user, fallback=fallback,
-                                on_fallback=lambda why: on_event("exec", why))
+        channel = HelperChannel(api, self._bridge, container_id, user=user, fallback=fallback)
+        self._adopt(channel, on_event)
         try:
             await channel.start([HELPER], self._socket)
         except HelperUnavailable as exc:
@@ -143,6 +153,19 @@ class HelperSetup:
             return fallback
         on_event("helper", None)
         return channel
+
+    async def preopen(self, api: Any, container_id: str, user: str) -> HelperChannel | None:
+        """A helper channel started ahead of any run (a warm pool's container), telling
+        nobody; None when the helper cannot run there (the run then gets docker exec)."""
+        reasons: list[str | None] = []
+        channel = await self.channel(api, container_id, user,
+                                     lambda _kind, why: reasons.append(why))
+        return channel if isinstance(channel, HelperChannel) else None
+
+    @staticmethod
+    def _adopt(channel: HelperChannel, on_event: Callable[[str, str | None], None]) -> None:
+        channel.on_fallback = lambda why: on_event("exec", why)
+        channel.on_restart = lambda why: on_event("helper", why)
 
 
 def _ready(api: Any, container_id: str, size: int) -> bool:

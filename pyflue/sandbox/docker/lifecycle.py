@@ -92,6 +92,9 @@ def resource_name(run_id: str) -> str:
     return "pyflue-" + re.sub(r"[^a-zA-Z0-9_.-]+", "-", run_id.removeprefix("workflow:")).lower()
 
 
+CONTAINER_LOG = {"max-size": "1m", "max-file": "1"}  # the engine's log of one container
+
+
 def container_config(spec: SandboxSpec, volume: str, scope: str = "default",
                      pool_owner: str | None = None,
                      helper_volume: str | None = None,
@@ -123,6 +126,9 @@ def container_config(spec: SandboxSpec, volume: str, scope: str = "default",
         "read_only": spec.read_only_root,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={spec.tmp_size},mode=1777"},
         "mounts": [docker.types.Mount(spec.workdir, volume, type="volume")],
+        # The container's own output (its init's) is kept by the engine on the host disk:
+        # capped, so a command cannot fill that disk through it (pyflue never reads it).
+        "log_config": docker.types.LogConfig(type="json-file", config=CONTAINER_LOG),
         "detach": True,
     }
     if pool_owner is not None:
@@ -183,6 +189,9 @@ class DockerProvider:
         self.pool: WarmPool | None = None
         self.pool_owner: str | None = None
         self._removing: dict[str, asyncio.Task[bool]] = {}  # container id: its removal
+        # The helper channels opened when pooled containers were made: a claim takes its
+        # container's, so a warm run pays no `docker exec` to start the helper.
+        self._warm_channels: dict[str, HelperChannel] = {}
         self.egress_config = egress or EgressConfig(relay_image="pyflue/sandbox:latest")
         self._gateway: EgressGateway | None = None
 
@@ -241,15 +250,26 @@ class DockerProvider:
         container = await self.bridge.call(self._create_once, spec, volume, self.pool_owner)
         try:
             await self.bridge.call(self._start, container, spec)
+            # The channel too is opened now, off any run's critical path (env and secrets go
+            # with each command, never into the helper or the container).
+            channel = await self.helper.preopen(self.client.api, container.id, spec.user)
         except BaseException:
             await self.bridge.call(self._remove_sync, container.id, volume)
             raise
+        if channel is not None:
+            self._warm_channels[container.id] = channel
         return container.id, volume
 
     async def _pooled_remove(self, cid: str, volume: str) -> None:
+        channel = self._warm_channels.pop(cid, None)
+        if channel is not None:
+            await channel.close()
         await self.bridge.call(self._remove_sync, cid, volume)
 
     async def _running(self, cid: str) -> bool:
+        # The engine's inspect, not a round trip through the helper: on a busy machine one
+        # call to dockerd beats the relay through dockerd, the shim and the helper (4 ms
+        # against 17 ms p50 at a load of 20 on 2 cores; 1 ms against 0.2 ms when idle).
         state = await self.bridge.call(self._state, cid)
         return bool(state.get("Running")) and not state.get("Paused") \
             and not state.get("Restarting") and not state.get("OOMKilled")
@@ -258,6 +278,22 @@ class DockerProvider:
         """The background removal of a sandbox's container still under way (a warm
         container's, set off when its run ended), or None when none is."""
         return self._removing.get(sandbox_id)
+
+    async def remove_left(self, sandbox_id: str) -> bool:
+        if sandbox_id in self._removing:
+            return False  # still being tried (see _remove_soon)
+
+        def _remove() -> bool:
+            try:
+                with translated("inspecting a container left after its run"):
+                    labels = self.client.api.inspect_container(sandbox_id)["Config"]["Labels"]
+            except SandboxError as exc:
+                return "no such container" in exc.message.lower() or \
+                    "no longer exists" in exc.message.lower()
+            volume = resource_name((labels or {}).get(LABEL_RUN, sandbox_id))
+            return self._remove_sync(sandbox_id, volume)
+
+        return await self.bridge.call(_remove)
 
     @property
     def client(self) -> Any:
@@ -308,17 +344,19 @@ class DockerProvider:
         """A container claimed from the pool: this run's alone; removed in the background
         when the run ends (``container_removed`` says ``deferred``)."""
         cid = pooled.container_id
+        ready = self._warm_channels.pop(cid, None)
         box: DockerSandbox | None = None
         asked = time.monotonic()
         try:
             emit(ContainerCreated(container_id=cid, name=pooled.name, image=spec.image,
                                   network=spec.network, runtime=spec.runtime or "runc"))
             box = await self._sandbox(cid, spec, emit, launch="warm", asked=asked,
-                                     volume=pooled.name)
+                                     volume=pooled.name, ready=ready)
             yield box
         finally:
-            if box is not None and isinstance(box.channel, HelperChannel):
-                await run_to_completion(box.channel.close())
+            channel = box.channel if box is not None else ready
+            if isinstance(channel, HelperChannel):
+                await run_to_completion(channel.close())
             await run_to_completion(self._release(pooled, emit))
 
     async def _release(self, pooled: Pooled, emit: Emit) -> None:
@@ -372,10 +410,11 @@ class DockerProvider:
                 await run_to_completion(self.gateway.detach(egress))
 
     async def _sandbox(self, container_id: str, spec: SandboxSpec, emit: Emit, *,
-                       launch: Literal["warm", "cold"], asked: float,
-                       volume: str) -> DockerSandbox:
-        """The work inside a started container, over its channel (helper or docker exec);
-        emits ``container_started`` saying which, and a warning should it fall back later."""
+                       launch: Literal["warm", "cold"], asked: float, volume: str,
+                       ready: HelperChannel | None = None) -> DockerSandbox:
+        """The work inside a started container, over its channel (helper or docker exec;
+        ``ready``: the one opened when it was pooled); emits ``container_started`` saying
+        which, and a warning should the helper be started again or fall back later."""
         api = self.client.api
         said: list[bool] = []
 
@@ -385,11 +424,16 @@ class DockerProvider:
                 emit(ContainerStarted(container_id=container_id, launch=launch,
                                       channel=channel, channel_reason=reason,
                                       start_ms=_ms_since(asked)))
+            elif channel == "helper":
+                emit(Log(level="warn", message=f"sandbox channel: {reason}",
+                         fields={"channel": channel}))
             else:
                 emit(Log(level="warn", message=f"sandbox channel: falling back to docker exec: "
                                                f"{reason}", fields={"channel": channel}))
 
-        channel = await self.helper.channel(api, container_id, spec.user, told)
+        channel = await self.helper.channel(api, container_id, spec.user, told, ready)
+        if isinstance(channel, HelperChannel):
+            channel.bulk_under = spec.workdir  # a volume: the engine sees it as we do
         return DockerSandbox(channel, ContainerProbe(api, self.bridge, container_id),
                              self.bridge, spec, self.kill_grace,
                              volume=volume)

@@ -3,7 +3,19 @@
 A command's first process is its own process-group leader. The wrapper has it report its pid
 on stderr first (behind a marker), so that a timeout can kill the whole group (orphans
 included) without a process-table scan, then run the user's command in that same process
-(with bash when the image has it, else sh).
+(with bash when the image has it, else sh). A channel that tells the pid itself (the helper's:
+it starts every command in its own session) needs no wrapper: the command runs as
+``shell -c COMMAND pyflue-shell``, one shell start and no ``eval`` (a single external command
+is then exec'd by the shell in place, without a fork).
+
+The command's folder is never handed to ``docker exec`` as its working folder: resolved by
+the runtime on the host side, a process inside could swap it for a symlink to
+``/proc/self/fd/N`` between pyflue's check and the exec (runc CVE-2024-21626, "Leaky
+Vessels"). Through ``docker exec`` the wrapper changes into it itself (``$2``), inside the
+container, and the exec is only ever given the workspace root, a mount point the sandbox
+cannot replace; a symlink swapped in then leads the command only where the sandbox user could
+``cd`` anyway. The helper (inside the container too) enters it one folder at a time with
+``O_NOFOLLOW`` (its ``chdir_nofollow``): a symlink swapped in is refused (exit 126).
 """
 
 from __future__ import annotations
@@ -14,7 +26,7 @@ PID_MARKER = b"\x1epyflue-pid:"
 
 WRAPPER = (
     'printf "\\036pyflue-pid:%s\\n" "$$" >&2; '
-    '__pyflue_command=$1; set --; eval "$__pyflue_command"'
+    '__pyflue_command=$1; cd -- "$2" || exit 126; set --; eval "$__pyflue_command"'
 )
 
 # A first stderr line longer than this without a newline cannot be the pid line.
@@ -25,9 +37,10 @@ class Demuxer:
     """Takes a command's output chunks; hides the wrapper's pid line (and keeps the pid);
     hands everything else on, by stream name, in the order it came."""
 
-    def __init__(self, on_output: OutputHandler) -> None:
+    def __init__(self, on_output: OutputHandler, *, pid_line: bool = True) -> None:
         self._on_output = on_output
-        self._stderr_head: bytes | None = b""
+        # Without the wrapper (the channel tells the pid) there is no line to look for.
+        self._stderr_head: bytes | None = b"" if pid_line else None
         self.pid: int | None = None  # the command's process (and process group) id, once read
 
     def feed(self, stream: str, chunk: bytes) -> None:

@@ -180,9 +180,27 @@ static int write_all(int fd, const void *data, size_t len) {
     return 0;
 }
 
-/* ---- the tar writer (runs in a forked child, writes to fd 1) ---------------------------- */
+/* ---- the tar writer ------------------------------------------------------------------------
+ * Runs in a forked child writing to fd 1, or (a small regular file: see req_tar) in the helper
+ * itself, writing into `inline_tar`, which is then sent as frames: no fork for a small read. */
 
 static char tar_block[512];
+#define INLINE_MAX (256u << 10)
+static unsigned char inline_tar[INLINE_MAX + 8 * 512 + 3 * PATH_MAX + 256];
+static size_t inline_len;
+static int tar_inline; /* 1: the tar goes into inline_tar, not to fd 1 */
+
+static int tar_out(const void *data, size_t len) {
+    if (!tar_inline) return write_all(1, data, len);
+    if (inline_len + len > sizeof inline_tar) { errno = EFBIG; return -1; }
+    memcpy(inline_tar + inline_len, data, len);
+    inline_len += len;
+    return 0;
+}
+
+static void tar_complain(const char *path, int err) {
+    if (!tar_inline) dprintf(2, "%s: %s\n", path, strerror(err));
+}
 
 static void octal(char *dst, size_t width, uint64_t v) {
     /* width-1 digits, zero-padded, then NUL */
@@ -219,10 +237,10 @@ static int tar_header(const char *name, int type, const struct stat *st, uint64_
     if (paxlen > 0) {
         struct stat none = {0};
         if (tar_header("././@PaxHeader", 'x', &none, paxlen, NULL)) return -1;
-        if (write_all(1, pax, paxlen)) return -1;
+        if (tar_out(pax, paxlen)) return -1;
         size_t pad = (512 - paxlen % 512) % 512;
         memset(tar_block, 0, sizeof tar_block);
-        if (pad && write_all(1, tar_block, pad)) return -1;
+        if (pad && tar_out(tar_block, pad)) return -1;
     }
     char *h = tar_block;
     memset(h, 0, 512);
@@ -241,41 +259,96 @@ static int tar_header(const char *name, int type, const struct stat *st, uint64_
     for (int i = 0; i < 512; i++) sum += (unsigned char)h[i];
     snprintf(h + 148, 8, "%06o", sum);
     h[155] = ' ';
-    return write_all(1, h, 512);
+    return tar_out(h, 512);
 }
 
-static int tar_file(const char *path, const char *name, const struct stat *st) {
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) { dprintf(2, "%s: %s\n", path, strerror(errno)); return -1; }
-    uint64_t size = (uint64_t)st->st_size, left = size;
-    if (tar_header(name, '0', st, size, NULL)) { close(fd); return -1; }
+/* ---- no symlink followed (sec) ------------------------------------------------------------
+ * A copy out and a command's folder are opened one component at a time, each relative to the
+ * folder above it with O_NOFOLLOW: a process inside that swaps a folder for a symlink while
+ * we walk (CVE-2018-15664, CVE-2024-21626 class) gets an error, never a walk outside. */
+
+/* The folder holding the last component of `path` (absolute), opened without following any
+ * symlink on the way; the component itself goes into `last` (cap PATH_MAX). -1 on error. */
+static int open_parent_nofollow(const char *path, char *last) {
+    char buf[PATH_MAX];
+    size_t len = strlen(path);
+    if (path[0] != '/' || len >= PATH_MAX) { errno = EINVAL; return -1; }
+    memcpy(buf, path, len + 1);
+    while (len > 1 && buf[len - 1] == '/') buf[--len] = 0;
+    int fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    char *part = buf + 1, *slash;
+    while (fd >= 0 && (slash = strchr(part, '/')) != NULL) {
+        *slash = 0;
+        if (*part) {
+            int next = openat(fd, part, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            int saved = errno;
+            close(fd);
+            errno = saved;
+            fd = next;
+        }
+        part = slash + 1;
+    }
+    if (fd >= 0) snprintf(last, PATH_MAX, "%s", *part ? part : ".");
+    return fd;
+}
+
+/* Enters `path` (absolute) without following a symlink anywhere on the way. */
+static int chdir_nofollow(const char *path) {
+    char last[PATH_MAX];
+    int parent = open_parent_nofollow(path, last);
+    if (parent < 0) return -1;
+    int fd = openat(parent, last, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int saved = errno;
+    close(parent);
+    if (fd < 0) { errno = saved; return -1; }
+    int rc = fchdir(fd);
+    saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+static int tar_file(int dir, const char *entry, const char *path, const char *name) {
+    /* O_NONBLOCK: a fifo swapped in does not block the open; fstat then refuses it. */
+    int fd = openat(dir, entry, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT || errno == ELOOP) return 0; /* removed or swapped meanwhile */
+        tar_complain(path, errno);
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) { close(fd); return 0; }
+    uint64_t size = (uint64_t)st.st_size, left = size;
+    if (tar_header(name, '0', &st, size, NULL)) { close(fd); return -1; }
     while (left > 0) {
         size_t want = left < CHUNK ? (size_t)left : CHUNK;
         ssize_t n = read(fd, iobuf, want);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) { dprintf(2, "%s: %s\n", path, strerror(errno)); close(fd); return -1; }
+        if (n < 0) { tar_complain(path, errno); close(fd); return -1; }
         if (n == 0) { memset(iobuf, 0, want); n = (ssize_t)want; } /* shrank: pad */
-        if (write_all(1, iobuf, (size_t)n)) { close(fd); return -1; }
+        if (tar_out(iobuf, (size_t)n)) { close(fd); return -1; }
         left -= (uint64_t)n;
     }
     close(fd);
     size_t pad = (512 - size % 512) % 512;
     memset(tar_block, 0, sizeof tar_block);
-    return pad ? write_all(1, tar_block, pad) : 0;
+    return pad ? tar_out(tar_block, pad) : 0;
 }
 
-static int tar_walk(char *path, size_t plen, char *name, size_t nlen, int depth) {
+/* `entry` of the open folder `dir`; `path` names it in messages, `name` in the tar. */
+static int tar_walk(int dir, const char *entry, char *path, size_t plen, char *name,
+                    size_t nlen, int depth) {
     struct stat st;
-    if (lstat(path, &st) < 0) {
+    if (fstatat(dir, entry, &st, AT_SYMLINK_NOFOLLOW) < 0) {
         if (errno == ENOENT && depth > 0) return 0; /* removed meanwhile */
-        dprintf(2, "%s: %s\n", path, strerror(errno));
+        tar_complain(path, errno);
         return -1;
     }
-    if (S_ISREG(st.st_mode)) return tar_file(path, name, &st);
+    if (S_ISREG(st.st_mode)) return tar_file(dir, entry, path, name);
     if (S_ISLNK(st.st_mode)) {
         char target[PATH_MAX];
-        ssize_t n = readlink(path, target, sizeof target - 1);
-        if (n < 0) { dprintf(2, "%s: %s\n", path, strerror(errno)); return -1; }
+        ssize_t n = readlinkat(dir, entry, target, sizeof target - 1);
+        if (n < 0) return errno == ENOENT || errno == EINVAL ? 0 : -1;
         target[n] = 0;
         return tar_header(name, '2', &st, 0, target);
     }
@@ -284,15 +357,23 @@ static int tar_walk(char *path, size_t plen, char *name, size_t nlen, int depth)
         dprintf(2, "%s: too deep to copy\n", path);
         return -1;
     }
+    int fd = openat(dir, entry, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (depth > 0 && (errno == ENOENT || errno == ELOOP || errno == ENOTDIR))
+            return 0; /* swapped for a link or a file meanwhile: not followed, not copied */
+        dprintf(2, "%s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (fstat(fd, &st) < 0) { close(fd); return -1; }
     name[nlen] = '/'; name[nlen + 1] = 0;
     int rc = tar_header(name, '5', &st, 0, NULL);
     name[nlen] = 0;
-    if (rc) return -1;
-    DIR *dir = opendir(path);
-    if (!dir) { dprintf(2, "%s: %s\n", path, strerror(errno)); return -1; }
+    if (rc) { close(fd); return -1; }
+    DIR *d = fdopendir(fd);
+    if (!d) { dprintf(2, "%s: %s\n", path, strerror(errno)); close(fd); return -1; }
     struct dirent *e;
     rc = 0;
-    while (rc == 0 && (errno = 0, e = readdir(dir)) != NULL) {
+    while (rc == 0 && (errno = 0, e = readdir(d)) != NULL) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         size_t el = strlen(e->d_name);
         if (plen + el + 2 >= PATH_MAX || nlen + el + 2 >= PATH_MAX) {
@@ -302,31 +383,41 @@ static int tar_walk(char *path, size_t plen, char *name, size_t nlen, int depth)
         }
         path[plen] = '/'; memcpy(path + plen + 1, e->d_name, el + 1);
         name[nlen] = '/'; memcpy(name + nlen + 1, e->d_name, el + 1);
-        rc = tar_walk(path, plen + 1 + el, name, nlen + 1 + el, depth + 1);
+        rc = tar_walk(fd, e->d_name, path, plen + 1 + el, name, nlen + 1 + el, depth + 1);
         path[plen] = 0; name[nlen] = 0;
     }
     if (rc == 0 && errno != 0 && e == NULL) { dprintf(2, "%s: %s\n", path, strerror(errno)); rc = -1; }
-    closedir(dir);
+    closedir(d);
     return rc;
 }
 
-static void tar_main(const char *root) {
-    static char path[PATH_MAX], name[PATH_MAX];
+/* The whole tar of `root` through tar_out: 0, or -1 (said on stderr in a child). Opened one
+ * folder at a time without following a symlink, in the helper (inline) as in a child. */
+static int tar_all(const char *root) {
+    static char path[PATH_MAX], name[PATH_MAX], last[PATH_MAX];
     size_t plen = strlen(root);
     while (plen > 1 && root[plen - 1] == '/') plen--;
-    if (plen == 0 || plen >= PATH_MAX) { dprintf(2, "%s: bad path\n", root); _exit(2); }
+    if (plen == 0 || plen >= PATH_MAX) { tar_complain(root, EINVAL); return -1; }
     memcpy(path, root, plen); path[plen] = 0;
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
     if (!*base) base = ".";
     size_t nlen = strlen(base);
     memcpy(name, base, nlen + 1);
-    int rc = tar_walk(path, plen, name, nlen, 0);
+    int dir = open_parent_nofollow(path, last);
+    if (dir < 0) { tar_complain(path, errno); return -1; }
+    int rc = tar_walk(dir, last, path, plen, name, nlen, 0);
+    close(dir);
     if (rc == 0) {
         memset(tar_block, 0, sizeof tar_block);
-        rc = write_all(1, tar_block, 512) || write_all(1, tar_block, 512);
+        rc = tar_out(tar_block, 512) || tar_out(tar_block, 512);
     }
-    _exit(rc ? 1 : 0);
+    return rc ? -1 : 0;
+}
+
+static void tar_main(const char *root) {
+    if (tar_all(root)) _exit(1);
+    _exit(0);
 }
 
 /* ---- commands ----------------------------------------------------------------------------- */
@@ -361,7 +452,7 @@ static char **merged_env(char **add, uint32_t n) {
 }
 
 static void child_exec(const char *cwd, char **argv, char **envp) {
-    if (*cwd && chdir(cwd) < 0) {
+    if (*cwd && chdir_nofollow(cwd) < 0) {
         dprintf(2, "pyflue-helper: chdir to %s: %s\n", cwd, strerror(errno));
         _exit(126);
     }
@@ -510,6 +601,24 @@ static void req_tar(uint32_t id, unsigned char *p, size_t len) {
     if (S_ISDIR(st.st_mode) ? access(path, R_OK | X_OK) : (S_ISREG(st.st_mode) ? access(path, R_OK) : 0)) {
         emit_error(id, errno);
         return;
+    }
+    if (S_ISREG(st.st_mode) && (uint64_t)st.st_size <= INLINE_MAX && id != 0 && !find(id)) {
+        /* Small enough to send from here, as a child would: STARTED, the tar, EXIT 0. */
+        tar_inline = 1;
+        inline_len = 0;
+        int rc = tar_all(path);
+        tar_inline = 0;
+        if (rc == 0) {
+            unsigned char p4[4];
+            put32(p4, 0);
+            emit(R_STARTED, id, p4, 4);
+            for (size_t off = 0; off < inline_len; off += MAX_FRAME) {
+                size_t n = inline_len - off < MAX_FRAME ? inline_len - off : MAX_FRAME;
+                emit(R_STDOUT, id, inline_tar + off, n);
+            }
+            emit(R_EXIT, id, p4, 4);
+            return;
+        } /* else (it changed meanwhile, say): a child does it, and says what went wrong */
     }
     struct slot *s = claim(id);
     if (!s) { emit_error(id, EBUSY); return; }
