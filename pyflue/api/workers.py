@@ -6,7 +6,8 @@ from collections import Counter
 
 from fastapi import APIRouter, Request
 
-from pyflue.api import deps
+from pyflue.api import auth, deps
+from pyflue.api.auth import CallerDep
 from pyflue.api.errors import documented
 from pyflue.models import RunStatus
 from pyflue.responses import WorkerInfo, WorkerList
@@ -20,12 +21,13 @@ _RUNNING_COUNTED = 2000
 
 @router.get("/workers", operation_id="list_workers", summary="List workers",
             responses=documented(401, 500, 503))
-async def list_workers(request: Request) -> WorkerList:
-    """The workers sharing this server's run store, with their heartbeats and running runs."""
+async def list_workers(request: Request, caller: CallerDep) -> WorkerList:
+    """The workers sharing this server's run store, with their heartbeats and running runs
+    (the caller's tenant's; an admin's: all)."""
     store = deps.store(request)
     lease = deps.settings(request).server.worker_lease
     running = Counter(run.owner for run in await store.list_runs(
-        status=RunStatus.running, limit=_RUNNING_COUNTED))
+        status=RunStatus.running, limit=_RUNNING_COUNTED, tenant=auth.tenant_filter(caller)))
     return WorkerList(lease_seconds=lease, workers=[
         WorkerInfo(worker=seen.worker, started_at=seen.started_at, seen_at=seen.seen_at,
                    age_seconds=round(seen.age_seconds, 3), lost=seen.age_seconds > lease,

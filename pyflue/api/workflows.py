@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import Message
 
-from pyflue.api import deps, multipart
+from pyflue.api import auth, deps, multipart
 from pyflue.api.auth import CallerDep
 from pyflue.api.errors import HttpProblem, documented, reply
 from pyflue.api.operator import public_message
@@ -187,7 +187,8 @@ async def invoke(
     scheduler = deps.scheduler(request)
     scheduler.runner.registry.get(name)  # 404 before an upload is read
     if uploads_from is not None:
-        await scheduler.store.get_run(uploads_from)  # 404 for a run that is not here
+        # 404 for a run that is not here, or that is another tenant's (its files are theirs)
+        await auth.load_run(scheduler.store, uploads_from, caller)
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() == "multipart/form-data":
         async with multipart.received(request, spool=settings.spool_dir,

@@ -205,7 +205,11 @@ async def test_another_tenants_run_is_not_found_wherever_it_is_named(
     missing = await client.get("/runs/workflow:echo:nope", headers=as_("b1"))
     for method, path in (("GET", f"/runs/{run_id}"), ("GET", f"/runs/{run_id}/events"),
                          ("GET", f"/runs/{run_id}/stream"), ("POST", f"/runs/{run_id}/cancel"),
-                         ("GET", f"/runs?cursor={run_id}")):
+                         ("GET", f"/runs?cursor={run_id}"), ("DELETE", f"/runs/{run_id}"),
+                         ("GET", f"/runs/{run_id}/artifacts"),
+                         ("GET", f"/runs/{run_id}/artifacts/report.xml"),
+                         ("GET", f"/runs/{run_id}/metrics"),
+                         ("POST", f"/workflows/echo?uploads_from={run_id}")):
         r = await client.request(method, path, headers=as_("b1"))
         assert r.status_code == 404, (method, path)
         assert r.json()["error"]["type"] == "not_found"

@@ -409,7 +409,9 @@ $("#rerun").addEventListener("click", async (event) => {
   const button = event.currentTarget;
   button.disabled = true;
   try {
-    const answer = await api(`/workflows/${encodeURIComponent(run.workflow)}`, {
+    // The same payload and the same uploaded files (a run without uploads has none to copy).
+    const answer = await api(`/workflows/${encodeURIComponent(run.workflow)}` +
+      `?uploads_from=${encodeURIComponent(run.run_id)}`, {
       method: "POST", body: { payload: run.payload } });
     location.href = runLink(answer.run_id);
   } catch (err) {
