@@ -137,9 +137,10 @@ def test_traces_are_off_unless_the_otel_variables_ask() -> None:
 def test_running_a_workflow_untraced_imports_nothing_of_opentelemetry() -> None:
     code = ("import sys, pyflue.runs, pyflue.wiring, pyflue.tracing\n"
             "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={"PATH": "/usr/bin:/bin",
-                                          "PYTHONPATH": ":".join(sys.path)})
+    # Isolated (-I): the suite's own sys.path carries every workflow root earlier tests loaded.
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"}, cwd=Path(__file__).parents[2])
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
 
