@@ -5,10 +5,13 @@ and the test's own network is the only non-public range it allows."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import secrets
 import subprocess
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,8 @@ from pyflue.settings import DEFAULT_IMAGE
 LABEL = "dev.pyflue.test"
 
 # Each host answers GET/POST with JSON naming itself, the path and the headers it got; /big/N
-# sends N bytes; /repo.git/ is a git repository over "dumb" HTTP(S).
+# sends N bytes; /repo.git/ is a git repository over "dumb" HTTP(S); /simple/ is a package index
+# (PEP 503) holding one small wheel, ``egresstiny``.
 SERVER = r"""
 import hashlib, http.server, json, os, ssl, sys, threading
 NAME = os.environ["NAME"]
@@ -28,7 +32,7 @@ class H(http.server.SimpleHTTPRequestHandler):
     def __init__(self, *a, **k):
         super().__init__(*a, directory="/srv", **k)
     def do_GET(self):
-        if self.path.startswith("/repo.git/"):
+        if self.path.startswith(("/repo.git/", "/simple/")):
             return super().do_GET()
         if self.path.startswith("/big/"):
             n = int(self.path.split("/")[2])
@@ -65,7 +69,9 @@ serve(80, False)
 REPO = ("mkdir -p /srv && cd /tmp && git init -q -b main w && cd w && echo hello > README "
         "&& git -c user.name=t -c user.email=t@t add README "
         "&& git -c user.name=t -c user.email=t@t commit -qm init "
-        "&& git clone -q --bare . /srv/repo.git && cd /srv/repo.git && git update-server-info")
+        "&& git clone -q --bare . /srv/repo.git && cd /srv/repo.git && git update-server-info "
+        "&& cp -r /certs/simple /srv/simple")
+INDEX_PACKAGE, INDEX_VERSION = "egresstiny", "1.0"
 
 
 @dataclass
@@ -95,6 +101,37 @@ def _certs(folder: Path, names: list[str]) -> Path:
     return folder / "ca.pem"
 
 
+def _index(folder: Path) -> None:
+    """``folder/simple``: a PEP 503 index of one pure-Python wheel, made here (no download)."""
+    name, version = INDEX_PACKAGE, INDEX_VERSION
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": b"GREETING = 'installed through the egress proxy'\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: pyflue-tests\nRoot-Is-Purelib: true\n"
+                         b"Tag: py3-none-any\n",
+    }
+
+    def digest(data: bytes) -> str:
+        return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+    record = "".join(f"{path},sha256={digest(data)},{len(data)}\n" for path, data in files.items())
+    files[f"{dist}/RECORD"] = (record + f"{dist}/RECORD,,\n").encode()
+    wheel = f"{name}-{version}-py3-none-any.whl"
+    page = folder / "simple" / name
+    page.mkdir(parents=True)
+    with zipfile.ZipFile(page / wheel, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    (page / "index.html").write_text(
+        f'<!DOCTYPE html><html><body><a href="{wheel}">{wheel}</a></body></html>\n')
+    (folder / "simple" / "index.html").write_text(
+        f'<!DOCTYPE html><html><body><a href="{name}/">{name}</a></body></html>\n')
+    for item in (folder / "simple").rglob("*"):
+        item.chmod(0o755 if item.is_dir() else 0o644)
+    (folder / "simple").chmod(0o755)
+
+
 @contextlib.contextmanager
 def egress_hosts(client: Any, folder: Path, names: list[str]) -> Iterator[EgressHosts]:
     """Starts one server container per name on a new network; removes them all after."""
@@ -102,6 +139,7 @@ def egress_hosts(client: Any, folder: Path, names: list[str]) -> Iterator[Egress
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o755)
     ca = _certs(folder, names)
+    _index(folder)
     network = client.networks.create(f"pyflue-test-egress-{token}", driver="bridge",
                                      labels={LABEL: "egress"})
     started: list[Any] = []

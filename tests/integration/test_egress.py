@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from pyflue.runs import Runner
 from pyflue.settings import SandboxDefaults, Settings
 from pyflue.wiring import open_runner
 from tests.conftest import WriteWorkflow
-from tests.integration.egress_hosts import EgressHosts, egress_hosts
+from tests.integration.egress_hosts import INDEX_PACKAGE, INDEX_VERSION, EgressHosts, egress_hosts
 
 pytestmark = pytest.mark.docker
 
@@ -103,6 +104,47 @@ async def test_an_allowed_host_answers_curl_over_http_and_https_and_git_clones_o
     https = next(a for a in audit if a["method"] == "CONNECT" and a["host"] == ALLOWED)
     assert https["address"] == hosts.addresses[ALLOWED]
     assert https["bytes_up"] > 0 and https["bytes_down"] > 0
+
+
+PIP_WORKFLOW = """
+from pyflue import create_agent
+agent = create_agent(lambda ctx: {"egress": [ctx.payload["host"]]})
+async def run(ctx):
+    h = await ctx.init(agent)
+    await h.fs.write_file("ca.pem", ctx.payload["ca"])
+    await h.fs.upload(ctx.payload["pip"], "vendor/pip")
+    return await h.shell(ctx.payload["command"], env={"PYTHONPATH": "vendor"}, timeout=120)
+"""
+
+
+@pytest.fixture(scope="module")
+def pip_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This venv's pip, pure Python, to run inside the sandbox image (which has python3, no
+    pip): the client under test is the real pip."""
+    import pip
+
+    dest = tmp_path_factory.mktemp("pip") / "pip"
+    shutil.copytree(Path(pip.__file__).parent, dest,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+async def test_pip_installs_from_a_local_index_on_an_allowed_host(
+    egress_runner: Runner, write_workflow: WriteWorkflow, hosts: EgressHosts, pip_copy: Path
+) -> None:
+    write_workflow("egress_pip", PIP_WORKFLOW)
+    command = (f"python3 -m pip install --no-cache-dir --disable-pip-version-check "
+               f"--no-input --cert ca.pem --index-url https://{ALLOWED}/simple/ "
+               f"--target site {INDEX_PACKAGE}=={INDEX_VERSION} "
+               f"&& PYTHONPATH=site python3 -c 'import {INDEX_PACKAGE} as m; print(m.GREETING)'")
+    run = await egress_runner.run("egress_pip", {"host": ALLOWED, "ca": hosts.ca.read_text(),
+                                                 "pip": str(pip_copy), "command": command})
+    assert run.status is RunStatus.completed, run.error
+    assert run.result["exit_code"] == 0, run.result["stderr"]
+    assert run.result["stdout"].splitlines()[-1] == "installed through the egress proxy"
+    audit = _egress(await egress_runner.store.list_events(run.run_id))
+    assert audit and {(a["method"], a["host"], a["port"], a["decision"]) for a in audit} == {
+        ("CONNECT", ALLOWED, 443, "allowed")}, audit
 
 
 async def test_a_host_not_in_the_list_gets_a_403_that_names_the_list(
