@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pyflue.events import EventType
 from pyflue.models import RunStatus
 from pyflue.runs import Runner
+from pyflue.settings import PoolSettings, Settings
+from pyflue.wiring import open_runner
 from tests.conftest import WriteWorkflow
 
 pytestmark = pytest.mark.docker
@@ -49,14 +53,31 @@ async def _probe(runner: Runner, write_workflow: WriteWorkflow, probes: dict[str
     write_workflow("inside", WORKFLOW)
     run = await runner.run("inside", {"probes": probes, **payload})
     assert run.status is RunStatus.completed, run.error
+    if (launch := getattr(runner, "expected_launch", None)) is not None:
+        [started] = await runner.store.list_events(run.run_id,
+                                                   types=[EventType.container_started])
+        assert started.data["launch"] == launch, started.data
     result: dict[str, Any] = run.result
     return result
 
 
+@pytest.fixture(params=["cold", "warm"])
+async def launched(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Runner]:
+    """A runner whose run gets a cold container, or one from the warm pool (made ahead of the
+    run, the same hardening): each case below holds for both."""
+    warm = request.param == "warm"
+    pooled = settings.model_copy(update={"pool": PoolSettings(size=1 if warm else 0)})
+    async with open_runner(pooled, pool=warm) as runner:
+        if warm:
+            assert await runner.provider.pool.wait_filled(60)  # type: ignore[attr-defined]
+        runner.expected_launch = request.param  # type: ignore[attr-defined]
+        yield runner
+
+
 async def test_privileged_system_calls_are_refused_by_the_kernel(
-    runner: Runner, write_workflow: WriteWorkflow, runtime: str, syscalls_binary: bytes
+    launched: Runner, write_workflow: WriteWorkflow, runtime: str, syscalls_binary: bytes
 ) -> None:
-    r = await _probe(runner, write_workflow, {"calls": "./syscalls"},
+    r = await _probe(launched, write_workflow, {"calls": "./syscalls"},
                      files={"syscalls": syscalls_binary.hex()})
     assert r["calls"]["exit_code"] == 0, r["calls"]
     calls = {name: (int(rc), err) for name, rc, err in
@@ -80,9 +101,9 @@ WRITE = ("python3 -c \"import os,sys,errno\n"
 
 
 async def test_the_root_filesystem_is_read_only_where_the_image_lets_the_user_write(
-    runner: Runner, write_workflow: WriteWorkflow, runtime: str
+    launched: Runner, write_workflow: WriteWorkflow, runtime: str
 ) -> None:
-    r = await _probe(runner, write_workflow, {
+    r = await _probe(launched, write_workflow, {
         # /var/tmp is 1777 in the image: only the read-only root stops the sandbox user there.
         "var_tmp_mode": "python3 -c \"import os; print('%o' % (os.stat('/var/tmp').st_mode & 0o7777))\"",
         "var_tmp": WRITE.format("/var/tmp"),
