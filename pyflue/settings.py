@@ -293,8 +293,9 @@ class ServerSettings(BaseSettings):
                     "(nothing is admitted meanwhile) before it fails engine_unavailable",
     )
     retention: str | None = Field(
-        None, description="`pyflue serve` deletes finished runs (their events and uploads) "
-                          "older than this, e.g. `30d` (units s, m, h, d, w); unset keeps them")
+        None, description="`pyflue serve` deletes finished runs (their events, uploads and "
+                          "artifacts) older than this, e.g. `30d` (units s, m, h, d, w); "
+                          "unset keeps them")
     retention_interval: float = Field(
         3600.0, gt=0, description="seconds between two retention passes of `pyflue serve`")
 
