@@ -80,6 +80,7 @@ class Scheduler:
         # True while the store held no queued run this scheduler could take at its last look:
         # a new run may then start at once, without waiting for admission (order is kept).
         self._backlog_empty = False
+        self._backlog_news = 0  # bumped whenever runs may have been queued (see _admit)
         self._reserved = 0  # slots held by submits claiming their run
         self._taken_back: set[str] = set()  # runs stopped here as another worker took them
         self._requests: dict[str, Any] = {}
@@ -151,6 +152,7 @@ class Scheduler:
     async def _engine_changed(self, state: EngineState) -> None:
         if state.up:  # what queued up meanwhile is admitted now, oldest first
             self._backlog_empty = False
+            self._backlog_news += 1
             self._wake.set()
 
     def _engine_failed(self, reason: str) -> None:
@@ -159,6 +161,7 @@ class Scheduler:
 
     def _queue_changed(self) -> None:
         self._backlog_empty = False  # maybe older than what is submitted next: admission sees
+        self._backlog_news += 1
         self._wake.set()
 
     async def stop(self, reason: str = "the server stopped") -> None:
@@ -282,6 +285,7 @@ class Scheduler:
             self._start(run)
         else:
             self._backlog_empty = False
+            self._backlog_news += 1
             self._wake.set()
         if cancelled is not None:
             raise cancelled
@@ -411,6 +415,7 @@ class Scheduler:
             return
         # With nothing left to take at the last look, only a queue signal (or a slow safety
         # poll, for a PostgreSQL LISTEN connection that is down) makes a claim worth a write.
+        news = self._backlog_news
         self._idle_looks = self._idle_looks + 1 if self._backlog_empty else 0
         if self._backlog_empty and self._idle_looks % IDLE_CLAIM_EVERY:
             return
@@ -441,8 +446,10 @@ class Scheduler:
             self._reserved -= free
         for run in claimed:
             self._start(run)
-        # Fair admission passed over runs of tenants at their limit: look again next poll.
-        self._backlog_empty = len(claimed) < free and waiting <= len(claimed)
+        # Fair admission passed over runs of tenants at their limit: look again next poll. A
+        # run queued while this look was under way was perhaps not seen by it: not empty then.
+        self._backlog_empty = (len(claimed) < free and waiting <= len(claimed)
+                               and self._backlog_news == news)
 
     async def _fair_pick(self, free: int) -> tuple[list[str], int]:
         """The queued runs to claim, picked fairly across tenants, and how many were
@@ -525,6 +532,7 @@ class Scheduler:
             if run.run_id in self._taken_back:  # its next attempt may be queued, and was left
                 self._taken_back.discard(run.run_id)  # out of claims while this task lived
                 self._backlog_empty = False
+                self._backlog_news += 1
             self._requests.pop(run.run_id, None)
             self._mark_finished(run.run_id)
             self._wake.set()

@@ -381,3 +381,31 @@ def test_token_hash_prints_the_digest_a_token_file_holds() -> None:
     done = subprocess.run([sys.executable, "-m", "pyflue.cli", "token", "hash"],
                           input="s3cret\n", capture_output=True, text=True, check=True)
     assert done.stdout.strip() == token_hash("s3cret")
+
+
+async def test_workers_counts_only_the_callers_tenants_running_runs(
+    client: httpx.AsyncClient,
+) -> None:
+    started = {}
+    for who in ("a1", "b1"):  # max_concurrency 2: both run at once
+        r = await client.post("/workflows/sleepy", json={}, headers=as_(who))
+        assert r.status_code == 202
+        started[r.json()["run_id"]] = who
+    # Both start at once: a run queued while admission was looking is not left for the slow
+    # safety poll (10 s; it once was, a lost wake-up), hence the bound.
+    async with asyncio.timeout(5):
+        for run_id, who in started.items():
+            while (await client.get(f"/runs/{run_id}", headers=as_(who))).json()[
+                    "status"] != "running":
+                await asyncio.sleep(0.01)
+
+    async def running(who: str) -> int:
+        (me,) = (await client.get("/workers", headers=as_(who))).json()["workers"]
+        count: int = me["running"]
+        return count
+
+    assert await running("a2") == 1  # the tenant's run, seen by another of its tokens
+    assert await running("b1") == 1  # b's own, not a's as well
+    assert await running("root") == 2  # an admin counts all
+    for run_id, who in started.items():
+        await client.post(f"/runs/{run_id}/cancel", headers=as_(who))
