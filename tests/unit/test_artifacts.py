@@ -8,6 +8,7 @@ import io
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -323,3 +324,17 @@ def test_the_artifact_folder_is_beside_the_sqlite_store_unless_set(tmp_path: Pat
     assert shared.artifacts_dir == Path("/srv/shared")
     relative = Settings(project_dir=tmp_path, artifacts=ArtifactSettings(dir=Path("arts")))
     assert relative.artifacts_dir == tmp_path / "arts"
+
+
+async def test_deleting_a_run_over_http_removes_its_artifact_files(
+        project: Path, ci_app: httpx.AsyncClient) -> None:
+    """Through the app's own wiring (the artifact store's hook on the run store's delete)."""
+    run_id, other = await _run_ci(ci_app, {}), await _run_ci(ci_app, {})
+    root = Settings(project_dir=project).artifacts_dir
+    folder = root / quote(run_id, safe="")
+    assert folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+    assert (await ci_app.delete(f"/runs/{run_id}")).status_code == 200
+    assert not folder.exists()
+    assert (await ci_app.get(f"/runs/{run_id}/artifacts")).status_code == 404
+    kept = (await ci_app.get(f"/runs/{other}/artifacts/dist/pkg.whl"))
+    assert kept.status_code == 200 and kept.content == b"PK\x03\x04wheel"
