@@ -280,3 +280,37 @@ def test_a_hard_link_to_a_dotfile_earlier_in_the_archive_is_a_copy(tmp_path: Pat
     out = tmp_path / "out"
     unpack(archive, out, limits=LIMITS)
     assert (out / ".env").read_bytes() == b"A=1\n"
+
+
+async def test_a_rerun_with_uploads_from_gets_the_earlier_runs_files(
+        project: Path, write_workflow: WriteWorkflow) -> None:
+    write_workflow("uses", """
+from pyflue import create_agent
+agent = create_agent(lambda ctx: {})
+async def run(ctx):
+    h = await ctx.init(agent)
+    return {"dests": [u.dest for u in ctx.uploads],
+            "text": await h.fs.read_file("/workspace/src/pkg/mod.py")}
+""")
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        data = b"x = 41\n"
+        member = tarfile.TarInfo("pkg/mod.py")
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data))
+    app = create_app(Settings(project_dir=project), store=MemoryStore(),
+                     provider=FakeSandboxProvider())
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        first = await client.post("/workflows/uses?wait=result", data={"payload": "{}"},
+                                  files={"upload:src": ("src.tar.gz", archive.getvalue())})
+        assert first.status_code == 200, first.text
+        body = first.json()
+        want = {"dests": ["src"], "text": "x = 41\n"}
+        assert body["result"] == want
+        again = await client.post(f"/workflows/uses?wait=result&uploads_from={body['run_id']}",
+                                  json={})
+        assert again.status_code == 200, again.text
+        assert again.json()["result"] == want and again.json()["run_id"] != body["run_id"]
+        nope = await client.post("/workflows/uses?uploads_from=workflow:uses:nope", json={})
+        assert nope.status_code == 404, nope.text
