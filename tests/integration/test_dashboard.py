@@ -45,6 +45,9 @@ async def run(ctx: FlueContext) -> dict:
     if ctx.payload.get("shell"):
         harness = await ctx.init(box)
         await harness.shell("echo container ready")
+        if ctx.payload.get("artifact"):
+            await harness.fs.write_file("reports/junit.xml", '<testsuite tests="1"/>\\n')
+            await harness.artifacts.save("reports/junit.xml")
     for tick in range(1, ticks + 1):
         ctx.log.info(f"tick {tick} of {ticks}")
         await asyncio.sleep(float(ctx.payload.get("delay", 0.1)))
@@ -350,6 +353,24 @@ def test_resources_and_artifacts_show_when_the_server_has_them(
     assert download.value.suggested_filename == "junit.xml"
     assert Path(download.value.path()).read_text() == "<junit/>\n"
     assert set(asked) == {f"Bearer {TOKEN}"}  # every call carries the token
+
+
+def test_a_real_runs_resources_and_artifact_show_and_the_artifact_downloads(
+    page: Any, api: httpx.Client, server: Server,
+) -> None:
+    """No stand-ins: the server sampled the run's container and stored its artifact."""
+    run_id = start_run(api, ticks=4, delay=0.6, shell=True, artifact=True)
+    assert wait_finished(api, run_id)["status"] == "completed"
+    resources = api.get(f"/runs/{run_id}/metrics").json()["resources"]
+    assert resources is not None and resources["peak_memory_bytes"] > 0, resources
+    page.goto(f"{server.url}/ui/run.html?id={quote(run_id)}")
+    page.locator("#resources").filter(has_text="Memory, peak").wait_for()
+    row = page.locator("#artifacts tr[data-artifact='reports/junit.xml']")
+    row.wait_for()
+    assert "application/xml" in row.inner_text()
+    with page.expect_download() as download:
+        row.get_by_role("button", name="Download reports/junit.xml").click()
+    assert Path(download.value.path()).read_text() == '<testsuite tests="1"/>\n'
 
 
 def test_the_runs_page_pages_with_the_cursor(page: Any, api: httpx.Client, server: Server) -> None:
