@@ -151,17 +151,21 @@ class Scheduler:
 
     async def _engine_changed(self, state: EngineState) -> None:
         if state.up:  # what queued up meanwhile is admitted now, oldest first
-            self._backlog_empty = False
-            self._backlog_news += 1
+            self._backlog_grew()
             self._wake.set()
 
     def _engine_failed(self, reason: str) -> None:
         if self.engine is not None:
             self.engine.failed(reason)
 
-    def _queue_changed(self) -> None:
-        self._backlog_empty = False  # maybe older than what is submitted next: admission sees
+    def _backlog_grew(self) -> None:
+        """Runs may have been queued: the next admission look claims, and a look already under
+        way does not end by marking the backlog empty (see :meth:`_admit`)."""
+        self._backlog_empty = False
         self._backlog_news += 1
+
+    def _queue_changed(self) -> None:
+        self._backlog_grew()  # maybe older than what is submitted next: admission sees
         self._wake.set()
 
     async def stop(self, reason: str = "the server stopped") -> None:
@@ -284,8 +288,7 @@ class Scheduler:
         if take:
             self._start(run)
         else:
-            self._backlog_empty = False
-            self._backlog_news += 1
+            self._backlog_grew()
             self._wake.set()
         if cancelled is not None:
             raise cancelled
@@ -531,8 +534,7 @@ class Scheduler:
             self._stops.pop(run.run_id, None)
             if run.run_id in self._taken_back:  # its next attempt may be queued, and was left
                 self._taken_back.discard(run.run_id)  # out of claims while this task lived
-                self._backlog_empty = False
-                self._backlog_news += 1
+                self._backlog_grew()
             self._requests.pop(run.run_id, None)
             self._mark_finished(run.run_id)
             self._wake.set()
