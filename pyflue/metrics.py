@@ -161,9 +161,11 @@ class _Moment(Collector):
             slots.add_metric([self.worker, "busy"], busy)
         yield slots
         pool = GaugeMetricFamily("pyflue_pool_containers", "The warm pool per image: "
-                                 "containers wanted (`size`), `ready`, `starting`",
-                                 labels=["worker", "image", "state"])
+                                 "containers wanted (`size`), `ready`, `starting`; `egress`: "
+                                 "the pool for runs with egress",
+                                 labels=["worker", "image", "state", "egress"])
         for fill in self.pools() if self.pools is not None else []:
             for state in ("size", "ready", "starting"):
-                pool.add_metric([self.worker, fill.image, state], getattr(fill, state))
+                pool.add_metric([self.worker, fill.image, state, str(fill.egress).lower()],
+                                getattr(fill, state))
         yield pool

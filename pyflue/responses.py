@@ -203,12 +203,14 @@ class EngineHealth(_Answer):
 
 
 class PoolFillAnswer(_Answer):
-    """One warm pool: its image, the containers it keeps, those ready and those starting."""
+    """One warm pool: its image, the containers it keeps, those ready and those starting;
+    ``egress``: the pool for runs with egress (docs/sandbox.md#egress)."""
 
     image: str
     size: int
     ready: int
     starting: int
+    egress: bool = False
 
 
 class WorkerInfo(_Answer):

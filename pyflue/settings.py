@@ -184,6 +184,11 @@ class PoolSettings(BaseSettings):
                                         f"`{POOL_IMAGES_EXAMPLE}`")
     refill_concurrency: int = Field(2, ge=1, description="pooled containers started at once "
                                                          "when refilling")
+    egress_size: int = Field(2, ge=0, description="started containers kept ready, each on an "
+                                                  "egress network of its own, for runs of the "
+                                                  "default image with `egress` (only when "
+                                                  "PYFLUE_SANDBOX_MAX_EGRESS allows egress); "
+                                                  "`0` turns it off")
 
     @field_validator("images")
     @classmethod

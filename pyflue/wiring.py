@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pyflue.errors import PyflueError
+from pyflue.errors import ConfigError, PyflueError
 from pyflue.settings import Settings
 
 if TYPE_CHECKING:
@@ -144,14 +144,31 @@ class _NoAsks:
     egress_secrets: dict[str, list[str]] = {}
 
 
+class _EgressAsks(_NoAsks):
+    """An agent that asks for egress only (which names does not matter to a pooled
+    container: they are the proxy's, given at the claim)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.egress = tuple(names)
+
+
 def pool_templates(settings: Settings) -> list[tuple[SandboxSpec, int]]:
     """The warm pool's template specs and sizes (PYFLUE_POOL_SIZE, PYFLUE_POOL_IMAGES): the
-    spec a run gets for each image when its agent asks for nothing else."""
+    spec a run gets for each image when its agent asks for nothing else; and, when the server
+    allows egress, PYFLUE_POOL_EGRESS_SIZE for runs of the default image asking for egress."""
     from pyflue.sandbox.policy import spec_for
 
     sizes = settings.pool.sizes(settings.sandbox.image)
-    return [(spec_for(_NoAsks(), settings.sandbox, run_id="pool", workflow="",
-                      image_override=image), size) for image, size in sizes.items()]
+    templates = [(spec_for(_NoAsks(), settings.sandbox, run_id="pool", workflow="",
+                           image_override=image), size) for image, size in sizes.items()]
+    if settings.pool.egress_size > 0 and settings.sandbox.max_egress:
+        try:
+            egress = spec_for(_EgressAsks(settings.sandbox.max_egress), settings.sandbox,
+                              run_id="pool", workflow="", image_override=None)
+        except ConfigError:  # egress is refused with these defaults (e.g. under runsc)
+            return templates
+        templates.append((egress, settings.pool.egress_size))
+    return templates
 
 
 def forget_hooks(settings: Settings, store: RunStore) -> list[ForgetHook]:

@@ -168,6 +168,7 @@ class PoolFill:
     size: int
     ready: int
     starting: int
+    egress: bool = False  # a pool for runs with ``egress`` (each container on its own network)
 
 
 @dataclass(frozen=True)

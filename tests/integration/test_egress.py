@@ -20,7 +20,8 @@ import pytest
 from pyflue.events import EventType
 from pyflue.models import RunStatus
 from pyflue.runs import Runner
-from pyflue.settings import SandboxDefaults, Settings
+from pyflue.sandbox.docker import DockerProvider
+from pyflue.settings import PoolSettings, SandboxDefaults, Settings
 from pyflue.wiring import open_runner
 from tests.conftest import WriteWorkflow
 from tests.integration.egress_hosts import INDEX_PACKAGE, INDEX_VERSION, EgressHosts, egress_hosts
@@ -328,3 +329,68 @@ async def test_asking_beyond_the_servers_maximum_fails_the_run_with_the_setting_
     assert run.error is not None and run.error.type == "config_error"
     assert "beyond what this server allows (*.egress.test; PYFLUE_SANDBOX_MAX_EGRESS)" in (
         run.error.message)
+
+
+# -- egress runs from the warm pool -------------------------------------------------------------
+
+
+@pytest.fixture
+async def warm_egress_runner(settings: Settings, hosts: EgressHosts) -> AsyncIterator[Runner]:
+    """A server's runner whose pool keeps one egress container ready (none for other runs)."""
+    sandbox = SandboxDefaults(kill_grace=2.0, max_egress=["*.egress.test"],
+                              egress_allow_networks=[hosts.subnet],
+                              egress_hosts_file=hosts.hosts_file, egress_ca_file=hosts.ca)
+    pool = PoolSettings(size=0, egress_size=1)
+    async with open_runner(settings.model_copy(update={"sandbox": sandbox, "pool": pool}),
+                           pool=True) as runner:
+        assert isinstance(runner.provider, DockerProvider) and runner.provider.pool
+        assert await runner.provider.pool.wait_filled(60)
+        yield runner
+
+
+def _launch(events: list[Any]) -> str:
+    return str(next(e for e in events if e.type is EventType.container_started).data.launch)
+
+
+async def test_a_warm_egress_run_gets_its_own_names_and_nothing_else(
+    warm_egress_runner: Runner, write_workflow: WriteWorkflow, hosts: EgressHosts
+) -> None:
+    provider = warm_egress_runner.provider
+    assert isinstance(provider, DockerProvider) and provider.pool is not None
+    [pooled] = provider.pool.pooled_ids()
+    ip = hosts.addresses[ALLOWED]
+    result, events = await _shell(warm_egress_runner, write_workflow, hosts, {"egress": [ALLOWED]}, {
+        "http": f"curl -sS http://{ALLOWED}/hello",
+        "https": f"curl -sS --cacert ca.pem https://{ALLOWED}/secure",
+        "other": f"curl -s -o /dev/null -w '%{{http_code}}' http://{OTHER}/",
+        "raw_ip_direct": "python3 -c 'import socket,sys; socket.create_connection("
+                         f"(sys.argv[1], 80), 1)' {ip}",
+        "dns": f"getent hosts {ALLOWED}",
+    })
+    assert _launch(events) == "warm"
+    created = next(e for e in events if e.type is EventType.container_created).data
+    assert created.container_id == pooled and created.network.startswith("pyflue-egress-net-")
+    assert json.loads(result["http"]["out"])["host"] == ALLOWED, result
+    assert json.loads(result["https"]["out"])["path"] == "/secure", result
+    assert result["other"]["out"] == "403", result
+    assert result["raw_ip_direct"]["code"] != 0 and result["dns"]["code"] != 0, result
+    assert {(a["host"], a["decision"]) for a in _egress(events)} == {
+        (ALLOWED, "allowed"), (OTHER, "denied")}
+
+
+async def test_a_pooled_egress_container_reaches_nothing_until_a_run_claims_it(
+    warm_egress_runner: Runner, docker_client: Any, hosts: EgressHosts
+) -> None:
+    provider = warm_egress_runner.provider
+    assert isinstance(provider, DockerProvider) and provider.pool is not None
+    [pooled] = provider.pool.pooled_ids()
+    container = docker_client.containers.get(pooled)
+    proxy = container.attrs["Config"]["Env"]
+    assert any(v.startswith("HTTP_PROXY=http://") for v in proxy), proxy
+    # The proxy knows no run on this network yet: it hangs up on every connection, allowed
+    # name or not, and records nothing.
+    # (off the event loop: the proxy serving the connection runs on it)
+    _, out = await asyncio.to_thread(container.exec_run, [
+        "sh", "-c", f"curl -sS -m 10 -o /dev/null -w '%{{http_code}}' http://{ALLOWED}/hello; "
+                    "echo \" exit=$?\""], user="1000:1000")
+    assert "000 exit=" in out.decode() and "exit=0\n" not in out.decode(), out

@@ -131,12 +131,25 @@ class EgressGateway:
     async def attach(self, spec: SandboxSpec, emit: Emit) -> Attachment:
         """The run's own network (a spare one, or made now) with the relay on it; the run
         registered with the proxy. Call :meth:`refill` once the run's container started."""
+        return self.register(await self.reserve(), spec, emit)
+
+    async def reserve(self) -> Attachment:
+        """A network of its own with the relay on it (a spare one, or made now), known to no
+        run yet: the proxy refuses every connection from it until :meth:`register`. Give it
+        back with :meth:`release` if it never gets a run (a warm pool's container)."""
         await self._ensure()
         if self._spare:
-            attachment = self._spare.pop(0)
-        else:
-            self.made_inline += 1
-            attachment = await self.bridge.call(self._network)
+            return self._spare.pop(0)
+        self.made_inline += 1
+        return await self.bridge.call(self._network)
+
+    async def release(self, attachment: Attachment) -> None:
+        """Removes a network :meth:`reserve` gave that no run was registered on."""
+        await self.bridge.call(self.remove_network, attachment.network_id)
+
+    def register(self, attachment: Attachment, spec: SandboxSpec, emit: Emit) -> Attachment:
+        """Gives the proxy the run's names (and secrets) for connections from ``attachment``'s
+        network; what the container must be made with (the CA bundle, with secrets)."""
         ca = RunCA(spec.run_id) if spec.egress_secrets else None
         self.proxy.add(attachment.subnet, RunEgress(
             run_id=spec.run_id, rules=parse_rules(spec.egress, where="egress"),
@@ -147,8 +160,13 @@ class EgressGateway:
 
     async def detach(self, attachment: Attachment) -> None:
         """Ends the run's open connections (their events recorded), removes its network."""
+        await self.unregister(attachment)
+        await self.release(attachment)
+
+    async def unregister(self, attachment: Attachment) -> None:
+        """Ends the run's open connections (their events recorded); from now on the proxy
+        refuses every connection from its network."""
         await self.proxy.remove(attachment.subnet)
-        await self.bridge.call(self.remove_network, attachment.network_id)
 
     @property
     def spares(self) -> int:

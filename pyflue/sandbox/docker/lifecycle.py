@@ -192,6 +192,8 @@ class DockerProvider:
         # The helper channels opened when pooled containers were made: a claim takes its
         # container's, so a warm run pays no `docker exec` to start the helper.
         self._warm_channels: dict[str, HelperChannel] = {}
+        # The egress networks of pooled egress containers (one each, known to no run yet).
+        self._warm_egress: dict[str, Attachment] = {}
         self.egress_config = egress or EgressConfig(relay_image="pyflue/sandbox:latest")
         self._gateway: EgressGateway | None = None
 
@@ -247,17 +249,28 @@ class DockerProvider:
     async def _pooled_create(self, spec: SandboxSpec) -> tuple[str, str]:
         volume = resource_name(spec.run_id)
         await self.helper.prepare(spec.image)
-        container = await self.bridge.call(self._create_once, spec, volume, self.pool_owner)
+        # An egress template: the container waits on a network of its own, which the proxy
+        # serves nothing until a run claims it (its names are registered then).
+        egress = await self.gateway.reserve() if spec.egress else None
+        container: Any = None
         try:
+            container = await self.bridge.call(self._create_once, spec, volume,
+                                               self.pool_owner, egress)
             await self.bridge.call(self._start, container, spec)
             # The channel too is opened now, off any run's critical path (env and secrets go
             # with each command, never into the helper or the container).
             channel = await self.helper.preopen(self.client.api, container.id, spec.user)
         except BaseException:
-            await self.bridge.call(self._remove_sync, container.id, volume)
+            await run_to_completion(self.bridge.call(
+                self._remove_sync, container.id if container is not None else volume, volume))
+            if egress is not None:
+                await run_to_completion(self.gateway.release(egress))
             raise
         if channel is not None:
             self._warm_channels[container.id] = channel
+        if egress is not None:
+            self._warm_egress[container.id] = egress
+            self.gateway.refill()  # after the start, as for a cold egress run
         return container.id, volume
 
     async def _pooled_remove(self, cid: str, volume: str) -> None:
@@ -265,6 +278,9 @@ class DockerProvider:
         if channel is not None:
             await channel.close()
         await self.bridge.call(self._remove_sync, cid, volume)
+        egress = self._warm_egress.pop(cid, None)
+        if egress is not None:
+            await self.gateway.release(egress)
 
     async def _running(self, cid: str) -> bool:
         # The engine's inspect, not a round trip through the helper: on a busy machine one
@@ -345,11 +361,15 @@ class DockerProvider:
         when the run ends (``container_removed`` says ``deferred``)."""
         cid = pooled.container_id
         ready = self._warm_channels.pop(cid, None)
+        egress = self._warm_egress.pop(cid, None)
         box: DockerSandbox | None = None
         asked = time.monotonic()
         try:
+            if egress is not None:  # from now on the proxy serves this network the run's names
+                self.gateway.register(egress, spec, emit)
             emit(ContainerCreated(container_id=cid, name=pooled.name, image=spec.image,
-                                  network=spec.network, runtime=spec.runtime or "runc"))
+                                  network=egress.network if egress else spec.network,
+                                  runtime=spec.runtime or "runc"))
             box = await self._sandbox(cid, spec, emit, launch="warm", asked=asked,
                                      volume=pooled.name, ready=ready)
             yield box
@@ -357,19 +377,23 @@ class DockerProvider:
             channel = box.channel if box is not None else ready
             if isinstance(channel, HelperChannel):
                 await run_to_completion(channel.close())
-            await run_to_completion(self._release(pooled, emit))
+            await run_to_completion(self._release(pooled, emit, egress))
 
-    async def _release(self, pooled: Pooled, emit: Emit) -> None:
+    async def _release(self, pooled: Pooled, emit: Emit, egress: Attachment | None) -> None:
         cid = pooled.container_id
+        if egress is not None:  # its open connections end (and are recorded) within the run
+            await self.gateway.unregister(egress)
         emit(self._exited(cid, await self.bridge.call(self._state, cid)))
-        task = asyncio.create_task(self._remove_soon(cid, pooled.name))
+        task = asyncio.create_task(self._remove_soon(cid, pooled.name, egress))
         self._removing[cid] = task
         task.add_done_callback(lambda _: self._removing.pop(cid, None))
         emit(ContainerRemoved(container_id=cid, removed=True, deferred=True))
 
-    async def _remove_soon(self, cid: str, volume: str) -> bool:
+    async def _remove_soon(self, cid: str, volume: str, egress: Attachment | None = None) -> bool:
         for attempt in range(REMOVAL_ATTEMPTS):
             if await self.bridge.call(self._remove_sync, cid, volume):
+                if egress is not None:
+                    await self.gateway.release(egress)
                 return True
             await asyncio.sleep(1.0 + attempt)
         # Left for the reaper, which removes it once this worker is gone.

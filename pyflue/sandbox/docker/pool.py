@@ -45,12 +45,16 @@ PoolKey = tuple[object, ...]
 
 def pool_key(spec: SandboxSpec) -> PoolKey | None:
     """What must match for a run to take a pooled container; None when the spec cannot be
-    pooled (environment baked into the container: commands get theirs per exec instead)."""
-    if spec.env or spec.egress:  # egress runs get their own network: always cold
+    pooled (environment baked into the container, as egress secrets' placeholders are;
+    commands get the run's environment per exec instead). A spec with ``egress`` matches an
+    egress template whatever its names: a pooled egress container waits on a network of its
+    own that reaches nothing until its run's names are given to the proxy at the claim."""
+    if spec.env or spec.egress_secrets:
         return None
-    return (spec.image, spec.user, spec.network, spec.memory, spec.cpus, spec.pids,
-            spec.workspace_size, spec.tmp_size, spec.runtime or "runc", spec.read_only_root,
-            spec.workdir)
+    key: PoolKey = (spec.image, spec.user, spec.network, spec.memory, spec.cpus, spec.pids,
+                    spec.workspace_size, spec.tmp_size, spec.runtime or "runc",
+                    spec.read_only_root, spec.workdir)
+    return ("egress", *key) if spec.egress else key
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class _Slot:
 
     def fill(self) -> PoolFill:
         return PoolFill(image=self.template.image, size=self.size, ready=len(self.ready),
-                        starting=self.starting)
+                        starting=self.starting, egress=bool(self.template.egress))
 
 
 class WarmPool:
