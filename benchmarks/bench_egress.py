@@ -8,6 +8,9 @@ the proxy through a hosts file; see tests/integration/egress_hosts.py):
     without (``network: none``), interleaved pairs, each beside full spare networks; then
     egress starts without a spare (the network made during the start). Beside it, what the
     engine alone adds: docker-py ``start`` on network none against on an internal network.
+    Then the same pairs from the warm pool (a pool of one for each, refilled, untimed, before
+    each start): a pooled container on network none against a pooled egress container (its
+    network made and attached at refill; the claim gives the proxy the run's names).
     Target: p50 at most +50 ms.
 (2) download: 50 MiB by curl inside the sandbox, through the egress proxy (plain HTTP, and
     HTTPS through CONNECT) against the same download over ``network: bridge`` straight to the
@@ -41,6 +44,7 @@ from pyflue.sandbox.base import SandboxSpec
 from pyflue.sandbox.docker import DockerProvider
 from pyflue.sandbox.docker.egress import EgressConfig
 from pyflue.settings import DEFAULT_IMAGE
+from pyflue.workers import local_owner
 from tests.integration.egress_hosts import egress_hosts
 
 HOST = "files.egress.test"
@@ -113,12 +117,36 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                   "egress_without_spare_p50": round(p50(inline), 1),
                                   "target_added": 50}
             report["start_ms"]["raw_docker"] = _raw_network_cost(client, args.pairs)
+            report["start_ms"]["warm"] = await _warm_starts(provider, args.pairs)
             say(f"start: {report['start_ms']}")
             report["download"] = await _downloads(provider, hosts.ca, bridge_ip, args.downloads)
             say(f"download: {report['download']}")
         finally:
             await provider.close()
     return report
+
+
+async def _warm_starts(provider: DockerProvider, pairs: int) -> dict[str, float]:
+    """Pairs of starts from the warm pool: network none against egress, each pool of one
+    refilled (untimed) before every start; the pool is drained after."""
+    templates = [(_spec(0), 1), (_spec(0, egress=(HOST,)), 1)]
+    pool = provider.enable_pool(templates, owner=local_owner())
+    provider.start_pool()
+    plain: list[float] = []
+    with_egress: list[float] = []
+    try:
+        for n in range(pairs):
+            for side, extra in ((plain, {}), (with_egress, {"egress": (HOST,)})):
+                if not await pool.wait_filled(120):
+                    raise RuntimeError("the warm pool did not fill within 120 s")
+                await asyncio.sleep(0.3)  # the refill's own work settles (spare networks)
+                side.append(await _start(provider, _spec(n, **extra)))
+    finally:
+        await pool.drain()
+        provider.pool = None
+    p50 = statistics.median
+    return {"none_p50": round(p50(plain), 1), "egress_p50": round(p50(with_egress), 1),
+            "added_p50": round(p50(with_egress) - p50(plain), 1)}
 
 
 async def _downloads(provider: DockerProvider, ca: Path, bridge_ip: str,

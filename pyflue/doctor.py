@@ -113,12 +113,22 @@ async def _pool_check(settings: Settings, provider: DockerProvider) -> Check:
     """The warm pool `pyflue serve` keeps: its sizes, and the pooled containers of this store
     the engine has now (ready or claimed by a run)."""
     sizes = settings.pool.sizes(settings.sandbox.image)
+    # Egress runs' pool (PYFLUE_POOL_EGRESS_SIZE): the default image, counted with it.
+    egress = settings.pool.egress_size if settings.sandbox.max_egress else 0
+    if egress:
+        sizes = {settings.sandbox.image: 0, **sizes}
     if not sizes:
         return Check("warm pool", True, "off (PYFLUE_POOL_SIZE=0): every run starts cold",
                      optional=True)
     running = await provider.pooled_running()
     missing = [image for image in sizes if not await provider.image_exists(image)]
-    detail = ", ".join(f"{image}: {running.get(image, 0)} running of {size}"
+
+    def wanted(image: str, size: int) -> str:
+        if egress and image == settings.sandbox.image:
+            return f"{size + egress} ({size} + {egress} for egress runs)"
+        return str(size)
+
+    detail = ", ".join(f"{image}: {running.get(image, 0)} running of {wanted(image, size)}"
                        for image, size in sizes.items())
     return Check("warm pool", not missing,
                  f"the server keeps {detail} (pooled containers of this store, ready or in use)",

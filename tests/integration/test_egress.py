@@ -384,6 +384,7 @@ async def test_a_pooled_egress_container_reaches_nothing_until_a_run_claims_it(
     provider = warm_egress_runner.provider
     assert isinstance(provider, DockerProvider) and provider.pool is not None
     [pooled] = provider.pool.pooled_ids()
+    assert [(f.egress, f.size, f.ready) for f in provider.pool_fills()] == [(True, 1, 1)]
     container = docker_client.containers.get(pooled)
     proxy = container.attrs["Config"]["Env"]
     assert any(v.startswith("HTTP_PROXY=http://") for v in proxy), proxy

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import ipaddress
 import ssl
 from pathlib import Path
@@ -78,9 +79,18 @@ def test_without_egress_the_container_keeps_network_none_and_may_be_pooled() -> 
     assert pool_key(spec) is not None
 
 
-def test_an_egress_run_is_never_served_from_the_pool() -> None:
+def test_an_egress_run_takes_only_an_egress_pooled_container_whatever_its_names() -> None:
     spec = _spec(SERVER, egress=["a.example.com"])
     assert spec.egress == ("a.example.com",) and spec.network == "none"
+    other_names = _spec(SERVER, egress=["b.example.com"])
+    assert pool_key(spec) is not None and pool_key(spec) == pool_key(other_names)
+    assert pool_key(spec) != pool_key(_spec(SERVER))
+
+
+def test_a_run_with_egress_secrets_is_never_served_from_the_pool() -> None:
+    spec = dataclasses.replace(_spec(SERVER, egress=["a.example.com"]),
+                               egress_secrets=(EgressSecret(name="T", hosts=("a.example.com",),
+                                                            placeholder="p", value="v"),))
     assert pool_key(spec) is None
 
 
