@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from pyflue.engine_watch import EngineState
 from pyflue.events import EventType
-from pyflue.models import RunStatus
+from pyflue.models import RunStatus, utcnow
 from pyflue.runs import Runner
 from pyflue.sandbox.docker import DockerProvider
 from pyflue.settings import PoolSettings, SandboxDefaults, Settings
@@ -395,3 +396,28 @@ async def test_a_pooled_egress_container_reaches_nothing_until_a_run_claims_it(
         "sh", "-c", f"curl -sS -m 10 -o /dev/null -w '%{{http_code}}' http://{ALLOWED}/hello; "
                     "echo \" exit=$?\""], user="1000:1000")
     assert "000 exit=" in out.decode() and "exit=0\n" not in out.decode(), out
+
+
+async def test_a_relay_killed_with_the_engine_is_replaced_when_the_engine_is_back(
+    warm_egress_runner: Runner, write_workflow: WriteWorkflow, hosts: EgressHosts,
+    docker_client: Any
+) -> None:
+    """A daemon restart kills the relay (and the pooled containers): told the engine is back,
+    the provider starts a new relay and refills the egress pool on new networks."""
+    provider = warm_egress_runner.provider
+    assert isinstance(provider, DockerProvider) and provider.pool is not None
+    old = provider.gateway
+    relay = docker_client.containers.list(
+        filters={"label": ["dev.pyflue.egress=relay", f"dev.pyflue.egress-owner={old.owner}"]})
+    assert len(relay) == 1
+    now = utcnow()
+    await provider.on_engine(EngineState(up=False, since=now, engine="test"))
+    await asyncio.to_thread(relay[0].kill)  # as the daemon's restart does
+    await provider.on_engine(EngineState(up=True, since=now, engine="test"))
+    assert provider.gateway is not old
+    assert await provider.pool.wait_filled(60)
+    result, events = await _shell(warm_egress_runner, write_workflow, hosts,
+                                  {"egress": [ALLOWED]},
+                                  {"http": f"curl -sS http://{ALLOWED}/hello"})
+    assert _launch(events) == "warm"
+    assert json.loads(result["http"]["out"])["host"] == ALLOWED, result

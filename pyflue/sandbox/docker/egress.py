@@ -278,6 +278,23 @@ class EgressGateway:
     async def close(self) -> None:
         await self._teardown()
 
+    async def relay_alive(self) -> bool:
+        """Whether the relay (if started) still runs: a daemon restart kills it, and then
+        every egress network this gateway made is useless (see ``DockerProvider.on_engine``)."""
+        relay = self._relay_id
+        if relay is None:
+            return True
+
+        def _running() -> bool:
+            try:
+                with translated("inspecting the egress relay"):
+                    state = self._client.api.inspect_container(relay).get("State", {})
+            except SandboxError:
+                return False
+            return bool(state.get("Running"))
+
+        return await self.bridge.call(_running)
+
     async def _teardown(self) -> None:
         if self._filling is not None:
             self._filling.cancel()

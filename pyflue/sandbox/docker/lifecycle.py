@@ -242,6 +242,10 @@ class DockerProvider:
         """Told by the engine watch (``wiring.engine_watch``) of every change: down pauses the
         pool (a daemon restart kills what is pooled), up rebuilds it."""
         if state.up:
+            if self._gateway is not None and not await self._gateway.relay_alive():
+                # The restart killed the relay: a new one (and new networks) on next use.
+                gateway, self._gateway = self._gateway, None
+                await gateway.close()
             self.resume_pool()
         else:
             self.pause_pool()
