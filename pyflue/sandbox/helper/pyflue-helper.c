@@ -303,15 +303,23 @@ static int open_parent_nofollow(const char *path, char *last) {
     return fd;
 }
 
-/* Enters `path` (absolute) without following a symlink anywhere on the way. */
-static int chdir_nofollow(const char *path) {
+/* The folder `path` (absolute), opened (O_PATH) without following a symlink on the way. */
+static int open_dir_nofollow(const char *path) {
     char last[PATH_MAX];
     int parent = open_parent_nofollow(path, last);
     if (parent < 0) return -1;
     int fd = openat(parent, last, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     int saved = errno;
     close(parent);
-    if (fd < 0) { errno = saved; return -1; }
+    errno = saved;
+    return fd;
+}
+
+/* Enters `path` (absolute) without following a symlink anywhere on the way. */
+static int chdir_nofollow(const char *path) {
+    int fd = open_dir_nofollow(path);
+    if (fd < 0) return -1;
+    int saved;
     int rc = fchdir(fd);
     saved = errno;
     close(fd);
@@ -563,11 +571,12 @@ static int start_child(struct slot *s, int detached, const char *cwd, char **arg
  * is killed and reaped before the helper starts any other process, so nothing the helper
  * starts later can read it in /proc; one with no env of its own holds nothing to hide. */
 
-/* Reads the command (up to a NUL or the end of fd 3), closes fd 3, unsets the variable, and
- * runs it; the variable is expanded before eval runs the unset. An empty read (the helper
- * went away) runs nothing. */
+/* Reads the command (up to a NUL or the end of fd 3), closes fd 3, restarts $SECONDS, unsets
+ * the variable and runs the command (the variable is expanded before eval runs the unset).
+ * An empty read (the helper went away) runs nothing. */
 static const char SPARE_STUB[] =
-    "IFS= read -r -d '' __pyflue_cmd <&3; exec 3<&-; eval \"unset -v __pyflue_cmd; $__pyflue_cmd\"";
+    "IFS= read -r -d '' __pyflue_cmd <&3; exec 3<&-; SECONDS=0; "
+    "eval \"unset -v __pyflue_cmd; $__pyflue_cmd\"";
 
 struct spare {
     pid_t pid;          /* 0: none */
@@ -576,9 +585,11 @@ struct spare {
     char *key;          /* what it was started for (see spare_key) */
     size_t keylen;
     int has_env;        /* it was given env of its own */
+    dev_t dev;          /* the folder it entered */
+    ino_t ino;
 };
 
-static struct spare spare = {0, -1, {-1, -1}, NULL, 0, 0};
+static struct spare spare = {0, -1, {-1, -1}, NULL, 0, 0, 0, 0};
 static char *want_key;  /* the key of the last F_SHELL EXEC, until a spare is started for it */
 static size_t want_keylen;
 
@@ -615,9 +626,16 @@ static void spare_kill(void) {
     spare_forget();
 }
 
-/* Before the helper starts a process other than the spare: a spare with env of its own goes. */
+/* Before the helper starts a process other than the spare: a spare with env of its own goes
+ * (and is started again once the helper is idle, unless a shell command wants another). */
 static void spare_guard(void) {
-    if (spare.pid && spare.has_env) spare_kill();
+    if (!spare.pid || !spare.has_env) return;
+    if (!want_key) {
+        want_key = spare.key;
+        want_keylen = spare.keylen;
+        spare.key = NULL;
+    }
+    spare_kill();
 }
 
 static int split_strings(char *data, size_t len, char **out, uint32_t want);
@@ -636,9 +654,15 @@ static void spare_start(void) {
     want_key = NULL;
     uint32_t nadd = get32((unsigned char *)key);
     char **strs = calloc((size_t)nadd + 4, sizeof *strs);
-    int po[2] = {-1, -1}, pe[2] = {-1, -1}, pc[2] = {-1, -1};
-    if (!strs || split_strings(key + 4, keylen - 4, strs, 3 + nadd) < 0
-        || pipe2(po, O_CLOEXEC) < 0 || pipe2(pe, O_CLOEXEC) < 0 || pipe2(pc, O_CLOEXEC) < 0)
+    int po[2] = {-1, -1}, pe[2] = {-1, -1}, pc[2] = {-1, -1}, dir = -1;
+    struct stat st = {0};
+    if (!strs || split_strings(key + 4, keylen - 4, strs, 3 + nadd) < 0)
+        goto fail;
+    /* The folder is opened here and entered by the child: its identity is known before the
+     * child runs, and spare_take compares it with what the path names then. */
+    if (*strs[0] && ((dir = open_dir_nofollow(strs[0])) < 0 || fstat(dir, &st) < 0))
+        goto fail;
+    if (pipe2(po, O_CLOEXEC) < 0 || pipe2(pe, O_CLOEXEC) < 0 || pipe2(pc, O_CLOEXEC) < 0)
         goto fail;
     char *argv[] = {strs[1], "-c", (char *)SPARE_STUB, strs[2], NULL};
     pid_t pid = fork();
@@ -647,8 +671,11 @@ static void spare_start(void) {
         child_setup(po[1], pe[1], 0);
         if (pc[0] == 3) fcntl(3, F_SETFD, 0);
         else if (dup2(pc[0], 3) < 0) _exit(126);
-        child_exec(strs[0], argv, merged_env(strs + 3, nadd));
+        if (dir >= 0 && fchdir(dir) < 0) _exit(126);
+        child_exec("", argv, merged_env(strs + 3, nadd));
     }
+    close_fd(&dir);
+    spare.dev = st.st_dev; spare.ino = st.st_ino;
     close(po[1]); close(pe[1]); close(pc[0]);
     fcntl(po[0], F_SETFL, O_NONBLOCK);
     fcntl(pe[0], F_SETFL, O_NONBLOCK);
@@ -662,9 +689,22 @@ static void spare_start(void) {
     free(strs);
     return;
 fail:
+    close_fd(&dir);
     for (int i = 0; i < 2; i++) { close_fd(&po[i]); close_fd(&pe[i]); close_fd(&pc[i]); }
     free(strs);
     free(key);
+}
+
+/* Whether the spare's working folder is the one `cwd` names now (walked without following a
+ * symlink): a folder removed, renamed or swapped since the spare entered it is not. */
+static int spare_cwd_ok(const char *cwd) {
+    if (!*cwd) return 1;
+    struct stat now;
+    int fd = open_dir_nofollow(cwd);
+    if (fd < 0) return 0;
+    int rc = fstat(fd, &now);
+    close(fd);
+    return rc == 0 && now.st_dev == spare.dev && now.st_ino == spare.ino;
 }
 
 /* Hands `command` to the spare when its key is `key`: 0 and `s` is now its process, or -1
@@ -676,7 +716,7 @@ static int spare_take(struct slot *s, const char *key, size_t keylen, const char
     size_t clen = strlen(command);
     if (spare.keylen != keylen || memcmp(spare.key, key, keylen) != 0 || clen >= SPARE_MAX_CMD
         || waitid(P_PID, (id_t)spare.pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid
-        || write_all(spare.cmd, command, clen) < 0) {
+        || !spare_cwd_ok(key + 4) || write_all(spare.cmd, command, clen) < 0) {
         spare_kill();
         return -1;
     }
@@ -995,6 +1035,8 @@ int main(void) {
     static int which[2 + 2 * MAX_SLOTS];
     int input_open = 1;
     for (;;) {
+        /* Before any new request: a command's EXIT just sent, its spare is ready for the next. */
+        if (input_open && outlen == 0) spare_start();
         process_input();
         finish_slots();
         if (!input_open && outlen == 0) {
@@ -1002,7 +1044,6 @@ int main(void) {
             for (int i = 0; i < MAX_SLOTS; i++) busy |= slots[i].state == S_PROC && !slots[i].discard;
             if (!busy) return 0;
         }
-        if (input_open && outlen == 0) spare_start();
         int n = 0;
         pfd[n].fd = sigpipe_fds[0]; pfd[n].events = POLLIN; owner[n++] = NULL;
         pfd[n].fd = 1; pfd[n].events = outlen ? POLLOUT : 0; owner[n++] = NULL;
