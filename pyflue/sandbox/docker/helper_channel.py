@@ -60,8 +60,8 @@ from pyflue.sandbox.docker.frames import (
     parse_error,
     parse_exit,
     parse_hello,
-    parse_started,
     parse_stat,
+    parse_u32,
 )
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,6 @@ class HelperChannel:
         self._socket_path = ""
         self._restartable = False  # the helper died under a running container: start it again
         self.restarts = 0
-        self.spare_hits = 0  # commands that ran in the helper's spare shell
         self._revive_lock = asyncio.Lock()
         self._ended = False  # the reader saw the helper's stream end
         # A volume the engine's archive API sees as the container does (the workspace):
@@ -460,12 +459,11 @@ class HelperChannel:
     # -- the Channel protocol ---------------------------------------------------------------
 
     def command(
-        self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str], user: str,
-        shell: bool = False,
+        self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str], user: str
     ) -> Command:
         if not self._may_serve(user):
             return self.fallback.command(argv, cwd=cwd, env=env, user=user)
-        return HelperCommand(self, list(argv), cwd, dict(env), user, shell)
+        return HelperCommand(self, list(argv), cwd, dict(env), user)
 
     def tells_pids(self, user: str) -> bool:
         return self._may_serve(user)
@@ -653,7 +651,7 @@ def _settle(future: asyncio.Future[Item], item: Item) -> None:
 
 def _expect_started(reply: Frame, what: str) -> None:
     if reply.kind == Kind.STARTED:
-        _parse_or_fail(parse_started, reply.payload, "a STARTED")
+        _parse_or_fail(parse_u32, reply.payload, "a STARTED")
         return
     if reply.kind == Kind.ERROR:
         _code, message = _parse_or_fail(parse_error, reply.payload, f"starting {what}")
@@ -661,9 +659,9 @@ def _expect_started(reply: Frame, what: str) -> None:
     raise SandboxError(f"starting {what}: the channel helper answered {reply.kind.name}")
 
 
-def _parse_or_fail(parse: Callable[[bytes], T], payload: bytes, what: str) -> T:
+def _parse_or_fail(parse: Callable[..., T], payload: bytes, what: str) -> T:
     try:
-        return parse(payload)
+        return parse(payload) if parse is not parse_u32 else parse(payload, what)
     except FrameError as exc:
         raise SandboxError(f"{what}: the channel helper sent a bad reply ({exc})") from None
 
@@ -676,10 +674,9 @@ class HelperCommand:
     """One command through the helper: started when its output is first read."""
 
     def __init__(self, channel: HelperChannel, argv: list[str], cwd: str, env: dict[str, str],
-                 user: str, shell: bool = False) -> None:
+                 user: str) -> None:
         self._channel = channel
         self._argv = argv
-        self._shell = shell
         self._cwd = cwd
         self._env = env
         self._user = user
@@ -749,8 +746,7 @@ class HelperCommand:
         try:
             if aborted:
                 return
-            channel._send(encode_exec(rid, self._argv, cwd=self._cwd, env=self._env,
-                                      shell=self._shell))
+            channel._send(encode_exec(rid, self._argv, cwd=self._cwd, env=self._env))
             while True:
                 item = await items.get()
                 if item is _ABORT:
@@ -774,11 +770,8 @@ class HelperCommand:
                 if item.kind in (Kind.STDOUT, Kind.STDERR):
                     yield ("stdout" if item.kind == Kind.STDOUT else "stderr"), item.payload
                 elif item.kind == Kind.STARTED:
-                    start = _parse_or_fail(parse_started, item.payload, "a STARTED")
-                    self._pid = start.pid
+                    self._pid = _parse_or_fail(parse_u32, item.payload, "a STARTED")
                     started = True
-                    if start.spare:
-                        channel.spare_hits += 1
                 elif item.kind == Kind.EXIT:
                     self._exit_code = _parse_or_fail(parse_exit, item.payload, "an EXIT")
                     finished = True
