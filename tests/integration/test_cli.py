@@ -107,13 +107,19 @@ def test_an_unreachable_engine_is_one_clear_line(env: dict[str, str]) -> None:
     assert "fix: start it" in doctor.stdout
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_cancels_the_run_removes_its_container_and_exits_130(
     env: dict[str, str], docker_client: Any
 ) -> None:
     payload = json.dumps({"steps": ["echo started", "sleep 120"], "timeout": 300})
+    # A job started with `&` by a non-interactive shell (CI often is one) inherits SIGINT
+    # ignored, and so would this child: give it the terminal's default, as Ctrl-C finds it.
     with subprocess.Popen([*PYFLUE, "run", "shell_steps", "--payload", payload], cwd=REPO,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=_default_sigint) as proc:
         assert proc.stderr is not None
         run_id = proc.stderr.readline().split()[1]
         label = f"dev.pyflue.run-id={run_id}"
@@ -123,7 +129,11 @@ def test_ctrl_c_cancels_the_run_removes_its_container_and_exits_130(
                 break
         assert docker_client.containers.list(filters={"label": label})
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # not left running into the next tests
+            raise
         assert proc.returncode == 130
     assert docker_client.containers.list(all=True, filters={"label": label}) == []
     shown = json.loads(pyflue("runs", "--format", "json", env=env).stdout)[0]
