@@ -85,13 +85,15 @@ async def sandbox(runtime: str) -> AsyncIterator[tuple[DockerSandbox, list[Event
         await provider.close()
 
 
-async def shell(box: DockerSandbox, command: str, timeout: float = 30) -> tuple[int, bytes]:
+async def shell(box: DockerSandbox, command: str, timeout: float = 30, *, cwd: str = WS,
+                env: dict[str, str] | None = None) -> tuple[int, bytes]:
     out = bytearray()
 
     def on_output(stream: str, data: bytes) -> None:
         out.extend(data)
 
-    status = await box.exec(command, cwd=WS, env={}, timeout=timeout, on_output=on_output)
+    status = await box.exec(command, cwd=cwd, env=env or {}, timeout=timeout,
+                            on_output=on_output)
     return status.exit_code, bytes(out)
 
 
@@ -274,3 +276,116 @@ async def test_a_small_file_read_and_a_command_folder_never_follow_a_symlinked_f
             assert status.exit_code == want, (cwd, out)
             assert b"SECRET" not in b"".join(out)
         assert b"".join(out) == b"/workspace/d\ninside\n"
+
+
+# -- the spare shell (docs/sandbox.md#the-channel) ----------------------------------------------
+
+# Matches the spare's command line (its stub names this variable), not this pattern's own
+SPARE = "__pyflue[_]cmd"
+
+
+async def test_a_bash_command_after_another_runs_in_the_spare_shell_as_bash_c_would(
+    runtime: str,
+) -> None:
+    async with sandbox(runtime) as (box, _events):
+        channel = box.channel
+        assert isinstance(channel, HelperChannel)
+        assert await shell(box, "exit 3") == (3, b"")
+        assert channel.spare_hits == 0
+        # $0, stdin /dev/null, its own session, no trace of the stub's variable or fd 3
+        code, out = await shell(
+            box, 'echo "$0 ${__pyflue_cmd-unset} $(cat | wc -c)"; '
+                 '[ $$ = "$(ps -o sid= -p $$ | tr -d " ")" ] && echo leader; '
+                 '[ -e /proc/self/fd/3 ] || echo no-fd3; exit 5')
+        assert (code, out) == (5, b"pyflue-shell unset 0\nleader\nno-fd3\n")
+        assert channel.spare_hits == 1
+        assert await shell(box, "/bin/true") == (0, b"")  # an external command, too
+        assert channel.spare_hits == 2
+
+
+async def test_a_changed_folder_or_env_never_uses_a_stale_spare(runtime: str) -> None:
+    async with sandbox(runtime) as (box, _events):
+        channel = box.channel
+        assert isinstance(channel, HelperChannel)
+        assert await shell(box, "mkdir -p a b && echo $V", env={"V": "1"}) == (0, b"1\n")
+        assert await shell(box, "pwd; echo $V", cwd=f"{WS}/a", env={"V": "1"}) \
+            == (0, b"/workspace/a\n1\n")
+        assert await shell(box, "pwd; echo $V", cwd=f"{WS}/a", env={"V": "2"}) \
+            == (0, b"/workspace/a\n2\n")
+        assert await shell(box, "echo ${V-none}", cwd=f"{WS}/a") == (0, b"none\n")
+        assert channel.spare_hits == 0
+        # The same folder and env: the spare. A folder replaced meanwhile (by a helper command,
+        # which leaves a spare with no env of its own alone): not the spare, the new folder.
+        assert await shell(box, "pwd -P", cwd=f"{WS}/a") == (0, b"/workspace/a\n")
+        assert channel.spare_hits == 1
+        assert (await channel.run(["sh", "-c", f"rm -r {WS}/a && mkdir {WS}/a && touch {WS}/a/new"],
+                                  user=USER)).exit_code == 0
+        assert await shell(box, "ls", cwd=f"{WS}/a") == (0, b"new\n")
+        assert channel.spare_hits == 1
+
+
+async def test_a_secret_given_to_one_command_is_not_visible_to_a_later_command_without_it(
+    runtime: str,
+) -> None:
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    look = (f"echo ${{TOKEN-none}}; grep -l {secret} /proc/[0-9]*/environ 2>/dev/null | wc -l; "
+            f"pgrep -c -f '{SPARE}' || true")
+    async with sandbox(runtime) as (box, _events):
+        channel = box.channel
+        assert isinstance(channel, HelperChannel)
+        assert await shell(box, "true", env={"TOKEN": secret}) == (0, b"")
+        # the same env: the spare started with it serves it
+        assert await shell(box, "echo $TOKEN", env={"TOKEN": secret}) == (0, f"{secret}\n".encode())
+        assert channel.spare_hits == 1
+        # another env: that spare is gone before the command starts
+        assert await shell(box, look) == (0, b"none\n0\n0\n")
+        # nor does a helper command of ours, started while such a spare waited, see it
+        assert await shell(box, "true", env={"TOKEN": secret}) == (0, b"")
+        done = await channel.run(["sh", "-c", f"grep -l {secret} /proc/[0-9]*/environ | wc -l"],
+                                 user=USER)
+        assert done.stdout == b"0\n"
+
+
+async def test_a_killed_spare_gives_way_to_a_fresh_shell(runtime: str) -> None:
+    async with sandbox(runtime) as (box, _events):
+        channel = box.channel
+        assert isinstance(channel, HelperChannel)
+        assert await shell(box, "true") == (0, b"")
+        # Killed from outside the helper (docker exec), so it cannot know but by the kill
+        async with asyncio.timeout(20):
+            while (await channel.fallback.run(["pkill", "-9", "-f", SPARE],
+                                              user=USER)).exit_code != 0:
+                await asyncio.sleep(0.05)
+            while (await channel.fallback.run(["pgrep", "-f", SPARE], user=USER)).exit_code == 0:
+                await asyncio.sleep(0.05)
+        assert await shell(box, "echo fine; exit 4") == (4, b"fine\n")
+        assert channel.spare_hits == 0
+        assert await shell(box, "echo again") == (0, b"again\n")  # and the next spare serves
+        assert channel.spare_hits == 1
+
+
+async def test_a_timeout_or_a_cancel_through_the_spare_kills_the_whole_process_tree(
+    runtime: str,
+) -> None:
+    async with sandbox(runtime) as (box, _events):
+        channel = box.channel
+        assert isinstance(channel, HelperChannel)
+        assert await shell(box, "true") == (0, b"")
+        out = bytearray()
+        status = await box.exec("sleep 1000 & sleep 1000 & echo waiting; wait", cwd=WS, env={},
+                                timeout=1, on_output=lambda _s, data: out.extend(data))
+        assert (status.exit_code, status.timed_out, status.killed) == (124, True, "group")
+        assert bytes(out) == b"waiting\n" and channel.spare_hits == 1
+        assert await shell(box, "pgrep -c -x sleep || true") == (0, b"0\n")
+        assert channel.spare_hits == 2
+        seen = asyncio.Event()
+        task = asyncio.ensure_future(box.exec(
+            "sleep 1000 & echo waiting; wait", cwd=WS, env={}, timeout=60,
+            on_output=lambda _s, _data: seen.set()))
+        async with asyncio.timeout(20):
+            await seen.wait()
+        assert channel.spare_hits == 3
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await shell(box, "pgrep -c -x sleep || true") == (0, b"0\n")

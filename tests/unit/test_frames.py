@@ -22,6 +22,7 @@ from pyflue.sandbox.docker.frames import (
     parse_error,
     parse_exit,
     parse_hello,
+    parse_started,
     parse_stat,
 )
 
@@ -85,6 +86,8 @@ def test_a_large_declared_length_is_not_allocated_up_front() -> None:
     (parse_stat, struct.pack(">BB2xIQqI4x", 9, 0, 0, 0, 0, 0)),           # unknown kind
     (parse_stat, struct.pack(">BB2xIQqI4x", 0, 0, 0, 0, 0, 0) + b"/x"),   # target on a file
     (parse_stat, struct.pack(">BB2xIQqI4x", 0, 0, 0, 0, 0, 10**9)),       # nanoseconds
+    (parse_started, b"\0" * 4),
+    (parse_started, struct.pack(">II", 7, 2)),                             # unknown flag
 ])
 def test_a_payload_that_does_not_fit_its_type_is_refused(parse: object, payload: bytes) -> None:
     with pytest.raises(FrameError):
@@ -108,3 +111,19 @@ def test_requests_refuse_what_cannot_cross_as_c_strings() -> None:
         encode_path(Kind.STAT, 1, "")
     with pytest.raises(FrameError, match="over"):
         encode(Kind.DATA, 1, b"x" * (MAX_FRAME + 1))
+
+
+def test_a_started_reply_says_whether_the_spare_shell_ran_the_command() -> None:
+    started = parse_started(struct.pack(">II", 42, 1))
+    assert (started.pid, started.spare) == (42, True)
+    assert not parse_started(struct.pack(">II", 42, 0)).spare
+
+
+def test_a_shell_request_is_bash_c_command_name_and_not_detached() -> None:
+    head = encode_exec(1, ["/bin/bash", "-c", "true", "sh"], cwd="/", env={}, shell=True)[12:24]
+    assert head == struct.pack(">BB2xII", 0, 1, 4, 0)
+    for argv, detached in ((["/bin/bash", "-c", "true"], False),
+                           (["/bin/bash", "-x", "true", "sh"], False),
+                           (["/bin/bash", "-c", "true", "sh"], True)):
+        with pytest.raises(ValueError, match="shell EXEC"):
+            encode_exec(1, argv, cwd="/", env={}, shell=True, detached=detached)

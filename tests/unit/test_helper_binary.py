@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import select
+import struct
 import subprocess
 import tarfile
 import time
@@ -27,6 +28,7 @@ from pyflue.sandbox.docker.frames import (
     parse_error,
     parse_exit,
     parse_hello,
+    parse_started,
     parse_stat,
 )
 
@@ -175,3 +177,32 @@ def test_a_request_id_in_use_is_refused_and_a_garbage_frame_ends_the_helper(h: H
     assert parse_error(h.until(40, Kind.ERROR)[-1].payload)[0] == 16  # EBUSY
     h.send(b"\xff" * 12)
     assert h.proc.wait(timeout=5) != 0  # it refuses to guess, and ends
+
+
+def shell_exec(request_id: int, command: str, cwd: Path, env: dict[str, str]) -> bytes:
+    return encode_exec(request_id, ["/bin/bash", "-c", command, "pyflue-shell"], cwd=str(cwd),
+                       env=env, shell=True)
+
+
+def test_the_spare_shell_runs_the_next_shell_command_with_the_same_folder_and_env(
+    h: Helper, tmp_path: Path
+) -> None:
+    h.send(shell_exec(50, "exit 2", tmp_path, {"A": "1"}))
+    assert not parse_started(h.until(50, Kind.STARTED)[0].payload).spare
+    assert parse_exit(h.until(50, Kind.EXIT)[-1].payload) == 2
+    h.send(shell_exec(51, 'echo "$0 $A $PWD"; exit 3', tmp_path, {"A": "1"}))
+    frames = h.until(51, Kind.EXIT)
+    assert parse_started(frames[0].payload).spare
+    assert output(frames, Kind.STDOUT) == f"pyflue-shell 1 {tmp_path}\n".encode()
+    assert parse_exit(frames[-1].payload) == 3
+    h.send(shell_exec(52, "echo $A", tmp_path, {"A": "2"}))  # another env: a fresh shell
+    frames = h.until(52, Kind.EXIT)
+    assert not parse_started(frames[0].payload).spare and output(frames, Kind.STDOUT) == b"2\n"
+
+
+def test_a_shell_request_that_is_not_bash_c_command_name_is_refused(h: Helper) -> None:
+    body = b"/\0/bin/bash\0-x\0true\0sh\0"
+    h.send(encode(Kind.EXEC, 53, struct.pack(">BB2xII", 0, 1, 4, 0) + body))
+    assert parse_error(h.until(53, Kind.ERROR)[-1].payload)[0] == 22  # EINVAL
+    h.send(encode(Kind.EXEC, 54, struct.pack(">BB2xII", 0, 2, 1, 0) + b"/\0true\0"))
+    assert parse_error(h.until(54, Kind.ERROR)[-1].payload)[0] == 22  # an unknown flag

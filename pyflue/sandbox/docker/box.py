@@ -122,9 +122,11 @@ class DockerSandbox:
         if self._channel.tells_pids(user):
             # The helper starts the command in its own session (it tells the pid: no wrapper)
             # and enters ``cwd`` itself, one folder at a time without following a symlink
-            # (its chdir_nofollow, inside the container; see shell.py).
+            # (its chdir_nofollow, inside the container; see shell.py). With bash, it may
+            # be run by a shell started ahead (the helper's spare: docs/sandbox.md).
             argv = [shell, "-c", command, "pyflue-shell"]
-            running = self._channel.command(argv, cwd=cwd, env=env, user=user)
+            running = self._channel.command(argv, cwd=cwd, env=env, user=user,
+                                            shell=shell == "/bin/bash")
             stream = Demuxer(on_output, pid_line=False)
         else:
             # The wrapper enters ``cwd`` itself; ``docker exec`` only ever gets the workspace

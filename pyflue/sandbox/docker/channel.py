@@ -80,10 +80,14 @@ class Channel(Protocol):
     """How commands and file operations reach one container."""
 
     def command(
-        self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str], user: str
+        self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str], user: str,
+        shell: bool = False,
     ) -> Command:
         """A command to run as ``user`` (``uid:gid``) in ``cwd`` with ``env`` added to the
-        container's environment; nothing happens until its output is read."""
+        container's environment; nothing happens until its output is read. ``shell``: it is
+        ``[bash, "-c", command, name]``, which a channel may run in a shell it started ahead
+        (the helper's spare shell: docs/sandbox.md#the-channel) with the same exit code,
+        output and process group."""
         ...
 
     def tells_pids(self, user: str) -> bool:

@@ -46,7 +46,8 @@ class ExecChannel:
         self._cid = container_id
 
     def command(
-        self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str], user: str
+        self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str], user: str,
+        shell: bool = False,
     ) -> ExecCommand:
         return ExecCommand(self._api, self._bridge, self._cid, list(argv),
                            {"workdir": cwd, "user": user,

@@ -79,16 +79,25 @@ def _cstrings(items: Sequence[str], what: str) -> bytes:
     return bytes(out)
 
 
+SHELL_FLAG = 1  # EXEC: argv is [bash, "-c", command, $0]; the helper's spare shell may run it
+STARTED_SPARE = 1  # STARTED: the command runs in a spare shell the helper started beforehand
+
+
 def encode_exec(request_id: int, argv: Sequence[str], *, cwd: str, env: Mapping[str, str],
-                detached: bool = False) -> bytes:
+                detached: bool = False, shell: bool = False) -> bytes:
+    """An EXEC request. ``shell``: ``argv`` is ``[bash, "-c", command, name]``, which the
+    helper may hand to a spare shell started ahead with the same bash, name, cwd and env."""
     if not argv:
         raise ValueError("a command needs at least its program name")
+    if shell and (detached or len(argv) != 4 or argv[1] != "-c"):
+        raise ValueError("a shell EXEC is [shell, '-c', command, name], not detached")
     pairs = []
     for key, value in env.items():
         if not key or "=" in key:
             raise ValueError(f"invalid environment variable name {key!r}")
         pairs.append(f"{key}={value}")
-    head = struct.pack(">B3xII", 1 if detached else 0, len(argv), len(pairs))
+    head = struct.pack(">BB2xII", 1 if detached else 0, SHELL_FLAG if shell else 0, len(argv),
+                       len(pairs))
     body = _cstrings([cwd], "the working folder") + _cstrings(argv, "an argument") + \
         _cstrings(pairs, "an environment variable")
     return encode(Kind.EXEC, request_id, head + body)
@@ -166,6 +175,21 @@ def parse_u32(payload: bytes, what: str) -> int:
         raise FrameError(f"{what} frame of {len(payload)} bytes (expected 4)")
     value: int = struct.unpack(">I", payload)[0]
     return value
+
+
+@dataclass(frozen=True)
+class Started:
+    pid: int  # 0 for a copy out the helper wrote itself
+    spare: bool  # the command runs in the spare shell (see encode_exec)
+
+
+def parse_started(payload: bytes) -> Started:
+    if len(payload) != 8:
+        raise FrameError(f"a STARTED frame of {len(payload)} bytes (expected 8)")
+    pid, flags = struct.unpack(">II", payload)
+    if flags & ~STARTED_SPARE:
+        raise FrameError(f"a STARTED frame with unknown flags {flags:#x}")
+    return Started(pid, bool(flags & STARTED_SPARE))
 
 
 def parse_exit(payload: bytes) -> int:

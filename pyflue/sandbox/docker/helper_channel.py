@@ -60,8 +60,8 @@ from pyflue.sandbox.docker.frames import (
     parse_error,
     parse_exit,
     parse_hello,
+    parse_started,
     parse_stat,
-    parse_u32,
 )
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ class HelperChannel:
         self._socket_path = ""
         self._restartable = False  # the helper died under a running container: start it again
         self.restarts = 0
+        self.spare_hits = 0  # commands that ran in the helper's spare shell
         self._revive_lock = asyncio.Lock()
         self._ended = False  # the reader saw the helper's stream end
         # A volume the engine's archive API sees as the container does (the workspace):
@@ -459,11 +460,12 @@ class HelperChannel:
     # -- the Channel protocol ---------------------------------------------------------------
 
     def command(
-        self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str], user: str
+        self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str], user: str,
+        shell: bool = False,
     ) -> Command:
         if not self._may_serve(user):
             return self.fallback.command(argv, cwd=cwd, env=env, user=user)
-        return HelperCommand(self, list(argv), cwd, dict(env), user)
+        return HelperCommand(self, list(argv), cwd, dict(env), user, shell)
 
     def tells_pids(self, user: str) -> bool:
         return self._may_serve(user)
@@ -651,7 +653,7 @@ def _settle(future: asyncio.Future[Item], item: Item) -> None:
 
 def _expect_started(reply: Frame, what: str) -> None:
     if reply.kind == Kind.STARTED:
-        _parse_or_fail(parse_u32, reply.payload, "a STARTED")
+        _parse_or_fail(parse_started, reply.payload, "a STARTED")
         return
     if reply.kind == Kind.ERROR:
         _code, message = _parse_or_fail(parse_error, reply.payload, f"starting {what}")
@@ -659,9 +661,9 @@ def _expect_started(reply: Frame, what: str) -> None:
     raise SandboxError(f"starting {what}: the channel helper answered {reply.kind.name}")
 
 
-def _parse_or_fail(parse: Callable[..., T], payload: bytes, what: str) -> T:
+def _parse_or_fail(parse: Callable[[bytes], T], payload: bytes, what: str) -> T:
     try:
-        return parse(payload) if parse is not parse_u32 else parse(payload, what)
+        return parse(payload)
     except FrameError as exc:
         raise SandboxError(f"{what}: the channel helper sent a bad reply ({exc})") from None
 
@@ -674,9 +676,10 @@ class HelperCommand:
     """One command through the helper: started when its output is first read."""
 
     def __init__(self, channel: HelperChannel, argv: list[str], cwd: str, env: dict[str, str],
-                 user: str) -> None:
+                 user: str, shell: bool = False) -> None:
         self._channel = channel
         self._argv = argv
+        self._shell = shell
         self._cwd = cwd
         self._env = env
         self._user = user
@@ -746,7 +749,8 @@ class HelperCommand:
         try:
             if aborted:
                 return
-            channel._send(encode_exec(rid, self._argv, cwd=self._cwd, env=self._env))
+            channel._send(encode_exec(rid, self._argv, cwd=self._cwd, env=self._env,
+                                      shell=self._shell))
             while True:
                 item = await items.get()
                 if item is _ABORT:
@@ -770,8 +774,11 @@ class HelperCommand:
                 if item.kind in (Kind.STDOUT, Kind.STDERR):
                     yield ("stdout" if item.kind == Kind.STDOUT else "stderr"), item.payload
                 elif item.kind == Kind.STARTED:
-                    self._pid = _parse_or_fail(parse_u32, item.payload, "a STARTED")
+                    start = _parse_or_fail(parse_started, item.payload, "a STARTED")
+                    self._pid = start.pid
                     started = True
+                    if start.spare:
+                        channel.spare_hits += 1
                 elif item.kind == Kind.EXIT:
                     self._exit_code = _parse_or_fail(parse_exit, item.payload, "an EXIT")
                     finished = True

@@ -7,8 +7,9 @@
  * big-endian) and its payload, at most MAX_FRAME bytes. The wire format is described, and
  * parsed on the other side, in pyflue/sandbox/docker/frames.py.
  *
- * Requests: EXEC (a command in its own session, output streamed, exit code), KILL (signal a
- * command's process group), CREDIT (more output may be sent for a request), DROP (forget a
+ * Requests: EXEC (a command in its own session, output streamed, exit code; flagged as a
+ * shell command it may be served by the spare shell, see below), KILL (signal a command's
+ * process group), CREDIT (more output may be sent for a request), DROP (forget a
  * request's output), STAT, MKDIR, PUT (open a file) + DATA + END, TAR (a tar of a path, written
  * by a forked child and streamed like a command's stdout).
  *
@@ -46,6 +47,9 @@
 #define IN_CAP (MAX_FRAME + HDR)
 #define START_CREDIT (4u << 20)
 #define MAX_STRINGS 65536
+#define SPARE_MAX_CMD 4096 /* longer commands are not handed to a spare (bash reads it bytewise) */
+#define F_SHELL 1          /* EXEC flag: argv is [shell, "-c", command, name] */
+#define STARTED_SPARE 1    /* STARTED flag: a spare shell became the command */
 
 enum {
     T_EXEC = 1, T_KILL = 2, T_CREDIT = 3, T_DROP = 4, T_STAT = 5, T_MKDIR = 6,
@@ -112,6 +116,13 @@ static void emit2(int type, uint32_t id, const void *a, size_t alen, const void 
 
 static void emit(int type, uint32_t id, const void *data, size_t len) {
     emit2(type, id, data, len, NULL, 0);
+}
+
+static void emit_started(uint32_t id, uint32_t pid, uint32_t flags) {
+    unsigned char p[8];
+    put32(p, pid);
+    put32(p + 4, flags);
+    emit(R_STARTED, id, p, 8);
 }
 
 static void emit_error(uint32_t id, int err) {
@@ -292,15 +303,23 @@ static int open_parent_nofollow(const char *path, char *last) {
     return fd;
 }
 
-/* Enters `path` (absolute) without following a symlink anywhere on the way. */
-static int chdir_nofollow(const char *path) {
+/* The folder `path` (absolute), opened (O_PATH) without following a symlink on the way. */
+static int open_dir_nofollow(const char *path) {
     char last[PATH_MAX];
     int parent = open_parent_nofollow(path, last);
     if (parent < 0) return -1;
     int fd = openat(parent, last, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     int saved = errno;
     close(parent);
-    if (fd < 0) { errno = saved; return -1; }
+    errno = saved;
+    return fd;
+}
+
+/* Enters `path` (absolute) without following a symlink anywhere on the way. */
+static int chdir_nofollow(const char *path) {
+    int fd = open_dir_nofollow(path);
+    if (fd < 0) return -1;
+    int saved;
     int rc = fchdir(fd);
     saved = errno;
     close(fd);
@@ -533,9 +552,181 @@ static int start_child(struct slot *s, int detached, const char *cwd, char **arg
     } else {
         s->discard = 1;
     }
-    unsigned char p[4];
-    put32(p, (uint32_t)pid);
-    emit(R_STARTED, s->id, p, 4);
+    emit_started(s->id, (uint32_t)pid, 0);
+    return 0;
+}
+
+/* ---- the spare shell --------------------------------------------------------------------
+ * A short shell command costs mostly the shell's own start (fork, exec, the dynamic loader,
+ * its init). After an EXEC flagged F_SHELL ([shell, "-c", command, name]), once no command
+ * runs, the helper starts ONE shell set up as that command's child was (its own session,
+ * stdin /dev/null, fresh stdout/stderr pipes, the same cwd, env and $0) running SPARE_STUB,
+ * which waits for its command on fd 3. The next F_SHELL EXEC with byte-for-byte the same
+ * shell, name, cwd and env (its key) gets it: the command is written to fd 3, which is then
+ * closed, and the spare is that request's process from then on (STARTED says so). Anything
+ * else (no spare, another key, a spare that died, a command over SPARE_MAX_CMD) forks as
+ * usual. A spare is started at most once per F_SHELL EXEC, and only while the helper is
+ * idle, so it never adds a process while a command runs.
+ * Secrets: a spare only ever serves its own env. One whose env carries anything of its own
+ * is killed and reaped before the helper starts any other process, so nothing the helper
+ * starts later can read it in /proc; one with no env of its own holds nothing to hide. */
+
+/* Reads the command (up to a NUL or the end of fd 3), closes fd 3, restarts $SECONDS, unsets
+ * the variable and runs the command (the variable is expanded before eval runs the unset).
+ * An empty read (the helper went away) runs nothing. */
+static const char SPARE_STUB[] =
+    "IFS= read -r -d '' __pyflue_cmd <&3; exec 3<&-; SECONDS=0; "
+    "eval \"unset -v __pyflue_cmd; $__pyflue_cmd\"";
+
+struct spare {
+    pid_t pid;          /* 0: none */
+    int cmd;            /* the write end of its fd 3 */
+    int fds[2];         /* its stdout and stderr (read ends) */
+    char *key;          /* what it was started for (see spare_key) */
+    size_t keylen;
+    int has_env;        /* it was given env of its own */
+    dev_t dev;          /* the folder it entered */
+    ino_t ino;
+};
+
+static struct spare spare = {0, -1, {-1, -1}, NULL, 0, 0, 0, 0};
+static char *want_key;  /* the key of the last F_SHELL EXEC, until a spare is started for it */
+static size_t want_keylen;
+
+/* The key of an F_SHELL EXEC: envc (u32), then cwd, shell, name, env, each NUL-terminated. */
+static char *spare_key(const char *cwd, char **argv, char **add, uint32_t nadd, size_t *len) {
+    size_t n = 4 + strlen(cwd) + 1 + strlen(argv[0]) + 1 + strlen(argv[3]) + 1;
+    for (uint32_t i = 0; i < nadd; i++) n += strlen(add[i]) + 1;
+    char *key = malloc(n), *at = key + 4;
+    if (!key) return NULL;
+    put32((unsigned char *)key, nadd);
+    const char *parts[3] = {cwd, argv[0], argv[3]};
+    for (int i = 0; i < 3; i++) { size_t l = strlen(parts[i]) + 1; memcpy(at, parts[i], l); at += l; }
+    for (uint32_t i = 0; i < nadd; i++) { size_t l = strlen(add[i]) + 1; memcpy(at, add[i], l); at += l; }
+    *len = n;
+    return key;
+}
+
+/* Forgets the spare's pipes and key (its process is gone, or has become a command). */
+static void spare_forget(void) {
+    close_fd(&spare.cmd);
+    close_fd(&spare.fds[0]);
+    close_fd(&spare.fds[1]);
+    free(spare.key);
+    spare.key = NULL;
+    spare.pid = 0;
+}
+
+/* Kills the spare and waits for it: once this returns, its environment is gone. */
+static void spare_kill(void) {
+    if (!spare.pid) return;
+    kill(-spare.pid, SIGKILL);
+    kill(spare.pid, SIGKILL);
+    while (waitpid(spare.pid, NULL, 0) < 0 && errno == EINTR) {}
+    spare_forget();
+}
+
+/* Before the helper starts a process other than the spare: a spare with env of its own goes
+ * (and is started again once the helper is idle, unless a shell command wants another). */
+static void spare_guard(void) {
+    if (!spare.pid || !spare.has_env) return;
+    if (!want_key) {
+        want_key = spare.key;
+        want_keylen = spare.keylen;
+        spare.key = NULL;
+    }
+    spare_kill();
+}
+
+static int split_strings(char *data, size_t len, char **out, uint32_t want);
+
+static int busy(void) {
+    for (int i = 0; i < MAX_SLOTS; i++)
+        if (slots[i].state == S_PROC) return 1;
+    return 0;
+}
+
+/* Starts a spare for want_key when the helper is idle; a failure just means no spare. */
+static void spare_start(void) {
+    if (!want_key || spare.pid || busy()) return;
+    char *key = want_key;
+    size_t keylen = want_keylen;
+    want_key = NULL;
+    uint32_t nadd = get32((unsigned char *)key);
+    char **strs = calloc((size_t)nadd + 4, sizeof *strs);
+    int po[2] = {-1, -1}, pe[2] = {-1, -1}, pc[2] = {-1, -1}, dir = -1;
+    struct stat st = {0};
+    if (!strs || split_strings(key + 4, keylen - 4, strs, 3 + nadd) < 0)
+        goto fail;
+    /* The folder is opened here and entered by the child: its identity is known before the
+     * child runs, and spare_take compares it with what the path names then. */
+    if (*strs[0] && ((dir = open_dir_nofollow(strs[0])) < 0 || fstat(dir, &st) < 0))
+        goto fail;
+    if (pipe2(po, O_CLOEXEC) < 0 || pipe2(pe, O_CLOEXEC) < 0 || pipe2(pc, O_CLOEXEC) < 0)
+        goto fail;
+    char *argv[] = {strs[1], "-c", (char *)SPARE_STUB, strs[2], NULL};
+    pid_t pid = fork();
+    if (pid < 0) goto fail;
+    if (pid == 0) {
+        child_setup(po[1], pe[1], 0);
+        if (pc[0] == 3) fcntl(3, F_SETFD, 0);
+        else if (dup2(pc[0], 3) < 0) _exit(126);
+        if (dir >= 0 && fchdir(dir) < 0) _exit(126);
+        child_exec("", argv, merged_env(strs + 3, nadd));
+    }
+    close_fd(&dir);
+    spare.dev = st.st_dev; spare.ino = st.st_ino;
+    close(po[1]); close(pe[1]); close(pc[0]);
+    fcntl(po[0], F_SETFL, O_NONBLOCK);
+    fcntl(pe[0], F_SETFL, O_NONBLOCK);
+    fcntl(pc[1], F_SETFL, O_NONBLOCK);
+    fcntl(po[0], F_SETPIPE_SZ, PIPE_SIZE);
+    spare.pid = pid;
+    spare.cmd = pc[1];
+    spare.fds[0] = po[0]; spare.fds[1] = pe[0];
+    spare.key = key; spare.keylen = keylen;
+    spare.has_env = nadd > 0;
+    free(strs);
+    return;
+fail:
+    close_fd(&dir);
+    for (int i = 0; i < 2; i++) { close_fd(&po[i]); close_fd(&pe[i]); close_fd(&pc[i]); }
+    free(strs);
+    free(key);
+}
+
+/* Whether the spare's working folder is the one `cwd` names now (walked without following a
+ * symlink): a folder removed, renamed or swapped since the spare entered it is not. */
+static int spare_cwd_ok(const char *cwd) {
+    if (!*cwd) return 1;
+    struct stat now;
+    int fd = open_dir_nofollow(cwd);
+    if (fd < 0) return 0;
+    int rc = fstat(fd, &now);
+    close(fd);
+    return rc == 0 && now.st_dev == spare.dev && now.st_ino == spare.ino;
+}
+
+/* Hands `command` to the spare when its key is `key`: 0 and `s` is now its process, or -1
+ * (no spare, another key, or it died: then it is gone and the caller forks as usual). */
+static int spare_take(struct slot *s, const char *key, size_t keylen, const char *command) {
+    if (!spare.pid) return -1;
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    size_t clen = strlen(command);
+    if (spare.keylen != keylen || memcmp(spare.key, key, keylen) != 0 || clen >= SPARE_MAX_CMD
+        || waitid(P_PID, (id_t)spare.pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid
+        || !spare_cwd_ok(key + 4) || write_all(spare.cmd, command, clen) < 0) {
+        spare_kill();
+        return -1;
+    }
+    s->state = S_PROC;
+    s->pid = spare.pid;
+    s->credit = START_CREDIT;
+    s->fds[0] = spare.fds[0]; s->fds[1] = spare.fds[1];
+    spare.fds[0] = spare.fds[1] = -1;
+    emit_started(s->id, (uint32_t)spare.pid, STARTED_SPARE);
+    spare_forget(); /* closes fd 3's write end: the spare's read ends there */
     return 0;
 }
 
@@ -559,10 +750,13 @@ static int path_ok(const unsigned char *p, size_t len) {
 }
 
 static void req_exec(uint32_t id, unsigned char *p, size_t len) {
-    if (len < 12) { emit_error(id, EINVAL); return; }
-    int detached = p[0];
+    if (len < 12 || p[0] > 1 || p[1] > F_SHELL || p[2] || p[3]) { emit_error(id, EINVAL); return; }
+    int detached = p[0], shell = p[1] & F_SHELL;
     uint32_t argc = get32(p + 4), envc = get32(p + 8);
-    if (argc < 1 || argc > MAX_STRINGS || envc > MAX_STRINGS) { emit_error(id, EINVAL); return; }
+    if (argc < 1 || argc > MAX_STRINGS || envc > MAX_STRINGS || (shell && (detached || argc != 4))) {
+        emit_error(id, EINVAL);
+        return;
+    }
     struct slot *s = claim(id);
     if (!s) { emit_error(id, EBUSY); return; }
     char **strs = calloc((size_t)argc + envc + 2, sizeof *strs);
@@ -582,6 +776,22 @@ static void req_exec(uint32_t id, unsigned char *p, size_t len) {
             free(strs); free(add); emit_error(id, EINVAL); return;
         }
     argv[argc] = NULL;
+    if (shell && strcmp(argv[1], "-c") != 0) {
+        s->state = S_FREE;
+        free(strs); free(add); emit_error(id, EINVAL); return;
+    }
+    if (shell) {
+        size_t keylen = 0;
+        char *key = spare_key(strs[0], argv, add, envc, &keylen);
+        int taken = key && spare_take(s, key, keylen, argv[2]) == 0;
+        free(want_key);
+        want_key = key; /* the next spare is made for this key, once idle */
+        want_keylen = keylen;
+        if (taken) { free(strs); free(add); return; }
+        spare_kill(); /* a spare for another key is of no use */
+    } else {
+        spare_guard();
+    }
     if (start_child(s, detached, strs[0], argv, add, envc, NULL) < 0) {
         s->state = S_FREE;
         emit_error(id, errno);
@@ -611,7 +821,7 @@ static void req_tar(uint32_t id, unsigned char *p, size_t len) {
         if (rc == 0) {
             unsigned char p4[4];
             put32(p4, 0);
-            emit(R_STARTED, id, p4, 4);
+            emit_started(id, 0, 0);
             for (size_t off = 0; off < inline_len; off += MAX_FRAME) {
                 size_t n = inline_len - off < MAX_FRAME ? inline_len - off : MAX_FRAME;
                 emit(R_STDOUT, id, inline_tar + off, n);
@@ -622,6 +832,7 @@ static void req_tar(uint32_t id, unsigned char *p, size_t len) {
     }
     struct slot *s = claim(id);
     if (!s) { emit_error(id, EBUSY); return; }
+    spare_guard();
     if (start_child(s, 0, "", NULL, NULL, 0, path) < 0) {
         s->state = S_FREE;
         emit_error(id, errno);
@@ -760,6 +971,7 @@ static void reap(void) {
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (pid == spare.pid) spare_forget(); /* it died unused (killed by a command, say) */
         for (int i = 0; i < MAX_SLOTS; i++)
             if (slots[i].state == S_PROC && slots[i].pid == pid) {
                 slots[i].exited = 1;
@@ -823,6 +1035,8 @@ int main(void) {
     static int which[2 + 2 * MAX_SLOTS];
     int input_open = 1;
     for (;;) {
+        /* Before any new request: a command's EXIT just sent, its spare is ready for the next. */
+        if (input_open && outlen == 0) spare_start();
         process_input();
         finish_slots();
         if (!input_open && outlen == 0) {
