@@ -11,7 +11,13 @@ import pytest
 
 from pyflue.errors import EngineUnavailable, InvalidSettings
 from pyflue.sandbox.base import SandboxSpec
-from pyflue.sandbox.docker.pool import PoolPorts, WarmPool, pool_key
+from pyflue.sandbox.docker.pool import (
+    IN_USE_DEFER_SECONDS,
+    REFILL_DELAY_SECONDS,
+    PoolPorts,
+    WarmPool,
+    pool_key,
+)
 from pyflue.settings import PoolSettings, load_settings, pool_sizes
 
 TEMPLATE = SandboxSpec(run_id="pool", workflow="", image="pyflue/sandbox:latest")
@@ -75,6 +81,45 @@ async def test_a_claimed_container_is_handed_out_once_and_the_pool_refills() -> 
     assert first and second and first.container_id != second.container_id
     assert await pool.wait_filled(5)
     assert not {first.container_id, second.container_id} & set(pool.pooled_ids())
+    await pool.drain()
+
+
+async def test_refills_wait_for_the_warm_runs_under_way_then_start_when_they_end() -> None:
+    engine = Engine()
+    pool = await _pool(engine, 2)
+    claimed = [await pool.claim(TEMPLATE) for _ in range(2)]
+    await asyncio.sleep(REFILL_DELAY_SECONDS + 0.2)
+    assert engine.created == 2  # both runs still running: no refill yet
+    pool.released()
+    await asyncio.sleep(0.1)
+    assert engine.created == 2  # one still running
+    pool.released()
+    assert await pool.wait_filled(2) and engine.created == 4
+    assert all(claimed)
+    await pool.drain()
+
+
+async def test_a_run_that_never_ends_holds_refills_and_removals_back_a_bounded_while() -> None:
+    engine = Engine()
+    pool = await _pool(engine, 1)
+    assert await pool.claim(TEMPLATE) is not None  # and never released
+    started = asyncio.get_running_loop().time()
+    await pool.quiet()
+    assert IN_USE_DEFER_SECONDS - 0.05 <= asyncio.get_running_loop().time() - started < 5
+    assert await pool.wait_filled(IN_USE_DEFER_SECONDS + 2) and engine.created == 2
+    await pool.drain()
+
+
+async def test_quiet_returns_as_soon_as_the_last_warm_run_ends() -> None:
+    engine = Engine()
+    pool = await _pool(engine, 1)
+    assert await pool.quiet() is None  # nothing claimed: at once
+    assert await pool.claim(TEMPLATE) is not None
+    waiting = asyncio.create_task(pool.quiet())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    pool.released()
+    await asyncio.wait_for(waiting, 0.2)
     await pool.drain()
 
 

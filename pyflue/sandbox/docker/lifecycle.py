@@ -378,6 +378,8 @@ class DockerProvider:
                                      volume=pooled.name, ready=ready)
             yield box
         finally:
+            if self.pool is not None:
+                self.pool.released()
             channel = box.channel if box is not None else ready
             if isinstance(channel, HelperChannel):
                 await run_to_completion(channel.close())
@@ -394,6 +396,8 @@ class DockerProvider:
         emit(ContainerRemoved(container_id=cid, removed=True, deferred=True))
 
     async def _remove_soon(self, cid: str, volume: str, egress: Attachment | None = None) -> bool:
+        if self.pool is not None:  # the warm runs under way first (bounded: see pool.quiet)
+            await self.pool.quiet()
         for attempt in range(REMOVAL_ATTEMPTS):
             if await self.bridge.call(self._remove_sync, cid, volume):
                 if egress is not None:

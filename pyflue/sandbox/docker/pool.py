@@ -39,6 +39,11 @@ MAX_BACKOFF_SECONDS = 60.0  # the longest wait after failed refills
 # Refills start this long after the last claim: a container start is CPU-heavy, and the run
 # that just claimed (or a burst still claiming) runs its first commands meanwhile.
 REFILL_DELAY_SECONDS = 0.25
+# While runs that claimed from the pool are still running, background engine work (refills,
+# and the removal of used containers: lifecycle.py) waits for them to end, this long at most
+# after the last claim (or after the removal was asked): a burst of warm runs finishes before
+# 20 creations and removals compete with it for the CPUs and the engine.
+IN_USE_DEFER_SECONDS = 1.0
 
 PoolKey = tuple[object, ...]
 
@@ -110,6 +115,9 @@ class WarmPool:
         self._removals: set[asyncio.Task[None]] = set()
         self._refills: set[asyncio.Task[None]] = set()
         self._claimed_at = 0.0  # time.monotonic() of the last claim
+        self._in_use = 0  # claimed containers whose runs have not ended (see released)
+        self._none_in_use = asyncio.Event()
+        self._none_in_use.set()
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -130,11 +138,27 @@ class WarmPool:
                 self._discard(pooled)
                 raise
             if alive:
+                self._in_use += 1
+                self._none_in_use.clear()
                 return pooled
             log.warning("pooled container %s died in the pool; not handing it out",
                         pooled.container_id[:12])
             self._discard(pooled)
         return None
+
+    def released(self) -> None:
+        """A claimed container's run ended (the provider tells this once per claim)."""
+        self._in_use = max(0, self._in_use - 1)
+        if self._in_use == 0:
+            self._none_in_use.set()
+            self._wake.set()
+
+    async def quiet(self) -> None:
+        """Returns once no claimed container's run is still running, or after
+        IN_USE_DEFER_SECONDS: background engine work waits for the warm runs under way."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(IN_USE_DEFER_SECONDS):
+                await self._none_in_use.wait()
 
     # -- fill, refill, drain ----------------------------------------------------------------
 
@@ -200,7 +224,7 @@ class WarmPool:
             self._wake.clear()
             now = time.monotonic()
             retries = [s.retry_at - now for s in self._slots.values() if s.retry_at > now]
-            if (settle := self._claimed_at + REFILL_DELAY_SECONDS - now) > 0:
+            if (settle := self._settles_at() - now) > 0:
                 retries.append(settle)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min([SWEEP_SECONDS, *retries])):
@@ -209,10 +233,17 @@ class WarmPool:
                 await self._sweep()
                 swept = time.monotonic()
 
+    def _settles_at(self) -> float:
+        """When refills may start: a while after the last claim, and once the warm runs
+        under way ended (or IN_USE_DEFER_SECONDS after the last claim, whichever is first)."""
+        if self._in_use:
+            return self._claimed_at + IN_USE_DEFER_SECONDS
+        return self._claimed_at + REFILL_DELAY_SECONDS
+
     def _top_up(self) -> None:
         now = time.monotonic()
-        if now - self._claimed_at < REFILL_DELAY_SECONDS:
-            return  # runs that just claimed go first
+        if now < self._settles_at():
+            return  # runs that just claimed, and those still running, go first
         for slot in self._slots.values():
             if slot.retry_at > now:  # refills failed lately: wait before the next try
                 continue
