@@ -21,7 +21,7 @@ from collections.abc import (
 )
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -83,8 +83,11 @@ from pyflue.store.values import (
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # How often a follower looks for events written by other processes (another `pyflue run`).
 POLL_SECONDS = 0.5
+SQLITE_READERS = 4  # threads reading an SQLite store at once (WAL: readers never wait)
 # With PostgreSQL, other processes' writes arrive by LISTEN/NOTIFY; polling is a safety net.
 LISTENING_POLL_SECONDS = 5.0
 EVENTS_CHANNEL = "pyflue_events"
@@ -193,11 +196,13 @@ class SqlStore:
         self._queue = QueueSignal()
         # SQLite has one writer at a time; queueing writers here avoids busy-waiting on its lock.
         self._write_lock = asyncio.Lock() if self._is_sqlite else None
-        # SQLite, on a file: events are appended through a synchronous engine on one thread of
-        # its own, a whole batch per hop (through aiosqlite each statement, cursor and commit
-        # is a hop between the loop and its thread: about 1 ms of the loop's CPU per batch).
-        self._events_engine: Engine | None = None
-        self._events_thread: ThreadBridge | None = None
+        # SQLite, on a file: every read and write runs as one synchronous transaction on the
+        # store's own threads (one writer, a few readers), one hop each. Through aiosqlite each
+        # statement, cursor, commit and pool reset is a hop between the loop and its thread:
+        # about 1 ms of the loop's CPU per write (see docs/performance.md).
+        self._sync_engine: Engine | None = None
+        self._writer: ThreadBridge | None = None
+        self._readers: ThreadBridge | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -238,9 +243,11 @@ class SqlStore:
             ) from exc
         self._engine = engine
         if self._is_sqlite and self._url.database not in (None, "", ":memory:"):
-            self._events_engine = create_engine(self._url.set(drivername="sqlite"))
-            event.listen(self._events_engine, "connect", _sqlite_pragmas)
-            self._events_thread = ThreadBridge(max_workers=1, name="pyflue-sqlite")
+            self._sync_engine = create_engine(self._url.set(drivername="sqlite"),
+                                              pool_size=SQLITE_READERS + 1)
+            event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+            self._writer = ThreadBridge(max_workers=1, name="pyflue-sqlite-write")
+            self._readers = ThreadBridge(max_workers=SQLITE_READERS, name="pyflue-sqlite-read")
         if self._is_postgres:
             await self._listen()
 
@@ -281,10 +288,10 @@ class SqlStore:
         if self._listener is None:  # else this process's own NOTIFY comes back to it
             self._queue.fire()
 
-    async def _tell_queue(self, conn: AsyncConnection, run_id: str) -> None:
+    def _tell_queue(self, conn: Connection, run_id: str) -> None:
         """Within a write that queued a run: every worker is told when it commits."""
         if self._is_postgres:
-            await conn.execute(select(func.pg_notify(QUEUE_CHANNEL, run_id)))
+            conn.execute(select(func.pg_notify(QUEUE_CHANNEL, run_id)))
 
     def _on_listener_lost(self, conn: Any) -> None:
         if conn is self._listener:  # not a close of ours
@@ -308,11 +315,12 @@ class SqlStore:
             listener, self._listener = self._listener, None
             with contextlib.suppress(Exception):
                 await listener.close(timeout=5)
-        if self._events_thread is not None and self._events_engine is not None:
-            engine, self._events_engine = self._events_engine, None
-            await self._events_thread.call(engine.dispose)
-            self._events_thread.shutdown()
-            self._events_thread = None
+        if self._writer is not None and self._readers is not None and self._sync_engine:
+            engine, self._sync_engine = self._sync_engine, None
+            await self._writer.call(engine.dispose)
+            self._writer.shutdown()
+            self._readers.shutdown()
+            self._writer = self._readers = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -333,6 +341,44 @@ class SqlStore:
         with self._translated("reading"):
             async with self.engine.connect() as conn:
                 yield conn
+
+    async def _in_write(self, body: Callable[[Connection], T]) -> T:
+        """Runs ``body`` as one write transaction: on SQLite's writer thread (one hop), or
+        through the async engine (PostgreSQL, an in-memory SQLite)."""
+        if self._writer is not None and self._write_lock is not None:
+            async with self._write_lock:
+                with self._translated("writing to"):
+                    return await self._writer.call(self._sync_transaction, body)
+        async with self._write() as conn:
+            return await conn.run_sync(body)
+
+    async def _in_read(self, body: Callable[[Connection], T]) -> T:
+        """Runs ``body`` on a connection of its own: on an SQLite reader thread, or through
+        the async engine."""
+        if self._readers is not None:
+            with self._translated("reading"):
+                return await self._readers.call(self._sync_read, body)
+        async with self._read() as conn:
+            return await conn.run_sync(body)
+
+    def _sync_transaction(self, body: Callable[[Connection], T]) -> T:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as conn:
+            return body(conn)
+
+    def _sync_read(self, body: Callable[[Connection], T]) -> T:
+        assert self._sync_engine is not None
+        with self._sync_engine.connect() as conn:
+            return body(conn)
+
+    async def _all(self, query: Any) -> list[Any]:
+        return await self._in_read(lambda conn: list(conn.execute(query).all()))
+
+    async def _first(self, query: Any) -> Any:
+        return await self._in_read(lambda conn: conn.execute(query).first())
+
+    async def _scalar(self, query: Any) -> Any:
+        return await self._in_read(lambda conn: conn.execute(query).scalar())
 
     @contextlib.contextmanager
     def _translated(self, what: str) -> Iterator[None]:
@@ -356,11 +402,13 @@ class SqlStore:
             finished_at=stored.finished_at,
         )
         takeable = stored.status is RunStatus.queued and stored.owner is None
+        def body(conn: Connection) -> None:
+            conn.execute(insert(runs).values(**values))
+            if takeable:
+                self._tell_queue(conn, stored.run_id)
+
         try:
-            async with self._write() as conn:
-                await conn.execute(insert(runs).values(**values))
-                if takeable:
-                    await self._tell_queue(conn, stored.run_id)
+            await self._in_write(body)
         except StoreError as exc:
             if isinstance(exc.__cause__, IntegrityError):
                 raise await self._clash(stored) from exc
@@ -371,9 +419,7 @@ class SqlStore:
 
     async def _clash(self, run: Run) -> Exception:
         """Which unique key a run that could not be inserted shares with a stored one."""
-        async with self._read() as conn:
-            same_id = (await conn.execute(
-                select(runs.c.run_id).where(runs.c.run_id == run.run_id))).first()
+        same_id = await self._first(select(runs.c.run_id).where(runs.c.run_id == run.run_id))
         if same_id is not None or run.idempotency_key is None:
             return run_id_taken(run.run_id)
         return key_taken(run.idempotency_key)
@@ -381,8 +427,7 @@ class SqlStore:
     async def get_run(self, run_id: str) -> Run:
         if _absent(run_id):
             raise missing_run(run_id)
-        async with self._read() as conn:
-            row = (await conn.execute(select(runs).where(runs.c.run_id == run_id))).first()
+        row = await self._first(select(runs).where(runs.c.run_id == run_id))
         if row is None:
             raise missing_run(run_id)
         return _run_from_row(row)
@@ -443,9 +488,7 @@ class SqlStore:
                     runs.c.created_at < pivot,
                     and_(runs.c.created_at == pivot, run_id < before),
                 ))
-        async with self._read() as conn:
-            rows = (await conn.execute(query)).all()
-        return [_run_from_row(r) for r in rows]
+        return [_run_from_row(r) for r in await self._all(query)]
 
     async def claim_runs(self, owner: str, limit: int, exclude: Collection[str] = (),
                          only: Collection[str] | None = None) -> list[Run]:
@@ -473,8 +516,7 @@ class SqlStore:
                         runs.c.status == RunStatus.queued.value)  # rechecked under the lock
                  .values(status=RunStatus.running.value, owner=owner, started_at=utcnow())
                  .returning(*runs.c))
-        async with self._write() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._in_write(lambda conn: list(conn.execute(query).all()))
         return sorted((_run_from_row(r) for r in rows), key=lambda r: (r.created_at, r.run_id))
 
     async def find_run(self, workflow: str, idempotency_key: str,
@@ -485,8 +527,7 @@ class SqlStore:
             runs.c.workflow == workflow, runs.c.idempotency_key == idempotency_key,
             runs.c.tenant == tenant,
         )
-        async with self._read() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self._first(query)
         return None if row is None else _run_from_row(row)
 
     async def update_run(self, run_id: str, update_: RunUpdate) -> Run:
@@ -511,15 +552,19 @@ class SqlStore:
             query = query.where(runs.c.attempt == update_.expect_attempt)
         if update_.expect_no_cancel:
             query = query.where(runs.c.cancel_requested.is_(None))
-        async with self._write() as conn:
-            applied = (await conn.execute(query)).rowcount > 0
-            if applied and told:
-                await self._append(conn, run_id, told)
-            if applied and samples is not None:
-                await conn.execute(delete(run_samples).where(run_samples.c.run_id == run_id))
-                await conn.execute(insert(run_samples).values(run_id=run_id, samples=samples))
-            if applied and update_.status is RunStatus.queued:
-                await self._tell_queue(conn, run_id)
+        def body(conn: Connection) -> bool:
+            if conn.execute(query).rowcount == 0:
+                return False
+            if told:
+                self._append(conn, run_id, told)
+            if samples is not None:
+                conn.execute(delete(run_samples).where(run_samples.c.run_id == run_id))
+                conn.execute(insert(run_samples).values(run_id=run_id, samples=samples))
+            if update_.status is RunStatus.queued:
+                self._tell_queue(conn, run_id)
+            return True
+
+        applied = await self._in_write(body)
         if not applied:
             run = await self.get_run(run_id)  # RunNotFound when it does not exist
             refused = conflict(run, update_)
@@ -535,15 +580,13 @@ class SqlStore:
     async def delete_run(self, run_id: str) -> None:
         if _absent(run_id):
             return
-        async with self._write() as conn:
-            await conn.execute(delete(events).where(events.c.run_id == run_id))
-            await conn.execute(delete(artifacts).where(artifacts.c.run_id == run_id))
-            await conn.execute(delete(upload_chunks).where(upload_chunks.c.run_id == run_id))
-            await conn.execute(delete(uploads).where(uploads.c.run_id == run_id))
-            await conn.execute(delete(run_samples).where(run_samples.c.run_id == run_id))
-            await conn.execute(delete(runs).where(runs.c.run_id == run_id))
+        def body(conn: Connection) -> None:
+            for table in (events, artifacts, upload_chunks, uploads, run_samples, runs):
+                conn.execute(delete(table).where(table.c.run_id == run_id))
             if self._is_postgres:  # followers in other processes look again, and find it gone
-                await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, run_id)))
+                conn.execute(select(func.pg_notify(EVENTS_CHANNEL, run_id)))
+
+        await self._in_write(body)
         self._notifier.publish(run_id)
 
     async def put_artifact(self, run_id: str, artifact: Artifact) -> None:
@@ -551,17 +594,18 @@ class SqlStore:
             raise missing_run(run_id)
         await self.get_run(run_id)
         row = artifact.model_dump()
-        async with self._write() as conn:  # replaced in one write: never two of one name
-            await conn.execute(delete(artifacts).where(artifacts.c.run_id == run_id,
-                                                       artifacts.c.name == artifact.name))
-            await conn.execute(insert(artifacts).values(run_id=run_id, **row))
+        def body(conn: Connection) -> None:  # replaced in one write: never two of one name
+            conn.execute(delete(artifacts).where(artifacts.c.run_id == run_id,
+                                                 artifacts.c.name == artifact.name))
+            conn.execute(insert(artifacts).values(run_id=run_id, **row))
+
+        await self._in_write(body)
 
     async def list_artifacts(self, run_id: str) -> list[Artifact]:
         await self.get_run(run_id)
         name = artifacts.c.name.collate("C") if self._is_postgres else artifacts.c.name
         query = select(artifacts).where(artifacts.c.run_id == run_id).order_by(name)
-        async with self._read() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._all(query)
         return [Artifact(name=r.name, size=r.size, sha256=r.sha256,
                          content_type=r.content_type, path=r.path,
                          saved_at=_aware(r.saved_at)) for r in rows]
@@ -569,8 +613,9 @@ class SqlStore:
     async def delete_artifacts(self, run_id: str) -> None:
         if _absent(run_id):
             return
-        async with self._write() as conn:
-            await conn.execute(delete(artifacts).where(artifacts.c.run_id == run_id))
+        await self._in_write(
+            lambda conn: conn.execute(delete(artifacts).where(artifacts.c.run_id == run_id)))
+
     async def add_upload(self, run_id: str, info: UploadInfo,
                          chunks: AsyncIterable[bytes]) -> int:
         check_upload_owner(run_id)
@@ -592,9 +637,7 @@ class SqlStore:
             return []
         query = select(uploads.c.info).where(uploads.c.run_id == run_id).order_by(
             uploads.c.position)
-        async with self._read() as conn:
-            rows = (await conn.execute(query)).all()
-        return [UploadInfo.model_validate(r[0]) for r in rows]
+        return [UploadInfo.model_validate(r[0]) for r in await self._all(query)]
 
     async def read_upload(self, run_id: str, position: int) -> AsyncIterator[bytes]:
         if not 0 <= position < len(await self.list_uploads(run_id)):
@@ -604,8 +647,7 @@ class SqlStore:
             query = select(upload_chunks.c.data).where(
                 upload_chunks.c.run_id == run_id, upload_chunks.c.position == position,
                 upload_chunks.c.seq == seq)
-            async with self._read() as conn:
-                data = (await conn.execute(query)).scalar()
+            data = await self._scalar(query)
             if data is None:
                 return
             yield bytes(data)
@@ -615,33 +657,36 @@ class SqlStore:
         check_upload_owner(to_run)
         if _absent(from_run):
             return 0
-        async with self._write() as conn:
-            done = await conn.execute(insert(uploads).from_select(
+        def body(conn: Connection) -> int:
+            done = conn.execute(insert(uploads).from_select(
                 ["run_id", "position", "info"],
                 select(literal(to_run, runs.c.run_id.type), uploads.c.position, uploads.c.info)
                 .where(uploads.c.run_id == from_run)))
-            await conn.execute(insert(upload_chunks).from_select(
+            conn.execute(insert(upload_chunks).from_select(
                 ["run_id", "position", "seq", "data"],
                 select(literal(to_run, runs.c.run_id.type), upload_chunks.c.position,
                        upload_chunks.c.seq, upload_chunks.c.data)
                 .where(upload_chunks.c.run_id == from_run)))
-        return max(done.rowcount, 0)
+            return max(done.rowcount, 0)
+
+        return await self._in_write(body)
 
     async def put_samples(self, run_id: str, samples: Sequence[Mapping[str, Any]]) -> None:
         values = json_form(list(samples), "a run's resource samples")
         if _absent(run_id):
             raise missing_run(run_id)
         await self.get_run(run_id)  # RunNotFound
-        async with self._write() as conn:
-            await conn.execute(delete(run_samples).where(run_samples.c.run_id == run_id))
-            await conn.execute(insert(run_samples).values(run_id=run_id, samples=values))
+        def body(conn: Connection) -> None:
+            conn.execute(delete(run_samples).where(run_samples.c.run_id == run_id))
+            conn.execute(insert(run_samples).values(run_id=run_id, samples=values))
+
+        await self._in_write(body)
 
     async def get_samples(self, run_id: str) -> list[dict[str, Any]]:
         if _absent(run_id):
             raise missing_run(run_id)
-        async with self._read() as conn:
-            row = (await conn.execute(select(run_samples.c.samples).where(
-                run_samples.c.run_id == run_id))).first()
+        row = await self._first(select(run_samples.c.samples).where(
+            run_samples.c.run_id == run_id))
         if row is None:
             await self.get_run(run_id)  # RunNotFound
             return []
@@ -654,40 +699,21 @@ class SqlStore:
             return []
         if _absent(run_id):
             raise missing_run(run_id)
-        if self._events_thread is not None and self._write_lock is not None:
-            async with self._write_lock:
-                with self._translated("writing to"):
-                    stored = await self._events_thread.call(self._append_on_thread, run_id,
-                                                            told)
-        else:
-            async with self._write() as conn:
-                stored = await self._append(conn, run_id, told)
+        first = await self._in_write(lambda conn: self._append(conn, run_id, told))
         self._notifier.publish(run_id)
-        return stored
+        return [e.stored(run_id, first + i) for i, e in enumerate(told)]
 
-    async def _append(self, conn: AsyncConnection, run_id: str, new: Sequence[NewEvent]
-                      ) -> list[Event]:
-        """Stores events with the next indexes inside the caller's transaction."""
-        last = (await conn.execute(_count_events(run_id, len(new)))).scalar()
+    def _append(self, conn: Connection, run_id: str, new: Sequence[NewEvent]) -> int:
+        """Stores events with the next indexes inside the caller's transaction; returns the
+        index of the first."""
+        last = conn.execute(_count_events(run_id, len(new))).scalar()
         if last is None:
             raise missing_run(run_id)
-        first = last - len(new) + 1
-        await conn.execute(insert(events), _event_rows(run_id, first, new))
-        stored = [e.stored(run_id, first + i) for i, e in enumerate(new)]
+        first = int(last) - len(new) + 1
+        conn.execute(insert(events), _event_rows(run_id, first, new))
         if self._is_postgres:  # delivered to every listener when this commits
-            await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, run_id)))
-        return stored
-
-    def _append_on_thread(self, run_id: str, new: Sequence[NewEvent]) -> list[Event]:
-        """``_append`` in a transaction of its own, on the SQLite events thread."""
-        assert self._events_engine is not None
-        with self._events_engine.begin() as conn:
-            last = conn.execute(_count_events(run_id, len(new))).scalar()
-            if last is None:
-                raise missing_run(run_id)
-            first = last - len(new) + 1
-            conn.execute(insert(events), _event_rows(run_id, first, new))
-        return [e.stored(run_id, first + i) for i, e in enumerate(new)]
+            conn.execute(select(func.pg_notify(EVENTS_CHANNEL, run_id)))
+        return first
 
     async def list_events(
         self,
@@ -713,8 +739,7 @@ class SqlStore:
             query = query.where(events.c.type.in_([t.value for t in types]))
         if limit is not None:
             query = query.limit(min(limit, MAX_BOUND))
-        async with self._read() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._all(query)
         if not rows:
             await self.get_run(run_id)  # an unknown run is RunNotFound, as in every store
         return [_event_from_row(r) for r in rows]
@@ -723,13 +748,13 @@ class SqlStore:
         check_worker(worker)
         # PostgreSQL: its clock, for every worker alike. SQLite is one machine's anyway.
         now: Any = func.now() if self._is_postgres else utcnow()
-        async with self._write() as conn:
-            done = await conn.execute(
-                update(workers).where(workers.c.worker == worker).values(seen_at=now)
-            )
+        def body(conn: Connection) -> None:
+            done = conn.execute(
+                update(workers).where(workers.c.worker == worker).values(seen_at=now))
             if done.rowcount == 0:  # a worker's id is its own: no one else inserts it
-                await conn.execute(insert(workers).values(worker=worker, started_at=now,
-                                                          seen_at=now))
+                conn.execute(insert(workers).values(worker=worker, started_at=now, seen_at=now))
+
+        await self._in_write(body)
 
     async def worker_age(self, worker: str) -> float | None:
         if _absent(worker):
@@ -738,8 +763,7 @@ class SqlStore:
         if self._is_postgres:
             query = select(func.extract("epoch", func.now() - workers.c.seen_at)).where(
                 workers.c.worker == worker)
-        async with self._read() as conn:
-            value = (await conn.execute(query)).scalar()
+        value = await self._scalar(query)
         if value is None:
             return None
         if self._is_postgres:
@@ -749,16 +773,15 @@ class SqlStore:
     async def remove_worker(self, worker: str) -> None:
         if _absent(worker):
             return
-        async with self._write() as conn:
-            await conn.execute(delete(workers).where(workers.c.worker == worker))
+        await self._in_write(
+            lambda conn: conn.execute(delete(workers).where(workers.c.worker == worker)))
 
     async def list_workers(self) -> list[WorkerSeen]:
         columns: list[Any] = [workers.c.worker, workers.c.started_at, workers.c.seen_at]
         if self._is_postgres:
             columns.append(func.extract("epoch", func.now() - workers.c.seen_at))
         query = select(*columns).order_by(workers.c.worker)
-        async with self._read() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._all(query)
         now = utcnow()
         return [WorkerSeen(row[0], _aware(row[1]), _aware(row[2]),
                            float(row[3]) if self._is_postgres
