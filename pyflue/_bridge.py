@@ -79,6 +79,10 @@ class ThreadBridge:
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    async def stop(self) -> None:
+        """Lets the calls handed over so far finish, then stops the threads."""
+        await asyncio.to_thread(self._pool.shutdown, wait=True)
+
 
 class _Failure:
     def __init__(self, exc: BaseException) -> None:

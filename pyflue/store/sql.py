@@ -46,7 +46,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from pyflue._bridge import ThreadBridge
+from pyflue._bridge import ThreadBridge, run_to_completion
 from pyflue.errors import RunNotFound, RunStateConflict, StoreError
 from pyflue.events import Event, EventType, parse_event
 from pyflue.models import Artifact, ErrorInfo, ResourceSummary, Run, RunStatus, UploadInfo, utcnow
@@ -166,6 +166,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+NOT_OPEN = "the run store is not open: call `await store.open()` first"
+
+
+def _in_transaction(engine: Engine, body: Callable[[Connection], T]) -> T:
+    with engine.begin() as conn:
+        return body(conn)
+
+
+def _on_connection(engine: Engine, body: Callable[[Connection], T]) -> T:
+    with engine.connect() as conn:
+        return body(conn)
+
+
 def _count_events(run_id: str, n: int) -> Any:
     """Makes room for ``n`` more events of a run; returns its new count (None: no such run)."""
     return (update(runs).where(runs.c.run_id == run_id)
@@ -207,7 +220,7 @@ class SqlStore:
     @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
-            raise StoreError("the run store is not open: call `await store.open()` first")
+            raise StoreError(NOT_OPEN)
         return self._engine
 
     async def open(self) -> None:
@@ -316,11 +329,13 @@ class SqlStore:
             with contextlib.suppress(Exception):
                 await listener.close(timeout=5)
         if self._writer is not None and self._readers is not None and self._sync_engine:
-            engine, self._sync_engine = self._sync_engine, None
-            await self._writer.call(engine.dispose)
-            self._writer.shutdown()
-            self._readers.shutdown()
-            self._writer = self._readers = None
+            assert self._write_lock is not None
+            async with self._write_lock:  # the write under way ends first
+                writer, readers, engine = self._writer, self._readers, self._sync_engine
+                self._writer = self._readers = self._sync_engine = None
+                await readers.stop()  # the reads under way end too
+                await writer.call(engine.dispose)
+                await writer.stop()
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -344,32 +359,30 @@ class SqlStore:
 
     async def _in_write(self, body: Callable[[Connection], T]) -> T:
         """Runs ``body`` as one write transaction: on SQLite's writer thread (one hop), or
-        through the async engine (PostgreSQL, an in-memory SQLite)."""
+        through the async engine (PostgreSQL, an in-memory SQLite).
+
+        On the thread, a write runs to its end (and commits) even when its caller is
+        cancelled meanwhile; the caller is cancelled once it has, and the lock is held until
+        then, so the next write never finds the database locked by it."""
         if self._writer is not None and self._write_lock is not None:
             async with self._write_lock:
+                writer, engine = self._writer, self._sync_engine
+                if writer is None or engine is None:  # closed while this waited
+                    raise StoreError(NOT_OPEN)
                 with self._translated("writing to"):
-                    return await self._writer.call(self._sync_transaction, body)
+                    return await run_to_completion(writer.call(_in_transaction, engine, body))
         async with self._write() as conn:
             return await conn.run_sync(body)
 
     async def _in_read(self, body: Callable[[Connection], T]) -> T:
         """Runs ``body`` on a connection of its own: on an SQLite reader thread, or through
         the async engine."""
-        if self._readers is not None:
+        readers, engine = self._readers, self._sync_engine
+        if readers is not None and engine is not None:
             with self._translated("reading"):
-                return await self._readers.call(self._sync_read, body)
+                return await readers.call(_on_connection, engine, body)
         async with self._read() as conn:
             return await conn.run_sync(body)
-
-    def _sync_transaction(self, body: Callable[[Connection], T]) -> T:
-        assert self._sync_engine is not None
-        with self._sync_engine.begin() as conn:
-            return body(conn)
-
-    def _sync_read(self, body: Callable[[Connection], T]) -> T:
-        assert self._sync_engine is not None
-        with self._sync_engine.connect() as conn:
-            return body(conn)
 
     async def _all(self, query: Any) -> list[Any]:
         return await self._in_read(lambda conn: list(conn.execute(query).all()))

@@ -1022,3 +1022,48 @@ async def test_samples_given_with_an_update_are_kept_in_its_write(store: RunStor
         await store.update_run(run.run_id, RunUpdate(
             samples=[], expect_status=RunStatus.completed))
     assert await store.get_samples(run.run_id) == samples
+
+
+async def test_an_sqlite_write_cancelled_on_its_thread_commits_and_holds_the_lock_until_then(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}")
+    await store.open()
+    try:
+        run = await store.create_run(_run())
+        other = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # the database is another process's for now
+        writing = asyncio.create_task(store.append_events(run.run_id, [_ev(1)]))
+        await asyncio.sleep(0.3)  # on the writer thread, waiting for SQLite's lock
+        writing.cancel()
+        await asyncio.sleep(0.1)
+        assert not writing.done()  # it waits for its write to end...
+        assert store._write_lock is not None and store._write_lock.locked()  # ...holding the lock
+        other.execute("COMMIT")
+        other.close()
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+        assert [e.data.message for e in await store.list_events(run.run_id)] == ["1"]
+        await store.append_events(run.run_id, [_ev(2)])  # the next write goes through
+        assert (await store.get_run(run.run_id)).event_count == 2
+    finally:
+        await store.close()
+
+
+async def test_calls_made_while_an_sqlite_store_closes_finish_or_say_it_is_closed(
+    tmp_path: Path,
+) -> None:
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}")
+    await store.open()
+    run = await store.create_run(_run())
+    calls = [asyncio.create_task(store.get_run(run.run_id)) for _ in range(40)]
+    calls += [asyncio.create_task(store.append_events(run.run_id, [_ev(i)])) for i in range(5)]
+    await asyncio.sleep(0)
+    await store.close()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert not any(isinstance(r, asyncio.CancelledError) for r in results)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert all(isinstance(f, StoreError) and "not open" in f.message for f in failures), failures
+    assert len(failures) < len(results)  # what was under way finished
