@@ -191,10 +191,13 @@ def _event_rows(run_id: str, first: int, new: Sequence[NewEvent]) -> list[dict[s
 
 
 class SqlStore:
-    """Run store over an SQLAlchemy async engine.
+    """Run store over SQLAlchemy.
 
     ``url`` is an async SQLAlchemy URL such as ``sqlite+aiosqlite:///path/pyflue.db`` or
-    ``postgresql+asyncpg://user@host/db``.
+    ``postgresql+asyncpg://user@host/db``. Each read and write is a synchronous body over a
+    ``Connection``: for SQLite on a file it runs on the store's own threads (one writer, a few
+    readers) through a synchronous engine, one hop from the loop; otherwise through the async
+    engine's ``run_sync``. Migrations and uploads (streamed in) use the async engine.
     """
 
     def __init__(self, url: str) -> None:
