@@ -61,6 +61,14 @@ class Server:
         self.proc.wait(timeout=60)
         self.log.close()
 
+    def remove_left_pool(self, docker_client: Any) -> None:
+        """Removes the pooled containers a server killed with SIGKILL left behind (the next
+        start on its store would reap them; a test that starts none must not leave them)."""
+        assert self.proc is not None and self.proc.returncode is not None
+        for container in docker_client.containers.list(all=True, filters={"label": "dev.pyflue.pool"}):
+            if f":{self.proc.pid}:" in container.labels.get("dev.pyflue.pool", ""):
+                container.remove(force=True, v=True)
+
 
 async def until_finished(client: httpx.AsyncClient, run_id: str, seconds: float = 120
                          ) -> dict[str, Any]:

@@ -385,7 +385,7 @@ async def test_the_client_raises_documented_errors_for_a_refused_socket(
 
 
 async def test_the_client_says_the_server_is_gone_when_it_dies_mid_stream(
-    server: Server, write_workflow: WriteWorkflow
+    server: Server, write_workflow: WriteWorkflow, docker_client: Any
 ) -> None:
     import signal
 
@@ -397,3 +397,4 @@ async def test_the_client_says_the_server_is_gone_when_it_dies_mid_stream(
             async with client.workflows.connect("long") as conn:
                 async for _message in conn.stream({}):
                     server.stop(signal.SIGKILL)
+    server.remove_left_pool(docker_client)
